@@ -1,0 +1,2 @@
+//! Binary entry point (filled in by the serving work).
+fn main() {}
