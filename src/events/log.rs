@@ -1,0 +1,329 @@
+//! The event log: the [`EventLog`] trait every backend implements, the stored event
+//! type, and the opaque cursor format.
+//!
+//! # Contract
+//! - **Sequences.** Each appended event gets a sequence number, strictly increasing
+//!   by one per append, starting at 1 (`0` means "before the first event"). Order
+//!   in the log is *arrival* order at the gateway, not DR's `createdTime`: DR does not
+//!   promise ordered delivery (`../shared/dr-api.md` §4.2), and backfilled events are
+//!   appended when backfill finds them. For JetStream the sequence is the stream
+//!   sequence.
+//! - **Dedup.** [`EventLog::append`] is idempotent on the DR event id within the
+//!   backend's dedup window: a second append of a known id stores nothing and returns
+//!   the first one's sequence with `duplicate: true`.
+//! - **Retention.** A backend may drop its oldest events (bounds, age). It never
+//!   drops from the middle, so the held events are always the contiguous range
+//!   `first..=last` of [`Bounds`].
+//! - **Reading.** [`EventLog::read_after`] returns the events right after a sequence,
+//!   contiguous and in order, or [`LogError::Expired`] when some of them were
+//!   dropped. Readers never block writers.
+//! - **Waking.** [`EventLog::watch_appends`] yields the last assigned sequence, so a
+//!   reader sleeps until it moves (a `tokio::sync::watch`; any number of receivers,
+//!   no per-receiver buffering).
+//! - **Cursors.** Callers only see cursors ([`Cursor`]), never raw sequences; a
+//!   cursor names the log instance ([`EventLog::log_id`]) so one from another
+//!   instance (e.g. an in-memory log before a restart) is recognised, not misread.
+
+use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{envelope::Envelope, proto::EventEncoder};
+use crate::pb::v1 as pb;
+
+/// Position of an event in a log; see the module docs.
+pub type Sequence = u64;
+
+/// What an [`EventLog`] call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The requested position is older than anything the log still holds.
+    #[error("events after sequence {after} are no longer held; oldest is {oldest}")]
+    Expired {
+        /// The position asked for.
+        after: Sequence,
+        /// The oldest sequence still held.
+        oldest: Sequence,
+    },
+    /// The backend cannot be reached or failed; the caller may retry.
+    #[error("event log unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result of [`EventLog::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence of the event (the earlier one's for a duplicate).
+    pub seq: Sequence,
+    /// True when the id was already known and nothing was stored.
+    pub duplicate: bool,
+}
+
+/// The range of sequences a log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Oldest held sequence; `last + 1` when the log is empty.
+    pub first: Sequence,
+    /// Last assigned sequence; 0 before the first append.
+    pub last: Sequence,
+}
+
+impl Bounds {
+    /// True when resuming after `after` would miss dropped events.
+    pub fn is_expired(&self, after: Sequence) -> bool {
+        after.saturating_add(1) < self.first
+    }
+}
+
+/// An event as the log stores and hands it out: parsed once, converted to protobuf
+/// once, and encoded once as a `SubscribeResponse`, shared by every reader via `Arc`.
+#[derive(Debug)]
+pub struct StoredEvent {
+    /// Position in the log.
+    pub seq: Sequence,
+    /// When the gateway stored it (monotonic within a log).
+    pub received_at: DateTime<Utc>,
+    /// The parsed DR envelope.
+    pub envelope: Envelope,
+    /// The protobuf event, `cursor` set.
+    pub proto: pb::Event,
+    /// `SubscribeResponse { event: proto }`, encoded once for every subscriber.
+    pub encoded_response: Bytes,
+}
+
+impl StoredEvent {
+    /// Builds the stored form of an event; backends call this so every backend
+    /// converts and encodes the same way.
+    pub fn build(
+        seq: Sequence,
+        log_id: u64,
+        received_at: DateTime<Utc>,
+        envelope: Envelope,
+        encoder: &EventEncoder,
+    ) -> Self {
+        let prepared = encoder.prepare(&envelope);
+        Self::from_prepared(seq, log_id, received_at, envelope, prepared)
+    }
+
+    /// Finishes a [`PreparedEvent`]: sets the cursor and frames the response. Cheap,
+    /// so a backend can do it while holding its append lock.
+    pub fn from_prepared(
+        seq: Sequence,
+        log_id: u64,
+        received_at: DateTime<Utc>,
+        envelope: Envelope,
+        prepared: PreparedEvent,
+    ) -> Self {
+        let cursor = Cursor { log_id, seq }.encode();
+        let encoded_response = prepared.encode_response_with_cursor(&cursor);
+        let mut proto = prepared.proto;
+        proto.cursor = cursor;
+        Self {
+            seq,
+            received_at,
+            envelope,
+            proto,
+            encoded_response,
+        }
+    }
+
+    /// The event's cursor.
+    pub fn cursor(&self) -> &str {
+        &self.proto.cursor
+    }
+
+    /// Approximate memory held by this event, for byte bounds.
+    pub fn approx_size(&self) -> usize {
+        // why: raw JSON + parsed JSON (~2x raw) + proto (~encoded) + encoded bytes.
+        self.envelope.approx_size() * 3 + self.encoded_response.len() * 2 + 256
+    }
+}
+
+/// An event converted to protobuf and encoded, but without its cursor yet (the
+/// expensive part of [`StoredEvent::build`], done before a sequence is assigned).
+#[derive(Debug)]
+pub struct PreparedEvent {
+    /// The protobuf event with an empty `cursor`.
+    pub proto: pb::Event,
+    /// `proto` encoded (no cursor field).
+    pub encoded_event: Bytes,
+}
+
+impl PreparedEvent {
+    /// Encodes `SubscribeResponse { event }` with `cursor` added: protobuf lets a
+    /// field appear anywhere in a message, so the cursor field is written ahead of
+    /// the pre-encoded rest without re-encoding the event.
+    fn encode_response_with_cursor(&self, cursor: &str) -> Bytes {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+        // Event field 1 (cursor), length-delimited.
+        let cursor_field_len = 1 + encoded_len_varint(cursor.len() as u64) + cursor.len();
+        let event_len = cursor_field_len + self.encoded_event.len();
+        let mut buf = Vec::with_capacity(1 + encoded_len_varint(event_len as u64) + event_len);
+        // SubscribeResponse field 1 (event), length-delimited.
+        encode_key(1, WireType::LengthDelimited, &mut buf);
+        encode_varint(event_len as u64, &mut buf);
+        encode_key(1, WireType::LengthDelimited, &mut buf);
+        encode_varint(cursor.len() as u64, &mut buf);
+        buf.extend_from_slice(cursor.as_bytes());
+        buf.extend_from_slice(&self.encoded_event);
+        Bytes::from(buf)
+    }
+}
+
+/// An append-only, bounded, deduplicating log of DR events; see the module docs for
+/// the contract every implementation keeps.
+#[async_trait]
+pub trait EventLog: Send + Sync + fmt::Debug + 'static {
+    /// Identifies this log instance in cursors. Must differ between instances that
+    /// do not share sequences (a fresh in-memory log picks a random one; a JetStream
+    /// backend derives it from the stream's identity, e.g. name + creation time).
+    fn log_id(&self) -> u64;
+
+    /// Appends an event unless its DR id was seen within the dedup window. Returns
+    /// once the event is durably stored (for this backend's meaning of durable) and
+    /// visible to [`read_after`](Self::read_after); only then may the webhook ack.
+    async fn append(&self, envelope: Envelope) -> Result<Appended, LogError>;
+
+    /// Up to `limit` events with sequence > `after`, in order, without gaps. Empty
+    /// when nothing newer exists. [`LogError::Expired`] when `after + 1` was dropped.
+    async fn read_after(
+        &self,
+        after: Sequence,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError>;
+
+    /// The held range.
+    async fn bounds(&self) -> Result<Bounds, LogError>;
+
+    /// The first held event the gateway received at or after `time`; `None` when all
+    /// held events were received earlier.
+    async fn first_received_at_or_after(
+        &self,
+        time: DateTime<Utc>,
+    ) -> Result<Option<Sequence>, LogError>;
+
+    /// The held event with this DR id, if any.
+    async fn get_by_id(&self, id: &str) -> Result<Option<Arc<StoredEvent>>, LogError>;
+
+    /// The newest DR `createdTime` among held events (where backfill resumes).
+    async fn newest_created_time(&self) -> Result<Option<DateTime<Utc>>, LogError>;
+
+    /// Ok when the backend can take appends (readiness probe).
+    async fn check_ready(&self) -> Result<(), LogError>;
+
+    /// The last assigned sequence, updated after each append is visible. Receivers
+    /// cost nothing while idle; a reader loops "read everything after my position,
+    /// then `changed().await`".
+    fn watch_appends(&self) -> watch::Receiver<Sequence>;
+
+    /// The cursor of a position in this log.
+    fn cursor_for(&self, seq: Sequence) -> String {
+        Cursor {
+            log_id: self.log_id(),
+            seq,
+        }
+        .encode()
+    }
+
+    /// The position a cursor names, if it belongs to this log.
+    fn sequence_of(&self, cursor: &str) -> Result<Sequence, CursorError> {
+        let c = Cursor::decode(cursor)?;
+        if c.log_id != self.log_id() {
+            return Err(CursorError::OtherLog);
+        }
+        Ok(c.seq)
+    }
+}
+
+// === impl Cursor ===
+
+/// Why a cursor string is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    /// Not something this gateway produced.
+    #[error("malformed cursor")]
+    Malformed,
+    /// Produced by another log instance (e.g. before an in-memory log restarted).
+    #[error("cursor belongs to another event log instance")]
+    OtherLog,
+}
+
+/// A position in a specific log instance. Wire format (opaque to callers):
+/// URL-safe base64 without padding of `[version=1][log_id: u64 BE][seq: u64 BE]`,
+/// 23 characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// [`EventLog::log_id`] of the log that issued it.
+    pub log_id: u64,
+    /// The sequence it names.
+    pub seq: Sequence,
+}
+
+const CURSOR_VERSION: u8 = 1;
+const CURSOR_LEN: usize = 17;
+
+impl Cursor {
+    /// The opaque string form.
+    pub fn encode(&self) -> String {
+        let mut bytes = [0u8; CURSOR_LEN];
+        bytes[0] = CURSOR_VERSION;
+        bytes[1..9].copy_from_slice(&self.log_id.to_be_bytes());
+        bytes[9..17].copy_from_slice(&self.seq.to_be_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Parses the string form.
+    pub fn decode(text: &str) -> Result<Self, CursorError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| CursorError::Malformed)?;
+        if bytes.len() != CURSOR_LEN || bytes[0] != CURSOR_VERSION {
+            return Err(CursorError::Malformed);
+        }
+        let mut log_id = [0u8; 8];
+        let mut seq = [0u8; 8];
+        log_id.copy_from_slice(&bytes[1..9]);
+        seq.copy_from_slice(&bytes[9..17]);
+        Ok(Self {
+            log_id: u64::from_be_bytes(log_id),
+            seq: u64::from_be_bytes(seq),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips() {
+        let c = Cursor {
+            log_id: 0xdead_beef_0123_4567,
+            seq: 42,
+        };
+        let s = c.encode();
+        assert_eq!(s.len(), 23);
+        assert_eq!(Cursor::decode(&s), Ok(c));
+    }
+
+    #[test]
+    fn garbage_cursors_are_malformed() {
+        for s in ["", "abc", "!!!!", &"A".repeat(23), &"A".repeat(40)] {
+            assert_eq!(Cursor::decode(s), Err(CursorError::Malformed), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn bounds_say_when_a_position_was_dropped() {
+        let b = Bounds { first: 5, last: 9 };
+        assert!(b.is_expired(3));
+        assert!(!b.is_expired(4));
+        assert!(!b.is_expired(9));
+        let empty = Bounds { first: 1, last: 0 };
+        assert!(!empty.is_expired(0));
+    }
+}

@@ -1,0 +1,20 @@
+//! DR events inside the gateway: the envelope parser, the [`EventLog`] trait and its
+//! in-memory backend, subscriber filters, backfill from `GET /events`, and the
+//! capture/cancel outcome correlation ChargeService waits on.
+//!
+//! Fan-out is pull-based: a subscriber is a position in the log plus a
+//! `watch` receiver of the last sequence. Appending never waits for subscribers; a
+//! slow subscriber simply reads later (from the log, by sequence) and fails with
+//! [`LogError::Expired`] if the log has dropped its position meanwhile.
+
+pub mod envelope;
+pub mod filter;
+pub mod log;
+pub mod memory;
+pub mod proto;
+
+pub use envelope::{Envelope, EnvelopeError};
+pub use filter::{EventFilter, FilterError};
+pub use log::{Appended, Bounds, Cursor, CursorError, EventLog, LogError, Sequence, StoredEvent};
+pub use memory::{MemoryLog, MemoryLogConfig};
+pub use proto::{EventEncoder, PayloadDecoder};

@@ -1,0 +1,178 @@
+//! Turns a DR [`Envelope`] into the API's `Event` message: the typed payload (through
+//! a pluggable decoder), the whole `data.object` / `previousAttributes` as
+//! `google.protobuf.Struct`, and the encoded bytes subscribers share.
+
+use std::{fmt, sync::Arc};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use prost::Message as _;
+use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value as PbValue};
+use serde_json::{Map, Value};
+
+use super::envelope::Envelope;
+use super::log::PreparedEvent;
+use crate::pb::v1 as pb;
+
+/// Decodes `data.object` into the typed `Event.payload` (Charge / Fulfillment /
+/// Order). The conversions live with the gRPC layer (`crate::grpc::convert`), so the
+/// app injects them here instead of `events` depending on `grpc`.
+pub type PayloadDecoder = Arc<dyn Fn(&Envelope) -> Option<pb::event::Payload> + Send + Sync>;
+
+/// Builds `pb::Event`s from envelopes.
+#[derive(Clone, Default)]
+pub struct EventEncoder {
+    payload: Option<PayloadDecoder>,
+}
+
+impl fmt::Debug for EventEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventEncoder")
+            .field("payload_decoder", &self.payload.is_some())
+            .finish()
+    }
+}
+
+impl EventEncoder {
+    /// An encoder that fills the typed payload with `decoder`.
+    pub fn with_payload_decoder(decoder: PayloadDecoder) -> Self {
+        Self {
+            payload: Some(decoder),
+        }
+    }
+
+    /// The protobuf event (empty cursor) for an envelope.
+    pub fn to_proto(&self, env: &Envelope) -> pb::Event {
+        pb::Event {
+            cursor: String::new(),
+            id: env.id.clone(),
+            r#type: env.event_type.clone(),
+            create_time: Some(timestamp(env.created_time)),
+            live_mode: env.live_mode,
+            payload: self.payload.as_ref().and_then(|decode| decode(env)),
+            data_object: Some(json_object_to_struct(&env.object)),
+            previous_attributes: env.previous_attributes.as_ref().map(json_object_to_struct),
+            webhook_ids: env.webhook_ids.clone(),
+            digitalriver_version: env.digitalriver_version.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Converts and encodes an envelope once, ready for any log position.
+    pub fn prepare(&self, env: &Envelope) -> PreparedEvent {
+        let proto = self.to_proto(env);
+        let encoded_event = Bytes::from(proto.encode_to_vec());
+        PreparedEvent {
+            proto,
+            encoded_event,
+        }
+    }
+}
+
+/// A protobuf timestamp for a UTC time.
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        // why: subsec nanos of a valid DateTime are < 2e9 (leap second), fits i32.
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(999_999_999),
+    }
+}
+
+/// A JSON object as `google.protobuf.Struct`.
+pub fn json_object_to_struct(map: &Map<String, Value>) -> Struct {
+    Struct {
+        fields: map
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    }
+}
+
+/// A JSON value as `google.protobuf.Value`. Numbers become doubles parsed from the
+/// number's text (`arbitrary_precision` keeps DR's digits), which is exact for
+/// amounts with few decimals and for integers below 2^53.
+pub fn json_to_value(v: &Value) -> PbValue {
+    let kind = match v {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => match n.to_string().parse::<f64>() {
+            Ok(f) => Kind::NumberValue(f),
+            // why: unreachable for valid JSON numbers; keep the text rather than lose it.
+            Err(_) => Kind::StringValue(n.to_string()),
+        },
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
+        Value::Object(m) => Kind::StructValue(json_object_to_struct(m)),
+    };
+    PbValue { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::log::{Cursor, StoredEvent};
+
+    fn envelope() -> Envelope {
+        let body = r#"{"id":"e1","type":"order.charge.capture.complete",
+            "createdTime":"2022-03-02T16:52:01.180061Z","liveMode":true,
+            "data":{"object":{"orderId":"218377480336","amount":37.81,"big":12345678901234567890,
+                              "ok":true,"none":null,"list":[1,"a",{"x":[]}]},
+                    "previousAttributes":{"state":"pending"}},
+            "webhookIds":["w1","w2"],"digitalRiverVersion":"2021-12-13"}"#;
+        Envelope::parse(Bytes::from_static(body.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn every_envelope_field_reaches_the_proto() {
+        let ev = EventEncoder::default().to_proto(&envelope());
+        assert_eq!(ev.id, "e1");
+        assert_eq!(ev.r#type, "order.charge.capture.complete");
+        assert!(ev.live_mode);
+        assert_eq!(ev.webhook_ids, vec!["w1", "w2"]);
+        assert_eq!(ev.digitalriver_version, "2021-12-13");
+        let ts = ev.create_time.unwrap();
+        assert_eq!(ts.nanos, 180_061_000);
+        let obj = ev.data_object.unwrap();
+        assert_eq!(obj.fields["amount"].kind, Some(Kind::NumberValue(37.81)));
+        assert_eq!(
+            obj.fields["big"].kind,
+            Some(Kind::NumberValue(12_345_678_901_234_567_890.0))
+        );
+        assert_eq!(obj.fields["none"].kind, Some(Kind::NullValue(0)));
+        let Some(Kind::ListValue(list)) = &obj.fields["list"].kind else {
+            panic!("list")
+        };
+        assert_eq!(list.values.len(), 3);
+        let prev = ev.previous_attributes.unwrap();
+        assert_eq!(
+            prev.fields["state"].kind,
+            Some(Kind::StringValue("pending".into()))
+        );
+    }
+
+    #[test]
+    fn the_payload_decoder_fills_the_typed_payload() {
+        let enc = EventEncoder::with_payload_decoder(Arc::new(|env: &Envelope| {
+            Some(pb::event::Payload::Charge(pb::Charge {
+                order_id: env.order_id.clone().unwrap_or_default(),
+                ..Default::default()
+            }))
+        }));
+        let ev = enc.to_proto(&envelope());
+        assert!(
+            matches!(ev.payload, Some(pb::event::Payload::Charge(c)) if c.order_id == "218377480336")
+        );
+    }
+
+    #[test]
+    fn the_shared_encoding_equals_encoding_the_response_with_its_cursor() {
+        let stored = StoredEvent::build(7, 99, Utc::now(), envelope(), &EventEncoder::default());
+        assert_eq!(stored.cursor(), Cursor { log_id: 99, seq: 7 }.encode());
+        let decoded = pb::SubscribeResponse::decode(stored.encoded_response.clone()).unwrap();
+        let expected = pb::SubscribeResponse {
+            kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
+        };
+        assert_eq!(decoded, expected);
+    }
+}
