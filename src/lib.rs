@@ -1,2 +1,11 @@
 //! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API.
+//!
+//! # Layout
+//! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
+//! - [`grpc`]: gRPC services, protobuf conversions and the error → status table.
+//! - [`money`]: exact decimal text ↔ `Money`.
+//! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
+pub mod digital_river;
+pub mod grpc;
+pub mod money;
 pub mod pb;
