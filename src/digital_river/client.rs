@@ -1,0 +1,469 @@
+//! The pooled HTTP client: one async fn per DR operation, with per-call time budgets,
+//! retries for idempotent reads and none for writes.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{header, Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::{field, Instrument};
+
+use super::models::Charge;
+use super::models::{
+    CreateFulfillment, Event, Fulfillment, ListResponse, Order, UpdateFulfillment,
+};
+use super::{Error, ErrorBody, RetryPolicy};
+
+/// A page of DR results.
+pub type Page<T> = ListResponse<T>;
+
+/// How the client reaches DR.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `https://api.digitalriver.com`.
+    pub base_url: String,
+    /// DR secret key. Never logged: `SecretString` redacts it in `Debug`.
+    pub api_key: SecretString,
+    /// `digitalriver-version` header, when pinned.
+    pub api_version: Option<String>,
+    /// Longest any one DR call may take, whatever the caller's deadline.
+    pub max_timeout: Duration,
+    /// Retries for idempotent calls.
+    pub retry: RetryPolicy,
+}
+
+/// Per-call options from the caller.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// When the caller stops waiting (its gRPC deadline, already minus a margin).
+    pub deadline: Option<Instant>,
+    /// Sent as `upstream-id` so DR support can trace the call (dr-api.md §5.4);
+    /// generated when absent.
+    pub request_id: Option<String>,
+}
+
+/// Filters of `GET /fulfillments` (dr-api.md §1.4).
+#[derive(Debug, Clone, Default)]
+pub struct FulfillmentQuery {
+    /// `orderId`.
+    pub order_id: Option<String>,
+    /// `ids`, sent as repeated keys.
+    pub ids: Vec<String>,
+    /// `skuId`.
+    pub sku_id: Option<String>,
+    /// `trackingCompany`.
+    pub tracking_company: Option<String>,
+    /// `trackingNumber`.
+    pub tracking_number: Option<String>,
+    /// `createdTime[gte]`, RFC 3339.
+    pub created_gte: Option<String>,
+    /// `createdTime[lt]`, RFC 3339.
+    pub created_lt: Option<String>,
+    /// `limit`, 1..=100.
+    pub limit: Option<u32>,
+    /// `startingAfter` (an object id).
+    pub starting_after: Option<String>,
+}
+
+/// Filters of `GET /events` (dr-api.md §3.1).
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// One type (may hold `*`) → `type`; several exact names → `types`.
+    pub types: Vec<String>,
+    /// `createdTime[gt]`, RFC 3339.
+    pub created_gt: Option<String>,
+    /// `createdTime[gte]`, RFC 3339.
+    pub created_gte: Option<String>,
+    /// `createdTime[lt]`, RFC 3339.
+    pub created_lt: Option<String>,
+    /// `limit`, 1..=100.
+    pub limit: Option<u32>,
+    /// `startingAfter` (an event id).
+    pub starting_after: Option<String>,
+    /// `endingBefore` (an event id).
+    pub ending_before: Option<String>,
+}
+
+/// Digital River REST client. Cheap to clone: it shares one connection pool.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    config: std::sync::Arc<ClientConfig>,
+}
+
+/// A request the client is about to send.
+struct Call<'a> {
+    method: Method,
+    segments: &'a [&'a str],
+    query: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    retry: bool,
+}
+
+impl Client {
+    /// Builds the client; fails on a base URL that cannot carry paths.
+    pub fn new(config: ClientConfig) -> Result<Self, Error> {
+        let base = Url::parse(&config.base_url).map_err(|e| Error::Request {
+            path: String::new(),
+            reason: format!("invalid DR base URL: {e}"),
+        })?;
+        if base.cannot_be_a_base() {
+            return Err(Error::Request {
+                path: String::new(),
+                reason: "invalid DR base URL: it cannot carry paths".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("dr-gateway/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.max_timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::Request {
+                path: String::new(),
+                reason: format!("could not build the HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            config: std::sync::Arc::new(config),
+        })
+    }
+
+    /// `POST /fulfillments`. Never retried: DR has no idempotency key (dr-api.md §5.3).
+    pub async fn create_fulfillment(
+        &self,
+        body: &CreateFulfillment,
+        opts: &CallOptions,
+    ) -> Result<Fulfillment, Error> {
+        self.send(Call::post(&["fulfillments"], body)?, opts).await
+    }
+
+    /// `GET /fulfillments/{id}`.
+    pub async fn get_fulfillment(
+        &self,
+        id: &str,
+        opts: &CallOptions,
+    ) -> Result<Fulfillment, Error> {
+        self.send(Call::get(&["fulfillments", id], Vec::new()), opts)
+            .await
+    }
+
+    /// `GET /fulfillments` with filters.
+    pub async fn list_fulfillments(
+        &self,
+        query: &FulfillmentQuery,
+        opts: &CallOptions,
+    ) -> Result<Page<Fulfillment>, Error> {
+        let mut q = Vec::new();
+        push_opt(&mut q, "orderId", &query.order_id);
+        for id in &query.ids {
+            q.push(("ids", id.clone()));
+        }
+        push_opt(&mut q, "skuId", &query.sku_id);
+        push_opt(&mut q, "trackingCompany", &query.tracking_company);
+        push_opt(&mut q, "trackingNumber", &query.tracking_number);
+        push_opt(&mut q, "createdTime[gte]", &query.created_gte);
+        push_opt(&mut q, "createdTime[lt]", &query.created_lt);
+        push_opt(&mut q, "limit", &query.limit.map(|l| l.to_string()));
+        push_opt(&mut q, "startingAfter", &query.starting_after);
+        self.send(Call::get(&["fulfillments"], q), opts).await
+    }
+
+    /// `POST /fulfillments/{id}`: tracking update (dr-api.md §1.5). Not retried.
+    pub async fn update_fulfillment(
+        &self,
+        id: &str,
+        body: &UpdateFulfillment,
+        opts: &CallOptions,
+    ) -> Result<Fulfillment, Error> {
+        self.send(Call::post(&["fulfillments", id], body)?, opts)
+            .await
+    }
+
+    /// `GET /charges/{id}`.
+    pub async fn get_charge(&self, id: &str, opts: &CallOptions) -> Result<Charge, Error> {
+        self.send(Call::get(&["charges", id], Vec::new()), opts)
+            .await
+    }
+
+    /// `GET /orders/{id}`.
+    pub async fn get_order(&self, id: &str, opts: &CallOptions) -> Result<Order, Error> {
+        self.send(Call::get(&["orders", id], Vec::new()), opts)
+            .await
+    }
+
+    /// `GET /orders?upstreamIds=<id>`: orders carrying the merchant's own id.
+    pub async fn list_orders_by_upstream_id(
+        &self,
+        upstream_id: &str,
+        opts: &CallOptions,
+    ) -> Result<Page<Order>, Error> {
+        let q = vec![("upstreamIds", upstream_id.to_owned())];
+        self.send(Call::get(&["orders"], q), opts).await
+    }
+
+    /// `GET /events/{id}`.
+    pub async fn get_event(&self, id: &str, opts: &CallOptions) -> Result<Event, Error> {
+        self.send(Call::get(&["events", id], Vec::new()), opts)
+            .await
+    }
+
+    /// `GET /events` with filters; DR keeps 30 days.
+    pub async fn list_events(
+        &self,
+        query: &EventQuery,
+        opts: &CallOptions,
+    ) -> Result<Page<Event>, Error> {
+        let mut q = Vec::new();
+        // why: DR takes either `type` (one name or a `*` group) or `types` (exact
+        // names), never both (dr-api.md §3.1).
+        match query.types.as_slice() {
+            [] => {}
+            [one] => q.push(("type", one.clone())),
+            many => q.extend(many.iter().map(|t| ("types", t.clone()))),
+        }
+        push_opt(&mut q, "createdTime[gt]", &query.created_gt);
+        push_opt(&mut q, "createdTime[gte]", &query.created_gte);
+        push_opt(&mut q, "createdTime[lt]", &query.created_lt);
+        push_opt(&mut q, "limit", &query.limit.map(|l| l.to_string()));
+        push_opt(&mut q, "startingAfter", &query.starting_after);
+        push_opt(&mut q, "endingBefore", &query.ending_before);
+        self.send(Call::get(&["events"], q), opts).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+        opts: &CallOptions,
+    ) -> Result<T, Error> {
+        let url = self.url(call.segments);
+        let path = url.path().to_owned();
+        let method = method_name(&call.method);
+        let request_id = opts
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let max_attempts = if call.retry {
+            self.config.retry.max_attempts.max(1)
+        } else {
+            1
+        };
+        let mut attempt = 1;
+        loop {
+            let budget = self.budget(opts.deadline);
+            if budget.is_zero() {
+                return Err(Error::Timeout {
+                    method,
+                    path,
+                    budget,
+                    maybe_sent: false,
+                });
+            }
+            let span = tracing::info_span!(
+                "dr.call",
+                http.method = method,
+                dr.path = %path,
+                attempt,
+                upstream_id = %request_id,
+                http.status = field::Empty,
+                latency_ms = field::Empty,
+            );
+            let result = self
+                .attempt::<T>(&call, &url, &path, &request_id, budget)
+                .instrument(span)
+                .await;
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            if attempt >= max_attempts || !RetryPolicy::is_retryable(&error) {
+                return Err(error);
+            }
+            let wait = self.config.retry.delay(attempt, &error);
+            // why: a retry that cannot finish before the caller gives up is wasted
+            // load on DR; answer with what we have instead.
+            if let Some(deadline) = opts.deadline {
+                if Instant::now() + wait >= deadline {
+                    return Err(error);
+                }
+            }
+            tracing::debug!(?wait, attempt, "retrying DR call");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt<T: DeserializeOwned>(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        path: &str,
+        request_id: &str,
+        budget: Duration,
+    ) -> Result<T, Error> {
+        let method = method_name(&call.method);
+        let started = Instant::now();
+        let mut url = url.clone();
+        if !call.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&call.query);
+        }
+        let mut builder = self
+            .http
+            .request(call.method.clone(), url)
+            .timeout(budget)
+            .bearer_auth(self.config.api_key.expose_secret())
+            .header(header::ACCEPT, "application/json")
+            .header("upstream-id", request_id);
+        if let Some(version) = &self.config.api_version {
+            builder = builder.header("digitalriver-version", version);
+        }
+        if let Some(body) = &call.body {
+            builder = builder
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| transport_error(e, method, path, budget))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, method, path, budget))?;
+        let span = tracing::Span::current();
+        span.record("http.status", status.as_u16());
+        span.record("latency_ms", started.elapsed().as_millis() as u64);
+
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|source| {
+                log_undecodable(status, &bytes);
+                Error::Decode {
+                    status: status.as_u16(),
+                    method,
+                    path: path.to_owned(),
+                    source,
+                }
+            });
+        }
+        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => Some(body),
+                Err(source) => {
+                    log_undecodable(status, &bytes);
+                    return Err(Error::Decode {
+                        status: status.as_u16(),
+                        method,
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            }
+        };
+        tracing::info!(status = status.as_u16(), "DR answered with an error");
+        Err(Error::Api {
+            status: status.as_u16(),
+            method,
+            path: path.to_owned(),
+            body,
+            retry_after,
+            request_id: Some(request_id.to_owned()),
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            // why: ids come from callers; pushing them as segments percent-encodes
+            // `/`, `?` and friends so an id can never address another resource.
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn budget(&self, deadline: Option<Instant>) -> Duration {
+        let cap = self.config.max_timeout;
+        match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(cap),
+            None => cap,
+        }
+    }
+}
+
+impl<'a> Call<'a> {
+    fn get(segments: &'a [&'a str], query: Vec<(&'static str, String)>) -> Self {
+        Self {
+            method: Method::GET,
+            segments,
+            query,
+            body: None,
+            retry: true,
+        }
+    }
+
+    fn post(segments: &'a [&'a str], body: &impl Serialize) -> Result<Self, Error> {
+        let body = serde_json::to_vec(body).map_err(|e| Error::Request {
+            path: segments.join("/"),
+            reason: format!("could not encode the body: {e}"),
+        })?;
+        Ok(Self {
+            method: Method::POST,
+            segments,
+            query: Vec::new(),
+            body: Some(body),
+            retry: false,
+        })
+    }
+}
+
+fn push_opt(q: &mut Vec<(&'static str, String)>, key: &'static str, value: &Option<String>) {
+    if let Some(v) = value {
+        q.push((key, v.clone()));
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    if *method == Method::POST {
+        "POST"
+    } else {
+        "GET"
+    }
+}
+
+fn transport_error(e: reqwest::Error, method: &'static str, path: &str, budget: Duration) -> Error {
+    let path = path.to_owned();
+    if e.is_connect() {
+        Error::Connect {
+            method,
+            path,
+            source: e,
+        }
+    } else if e.is_timeout() {
+        Error::Timeout {
+            method,
+            path,
+            budget,
+            maybe_sent: true,
+        }
+    } else {
+        Error::Connection {
+            method,
+            path,
+            source: e,
+        }
+    }
+}
+
+fn log_undecodable(status: StatusCode, bytes: &[u8]) {
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
+    tracing::warn!(status = status.as_u16(), body_head = %head, "DR sent an undecodable body");
+}

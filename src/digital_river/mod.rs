@@ -1,0 +1,14 @@
+//! The upstream client for Digital River's REST API: one async fn per DR operation,
+//! DR's wire models, and the error that says what the upstream did.
+//!
+//! Nothing outside this module (and the sandbox, which plays DR) touches reqwest or
+//! DR's JSON shapes; callers get typed models and [`Error`].
+
+mod client;
+mod error;
+pub mod models;
+mod retry;
+
+pub use client::{CallOptions, Client, ClientConfig, EventQuery, FulfillmentQuery, Page};
+pub use error::{Error, ErrorBody, ErrorEntry};
+pub use retry::RetryPolicy;

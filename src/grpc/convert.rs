@@ -1,0 +1,236 @@
+//! DR wire models → the API's protobuf messages.
+//!
+//! Conversions are lenient like the models: a missing field becomes the proto
+//! default, an unparsable time or amount is logged and left unset rather than
+//! failing a whole call over one field DR changed.
+
+use std::collections::HashMap;
+
+use prost_types::Timestamp;
+use serde_json::{Number, Value};
+
+use crate::digital_river::models;
+use crate::money;
+use crate::pb::v1 as pb;
+
+/// RFC 3339 text (with or without fractional seconds) → `Timestamp`.
+pub fn timestamp(text: &str) -> Option<Timestamp> {
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) => Some(Timestamp {
+            seconds: t.timestamp(),
+            nanos: t.timestamp_subsec_nanos() as i32,
+        }),
+        Err(e) => {
+            tracing::warn!(%text, error = %e, "DR sent an unparsable time");
+            None
+        }
+    }
+}
+
+fn opt_timestamp(text: &Option<String>) -> Option<Timestamp> {
+    text.as_deref().and_then(timestamp)
+}
+
+/// An optional DR amount in `currency` → `Money`.
+pub fn amount(currency: &str, value: &Option<Number>) -> Option<pb::Money> {
+    let number = value.as_ref()?;
+    match money::parse(currency, &number.to_string()) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "DR sent an amount that is not exact");
+            None
+        }
+    }
+}
+
+/// A DR fulfillment.
+pub fn fulfillment(f: &models::Fulfillment) -> pb::Fulfillment {
+    let tracking = if f.tracking_company.is_some()
+        || f.tracking_number.is_some()
+        || f.tracking_url.is_some()
+    {
+        Some(pb::Tracking {
+            company: f.tracking_company.clone().unwrap_or_default(),
+            number: f.tracking_number.clone().unwrap_or_default(),
+            url: f.tracking_url.clone().unwrap_or_default(),
+        })
+    } else {
+        None
+    };
+    pb::Fulfillment {
+        id: f.id.clone(),
+        order_id: f.order_id.clone(),
+        create_time: opt_timestamp(&f.created_time),
+        items: f
+            .items
+            .iter()
+            .map(|i| pb::FulfillmentItem {
+                item_id: i.item_id.clone(),
+                sku_id: i.sku_id.clone().unwrap_or_default(),
+                quantity: i.quantity,
+                cancel_quantity: i.cancel_quantity,
+                shipment_item_id: i.shipment_item_id.clone().unwrap_or_default(),
+            })
+            .collect(),
+        shipment_id: f.shipment_id.clone().unwrap_or_default(),
+        tracking,
+        metadata: metadata(f.metadata.as_ref()),
+        live_mode: f.live_mode,
+        charge_operation_ids: f.charge_operation_ids.clone(),
+        order_details: f.order_details.as_deref().map(order),
+    }
+}
+
+/// DR metadata values may be strings, booleans or integers; the API carries text.
+fn metadata(map: Option<&serde_json::Map<String, Value>>) -> HashMap<String, String> {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
+/// A DR order (items without progress quantities; see `fulfillment_progress`).
+pub fn order(o: &models::Order) -> pb::Order {
+    let currency = o.currency.clone().unwrap_or_default();
+    let charges = o
+        .payment
+        .as_ref()
+        .map(|p| p.charges.iter().map(|c| charge(c, &currency)).collect())
+        .unwrap_or_default();
+    pb::Order {
+        id: o.id.clone(),
+        upstream_id: o.upstream_id.clone().unwrap_or_default(),
+        state: o.state.clone().unwrap_or_default(),
+        state_transitions: o
+            .state_transitions
+            .iter()
+            .filter_map(|(state, t)| Some((state.clone(), timestamp(t.as_str()?)?)))
+            .collect(),
+        currency_code: currency.clone(),
+        total_amount: amount(&currency, &o.total_amount),
+        subtotal: amount(&currency, &o.subtotal),
+        total_tax: amount(&currency, &o.total_tax),
+        total_shipping: amount(&currency, &o.total_shipping),
+        captured_amount: amount(&currency, &o.captured_amount),
+        cancelled_amount: amount(&currency, &o.cancelled_amount),
+        available_to_refund_amount: amount(&currency, &o.available_to_refund_amount),
+        refunded_amount: amount(&currency, &o.refunded_amount),
+        ship_to: o.ship_to.as_ref().map(|s| pb::ShipTo {
+            name: s.name.clone().unwrap_or_default(),
+            email: s
+                .email
+                .clone()
+                .or_else(|| o.email.clone())
+                .unwrap_or_default(),
+            phone: s.phone.clone().unwrap_or_default(),
+            address: s.address.as_ref().map(|a| pb::Address {
+                line1: a.line1.clone().unwrap_or_default(),
+                line2: a.line2.clone().unwrap_or_default(),
+                city: a.city.clone().unwrap_or_default(),
+                postal_code: a.postal_code.clone().unwrap_or_default(),
+                state: a.state.clone().unwrap_or_default(),
+                country: a.country.clone().unwrap_or_default(),
+            }),
+        }),
+        items: o
+            .items
+            .iter()
+            .map(|i| pb::OrderItem {
+                id: i.id.clone(),
+                sku_id: i.sku_id.clone().unwrap_or_default(),
+                product_name: i
+                    .product_details
+                    .as_ref()
+                    .and_then(|p| p.name.clone())
+                    .unwrap_or_default(),
+                quantity: i.quantity,
+                amount: amount(&currency, &i.amount),
+                state: i.state.clone().unwrap_or_default(),
+                fulfilled_quantity: 0,
+                cancelled_quantity: 0,
+                open_quantity: 0,
+                shipment_item_id: i.shipment_item_id.clone().unwrap_or_default(),
+            })
+            .collect(),
+        charges,
+        live_mode: o.live_mode,
+        create_time: opt_timestamp(&o.created_time),
+        update_time: opt_timestamp(&o.updated_time),
+        fraud_state: o.fraud_state.clone().unwrap_or_default(),
+    }
+}
+
+/// A DR charge; `fallback_currency` is used when the charge itself names none.
+pub fn charge(c: &models::Charge, fallback_currency: &str) -> pb::Charge {
+    let currency = c.currency.as_deref().unwrap_or(fallback_currency);
+    let ops = |list: &[models::ChargeOperation]| {
+        list.iter()
+            .map(|op| charge_operation(op, currency))
+            .collect()
+    };
+    pb::Charge {
+        id: c.id.clone(),
+        order_id: c.order_id.clone().unwrap_or_default(),
+        source_id: c.source_id.clone().unwrap_or_default(),
+        state: c.state.clone().unwrap_or_default(),
+        amount: amount(currency, &c.amount),
+        captured: c.captured,
+        refunded: c.refunded,
+        captures: ops(&c.captures),
+        cancels: ops(&c.cancels),
+        refunds: ops(&c.refunds),
+        failure_code: c.failure_code.clone().unwrap_or_default(),
+        failure_message: c.failure_message.clone().unwrap_or_default(),
+        r#type: c.charge_type.clone().unwrap_or_default(),
+        payment_session_id: c.payment_session_id.clone().unwrap_or_default(),
+        live_mode: c.live_mode,
+        create_time: opt_timestamp(&c.created_time),
+    }
+}
+
+/// A capture, cancel or refund.
+pub fn charge_operation(op: &models::ChargeOperation, currency: &str) -> pb::ChargeOperation {
+    pb::ChargeOperation {
+        id: op.id.clone(),
+        amount: amount(currency, &op.amount),
+        state: op.state.clone().unwrap_or_default(),
+        failure_code: op.failure_code.clone().unwrap_or_default(),
+        failure_message: op.failure_message.clone().unwrap_or_default(),
+        fulfillment_id: op.fulfillment_id.clone().unwrap_or_default(),
+        create_time: opt_timestamp(&op.created_time),
+        update_time: opt_timestamp(&op.updated_time),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charge_from_seed_004_keeps_exact_amounts_and_operations() {
+        let json = r#"{"id":"a68","createdTime":"2025-05-09T05:15:57.968Z","currency":"USD","amount":1180.26,
+          "state":"capturable","orderId":"9986340012","sourceId":"s1",
+          "captures":[{"id":"cap1","amount":13.45,"state":"failed","failureCode":"failed-request",
+                       "failureMessage":"Failed to operate on charge","fulfillmentId":"ful_1"}],
+          "captured":false,"type":"customer_initiated"}"#;
+        let c: models::Charge = serde_json::from_str(json).unwrap();
+        let pb = charge(&c, "");
+        let amount = pb.amount.unwrap();
+        assert_eq!((amount.units, amount.nanos), (1180, 260_000_000));
+        assert_eq!(pb.captures[0].failure_code, "failed-request");
+        assert_eq!(pb.captures[0].fulfillment_id, "ful_1");
+        assert_eq!(pb.create_time.unwrap().nanos, 968_000_000);
+    }
+
+    #[test]
+    fn fractional_event_times_parse() {
+        let t = timestamp("2022-07-01T18:30:59.51144Z").unwrap();
+        assert_eq!(t.nanos, 511_440_000);
+    }
+}

@@ -1,0 +1,3 @@
+//! The gRPC transport: one file per proto service, conversions to protobuf, and the
+//! one table that turns errors into `tonic::Status`.
+pub mod convert;

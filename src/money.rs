@@ -1,0 +1,146 @@
+//! Exact conversion of DR's decimal amounts into `Money { units, nanos }`.
+//!
+//! why: DR sends amounts as JSON numbers (`26.89`). Going through `f64` would turn
+//! some into `26.889999…`; we parse the number's text instead (serde_json keeps it
+//! with `arbitrary_precision`).
+
+use crate::pb::v1::Money;
+
+const NANOS_PER_UNIT: i128 = 1_000_000_000;
+
+/// A decimal text that is not an amount `Money` can hold exactly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not an exact amount: {reason}")]
+pub struct MoneyError {
+    text: String,
+    reason: &'static str,
+}
+
+/// Parses a decimal number's text (`"26.89"`, `"-0.5"`, `"1.18026E3"`) into nanos.
+pub fn parse_nanos(text: &str) -> Result<i128, MoneyError> {
+    let err = |reason| MoneyError {
+        text: text.to_owned(),
+        reason,
+    };
+    let t = text.trim();
+    let (negative, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (mantissa, exponent) = match t.find(['e', 'E']) {
+        Some(i) => {
+            let exp: i32 = t[i + 1..].parse().map_err(|_| err("bad exponent"))?;
+            (&t[..i], exp)
+        }
+        None => (t, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int_part.is_empty() && frac_part.is_empty() {
+        return Err(err("no digits"));
+    }
+    if !int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .all(|b| b.is_ascii_digit())
+    {
+        return Err(err("not a decimal number"));
+    }
+    let digits = format!("{int_part}{frac_part}");
+    let digits = digits.trim_start_matches('0');
+    // value = digits × 10^(exponent − frac_len); nanos = value × 10^9
+    let scale = i64::from(exponent) - frac_part.len() as i64 + 9;
+    if digits.len() > 30 {
+        return Err(err("too many digits"));
+    }
+    let mut value: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().map_err(|_| err("too many digits"))?
+    };
+    if scale >= 0 {
+        for _ in 0..scale {
+            value = value.checked_mul(10).ok_or_else(|| err("too large"))?;
+        }
+    } else {
+        for _ in 0..(-scale) {
+            if value % 10 != 0 {
+                return Err(err("finer than a nano"));
+            }
+            value /= 10;
+        }
+    }
+    Ok(if negative { -value } else { value })
+}
+
+/// Builds `Money` from a nano amount.
+pub fn from_nanos(currency_code: &str, nanos: i128) -> Result<Money, MoneyError> {
+    let units = i64::try_from(nanos / NANOS_PER_UNIT).map_err(|_| MoneyError {
+        text: nanos.to_string(),
+        reason: "too large",
+    })?;
+    // the remainder has the sign of `nanos`, as google.type.Money requires
+    let rem = (nanos % NANOS_PER_UNIT) as i32;
+    Ok(Money {
+        currency_code: currency_code.to_owned(),
+        units,
+        nanos: rem,
+    })
+}
+
+/// Parses DR's decimal text into `Money`.
+pub fn parse(currency_code: &str, text: &str) -> Result<Money, MoneyError> {
+    from_nanos(currency_code, parse_nanos(text)?)
+}
+
+/// `Money` back to nanos (for sums and comparisons).
+pub fn to_nanos(money: &Money) -> i128 {
+    i128::from(money.units) * NANOS_PER_UNIT + i128::from(money.nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(text: &str) -> (i64, i32) {
+        let money = parse("USD", text).unwrap();
+        (money.units, money.nanos)
+    }
+
+    #[test]
+    fn parses_dr_amounts_exactly() {
+        assert_eq!(m("26.89"), (26, 890_000_000));
+        assert_eq!(m("13.45"), (13, 450_000_000));
+        assert_eq!(m("0.0"), (0, 0));
+        assert_eq!(m("1180.26"), (1180, 260_000_000));
+        assert_eq!(m("5"), (5, 0));
+        assert_eq!(m("0.1"), (0, 100_000_000));
+        // 0.1 + 0.2 style values that f64 cannot hold
+        assert_eq!(m("0.30000000"), (0, 300_000_000));
+    }
+
+    #[test]
+    fn negative_amounts_keep_one_sign() {
+        assert_eq!(m("-1.75"), (-1, -750_000_000));
+        assert_eq!(m("-0.5"), (0, -500_000_000));
+    }
+
+    #[test]
+    fn exponents_shift_the_point() {
+        assert_eq!(m("1.18026E3"), (1180, 260_000_000));
+        assert_eq!(m("2689e-2"), (26, 890_000_000));
+    }
+
+    #[test]
+    fn rejects_what_is_not_exact() {
+        assert!(parse("USD", "1.0000000001").is_err());
+        assert!(parse("USD", "abc").is_err());
+        assert!(parse("USD", "").is_err());
+        assert!(parse("USD", "1e40").is_err());
+    }
+
+    #[test]
+    fn round_trips_through_nanos() {
+        let money = parse("EUR", "-12.34").unwrap();
+        assert_eq!(to_nanos(&money), -12_340_000_000);
+    }
+}
