@@ -7,9 +7,11 @@
 //! - [`grpc`]: gRPC services, protobuf conversions and the error → status table.
 //! - [`money`]: exact decimal text ↔ `Money`.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
+//! - [`webhook`]: DR webhook intake (HTTP): signature check → event log.
 pub mod clock;
 pub mod digital_river;
 pub mod events;
 pub mod grpc;
 pub mod money;
 pub mod pb;
+pub mod webhook;

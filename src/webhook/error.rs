@@ -1,0 +1,86 @@
+//! Webhook failures and the HTTP answers DR gets for them. DR treats any non-2xx as
+//! "not received" and retries (`../shared/dr-api.md` §4.2), so only failures of the
+//! request itself are 4xx; our own failures are 503 so DR re-sends.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use super::signature::SignatureError;
+use crate::events::{EnvelopeError, LogError};
+
+/// Why a webhook delivery was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// Signature missing, wrong or stale.
+    #[error("webhook signature rejected: {0}")]
+    Signature(#[from] SignatureError),
+    /// The body exceeds the configured limit.
+    #[error("webhook body larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body could not be read completely (client aborted mid-body).
+    #[error("webhook body could not be read")]
+    BodyUnreadable,
+    /// The body is not a DR event envelope.
+    #[error("webhook body is not a DR event: {0}")]
+    NotAnEvent(#[from] EnvelopeError),
+    /// The event log failed or took too long; DR will retry.
+    #[error("event log unavailable")]
+    LogUnavailable(#[source] Option<LogError>),
+}
+
+impl WebhookError {
+    /// The status DR gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Signature(_) => StatusCode::UNAUTHORIZED,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyUnreadable | Self::NotAnEvent(_) => StatusCode::BAD_REQUEST,
+            Self::LogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Stable machine-readable reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Signature(SignatureError::Missing) => "missing_signature",
+            Self::Signature(SignatureError::Stale) => "stale_timestamp",
+            Self::Signature(SignatureError::NoSecrets) => "webhook_not_configured",
+            Self::Signature(_) => "invalid_signature",
+            Self::TooLarge { .. } => "body_too_large",
+            Self::BodyUnreadable => "body_unreadable",
+            Self::NotAnEvent(EnvelopeError::NotJson(_)) => "invalid_json",
+            Self::NotAnEvent(_) => "not_an_event",
+            Self::LogUnavailable(_) => "temporarily_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({ "error": self.code() });
+        match &self {
+            Self::NotAnEvent(e) => {
+                // why: DR asks for a descriptive message on a payload we cannot
+                // process (dr-api.md §4.2); the parse error holds no secrets.
+                body["message"] = json!(e.to_string());
+                if let Some(field) = e.field() {
+                    body["field"] = json!(field);
+                }
+            }
+            Self::TooLarge { limit } => body["limit_bytes"] = json!(limit),
+            Self::LogUnavailable(cause) => {
+                tracing::error!(error = ?cause, "webhook: event log unavailable; DR will retry");
+            }
+            _ => {}
+        }
+        (status, Json(body)).into_response()
+    }
+}

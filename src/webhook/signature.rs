@@ -1,0 +1,479 @@
+//! Verifies the `DigitalRiver-Signature` header on the raw body bytes
+//! (`../shared/dr-api.md` §4.3).
+//!
+//! why: DR does not document the header's exact format. DR's own SFCC connector
+//! implies `"<ts>, <base64 HMAC-SHA256(secret, "<ts>.<raw body>")>"`; until a captured
+//! test-mode webhook confirms it, this verifier is tolerant (§4.3 "Recommended"):
+//! - the parts are split on `,` and trimmed; the timestamp is the part starting with
+//!   `t=`, or else the first part;
+//! - every other part is a candidate signature, with a short `xx=` prefix
+//!   (`v1=`, `v0=`, `s=`) stripped, so several signatures (rotation) are fine;
+//! - the signed prefix is tried both verbatim (`t=123`) and as bare digits (`123`);
+//! - a timestamp above 10^12 is milliseconds, else seconds;
+//! - every configured secret is tried (rotation: DR keeps the old one ~12 h).
+//!
+//! Every (secret, prefix, candidate) combination is compared in constant time and
+//! the results are OR-ed without short-circuiting, so timing reveals neither which
+//! secret matched nor how much of a signature was right.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::{
+    engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
+    Engine as _,
+};
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+use subtle::{Choice, ConstantTimeEq};
+
+use crate::clock::Clock;
+
+/// Header DR signs webhooks with (note: no dash between Digital and River).
+pub const SIGNATURE_HEADER: &str = "digitalriver-signature";
+
+/// Most signature candidates looked at in one header (bounds the work a forged
+/// header can cause).
+const MAX_CANDIDATES: usize = 8;
+
+/// Why a webhook's signature was rejected. Says nothing about the secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// No `DigitalRiver-Signature` header.
+    #[error("missing DigitalRiver-Signature header")]
+    Missing,
+    /// The header has no usable timestamp or no signature part.
+    #[error("malformed DigitalRiver-Signature header")]
+    Malformed,
+    /// The timestamp is outside the tolerance window.
+    #[error("signature timestamp outside the tolerance window")]
+    Stale,
+    /// No configured secret produced any of the signatures.
+    #[error("signature does not match")]
+    Mismatch,
+    /// No webhook secret is configured, so nothing can be verified.
+    #[error("no webhook secret configured")]
+    NoSecrets,
+}
+
+/// Which variant of the header matched; logged so the verifier can be tightened
+/// once DR's real format is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Index of the secret that matched (0 = the first configured).
+    pub secret_index: usize,
+    /// True when the signed prefix was the bare digits rather than the verbatim part.
+    pub digits_prefix: bool,
+    /// True when the timestamp was read as milliseconds.
+    pub millis: bool,
+}
+
+/// Checks webhook signatures against the configured secrets.
+#[derive(Clone)]
+pub struct SignatureVerifier {
+    secrets: Arc<[SecretString]>,
+    tolerance: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SignatureVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureVerifier")
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .field("tolerance", &self.tolerance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A parsed header.
+#[derive(Debug, PartialEq, Eq)]
+struct ParsedHeader<'a> {
+    /// The timestamp part as sent, e.g. `1700000000` or `t=1700000000`.
+    ts_raw: &'a str,
+    /// Just its digits.
+    ts_digits: &'a str,
+    /// Candidate signatures, prefixes stripped.
+    candidates: Vec<&'a str>,
+}
+
+impl SignatureVerifier {
+    /// A verifier trying every secret in `secrets` (order irrelevant).
+    pub fn new(secrets: Vec<SecretString>, tolerance: Duration, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            secrets: secrets.into(),
+            tolerance,
+            clock,
+        }
+    }
+
+    /// Number of configured secrets.
+    pub fn secret_count(&self) -> usize {
+        self.secrets.len()
+    }
+
+    /// Verifies `header` (the `DigitalRiver-Signature` value) over `body`.
+    pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<Verified, SignatureError> {
+        if self.secrets.is_empty() {
+            return Err(SignatureError::NoSecrets);
+        }
+        let header = header.ok_or(SignatureError::Missing)?;
+        let header = std::str::from_utf8(header).map_err(|_| SignatureError::Malformed)?;
+        let parsed = parse_header(header).ok_or(SignatureError::Malformed)?;
+        let millis = self.check_timestamp(parsed.ts_digits)?;
+
+        let decoded: Vec<Vec<u8>> = parsed
+            .candidates
+            .iter()
+            .filter_map(|c| decode_signature(c))
+            .collect();
+        if decoded.is_empty() {
+            return Err(SignatureError::Mismatch);
+        }
+
+        let mut prefixes = vec![(parsed.ts_raw, false)];
+        if parsed.ts_digits != parsed.ts_raw {
+            prefixes.push((parsed.ts_digits, true));
+        }
+
+        let mut matched = Choice::from(0);
+        let mut found: Option<Verified> = None;
+        for (secret_index, secret) in self.secrets.iter().enumerate() {
+            for &(prefix, digits_prefix) in &prefixes {
+                let expected = hmac_sha256(secret, prefix, body);
+                for candidate in &decoded {
+                    let hit = expected.as_slice().ct_eq(candidate.as_slice());
+                    matched |= hit;
+                    // why: record the first match for logging, without branching
+                    // the comparison loop itself on secret data.
+                    if found.is_none() && bool::from(hit) {
+                        found = Some(Verified {
+                            secret_index,
+                            digits_prefix,
+                            millis,
+                        });
+                    }
+                }
+            }
+        }
+        match (bool::from(matched), found) {
+            (true, Some(v)) => Ok(v),
+            _ => Err(SignatureError::Mismatch),
+        }
+    }
+
+    /// Returns whether the timestamp was in milliseconds, or `Stale`.
+    fn check_timestamp(&self, digits: &str) -> Result<bool, SignatureError> {
+        let value: i64 = digits.parse().map_err(|_| SignatureError::Malformed)?;
+        let millis = value > 1_000_000_000_000;
+        let ts_ms = if millis {
+            value
+        } else {
+            value.checked_mul(1000).ok_or(SignatureError::Malformed)?
+        };
+        let now_ms = self.clock.now().timestamp_millis();
+        let tolerance_ms = i64::try_from(self.tolerance.as_millis()).unwrap_or(i64::MAX);
+        if now_ms.abs_diff(ts_ms) > tolerance_ms.unsigned_abs() {
+            return Err(SignatureError::Stale);
+        }
+        Ok(millis)
+    }
+}
+
+/// Splits the header into timestamp and candidate signatures.
+fn parse_header(header: &str) -> Option<ParsedHeader<'_>> {
+    let parts: Vec<&str> = header
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .take(MAX_CANDIDATES + 1)
+        .collect();
+    let ts_index = parts.iter().position(|p| p.starts_with("t=")).unwrap_or(0);
+    let ts_raw = *parts.get(ts_index)?;
+    let ts_digits = ts_raw.strip_prefix("t=").unwrap_or(ts_raw).trim();
+    if ts_digits.is_empty() || !ts_digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let candidates: Vec<&str> = parts
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != ts_index)
+        .map(|(_, p)| strip_scheme_prefix(p))
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    Some(ParsedHeader {
+        ts_raw,
+        ts_digits,
+        candidates,
+    })
+}
+
+/// Strips `v1=`-style prefixes: a short alphanumeric label before the first `=`,
+/// when something other than padding follows it (base64 has `=` only at the end).
+fn strip_scheme_prefix(part: &str) -> &str {
+    match part.split_once('=') {
+        Some((label, rest))
+            if (1..=4).contains(&label.len())
+                && label.bytes().all(|b| b.is_ascii_alphanumeric())
+                && !rest.is_empty()
+                && !rest.starts_with('=') =>
+        {
+            rest.trim()
+        }
+        _ => part,
+    }
+}
+
+/// Decodes a candidate: standard base64 (what the SFCC code compares), tolerating
+/// missing padding, URL-safe alphabets and hex.
+fn decode_signature(candidate: &str) -> Option<Vec<u8>> {
+    // why: 64 hex digits are also valid base64 (of 48 bytes), so keep looking until
+    // a decoding yields a SHA-256-sized value.
+    [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+        .iter()
+        .filter_map(|engine| engine.decode(candidate).ok())
+        .chain(decode_hex(candidate))
+        .find(|bytes| bytes.len() == 32)
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `HMAC-SHA256(secret, "<prefix>.<body>")`.
+fn hmac_sha256(secret: &SecretString, prefix: &str, body: &[u8]) -> [u8; 32] {
+    // why: HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) {
+        Ok(mac) => mac,
+        Err(_) => return [0; 32],
+    };
+    mac.update(prefix.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+/// Signs a body the way the verifier expects (`<ts>, <base64>`); for tests, the
+/// sandbox's webhook sender and tools.
+pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let sig = hmac_sha256(&SecretString::from(secret.to_owned()), timestamp, body);
+    STANDARD.encode(sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use chrono::{TimeZone, Utc};
+
+    const NOW: i64 = 1_700_000_000;
+    const BODY: &[u8] = br#"{"id":"e1","type":"order.accepted"}"#;
+
+    fn verifier(secrets: &[&str]) -> SignatureVerifier {
+        let clock = Arc::new(ManualClock::new(Utc.timestamp_opt(NOW, 0).unwrap()));
+        SignatureVerifier::new(
+            secrets
+                .iter()
+                .map(|s| SecretString::from(s.to_string()))
+                .collect(),
+            Duration::from_secs(300),
+            clock,
+        )
+    }
+
+    fn check(v: &SignatureVerifier, header: &str) -> Result<Verified, SignatureError> {
+        v.verify(Some(header.as_bytes()), BODY)
+    }
+
+    #[test]
+    fn the_sfcc_format_verifies() {
+        let sig = sign("whsec", &NOW.to_string(), BODY);
+        let got = check(&verifier(&["whsec"]), &format!("{NOW}, {sig}")).unwrap();
+        assert_eq!(
+            got,
+            Verified {
+                secret_index: 0,
+                digits_prefix: false,
+                millis: false
+            }
+        );
+    }
+
+    #[test]
+    fn every_header_variant_verifies() {
+        let v = verifier(&["whsec"]);
+        let bare = sign("whsec", &NOW.to_string(), BODY);
+        let with_t = sign("whsec", &format!("t={NOW}"), BODY);
+        let no_pad = bare.trim_end_matches('=').to_string();
+        let variants = [
+            format!("{NOW}, {bare}"),
+            format!("{NOW},{bare}"),
+            format!("t={NOW}, {bare}"),
+            format!("t={NOW},v1={bare}"),
+            format!("t={NOW}, {with_t}"),
+            format!("t={NOW},v0={with_t}"),
+            format!("t={NOW},s={bare}"),
+            format!("v1={bare},t={NOW}"),
+            format!("t={NOW},v1=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=,v1={bare}"),
+            format!("{NOW}, {no_pad}"),
+        ];
+        for header in variants {
+            assert!(check(&v, &header).is_ok(), "{header}");
+        }
+    }
+
+    #[test]
+    fn a_forged_signature_or_body_is_a_mismatch() {
+        let v = verifier(&["whsec"]);
+        let other = sign("not-the-secret", &NOW.to_string(), BODY);
+        assert_eq!(
+            check(&v, &format!("{NOW}, {other}")),
+            Err(SignatureError::Mismatch)
+        );
+        let sig = sign("whsec", &NOW.to_string(), BODY);
+        let tampered = v.verify(Some(format!("{NOW}, {sig}").as_bytes()), b"{}");
+        assert_eq!(tampered, Err(SignatureError::Mismatch));
+        assert_eq!(
+            check(&v, &format!("{NOW}, not base64!")),
+            Err(SignatureError::Mismatch)
+        );
+        // Signing a different timestamp than the header claims.
+        let shifted = sign("whsec", &(NOW - 1).to_string(), BODY);
+        assert_eq!(
+            check(&v, &format!("{NOW}, {shifted}")),
+            Err(SignatureError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn missing_or_malformed_headers_are_rejected() {
+        let v = verifier(&["whsec"]);
+        assert_eq!(v.verify(None, BODY), Err(SignatureError::Missing));
+        for header in [
+            "",
+            "abc",
+            "abc, def",
+            "t=, sig",
+            &NOW.to_string(),
+            "t=12x, sig",
+        ] {
+            assert_eq!(
+                check(&v, header),
+                Err(SignatureError::Malformed),
+                "{header:?}"
+            );
+        }
+        assert_eq!(
+            v.verify(Some(&[0xff, 0xfe]), BODY),
+            Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn rotation_accepts_any_configured_secret() {
+        let v = verifier(&["new", "old"]);
+        let old = sign("old", &NOW.to_string(), BODY);
+        assert_eq!(check(&v, &format!("{NOW}, {old}")).unwrap().secret_index, 1);
+        let new = sign("new", &NOW.to_string(), BODY);
+        assert_eq!(check(&v, &format!("{NOW}, {new}")).unwrap().secret_index, 0);
+        // Both signatures sent at once.
+        assert!(check(&v, &format!("t={NOW},v1={new},v1={old}")).is_ok());
+    }
+
+    #[test]
+    fn the_tolerance_applies_in_seconds() {
+        let v = verifier(&["whsec"]);
+        for (ts, ok) in [
+            (NOW - 300, true),
+            (NOW + 300, true),
+            (NOW - 301, false),
+            (NOW + 301, false),
+        ] {
+            let sig = sign("whsec", &ts.to_string(), BODY);
+            let got = check(&v, &format!("{ts}, {sig}"));
+            assert_eq!(got.is_ok(), ok, "{ts}");
+            if !ok {
+                assert_eq!(got, Err(SignatureError::Stale));
+            }
+        }
+    }
+
+    #[test]
+    fn the_tolerance_applies_in_milliseconds() {
+        let v = verifier(&["whsec"]);
+        let now_ms = NOW * 1000;
+        for (ts, ok) in [
+            (now_ms - 300_000, true),
+            (now_ms + 299_999, true),
+            (now_ms - 300_001, false),
+        ] {
+            let sig = sign("whsec", &ts.to_string(), BODY);
+            let got = check(&v, &format!("{ts}, {sig}"));
+            assert_eq!(got.is_ok(), ok, "{ts}");
+            if ok {
+                assert!(got.unwrap().millis);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stale_timestamp_is_rejected_even_with_a_valid_signature() {
+        let v = verifier(&["whsec"]);
+        let ts = NOW - 3600;
+        let sig = sign("whsec", &ts.to_string(), BODY);
+        assert_eq!(
+            check(&v, &format!("{ts}, {sig}")),
+            Err(SignatureError::Stale)
+        );
+    }
+
+    #[test]
+    fn without_secrets_nothing_verifies() {
+        let v = verifier(&[]);
+        let sig = sign("whsec", &NOW.to_string(), BODY);
+        assert_eq!(
+            check(&v, &format!("{NOW}, {sig}")),
+            Err(SignatureError::NoSecrets)
+        );
+    }
+
+    #[test]
+    fn every_combination_is_compared_even_after_a_match() {
+        // The constant-time path: a match on the first secret still computes and
+        // compares the rest (no early return), which this observes through the
+        // result recording the *first* match while later secrets also match.
+        let v = verifier(&["same", "same"]);
+        let sig = sign("same", &NOW.to_string(), BODY);
+        assert_eq!(check(&v, &format!("{NOW}, {sig}")).unwrap().secret_index, 0);
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let v = verifier(&["super-secret-value"]);
+        let dbg = format!("{v:?}");
+        assert!(!dbg.contains("super-secret-value"));
+        assert!(dbg.contains("redacted"));
+    }
+
+    #[test]
+    fn hex_signatures_are_accepted() {
+        let v = verifier(&["whsec"]);
+        let raw = hmac_sha256(
+            &SecretString::from("whsec".to_string()),
+            &NOW.to_string(),
+            BODY,
+        );
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(check(&v, &format!("{NOW}, {hex}")).is_ok());
+    }
+}
