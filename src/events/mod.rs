@@ -12,9 +12,11 @@ pub mod filter;
 pub mod log;
 pub mod memory;
 pub mod proto;
+pub mod subscription;
 
 pub use envelope::{Envelope, EnvelopeError};
 pub use filter::{EventFilter, FilterError};
 pub use log::{Appended, Bounds, Cursor, CursorError, EventLog, LogError, Sequence, StoredEvent};
 pub use memory::{MemoryLog, MemoryLogConfig};
 pub use proto::{EventEncoder, PayloadDecoder};
+pub use subscription::{Start, SubscribeError, SubscriptionItem, Tail};

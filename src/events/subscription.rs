@@ -1,0 +1,430 @@
+//! Subscriptions: a position in the log, a filter and a bounded queue to the
+//! subscriber. Each subscription runs as its own task that reads the log by sequence
+//! ([`Tail`]), so the webhook path never waits for subscribers and a slow one only
+//! delays itself; once the log drops its position the subscription ends with
+//! [`SubscriptionItem::Expired`] rather than skipping events.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+
+use super::{
+    filter::EventFilter,
+    log::{CursorError, EventLog, LogError, Sequence, StoredEvent},
+};
+use crate::clock::Clock;
+
+/// Events read from the log per batch.
+const READ_BATCH: usize = 128;
+
+/// Capacity of each subscriber's queue (messages not yet taken by the transport).
+pub const SUBSCRIBER_QUEUE: usize = 32;
+
+/// Reads a log from a position onwards, waiting for appends when caught up.
+#[derive(Debug)]
+pub struct Tail {
+    log: Arc<dyn EventLog>,
+    pos: Sequence,
+    appended: watch::Receiver<Sequence>,
+}
+
+impl Tail {
+    /// A reader positioned after `after`.
+    pub fn new(log: Arc<dyn EventLog>, after: Sequence) -> Self {
+        let appended = log.watch_appends();
+        Self {
+            log,
+            pos: after,
+            appended,
+        }
+    }
+
+    /// The last sequence read (everything up to it has been handed out).
+    pub fn position(&self) -> Sequence {
+        self.pos
+    }
+
+    /// The next events after the position, without waiting; empty when caught up.
+    pub async fn next_batch(&mut self) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        // why: mark the current version seen *before* reading, so an append racing
+        // with the read still wakes `wait_for_append`.
+        self.appended.borrow_and_update();
+        let batch = self.log.read_after(self.pos, READ_BATCH).await?;
+        if let Some(last) = batch.last() {
+            self.pos = last.seq;
+        }
+        Ok(batch)
+    }
+
+    /// Waits until something is appended after the last `next_batch`. False when the
+    /// log is gone.
+    pub async fn wait_for_append(&mut self) -> bool {
+        self.appended.changed().await.is_ok()
+    }
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// After the last event appended so far.
+    Now,
+    /// At the oldest held event.
+    Oldest,
+    /// At the first event the gateway received at or after this time.
+    AtTime(DateTime<Utc>),
+    /// After the event this cursor names.
+    AfterCursor(String),
+}
+
+/// Why a subscription could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The cursor is not one this gateway issued.
+    #[error("malformed cursor")]
+    MalformedCursor,
+    /// The cursor names a position the log has not reached.
+    #[error("cursor is ahead of the event log")]
+    CursorAhead,
+    /// Events after the start were dropped (or the cursor is from another log
+    /// instance); resume from `oldest_cursor` to read what is held.
+    #[error("events after the requested start are no longer held")]
+    Expired {
+        /// Cursor positioned just before the oldest held event.
+        oldest_cursor: String,
+        /// True when the cursor came from another log instance.
+        other_log: bool,
+    },
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// One message for a subscriber.
+#[derive(Debug)]
+pub enum SubscriptionItem {
+    /// A matching event.
+    Event(Arc<StoredEvent>),
+    /// Nothing matched for a heartbeat interval; `cursor` is where to resume.
+    Heartbeat {
+        /// Cursor of the last event looked at (matching or not).
+        cursor: String,
+        /// Gateway time.
+        time: DateTime<Utc>,
+    },
+    /// The log dropped events before this subscriber read them; the stream ends.
+    Expired {
+        /// Cursor positioned just before the oldest held event.
+        oldest_cursor: String,
+    },
+    /// The log failed; the stream ends.
+    Failed(LogError),
+}
+
+/// Resolves `start` to the position to read after.
+pub async fn resolve_start(log: &dyn EventLog, start: &Start) -> Result<Sequence, SubscribeError> {
+    let bounds = log.bounds().await?;
+    let oldest_cursor = || log.cursor_for(bounds.first.saturating_sub(1));
+    match start {
+        Start::Now => Ok(bounds.last),
+        Start::Oldest => Ok(bounds.first.saturating_sub(1)),
+        Start::AtTime(time) => {
+            // Events received before `time` that were dropped would be missed.
+            let oldest = log.read_after(bounds.first.saturating_sub(1), 1).await?;
+            if bounds.first > 1 && oldest.first().is_some_and(|e| *time < e.received_at) {
+                return Err(SubscribeError::Expired {
+                    oldest_cursor: oldest_cursor(),
+                    other_log: false,
+                });
+            }
+            Ok(match log.first_received_at_or_after(*time).await? {
+                Some(seq) => seq - 1,
+                None => bounds.last,
+            })
+        }
+        Start::AfterCursor(cursor) => match log.sequence_of(cursor) {
+            Err(CursorError::Malformed) => Err(SubscribeError::MalformedCursor),
+            Err(CursorError::OtherLog) => Err(SubscribeError::Expired {
+                oldest_cursor: oldest_cursor(),
+                other_log: true,
+            }),
+            Ok(seq) if seq > bounds.last => Err(SubscribeError::CursorAhead),
+            Ok(seq) if bounds.is_expired(seq) => Err(SubscribeError::Expired {
+                oldest_cursor: oldest_cursor(),
+                other_log: false,
+            }),
+            Ok(seq) => Ok(seq),
+        },
+    }
+}
+
+/// Starts a subscription: resolves the start, then spawns the task feeding the
+/// returned bounded queue. The task ends when the receiver is dropped.
+pub async fn subscribe(
+    log: Arc<dyn EventLog>,
+    filter: EventFilter,
+    start: &Start,
+    heartbeat: Duration,
+    clock: Arc<dyn Clock>,
+) -> Result<mpsc::Receiver<SubscriptionItem>, SubscribeError> {
+    let after = resolve_start(log.as_ref(), start).await?;
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+    let tail = Tail::new(log, after);
+    tokio::spawn(run(tail, filter, heartbeat, clock, tx));
+    Ok(rx)
+}
+
+async fn run(
+    mut tail: Tail,
+    filter: EventFilter,
+    heartbeat: Duration,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<SubscriptionItem>,
+) {
+    let mut idle_until = Instant::now() + heartbeat;
+    loop {
+        let batch = match tail.next_batch().await {
+            Ok(batch) => batch,
+            Err(LogError::Expired { oldest, .. }) => {
+                let oldest_cursor = tail.log.cursor_for(oldest.saturating_sub(1));
+                let _ = tx.send(SubscriptionItem::Expired { oldest_cursor }).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(SubscriptionItem::Failed(e)).await;
+                return;
+            }
+        };
+        let caught_up = batch.is_empty();
+        for event in batch {
+            if filter.matches(&event.envelope) {
+                // why: a full queue blocks only this task; the log keeps the events.
+                if tx.send(SubscriptionItem::Event(event)).await.is_err() {
+                    return;
+                }
+                idle_until = Instant::now() + heartbeat;
+            }
+        }
+        if Instant::now() >= idle_until {
+            if !send_heartbeat(&tail, &clock, &tx).await {
+                return;
+            }
+            idle_until = Instant::now() + heartbeat;
+        }
+        if !caught_up {
+            continue;
+        }
+        tokio::select! {
+            alive = tail.wait_for_append() => if !alive { return },
+            () = tokio::time::sleep_until(idle_until) => {
+                if !send_heartbeat(&tail, &clock, &tx).await {
+                    return;
+                }
+                idle_until = Instant::now() + heartbeat;
+            }
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn send_heartbeat(
+    tail: &Tail,
+    clock: &Arc<dyn Clock>,
+    tx: &mpsc::Sender<SubscriptionItem>,
+) -> bool {
+    let item = SubscriptionItem::Heartbeat {
+        cursor: tail.log.cursor_for(tail.position()),
+        time: clock.now(),
+    };
+    tx.send(item).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::SystemClock,
+        events::{Envelope, EventEncoder, MemoryLog, MemoryLogConfig},
+    };
+    use bytes::Bytes;
+    use tokio::time::timeout;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn event(id: &str, t: &str) -> Envelope {
+        let body = format!(
+            r#"{{"id":"{id}","type":"{t}","createdTime":"2024-01-01T00:00:00Z","data":{{"object":{{"orderId":"o1"}}}}}}"#
+        );
+        Envelope::parse(Bytes::from(body)).unwrap()
+    }
+
+    fn log(max_events: usize) -> Arc<dyn EventLog> {
+        Arc::new(MemoryLog::new(
+            MemoryLogConfig {
+                max_events,
+                ..Default::default()
+            },
+            EventEncoder::default(),
+            Arc::new(SystemClock),
+        ))
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<SubscriptionItem>) -> Arc<StoredEvent> {
+        loop {
+            match timeout(WAIT, rx.recv())
+                .await
+                .expect("timed out")
+                .expect("closed")
+            {
+                SubscriptionItem::Event(e) => return e,
+                SubscriptionItem::Heartbeat { .. } => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_matching_events_appended_after_it_started() {
+        let log = log(100);
+        log.append(event("before", "order.accepted")).await.unwrap();
+        let filter = EventFilter::new(&["order.charge.*".into()], &[], None).unwrap();
+        let mut rx = subscribe(
+            log.clone(),
+            filter,
+            &Start::Now,
+            Duration::from_secs(60),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        log.append(event("a", "order.accepted")).await.unwrap();
+        log.append(event("b", "order.charge.capture.complete"))
+            .await
+            .unwrap();
+        assert_eq!(next_event(&mut rx).await.envelope.id, "b");
+    }
+
+    #[tokio::test]
+    async fn idle_subscribers_get_heartbeats_with_the_latest_cursor() {
+        let log = log(100);
+        let filter = EventFilter::new(&["nothing.matches".into()], &[], None).unwrap();
+        let mut rx = subscribe(
+            log.clone(),
+            filter,
+            &Start::Now,
+            Duration::from_millis(50),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        log.append(event("a", "order.accepted")).await.unwrap();
+        let want = log.cursor_for(1);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+                SubscriptionItem::Heartbeat { cursor, .. } if cursor == want => break,
+                SubscriptionItem::Heartbeat { .. } => assert!(Instant::now() < deadline),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_the_log_gets_expired_not_a_gap() {
+        let log = log(3);
+        let mut rx = subscribe(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        log.append(event("first", "order.accepted")).await.unwrap();
+        assert_eq!(next_event(&mut rx).await.seq, 1);
+        // Append far more than the log holds without reading.
+        for i in 0..(SUBSCRIBER_QUEUE + 10) {
+            log.append(event(&format!("e{i}"), "order.accepted"))
+                .await
+                .unwrap();
+        }
+        let mut seen = vec![1];
+        loop {
+            match timeout(WAIT, rx.recv()).await.unwrap() {
+                Some(SubscriptionItem::Event(e)) => seen.push(e.seq),
+                Some(SubscriptionItem::Expired { oldest_cursor }) => {
+                    let oldest_held = log.sequence_of(&oldest_cursor).unwrap() + 1;
+                    let next_wanted = seen.last().unwrap() + 1;
+                    assert!(oldest_held > next_wanted, "expired only after a real gap");
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // What was delivered is contiguous from the start.
+        assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn starts_resolve_as_documented() {
+        let log = log(2);
+        for id in ["a", "b", "c"] {
+            log.append(event(id, "order.accepted")).await.unwrap();
+        }
+        assert_eq!(resolve_start(log.as_ref(), &Start::Now).await.unwrap(), 3);
+        assert_eq!(
+            resolve_start(log.as_ref(), &Start::Oldest).await.unwrap(),
+            1
+        );
+        let c = log.cursor_for(2);
+        assert_eq!(
+            resolve_start(log.as_ref(), &Start::AfterCursor(c))
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(matches!(
+            resolve_start(log.as_ref(), &Start::AfterCursor(log.cursor_for(0))).await,
+            Err(SubscribeError::Expired {
+                other_log: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            resolve_start(log.as_ref(), &Start::AfterCursor(log.cursor_for(9))).await,
+            Err(SubscribeError::CursorAhead)
+        ));
+        assert!(matches!(
+            resolve_start(log.as_ref(), &Start::AfterCursor("junk".into())).await,
+            Err(SubscribeError::MalformedCursor)
+        ));
+        let other = crate::events::Cursor {
+            log_id: log.log_id() ^ 1,
+            seq: 2,
+        }
+        .encode();
+        assert!(matches!(
+            resolve_start(log.as_ref(), &Start::AfterCursor(other)).await,
+            Err(SubscribeError::Expired {
+                other_log: true,
+                ..
+            })
+        ));
+        let long_ago = Utc::now() - chrono::Duration::days(1);
+        assert!(matches!(
+            resolve_start(log.as_ref(), &Start::AtTime(long_ago)).await,
+            Err(SubscribeError::Expired { .. })
+        ));
+        let future = Utc::now() + chrono::Duration::days(1);
+        assert_eq!(
+            resolve_start(log.as_ref(), &Start::AtTime(future))
+                .await
+                .unwrap(),
+            3
+        );
+    }
+}
