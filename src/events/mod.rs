@@ -7,13 +7,16 @@
 //! slow subscriber simply reads later (from the log, by sequence) and fails with
 //! [`LogError::Expired`] if the log has dropped its position meanwhile.
 
+pub mod backfill;
 pub mod envelope;
 pub mod filter;
 pub mod log;
 pub mod memory;
+pub mod outcomes;
 pub mod proto;
 pub mod subscription;
 
+pub use backfill::{Backfill, BackfillConfig, BackfillReport};
 pub use envelope::{Envelope, EnvelopeError};
 pub use filter::{EventFilter, FilterError};
 pub use log::{Appended, Bounds, Cursor, CursorError, EventLog, LogError, Sequence, StoredEvent};

@@ -1,0 +1,344 @@
+//! Waits for the outcome of the captures or cancels a fulfillment started.
+//!
+//! DR captures and cancels asynchronously: `POST /fulfillments` answers at once and
+//! the outcome arrives later as `order.charge.capture.*` / `order.charge.cancel.*`
+//! events whose `data.object` is the charge (`../shared/dr-api.md` §0.2, §3.3). The
+//! operations that belong to a fulfillment are the charge's `captures[]` /
+//! `cancels[]` entries with its `fulfillmentId`, or whose id is in the
+//! fulfillment's `chargeOperationIds` (DR's cancel example has no `fulfillmentId`).
+//!
+//! Callers position a [`Tail`] *before* sending the POST, so no event is missed.
+
+use std::collections::BTreeMap;
+
+use tokio::time::Instant;
+
+use super::{subscription::Tail, LogError};
+use crate::digital_river::models;
+
+/// Which operations to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperationKind {
+    /// Captures (`quantity`).
+    Capture,
+    /// Cancels (`cancelQuantity`).
+    Cancel,
+}
+
+impl OperationKind {
+    fn event_prefix(self) -> &'static str {
+        match self {
+            Self::Capture => "order.charge.capture.",
+            Self::Cancel => "order.charge.cancel.",
+        }
+    }
+
+    fn operations(self, charge: &models::Charge) -> &[models::ChargeOperation] {
+        match self {
+            Self::Capture => &charge.captures,
+            Self::Cancel => &charge.cancels,
+        }
+    }
+}
+
+/// True for the final states of a capture or cancel.
+pub fn is_terminal(state: Option<&str>) -> bool {
+    matches!(state, Some("complete" | "failed"))
+}
+
+/// The latest known state of one operation.
+#[derive(Debug, Clone)]
+pub struct OperationOutcome {
+    /// Charge the operation runs on.
+    pub charge_id: String,
+    /// Currency of the charge (for the amount).
+    pub currency: String,
+    /// The operation as the newest event showed it.
+    pub operation: models::ChargeOperation,
+}
+
+/// What waiting found.
+#[derive(Debug, Clone, Default)]
+pub struct Outcomes {
+    /// Outcomes by operation id, in id order.
+    pub operations: Vec<OperationOutcome>,
+    /// True when every operation is complete or failed.
+    pub settled: bool,
+}
+
+/// Which operations belong to one fulfillment.
+#[derive(Debug, Clone)]
+pub struct Correlation {
+    /// Capture or cancel.
+    pub kind: OperationKind,
+    /// The fulfillment id.
+    pub fulfillment_id: String,
+    /// `chargeOperationIds` of the fulfillment, when DR sent them.
+    pub operation_ids: Vec<String>,
+}
+
+impl Correlation {
+    fn belongs(&self, op: &models::ChargeOperation) -> bool {
+        op.fulfillment_id.as_deref() == Some(self.fulfillment_id.as_str())
+            || self.operation_ids.iter().any(|id| *id == op.id)
+    }
+}
+
+/// Reads the log from `tail` until every operation of the fulfillment is terminal
+/// or `deadline` passes. Settled means: at least one operation seen, all seen ones
+/// terminal, and every id in `chargeOperationIds` seen.
+pub async fn wait_for_outcomes(
+    tail: &mut Tail,
+    correlation: &Correlation,
+    deadline: Instant,
+) -> Result<Outcomes, LogError> {
+    let mut seen: BTreeMap<String, OperationOutcome> = BTreeMap::new();
+    loop {
+        let batch = match tail.next_batch().await {
+            Ok(batch) => batch,
+            // why: the log moved past us (tiny log, huge burst); report what we saw.
+            Err(LogError::Expired { .. }) => return Ok(outcomes(seen, correlation)),
+            Err(e) => return Err(e),
+        };
+        let caught_up = batch.is_empty();
+        for event in batch {
+            if !event
+                .envelope
+                .event_type
+                .starts_with(correlation.kind.event_prefix())
+            {
+                continue;
+            }
+            let object = serde_json::Value::Object(event.envelope.object.clone());
+            let Ok(charge) = serde_json::from_value::<models::Charge>(object) else {
+                continue;
+            };
+            for op in correlation.kind.operations(&charge) {
+                if !correlation.belongs(op) {
+                    continue;
+                }
+                // why: events may arrive out of order; never let a late "pending"
+                // overwrite a final state.
+                let keep_old = seen
+                    .get(&op.id)
+                    .is_some_and(|old| is_terminal(old.operation.state.as_deref()))
+                    && !is_terminal(op.state.as_deref());
+                if !keep_old {
+                    seen.insert(
+                        op.id.clone(),
+                        OperationOutcome {
+                            charge_id: charge.id.clone(),
+                            currency: charge.currency.clone().unwrap_or_default(),
+                            operation: op.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        let result = outcomes(seen.clone(), correlation);
+        if result.settled {
+            return Ok(result);
+        }
+        if !caught_up {
+            continue;
+        }
+        match tokio::time::timeout_at(deadline, tail.wait_for_append()).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Ok(outcomes(seen, correlation)),
+        }
+    }
+}
+
+fn outcomes(seen: BTreeMap<String, OperationOutcome>, correlation: &Correlation) -> Outcomes {
+    let all_expected_seen = correlation
+        .operation_ids
+        .iter()
+        .all(|id| seen.contains_key(id));
+    let settled = !seen.is_empty()
+        && all_expected_seen
+        && seen
+            .values()
+            .all(|o| is_terminal(o.operation.state.as_deref()));
+    Outcomes {
+        operations: seen.into_values().collect(),
+        settled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::SystemClock,
+        events::{Envelope, EventEncoder, EventLog, MemoryLog, MemoryLogConfig},
+    };
+    use serde_json::json;
+    use std::{sync::Arc, time::Duration};
+
+    fn charge_event(id: &str, t: &str, ops: serde_json::Value) -> Envelope {
+        let key = if t.contains(".capture.") {
+            "captures"
+        } else {
+            "cancels"
+        };
+        Envelope::from_value(json!({
+            "id": id, "type": t, "createdTime": "2024-01-01T00:00:00Z",
+            "data": {"object": {"id": "ch1", "orderId": "o1", "currency": "USD", key: ops}}
+        }))
+        .unwrap()
+    }
+
+    fn log() -> Arc<dyn EventLog> {
+        Arc::new(MemoryLog::new(
+            MemoryLogConfig::default(),
+            EventEncoder::default(),
+            Arc::new(SystemClock),
+        ))
+    }
+
+    fn correlation(kind: OperationKind, ids: &[&str]) -> Correlation {
+        Correlation {
+            kind,
+            fulfillment_id: "ful_1".into(),
+            operation_ids: ids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_capture_settles_when_its_complete_event_arrives() {
+        let log = log();
+        let mut tail = Tail::new(log.clone(), log.bounds().await.unwrap().last);
+        let appender = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append(charge_event(
+                    "e0",
+                    "order.charge.capture.pending",
+                    json!([{"id": "cap9", "state": "pending", "fulfillmentId": "ful_other"}]),
+                ))
+                .await
+                .unwrap();
+                log.append(charge_event(
+                    "e1",
+                    "order.charge.capture.pending",
+                    json!([{"id": "cap1", "state": "pending", "fulfillmentId": "ful_1"}]),
+                ))
+                .await
+                .unwrap();
+                log.append(charge_event("e2", "order.charge.capture.complete",
+                    json!([{"id": "cap1", "state": "complete", "amount": 5.0, "fulfillmentId": "ful_1"}]))).await.unwrap();
+            })
+        };
+        let got = wait_for_outcomes(
+            &mut tail,
+            &correlation(OperationKind::Capture, &[]),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        appender.await.unwrap();
+        assert!(got.settled);
+        assert_eq!(got.operations.len(), 1);
+        assert_eq!(
+            got.operations[0].operation.state.as_deref(),
+            Some("complete")
+        );
+        assert_eq!(got.operations[0].charge_id, "ch1");
+    }
+
+    #[tokio::test]
+    async fn a_failed_capture_settles_with_its_failure_code() {
+        let log = log();
+        let mut tail = Tail::new(log.clone(), 0);
+        log.append(charge_event("e1", "order.charge.capture.failed",
+            json!([{"id": "cap1", "state": "failed", "failureCode": "failed-request", "fulfillmentId": "ful_1"}]))).await.unwrap();
+        let got = wait_for_outcomes(
+            &mut tail,
+            &correlation(OperationKind::Capture, &[]),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(got.settled);
+        assert_eq!(
+            got.operations[0].operation.failure_code.as_deref(),
+            Some("failed-request")
+        );
+    }
+
+    #[tokio::test]
+    async fn cancels_match_by_operation_id_and_wait_for_all_expected() {
+        let log = log();
+        let mut tail = Tail::new(log.clone(), 0);
+        // DR's cancel example carries no fulfillmentId.
+        log.append(charge_event(
+            "e1",
+            "order.charge.cancel.complete",
+            json!([{"id": "can1", "state": "complete"}]),
+        ))
+        .await
+        .unwrap();
+        let got = wait_for_outcomes(
+            &mut tail,
+            &correlation(OperationKind::Cancel, &["can1", "can2"]),
+            Instant::now() + Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+        assert!(!got.settled, "can2 never arrived");
+        assert_eq!(got.operations.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_deadline_returns_what_was_seen_unsettled() {
+        let log = log();
+        let mut tail = Tail::new(log.clone(), 0);
+        log.append(charge_event(
+            "e1",
+            "order.charge.capture.pending",
+            json!([{"id": "cap1", "state": "pending", "fulfillmentId": "ful_1"}]),
+        ))
+        .await
+        .unwrap();
+        let got = wait_for_outcomes(
+            &mut tail,
+            &correlation(OperationKind::Capture, &[]),
+            Instant::now() + Duration::from_millis(50),
+        )
+        .await
+        .unwrap();
+        assert!(!got.settled);
+        assert_eq!(
+            got.operations[0].operation.state.as_deref(),
+            Some("pending")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_late_pending_never_overwrites_a_final_state() {
+        let log = log();
+        let mut tail = Tail::new(log.clone(), 0);
+        log.append(charge_event(
+            "e2",
+            "order.charge.capture.complete",
+            json!([{"id": "cap1", "state": "complete", "fulfillmentId": "ful_1"}]),
+        ))
+        .await
+        .unwrap();
+        log.append(charge_event(
+            "e1",
+            "order.charge.capture.pending",
+            json!([{"id": "cap1", "state": "pending", "fulfillmentId": "ful_1"}]),
+        ))
+        .await
+        .unwrap();
+        let got = wait_for_outcomes(
+            &mut tail,
+            &correlation(OperationKind::Capture, &[]),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(got.settled);
+    }
+}
