@@ -1,11 +1,22 @@
 //! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API.
 //!
 //! # Layout
+//! - [`app`]: binds the listeners, wires the services, runs until shutdown.
+//! - [`config`]: flags and env → [`config::Settings`].
+//! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
+//! - [`domain`]: validation, idempotent fulfilment with reconciliation, order progress.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
-//! - [`grpc`]: gRPC services, protobuf conversions and the error → status table.
-//! - [`money`]: exact decimal text ↔ `Money`.
+//! - [`money`]: exact decimal text → `Money`.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
+//! - [`shutdown`], [`telemetry`]: signals and logging.
+//!
+//! Dependencies flow one way: `grpc` → `domain` → `digital_river`.
+pub mod app;
+pub mod config;
 pub mod digital_river;
+pub mod domain;
 pub mod grpc;
 pub mod money;
 pub mod pb;
+pub mod shutdown;
+pub mod telemetry;
