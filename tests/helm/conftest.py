@@ -8,6 +8,7 @@ tests; set HELM to use another helm 3 binary.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -92,6 +93,26 @@ def render(*sets: str, values_files=()) -> Rendered:
     proc = _helm(template_cmd(values_files, sets))
     assert proc.returncode == 0, f"helm template failed:\n{proc.stderr}"
     return Rendered(d for d in yaml.safe_load_all(proc.stdout) if d)
+
+
+def render_notes(*sets: str, values_files=(), tmp_path: Path) -> str:
+    """NOTES.txt as `helm install` would print it.
+
+    `helm template` does not render NOTES.txt, so a copy of the chart gets a
+    template that runs NOTES.txt through `tpl`.
+    """
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes-source.txt")
+    (chart / "templates" / "zz-notes-preview.yaml").write_text(
+        'notes: |\n{{ tpl (.Files.Get "notes-source.txt") . | indent 2 }}\n'
+    )
+    proc = _helm(
+        template_cmd(values_files, sets)[:2] + [str(chart)] + template_cmd(values_files, sets)[3:]
+        + ["--show-only", "templates/zz-notes-preview.yaml"]
+    )
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)["notes"]
 
 
 def render_error(values_file: Path) -> str:
