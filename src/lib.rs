@@ -1,17 +1,29 @@
 //! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API.
 //!
 //! # Layout
+//! - [`app`]: binds the listeners, wires the services, runs until shutdown.
 //! - [`clock`]: wall-clock time behind a trait, for tests.
+//! - [`config`]: flags and env → [`config::Settings`].
+//! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
+//! - [`webhook`]: DR webhook intake (HTTP): signature check → event log → 2xx.
+//! - [`domain`]: validation, idempotent fulfilment with reconciliation, order progress.
+//! - [`events`]: DR event envelope, the event log (trait + in-memory), subscriptions,
+//!   filters, backfill, capture/cancel outcome correlation.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
-//! - [`events`]: DR event envelope, the event log (trait + in-memory), filters.
-//! - [`grpc`]: gRPC services, protobuf conversions and the error → status table.
-//! - [`money`]: exact decimal text ↔ `Money`.
+//! - [`money`]: exact decimal text → `Money`.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
-//! - [`webhook`]: DR webhook intake (HTTP): signature check → event log.
+//! - [`shutdown`], [`telemetry`]: signals and logging.
+//!
+//! Dependencies flow one way: `grpc` / `webhook` → `domain` / `events` → `digital_river`.
+pub mod app;
 pub mod clock;
+pub mod config;
 pub mod digital_river;
+pub mod domain;
 pub mod events;
 pub mod grpc;
 pub mod money;
 pub mod pb;
+pub mod shutdown;
+pub mod telemetry;
 pub mod webhook;

@@ -357,7 +357,7 @@ impl Client {
             None
         } else {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => Some(body),
+                Ok(body) => Some(Box::new(body)),
                 Err(source) => {
                     log_undecodable(status, &bytes);
                     return Err(Error::Decode {

@@ -59,8 +59,8 @@ pub enum Error {
         method: &'static str,
         /// DR path (no query string).
         path: String,
-        /// Parsed error body; `None` when DR sent none.
-        body: Option<ErrorBody>,
+        /// Parsed error body; `None` when DR sent none (boxed: errors stay small).
+        body: Option<Box<ErrorBody>>,
         /// `Retry-After`, when sent.
         retry_after: Option<Duration>,
         /// DR's request id header, when sent.

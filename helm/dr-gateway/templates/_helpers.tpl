@@ -1,0 +1,152 @@
+{{/*
+Chart name, truncated to 63 characters (DNS label limit).
+*/}}
+{{- define "dr-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: <release>-<chart>, or the release name when it
+already contains the chart name. Truncated to 63 characters.
+*/}}
+{{- define "dr-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "dr-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels identifying this release of the chart (no component).
+*/}}
+{{- define "dr-gateway.instanceLabels" -}}
+app.kubernetes.io/name: {{ include "dr-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Common labels for every object. Callers add app.kubernetes.io/component.
+*/}}
+{{- define "dr-gateway.labels" -}}
+helm.sh/chart: {{ include "dr-gateway.chart" . }}
+{{ include "dr-gateway.instanceLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: dr-gateway
+{{- end }}
+
+{{/*
+Selector labels of the gateway pods. The component keeps the helm test pod
+(component "test") out of the Services, the PDB and the spread constraints.
+*/}}
+{{- define "dr-gateway.selectorLabels" -}}
+{{ include "dr-gateway.instanceLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/*
+Name of the ServiceAccount.
+*/}}
+{{- define "dr-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "dr-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Gateway image reference: repository@digest, or repository:tag (tag defaults
+to appVersion).
+*/}}
+{{- define "dr-gateway.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the DR API key and webhook secrets.
+*/}}
+{{- define "dr-gateway.secretName" -}}
+{{- default (include "dr-gateway.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/*
+Name of the internal gRPC Service (the "main" name clients dial).
+*/}}
+{{- define "dr-gateway.grpcServiceName" -}}
+{{- include "dr-gateway.fullname" . }}
+{{- end }}
+
+{{/*
+Name of the webhook Service.
+*/}}
+{{- define "dr-gateway.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "dr-gateway.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+How many pods may run at once: replicaCount, or the HPA's maxReplicas.
+*/}}
+{{- define "dr-gateway.maxPods" -}}
+{{- if .Values.autoscaling.enabled }}
+{{- .Values.autoscaling.maxReplicas | int }}
+{{- else }}
+{{- .Values.replicaCount | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+How many pods run at least: replicaCount, or the HPA's minReplicas.
+*/}}
+{{- define "dr-gateway.minPods" -}}
+{{- if .Values.autoscaling.enabled }}
+{{- .Values.autoscaling.minReplicas | int }}
+{{- else }}
+{{- .Values.replicaCount | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the explicit value, checked to outlast the
+preStop sleep plus the gateway's drain, or that sum plus a 10 s margin.
+*/}}
+{{- define "dr-gateway.terminationGracePeriodSeconds" -}}
+{{- $needed := add .Values.preStopSleepSeconds .Values.config.shutdownGraceSeconds }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $needed 10 }}
+{{- else if le (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than preStopSleepSeconds (%d) + config.shutdownGraceSeconds (%d) = %d, or the kubelet kills the gateway before it has drained; leave it null to compute it" (int .Values.terminationGracePeriodSeconds) (int .Values.preStopSleepSeconds) (int .Values.config.shutdownGraceSeconds) (int $needed)) }}
+{{- else }}
+{{- .Values.terminationGracePeriodSeconds | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks the schema also makes, repeated here with full sentences because
+helm's schema errors cannot carry a custom message.
+*/}}
+{{- define "dr-gateway.validate" -}}
+{{- if and (gt (include "dr-gateway.maxPods" . | int) 1) (not .Values.bus.url) }}
+{{- fail "more than one gateway pod (replicaCount > 1 or autoscaling.maxReplicas > 1) needs bus.url: pods share webhook events through NATS JetStream; without it each pod keeps its own in-memory events. Set bus.url (e.g. nats://nats.nats.svc:4222; run NATS with the nats/nats chart, JetStream enabled) or use one replica." }}
+{{- end }}
+{{- if and .Values.bus.credentialsSecret (not .Values.bus.url) }}
+{{- fail "bus.credentialsSecret is set but bus.url is empty: set bus.url too" }}
+{{- end }}
+{{- end }}

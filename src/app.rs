@@ -1,0 +1,189 @@
+//! Builds the gateway from [`Settings`]: binds the listeners (so tests can use port 0
+//! and read the ports back), wires services, and runs until the shutdown token fires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::config::Settings;
+use crate::digital_river::{self, Client, ClientConfig};
+use crate::domain::fulfilments::Fulfiller;
+use crate::domain::idempotency::IdempotencyStore;
+use crate::grpc::charge::ChargeApi;
+use crate::grpc::fulfillment::FulfillmentApi;
+use crate::pb;
+use crate::pb::v1::charge_service_server::ChargeServiceServer;
+use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
+
+/// Why the gateway could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The DR client could not be built.
+    #[error("invalid Digital River settings: {0}")]
+    Upstream(#[from] digital_river::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Every gRPC service name the health service reports on, besides the overall `""`.
+pub const SERVICE_NAMES: &[&str] = &[
+    <FulfillmentServiceServer<FulfillmentApi> as NamedService>::NAME,
+    <ChargeServiceServer<ChargeApi> as NamedService>::NAME,
+    "digitalriver.gateway.v1.EventStream",
+];
+
+/// A running gateway.
+pub struct Application {
+    grpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    grace: Duration,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Application {
+    /// Binds the listeners and starts serving; health reports SERVING once all is up.
+    pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        let listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: settings.grpc_addr,
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: settings.grpc_addr,
+            source,
+        })?;
+
+        let client = Client::new(ClientConfig {
+            base_url: settings.dr_base_url.clone(),
+            api_key: settings.dr_api_key.clone(),
+            api_version: settings.dr_api_version.clone(),
+            max_timeout: settings.upstream_timeout,
+            retry: settings.retry,
+        })?;
+        let store = Arc::new(IdempotencyStore::new(
+            settings.idempotency_ttl,
+            settings.idempotency_max_entries,
+        ));
+        let fulfiller = Fulfiller::new(client.clone(), store, settings.reconcile_timeout);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_all(&health, ServingStatus::NotServing).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // why: grpcurl 1.8, grpcui, Postman and Python's reflection client speak only v1alpha.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let shutdown = CancellationToken::new();
+        let router = Server::builder()
+            .layer(tower_http::trace::TraceLayer::new_for_grpc())
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(FulfillmentServiceServer::new(FulfillmentApi::new(
+                client.clone(),
+                fulfiller.clone(),
+            )))
+            .add_service(ChargeServiceServer::new(ChargeApi::new(
+                client.clone(),
+                fulfiller,
+            )));
+
+        let stop = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.cancelled().await;
+                // why: load balancers must see NOT_SERVING before connections close.
+                set_all(&health, ServingStatus::NotServing).await;
+                tracing::info!("stopped accepting; draining in-flight RPCs");
+            }
+        };
+        let server = tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
+        );
+        set_all(&health, ServingStatus::Serving).await;
+        tracing::info!(%grpc_addr, dr_base_url = %settings.dr_base_url, "gateway serving");
+        Ok(Self {
+            grpc_addr,
+            shutdown,
+            grace: settings.shutdown_grace,
+            server,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Cancel this to shut the gateway down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until the shutdown token fires, then drains for at most the grace period.
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        let mut server = self.server;
+        tokio::select! {
+            result = &mut server => return flatten(result),
+            () = self.shutdown.cancelled() => {}
+        }
+        match tokio::time::timeout(self.grace, &mut server).await {
+            Ok(result) => flatten(result),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "drain took longer than the grace period; closing the rest");
+                server.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+fn flatten(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), AppError> {
+    match result {
+        Ok(inner) => inner.map_err(AppError::from),
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC server task failed");
+            Ok(())
+        }
+    }
+}
+
+async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        health.set_service_status(*name, status).await;
+    }
+}

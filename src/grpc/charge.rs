@@ -1,0 +1,196 @@
+//! `ChargeService`: read charges, look up capture failures, capture / cancel items.
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::fulfillment::tracking_command;
+use super::request::{self, required};
+use crate::digital_river::{CallOptions, Client};
+use crate::domain::fulfilments::{Fulfiller, FulfillmentCommand, ItemCommand};
+use crate::domain::orders;
+use crate::domain::ServiceError;
+use crate::pb::v1 as pb;
+use crate::pb::v1::charge_service_server::ChargeService;
+
+/// The service implementation.
+#[derive(Clone)]
+pub struct ChargeApi {
+    client: Client,
+    fulfiller: Fulfiller,
+}
+
+impl ChargeApi {
+    /// A service calling DR through `client` and fulfilling through `fulfiller`.
+    pub fn new(client: Client, fulfiller: Fulfiller) -> Self {
+        Self { client, fulfiller }
+    }
+}
+
+fn opts<T>(req: &Request<T>) -> CallOptions {
+    CallOptions {
+        deadline: request::deadline(req.metadata()),
+        request_id: None,
+    }
+}
+
+/// Which quantity the charge items set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Capture,
+    Cancel,
+}
+
+fn items(items: Vec<pb::ChargeItem>, op: Operation) -> Result<Vec<ItemCommand>, ServiceError> {
+    if let Some(i) = items.iter().position(|i| i.quantity <= 0) {
+        return Err(ServiceError::invalid(
+            format!("items[{i}].quantity"),
+            "must be positive",
+        ));
+    }
+    Ok(items
+        .into_iter()
+        .map(|i| ItemCommand {
+            item_id: i.item_id,
+            quantity: if op == Operation::Capture {
+                i.quantity
+            } else {
+                0
+            },
+            cancel_quantity: if op == Operation::Cancel {
+                i.quantity
+            } else {
+                0
+            },
+            shipment_item_id: i.shipment_item_id,
+        })
+        .collect())
+}
+
+#[tonic::async_trait]
+impl ChargeService for ChargeApi {
+    #[tracing::instrument(skip_all, fields(rpc = "GetCharge", charge_id = %req.get_ref().charge_id))]
+    async fn get_charge(
+        &self,
+        req: Request<pb::GetChargeRequest>,
+    ) -> Result<Response<pb::GetChargeResponse>, Status> {
+        let opts = opts(&req);
+        let id = req.into_inner().charge_id;
+        required("charge_id", &id)?;
+        let charge = self
+            .client
+            .get_charge(&id, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::GetChargeResponse {
+            charge: Some(convert::charge(&charge, "")),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListOrderCharges", order_id = %req.get_ref().order_id))]
+    async fn list_order_charges(
+        &self,
+        req: Request<pb::ListOrderChargesRequest>,
+    ) -> Result<Response<pb::ListOrderChargesResponse>, Status> {
+        let opts = opts(&req);
+        let id = req.into_inner().order_id;
+        required("order_id", &id)?;
+        let order = self
+            .client
+            .get_order(&id, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        let o = convert::order(&order);
+        Ok(Response::new(pb::ListOrderChargesResponse {
+            order_id: o.id,
+            charges: o.charges,
+            total_amount: o.total_amount,
+            captured_amount: o.captured_amount,
+            cancelled_amount: o.cancelled_amount,
+            available_to_refund_amount: o.available_to_refund_amount,
+            order_state: o.state,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetCaptureFailure", charge_id = %req.get_ref().charge_id))]
+    async fn get_capture_failure(
+        &self,
+        req: Request<pb::GetCaptureFailureRequest>,
+    ) -> Result<Response<pb::GetCaptureFailureResponse>, Status> {
+        let opts = opts(&req);
+        let r = req.into_inner();
+        required("charge_id", &r.charge_id)?;
+        required("capture_id", &r.capture_id)?;
+        let charge = self
+            .client
+            .get_charge(&r.charge_id, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        let capture = orders::failed_capture(&charge, &r.capture_id)?;
+        let currency = charge.currency.as_deref().unwrap_or_default();
+        Ok(Response::new(pb::GetCaptureFailureResponse {
+            charge_id: charge.id.clone(),
+            capture_id: capture.id.clone(),
+            failure_code: capture.failure_code.clone().unwrap_or_default(),
+            failure_message: capture.failure_message.clone().unwrap_or_default(),
+            fulfillment_id: capture.fulfillment_id.clone().unwrap_or_default(),
+            amount: convert::amount(currency, &capture.amount),
+            order_id: charge.order_id.clone().unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "CaptureItems", order_id = %req.get_ref().order_id))]
+    async fn capture_items(
+        &self,
+        req: Request<pb::CaptureItemsRequest>,
+    ) -> Result<Response<pb::CaptureItemsResponse>, Status> {
+        let deadline = request::deadline(req.metadata());
+        let r = req.into_inner();
+        if r.wait {
+            return Err(Status::unimplemented(
+                "CaptureItems with wait needs the event stream",
+            ));
+        }
+        let command = FulfillmentCommand {
+            order_id: r.order_id,
+            items: items(r.items, Operation::Capture)?,
+            shipment_id: r.shipment_id,
+            tracking: tracking_command(r.tracking),
+            metadata: r.metadata,
+            request_id: r.request_id,
+        };
+        let created = self.fulfiller.create(command, deadline).await?;
+        Ok(Response::new(pb::CaptureItemsResponse {
+            fulfillment: Some(convert::fulfillment(&created)),
+            outcomes: Vec::new(),
+            settled: false,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "CancelItems", order_id = %req.get_ref().order_id))]
+    async fn cancel_items(
+        &self,
+        req: Request<pb::CancelItemsRequest>,
+    ) -> Result<Response<pb::CancelItemsResponse>, Status> {
+        let deadline = request::deadline(req.metadata());
+        let r = req.into_inner();
+        if r.wait {
+            return Err(Status::unimplemented(
+                "CancelItems with wait needs the event stream",
+            ));
+        }
+        let command = FulfillmentCommand {
+            order_id: r.order_id,
+            items: items(r.items, Operation::Cancel)?,
+            shipment_id: String::new(),
+            tracking: None,
+            metadata: r.metadata,
+            request_id: r.request_id,
+        };
+        let created = self.fulfiller.create(command, deadline).await?;
+        Ok(Response::new(pb::CancelItemsResponse {
+            fulfillment: Some(convert::fulfillment(&created)),
+            outcomes: Vec::new(),
+            settled: false,
+        }))
+    }
+}

@@ -1,0 +1,449 @@
+//! THE table that turns upstream and domain errors into `tonic::Status`.
+//!
+//! Map on DR's HTTP status first, then refine with DR's `code` (dr-api.md §5.1:
+//! `type` does not always match the status). Every status carries
+//! `google.rpc.ErrorInfo` so callers in any language can branch on `reason`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::digital_river::{Error as DrError, ErrorBody};
+use crate::domain::ServiceError;
+
+/// `ErrorInfo.domain` of every status the gateway returns.
+pub const ERROR_DOMAIN: &str = "digitalriver.com";
+
+/// `code` → `CODE` (`order_fulfilled` → `ORDER_FULFILLED`, `failed-request` → `FAILED_REQUEST`).
+pub fn upper_snake(code: &str) -> String {
+    let mut out = String::with_capacity(code.len() + 4);
+    let mut prev_lower = false;
+    for ch in code.chars() {
+        if ch.is_ascii_uppercase() && prev_lower {
+            out.push('_');
+        }
+        if ch.is_ascii_alphanumeric() {
+            out.push(ch.to_ascii_uppercase());
+            prev_lower = ch.is_ascii_lowercase() || ch.is_ascii_digit();
+        } else {
+            if !out.ends_with('_') {
+                out.push('_');
+            }
+            prev_lower = false;
+        }
+    }
+    out.trim_matches('_').to_owned()
+}
+
+/// Builds a status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) plus `extra` details.
+pub fn status_with_info(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: HashMap<String, String>,
+    extra: impl FnOnce(&mut ErrorDetails),
+) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    extra(&mut details);
+    Status::with_error_details(code, message, details)
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::InvalidArgument(violations) => {
+                let message = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                status_with_info(
+                    Code::InvalidArgument,
+                    message,
+                    "INVALID_REQUEST",
+                    HashMap::new(),
+                    |d| {
+                        for v in violations {
+                            d.add_bad_request_violation(v.field, v.description);
+                        }
+                    },
+                )
+            }
+            ServiceError::Upstream(e) => from_dr_error(&e),
+            ServiceError::NotFound {
+                resource_type,
+                id,
+                message,
+            } => status_with_info(
+                Code::NotFound,
+                message.clone(),
+                &format!("{}_NOT_FOUND", upper_snake(resource_type)),
+                HashMap::new(),
+                |d| {
+                    d.set_resource_info(resource_type, id, "", message);
+                },
+            ),
+            ServiceError::FailedPrecondition {
+                reason,
+                subject,
+                description,
+            } => status_with_info(
+                Code::FailedPrecondition,
+                description.clone(),
+                reason,
+                HashMap::new(),
+                |d| {
+                    d.add_precondition_failure_violation(reason, subject, description);
+                },
+            ),
+            ServiceError::DeadlineExceeded(message) => status_with_info(
+                Code::DeadlineExceeded,
+                message,
+                "DEADLINE_EXCEEDED",
+                HashMap::new(),
+                |_| {},
+            ),
+        }
+    }
+}
+
+/// The row of the table for one upstream error.
+pub fn from_dr_error(error: &DrError) -> Status {
+    match error {
+        DrError::Api {
+            status,
+            method,
+            path,
+            body,
+            retry_after,
+            request_id,
+        } => api_status(
+            *status,
+            method,
+            path,
+            body.as_deref(),
+            *retry_after,
+            request_id.as_deref(),
+        ),
+        DrError::Timeout { budget, .. } => {
+            let mut meta = HashMap::new();
+            meta.insert("dr_path".into(), error.path().to_owned());
+            status_with_info(
+                Code::DeadlineExceeded,
+                format!(
+                    "Digital River did not answer within {} ms",
+                    budget.as_millis()
+                ),
+                "UPSTREAM_TIMEOUT",
+                meta,
+                |_| {},
+            )
+        }
+        DrError::Connect { .. } | DrError::Connection { .. } => {
+            tracing::warn!(error = %error, source = ?std::error::Error::source(error), "DR unreachable");
+            let mut meta = HashMap::new();
+            meta.insert("dr_path".into(), error.path().to_owned());
+            status_with_info(
+                Code::Unavailable,
+                "Digital River is unreachable",
+                "UPSTREAM_UNAVAILABLE",
+                meta,
+                |_| {},
+            )
+        }
+        DrError::Decode { status, .. } => {
+            // why: the body's first bytes were logged by the client; callers get a
+            // stable message with nothing DR-internal in it.
+            tracing::error!(error = %error, "undecodable DR response");
+            let mut meta = HashMap::new();
+            meta.insert("http_status".into(), status.to_string());
+            meta.insert("dr_path".into(), error.path().to_owned());
+            status_with_info(
+                Code::Internal,
+                "Digital River sent a response the gateway could not read",
+                "UPSTREAM_BAD_RESPONSE",
+                meta,
+                |_| {},
+            )
+        }
+        DrError::Request { .. } => {
+            tracing::error!(error = %error, "could not build a DR request");
+            status_with_info(
+                Code::Internal,
+                "the gateway could not build the Digital River request",
+                "GATEWAY_INTERNAL",
+                HashMap::new(),
+                |_| {},
+            )
+        }
+    }
+}
+
+fn api_status(
+    status: u16,
+    method: &str,
+    path: &str,
+    body: Option<&ErrorBody>,
+    retry_after: Option<Duration>,
+    request_id: Option<&str>,
+) -> Status {
+    let first = body.and_then(ErrorBody::first);
+    let dr_code = first.and_then(|e| e.code.clone()).unwrap_or_default();
+    let dr_type = body.and_then(|b| b.error_type.clone()).unwrap_or_default();
+    let parameter = first.and_then(|e| e.parameter.clone()).unwrap_or_default();
+    let dr_message = first.and_then(|e| e.text()).map(str::to_owned);
+
+    let mut meta = HashMap::new();
+    meta.insert("http_status".to_owned(), status.to_string());
+    meta.insert("dr_type".to_owned(), dr_type.clone());
+    meta.insert("dr_code".to_owned(), dr_code.clone());
+    meta.insert("parameter".to_owned(), parameter.clone());
+    meta.insert("dr_path".to_owned(), path.to_owned());
+    if let Some(id) = request_id {
+        meta.insert("upstream_request_id".to_owned(), id.to_owned());
+    }
+    let reason = if !dr_code.is_empty() {
+        upper_snake(&dr_code)
+    } else if !dr_type.is_empty() {
+        upper_snake(&dr_type)
+    } else {
+        format!("UPSTREAM_HTTP_{status}")
+    };
+    let message =
+        dr_message.unwrap_or_else(|| format!("Digital River answered {status} to {method} {path}"));
+
+    match status {
+        400 | 422 => status_with_info(Code::InvalidArgument, message, &reason, meta, |d| {
+            for e in body.map(|b| b.errors.as_slice()).unwrap_or_default() {
+                d.add_bad_request_violation(
+                    e.parameter.clone().unwrap_or_default(),
+                    e.text().unwrap_or("invalid").to_owned(),
+                );
+            }
+        }),
+        401 => {
+            tracing::error!("Digital River rejected the gateway's API key");
+            status_with_info(
+                Code::Internal,
+                "Digital River rejected the gateway's API key; check the gateway configuration",
+                "UPSTREAM_UNAUTHENTICATED",
+                meta,
+                |_| {},
+            )
+        }
+        403 => status_with_info(Code::PermissionDenied, message, &reason, meta, |_| {}),
+        404 => {
+            let (resource_type, id) = resource_of(path);
+            status_with_info(Code::NotFound, message.clone(), &reason, meta, |d| {
+                d.set_resource_info(resource_type, id, "", message);
+            })
+        }
+        405 | 406 => {
+            tracing::error!(status, %path, "DR refused the request's method or format: a gateway bug");
+            status_with_info(Code::Internal, message, &reason, meta, |_| {})
+        }
+        408 | 504 => status_with_info(Code::DeadlineExceeded, message, &reason, meta, |_| {}),
+        409 => {
+            let subject = if parameter.is_empty() {
+                resource_of(path).1
+            } else {
+                parameter.clone()
+            };
+            status_with_info(
+                Code::FailedPrecondition,
+                message.clone(),
+                &reason,
+                meta,
+                |d| {
+                    d.add_precondition_failure_violation(dr_code.clone(), subject, message);
+                },
+            )
+        }
+        429 => status_with_info(Code::ResourceExhausted, message, &reason, meta, |d| {
+            d.set_retry_info(retry_after);
+            d.add_quota_failure_violation(
+                "digitalriver.com/api-key",
+                "Digital River rate limit reached (250 req/s live, 25 req/s test)",
+            );
+        }),
+        500 => status_with_info(Code::Internal, message, &reason, meta, |_| {}),
+        502 | 503 => status_with_info(Code::Unavailable, message, &reason, meta, |d| {
+            if retry_after.is_some() {
+                d.set_retry_info(retry_after);
+            }
+        }),
+        _ => status_with_info(Code::Unknown, message, &reason, meta, |_| {}),
+    }
+}
+
+/// `/fulfillments/ful_1` → (`fulfillment`, `ful_1`).
+fn resource_of(path: &str) -> (String, String) {
+    let mut segments = path.trim_matches('/').split('/');
+    let collection = segments.next().unwrap_or_default();
+    let id = segments.next_back().unwrap_or_default().to_owned();
+    let resource_type = collection
+        .strip_suffix('s')
+        .unwrap_or(collection)
+        .to_owned();
+    (resource_type, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digital_river::ErrorEntry;
+
+    fn api(status: u16, code: Option<&str>, retry_after: Option<u64>) -> DrError {
+        DrError::Api {
+            status,
+            method: "POST",
+            path: "/fulfillments".into(),
+            body: Some(Box::new(ErrorBody {
+                error_type: Some("conflict".into()),
+                errors: vec![ErrorEntry {
+                    code: code.map(str::to_owned),
+                    parameter: Some("orderId".into()),
+                    message: Some("Resource '1' is fulfilled.".into()),
+                    description: None,
+                }],
+            })),
+            retry_after: retry_after.map(Duration::from_secs),
+            request_id: Some("req-1".into()),
+        }
+    }
+
+    #[test]
+    fn every_status_row_maps_to_its_code() {
+        let rows = [
+            (400, Code::InvalidArgument),
+            (422, Code::InvalidArgument),
+            (401, Code::Internal),
+            (403, Code::PermissionDenied),
+            (404, Code::NotFound),
+            (405, Code::Internal),
+            (406, Code::Internal),
+            (408, Code::DeadlineExceeded),
+            (409, Code::FailedPrecondition),
+            (429, Code::ResourceExhausted),
+            (500, Code::Internal),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (504, Code::DeadlineExceeded),
+            (418, Code::Unknown),
+        ];
+        for (http, code) in rows {
+            let status = from_dr_error(&api(http, Some("x"), None));
+            assert_eq!(status.code(), code, "HTTP {http}");
+            let info = status
+                .get_details_error_info()
+                .expect("ErrorInfo on every status");
+            assert_eq!(info.domain, ERROR_DOMAIN);
+            assert_eq!(info.metadata.get("http_status"), Some(&http.to_string()));
+        }
+    }
+
+    #[test]
+    fn conflict_carries_reason_and_precondition_failure() {
+        let status = from_dr_error(&api(409, Some("order_fulfilled"), None));
+        assert_eq!(status.message(), "Resource '1' is fulfilled.");
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "ORDER_FULFILLED");
+        assert_eq!(info.metadata["dr_code"], "order_fulfilled");
+        assert_eq!(info.metadata["parameter"], "orderId");
+        assert_eq!(info.metadata["upstream_request_id"], "req-1");
+        let pf = status.get_details_precondition_failure().unwrap();
+        assert_eq!(pf.violations[0].r#type, "order_fulfilled");
+        assert_eq!(pf.violations[0].subject, "orderId");
+    }
+
+    #[test]
+    fn unauthenticated_is_the_gateways_problem_not_the_callers() {
+        let status = from_dr_error(&api(401, None, None));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "UPSTREAM_UNAUTHENTICATED"
+        );
+    }
+
+    #[test]
+    fn rate_limits_carry_retry_info_and_quota_failure() {
+        let status = from_dr_error(&api(429, Some("too_many_requests"), Some(120)));
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(120))
+        );
+        assert!(status.get_details_quota_failure().is_some());
+    }
+
+    #[test]
+    fn lenient_bodies_still_map() {
+        // seed 001: no `type`, `description` instead of `message`
+        let error = DrError::Api {
+            status: 409,
+            method: "POST",
+            path: "/fulfillments".into(),
+            body: Some(Box::new(ErrorBody {
+                error_type: None,
+                errors: vec![ErrorEntry {
+                    code: Some("payment_authorization_failed".into()),
+                    description: Some("The authorization failed.".into()),
+                    ..Default::default()
+                }],
+            })),
+            retry_after: None,
+            request_id: None,
+        };
+        let status = from_dr_error(&error);
+        assert_eq!(status.message(), "The authorization failed.");
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "PAYMENT_AUTHORIZATION_FAILED"
+        );
+        // empty errors[] and no body at all
+        let empty = DrError::Api {
+            status: 503,
+            method: "GET",
+            path: "/charges/c1".into(),
+            body: None,
+            retry_after: None,
+            request_id: None,
+        };
+        let status = from_dr_error(&empty);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "UPSTREAM_HTTP_503"
+        );
+    }
+
+    #[test]
+    fn not_found_names_the_resource() {
+        let error = DrError::Api {
+            status: 404,
+            method: "GET",
+            path: "/charges/ch_9".into(),
+            body: None,
+            retry_after: None,
+            request_id: None,
+        };
+        let info = from_dr_error(&error).get_details_resource_info().unwrap();
+        assert_eq!(
+            (info.resource_type.as_str(), info.resource_name.as_str()),
+            ("charge", "ch_9")
+        );
+    }
+
+    #[test]
+    fn upper_snake_handles_dr_codes() {
+        assert_eq!(upper_snake("order_fulfilled"), "ORDER_FULFILLED");
+        assert_eq!(upper_snake("failed-request"), "FAILED_REQUEST");
+        assert_eq!(
+            upper_snake("creditAmount_already_updated"),
+            "CREDIT_AMOUNT_ALREADY_UPDATED"
+        );
+    }
+}
