@@ -5,15 +5,16 @@
 //! - [`clock`]: wall-clock time behind a trait, for tests.
 //! - [`config`]: flags and env → [`config::Settings`].
 //! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
+//! - [`webhook`]: DR webhook intake (HTTP): signature check → event log → 2xx.
 //! - [`domain`]: validation, idempotent fulfilment with reconciliation, order progress.
+//! - [`events`]: DR event envelope, the event log (trait + in-memory), subscriptions,
+//!   filters, backfill, capture/cancel outcome correlation.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
-//! - [`events`]: DR event envelope, the event log (trait + in-memory), filters.
-//! - [`money`]: exact decimal text ↔ `Money`.
+//! - [`money`]: exact decimal text → `Money`.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
-//! - [`webhook`]: DR webhook intake (HTTP): signature check → event log.
 //!
-//! Dependencies flow one way: `grpc`/`webhook` → `events`/`domain` → `digital_river`.
+//! Dependencies flow one way: `grpc` / `webhook` → `domain` / `events` → `digital_river`.
 pub mod app;
 pub mod clock;
 pub mod config;
