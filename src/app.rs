@@ -17,7 +17,7 @@ use tonic_health::ServingStatus;
 use crate::config::Settings;
 use crate::digital_river::{self, Client, ClientConfig};
 use crate::domain::fulfilments::Fulfiller;
-use crate::domain::idempotency::IdempotencyStore;
+use crate::domain::idempotency::MemoryIdempotencyStore;
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::fulfillment::FulfillmentApi;
 use crate::pb;
@@ -83,7 +83,7 @@ impl Application {
             max_timeout: settings.upstream_timeout,
             retry: settings.retry,
         })?;
-        let store = Arc::new(IdempotencyStore::new(
+        let store = Arc::new(MemoryIdempotencyStore::new(
             settings.idempotency_ttl,
             settings.idempotency_max_entries,
         ));

@@ -53,6 +53,10 @@ pub enum ServiceError {
     /// The caller's deadline passed while the gateway waited (the work may go on).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A dependency of the gateway itself (not DR) is down, e.g. the shared
+    /// idempotency store; nothing was sent to DR, so retrying is safe.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ServiceError {

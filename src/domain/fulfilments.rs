@@ -175,14 +175,18 @@ impl FulfillmentCommand {
 #[derive(Clone)]
 pub struct Fulfiller {
     client: Client,
-    store: Arc<IdempotencyStore>,
+    store: Arc<dyn IdempotencyStore>,
     reconcile_timeout: Duration,
 }
 
 impl Fulfiller {
     /// A fulfiller posting through `client`, remembering results in `store`, and
     /// giving a reconciliation at most `reconcile_timeout`.
-    pub fn new(client: Client, store: Arc<IdempotencyStore>, reconcile_timeout: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        store: Arc<dyn IdempotencyStore>,
+        reconcile_timeout: Duration,
+    ) -> Self {
         Self {
             client,
             store,
@@ -208,7 +212,19 @@ impl Fulfiller {
         };
         let fingerprint = command.fingerprint();
         loop {
-            match self.store.claim(&request_id, fingerprint) {
+            let claim = self
+                .store
+                .claim(&request_id, fingerprint)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(%request_id, error = %e, "cannot claim request_id");
+                    ServiceError::Unavailable(
+                        "the idempotency store is unavailable; nothing was sent to Digital River, \
+                     retry with the same request_id"
+                            .into(),
+                    )
+                })?;
+            match claim {
                 Claim::Done(f) => {
                     tracing::info!(%request_id, fulfillment_id = %f.id, "replayed stored fulfillment");
                     return Ok(*f);
@@ -277,12 +293,14 @@ impl Fulfiller {
         if reconcile_first {
             match self.find_by_request_id(&body.order_id, &request_id).await {
                 Ok(Some(found)) => {
-                    self.store.complete(&request_id, fingerprint, found.clone());
+                    self.store
+                        .complete(&request_id, fingerprint, found.clone())
+                        .await;
                     return Ok(found);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.store.mark_unknown(&request_id, fingerprint);
+                    self.store.mark_unknown(&request_id, fingerprint).await;
                     return Err(e.into());
                 }
             }
@@ -294,7 +312,8 @@ impl Fulfiller {
         match self.client.create_fulfillment(&body, &opts).await {
             Ok(created) => {
                 self.store
-                    .complete(&request_id, fingerprint, created.clone());
+                    .complete(&request_id, fingerprint, created.clone())
+                    .await;
                 Ok(created)
             }
             Err(e) if e.outcome_unknown() => {
@@ -302,24 +321,26 @@ impl Fulfiller {
                 match self.find_by_request_id(&body.order_id, &request_id).await {
                     Ok(Some(found)) => {
                         tracing::info!(%request_id, fulfillment_id = %found.id, "reconciled: DR had created it");
-                        self.store.complete(&request_id, fingerprint, found.clone());
+                        self.store
+                            .complete(&request_id, fingerprint, found.clone())
+                            .await;
                         Ok(found)
                     }
                     Ok(None) => {
                         // why: DR lists what it created; absent means the POST did
                         // not take effect, so a retry may post again.
-                        self.store.release(&request_id);
+                        self.store.release(&request_id).await;
                         Err(e.into())
                     }
                     Err(reconcile_error) => {
                         tracing::warn!(%request_id, error = %reconcile_error, "reconciliation failed");
-                        self.store.mark_unknown(&request_id, fingerprint);
+                        self.store.mark_unknown(&request_id, fingerprint).await;
                         Err(e.into())
                     }
                 }
             }
             Err(e) => {
-                self.store.release(&request_id);
+                self.store.release(&request_id).await;
                 Err(e.into())
             }
         }

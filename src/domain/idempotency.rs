@@ -5,20 +5,55 @@
 //! in flight (a POST or reconciliation is running; retries wait for it), done (the
 //! fulfillment is kept until the TTL passes), or unknown (a POST's outcome could
 //! not be established; the next attempt reconciles with DR before posting).
+//!
+//! [`IdempotencyStore`] is the interface the fulfiller uses; two backends implement
+//! it: [`MemoryIdempotencyStore`] (one process, the default) and, when several
+//! replicas share a NATS JetStream, `events::jetstream::KvIdempotencyStore`, so a
+//! retry that lands on another replica still finds the first result.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::digital_river::models::Fulfillment;
 
+/// Why a key could not be claimed; the caller learns nothing about the key and must
+/// not post (the request fails with UNAVAILABLE and may be retried).
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    /// The shared store (JetStream key-value bucket) cannot be reached or failed.
+    #[error("idempotency store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where CreateFulfillment results are remembered per `request_id`.
+///
+/// The owner of a key (the caller that got [`Claim::Owner`]) must end with exactly
+/// one of [`complete`](Self::complete), [`release`](Self::release) or
+/// [`mark_unknown`](Self::mark_unknown). Those three never fail towards the caller:
+/// a backend that cannot record the outcome leaves the key in a state the next
+/// claimer resolves by reconciling with DR first, which is always safe.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for a request whose body hashes to `fingerprint`.
+    async fn claim(&self, key: &str, fingerprint: u64) -> Result<Claim, IdempotencyError>;
+    /// Stores the result of the owner's POST (or reconciliation).
+    async fn complete(&self, key: &str, fingerprint: u64, fulfillment: Fulfillment);
+    /// The owner's POST definitely did not take effect: forget the key.
+    async fn release(&self, key: &str);
+    /// The owner could not tell whether its POST took effect.
+    async fn mark_unknown(&self, key: &str, fingerprint: u64);
+}
+
 /// What a caller must do with its key.
 #[derive(Debug)]
 pub enum Claim {
-    /// The key is new (or its last outcome was unknown): the caller owns it and must
-    /// report with [`IdempotencyStore::complete`], [`IdempotencyStore::release`] or
+    /// The key is new (or its last outcome was unknown, or its previous owner
+    /// vanished): the caller owns it and must report with
+    /// [`IdempotencyStore::complete`], [`IdempotencyStore::release`] or
     /// [`IdempotencyStore::mark_unknown`]. `reconcile_first` is set when an earlier
     /// POST with this key may have reached DR.
     Owner {
@@ -58,15 +93,34 @@ struct Inner {
     next_seq: u64,
 }
 
-/// The bounded, TTL'd store. Cheap to share behind an `Arc`.
-pub struct IdempotencyStore {
+/// The bounded, TTL'd in-process store. Cheap to share behind an `Arc`.
+pub struct MemoryIdempotencyStore {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     ttl: Duration,
     max_entries: usize,
 }
 
-impl IdempotencyStore {
+#[async_trait]
+impl IdempotencyStore for MemoryIdempotencyStore {
+    async fn claim(&self, key: &str, fingerprint: u64) -> Result<Claim, IdempotencyError> {
+        Ok(MemoryIdempotencyStore::claim(self, key, fingerprint))
+    }
+
+    async fn complete(&self, key: &str, fingerprint: u64, fulfillment: Fulfillment) {
+        MemoryIdempotencyStore::complete(self, key, fingerprint, fulfillment);
+    }
+
+    async fn release(&self, key: &str) {
+        MemoryIdempotencyStore::release(self, key);
+    }
+
+    async fn mark_unknown(&self, key: &str, fingerprint: u64) {
+        MemoryIdempotencyStore::mark_unknown(self, key, fingerprint);
+    }
+}
+
+impl MemoryIdempotencyStore {
     /// A store keeping at most `max_entries` keys, each for at most `ttl`.
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
         Self {
@@ -243,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_completed_key_returns_the_stored_result() {
-        let store = IdempotencyStore::new(Duration::from_secs(60), 10);
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
         assert!(matches!(
             store.claim("k", 1),
             Claim::Owner {
@@ -259,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_running_key_makes_others_wait_and_a_different_body_is_refused() {
-        let store = IdempotencyStore::new(Duration::from_secs(60), 10);
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
         assert!(matches!(store.claim("k", 1), Claim::Owner { .. }));
         assert!(matches!(store.claim("k", 1), Claim::Wait(_)));
         assert!(matches!(store.claim("k", 2), Claim::Mismatch));
@@ -267,7 +321,7 @@ mod tests {
 
     #[test]
     fn an_unknown_outcome_makes_the_next_owner_reconcile_first() {
-        let store = IdempotencyStore::new(Duration::from_secs(60), 10);
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
         let _ = store.claim("k", 1);
         store.mark_unknown("k", 1);
         assert!(matches!(
@@ -280,7 +334,7 @@ mod tests {
 
     #[test]
     fn released_keys_can_be_claimed_again() {
-        let store = IdempotencyStore::new(Duration::from_secs(60), 10);
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
         let _ = store.claim("k", 1);
         store.release("k");
         assert!(matches!(
@@ -293,7 +347,7 @@ mod tests {
 
     #[test]
     fn the_store_is_bounded_and_keeps_in_flight_keys() {
-        let store = IdempotencyStore::new(Duration::from_secs(60), 3);
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 3);
         let _ = store.claim("running", 1);
         for i in 0..10 {
             let key = format!("k{i}");
@@ -307,7 +361,7 @@ mod tests {
 
     #[test]
     fn entries_expire_after_the_ttl() {
-        let store = IdempotencyStore::new(Duration::from_millis(0), 10);
+        let store = MemoryIdempotencyStore::new(Duration::from_millis(0), 10);
         let _ = store.claim("k", 1);
         store.complete("k", 1, ful("ful_1"));
         assert!(matches!(store.claim("k", 1), Claim::Owner { .. }));

@@ -106,6 +106,13 @@ impl From<ServiceError> for Status {
                 HashMap::new(),
                 |_| {},
             ),
+            ServiceError::Unavailable(message) => status_with_info(
+                Code::Unavailable,
+                message,
+                "GATEWAY_DEPENDENCY_UNAVAILABLE",
+                HashMap::new(),
+                |_| {},
+            ),
         }
     }
 }

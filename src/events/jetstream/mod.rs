@@ -1,0 +1,416 @@
+//! Scale-out on NATS JetStream: the event log every replica shares
+//! ([`JetStreamLog`]), the shared CreateFulfillment idempotency store
+//! ([`KvIdempotencyStore`]), and the one NATS connection both use ([`Bus`]).
+//!
+//! # What lives on the bus
+//! - **Stream** `DR_GATEWAY_EVENTS` (`--bus-stream`), subjects `<stream>.<event type>`:
+//!   one message per DR event, payload = the raw JSON DR sent, header `Nats-Msg-Id` =
+//!   the DR event id. The stream sequence *is* the log sequence, so a cursor issued by
+//!   one replica means the same position on every other.
+//! - **KV bucket** `<stream>_IDS`: DR event id → stream sequence. JetStream's own dedup
+//!   only covers its duplicate window (`--bus-dedup-window`, default 2 min); DR
+//!   re-sends for up to 72 h (`../shared/dr-api.md` §4.2), so redeliveries older than
+//!   the window are caught here (the bucket keeps ids as long as the stream keeps
+//!   events). It also answers [`EventLog::get_by_id`](super::EventLog::get_by_id).
+//! - **KV bucket** `DR_GATEWAY_IDEMPOTENCY` (`--bus-idempotency-bucket`):
+//!   CreateFulfillment `request_id` → in-flight / done / unknown record.
+//!
+//! # NATS 2.9
+//! Debian ships nats-server 2.9.10. async-nats ≥ 0.4x's `create_key_value` asks for
+//! account info fields 2.9 does not send, so [`provision`] creates the `KV_<bucket>`
+//! streams itself with the settings a KV bucket has, after which `get_key_value` works
+//! on 2.9 and 2.10+ alike. Nothing here needs a 2.10+ feature (no per-message TTL,
+//! no batch direct get).
+//!
+//! # Layout
+//! - [`provision`]: create-or-check the stream and the KV buckets at start-up.
+//! - [`log`]: [`JetStreamLog`], the [`EventLog`](super::EventLog) backend.
+//! - [`cache`]: the bounded per-replica cache of decoded events.
+//! - [`idempotency`]: [`KvIdempotencyStore`].
+
+pub mod cache;
+pub mod idempotency;
+pub mod log;
+pub mod provision;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use async_nats::{jetstream, ConnectOptions, Event, ServerAddr};
+
+pub use idempotency::KvIdempotencyStore;
+pub use log::JetStreamLog;
+
+/// Default stream name.
+pub const DEFAULT_STREAM: &str = "DR_GATEWAY_EVENTS";
+/// Default idempotency bucket.
+pub const DEFAULT_IDEMPOTENCY_BUCKET: &str = "DR_GATEWAY_IDEMPOTENCY";
+/// DR keeps events for 30 days (`../shared/dr-api.md` §0.5); the stream keeps them as
+/// long by default, so a subscriber can resume as far back as backfill could.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// JetStream's duplicate window for `Nats-Msg-Id`; see the module docs.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+
+/// How to reach JetStream and what to keep there.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://…`). May carry user:password,
+    /// so they are only ever logged redacted.
+    pub servers: Vec<String>,
+    /// NATS `.creds` file (JWT + nkey seed).
+    pub creds_file: Option<PathBuf>,
+    /// PEM CA bundle to verify the server with (implies TLS).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM client key for mutual TLS (with `tls_cert_file`).
+    pub tls_key_file: Option<PathBuf>,
+    /// Event stream name.
+    pub stream: String,
+    /// Oldest event the stream keeps.
+    pub max_age: Duration,
+    /// Most bytes the stream keeps (oldest dropped first); `None` = no byte bound.
+    pub max_bytes: Option<u64>,
+    /// JetStream's `Nats-Msg-Id` duplicate window (≤ `max_age`).
+    pub duplicate_window: Duration,
+    /// Stream and bucket replicas in a NATS cluster (1 on a single server).
+    pub replicas: usize,
+    /// Longest one JetStream request (publish ack, get, KV op) may take.
+    pub request_timeout: Duration,
+    /// How long start-up keeps trying to reach NATS before giving up.
+    pub startup_timeout: Duration,
+    /// KV bucket of CreateFulfillment idempotency records.
+    pub idempotency_bucket: String,
+    /// Most decoded events each replica keeps in memory for fan-out.
+    pub cache_max_events: usize,
+    /// Most bytes (approximate) of decoded events each replica keeps.
+    pub cache_max_bytes: usize,
+}
+
+impl BusConfig {
+    /// Defaults for everything but the servers.
+    pub fn new(servers: Vec<String>) -> Self {
+        Self {
+            servers,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            stream: DEFAULT_STREAM.to_owned(),
+            max_age: DEFAULT_MAX_AGE,
+            max_bytes: None,
+            duplicate_window: DEFAULT_DEDUP_WINDOW,
+            replicas: 1,
+            request_timeout: Duration::from_millis(1500),
+            startup_timeout: Duration::from_secs(30),
+            idempotency_bucket: DEFAULT_IDEMPOTENCY_BUCKET.to_owned(),
+            cache_max_events: 10_000,
+            cache_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    /// The KV bucket of seen DR event ids.
+    pub fn ids_bucket(&self) -> String {
+        format!("{}_IDS", self.stream)
+    }
+
+    /// Checks what the server would refuse anyway, with a clearer message.
+    pub fn validate(&self) -> Result<(), BusError> {
+        if self.servers.is_empty() {
+            return Err(BusError::Config("no NATS server URL".into()));
+        }
+        for server in &self.servers {
+            server.parse::<ServerAddr>().map_err(|e| {
+                BusError::Config(format!("bad NATS URL {}: {e}", redact_url(server)))
+            })?;
+        }
+        for (what, name) in [
+            ("stream", &self.stream),
+            ("idempotency bucket", &self.idempotency_bucket),
+        ] {
+            if !is_valid_name(name) {
+                return Err(BusError::Config(format!(
+                    "{what} name {name:?} must be letters, digits, '_' or '-'"
+                )));
+            }
+        }
+        if self.max_age.is_zero() {
+            return Err(BusError::Config("--bus-max-age must be positive".into()));
+        }
+        if self.duplicate_window.is_zero() || self.duplicate_window > self.max_age {
+            return Err(BusError::Config(
+                "--bus-dedup-window must be positive and at most --bus-max-age".into(),
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(BusError::Config(
+                "--bus-tls-cert-file and --bus-tls-key-file go together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn wants_tls(&self) -> bool {
+        self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.servers.iter().any(|s| s.starts_with("tls://"))
+    }
+}
+
+/// Stream and bucket names: what NATS accepts in both (no dots, wildcards, spaces).
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `nats://user:pass@host:4222` → `nats://***@host:4222`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        (None, Some(at)) => format!("***{}", &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// What the JetStream backend can fail with at start-up or at runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Settings that cannot work.
+    #[error("invalid bus settings: {0}")]
+    Config(String),
+    /// The credentials file could not be read (its content is never printed).
+    #[error("cannot read the NATS credentials file {path}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// NATS could not be reached before the start-up deadline.
+    #[error("cannot connect to NATS at {servers}")]
+    Connect {
+        /// The servers, redacted.
+        servers: String,
+        /// The last failure.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A JetStream API call failed.
+    #[error("JetStream: {what} failed")]
+    JetStream {
+        /// What was being done.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stream exists with a setting that cannot be changed in place; the gateway
+    /// refuses to touch its data.
+    #[error(
+        "stream {stream} has {detail}; change it by hand (the gateway never recreates a stream)"
+    )]
+    Incompatible {
+        /// The stream.
+        stream: String,
+        /// Which setting.
+        detail: String,
+    },
+    /// A JetStream call took longer than the request timeout.
+    #[error("JetStream: {0} timed out")]
+    Timeout(String),
+}
+
+impl BusError {
+    pub(crate) fn js(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::JetStream {
+            what: what.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Runs `fut` with the bus request timeout, mapping both failure kinds to [`BusError`].
+pub(crate) async fn timed<T, E>(
+    timeout: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BusError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(BusError::js(what, e)),
+        Err(_) => Err(BusError::Timeout(what.to_owned())),
+    }
+}
+
+/// The NATS connection and JetStream context the backends share. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: Arc<BusConfig>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("stream", &self.config.stream)
+            .field("state", &self.client.connection_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Connects, retrying until `config.startup_timeout`; afterwards the client
+    /// reconnects by itself forever (backoff capped at 2 s), so a NATS restart needs
+    /// no gateway restart.
+    pub async fn connect(config: BusConfig) -> Result<Self, BusError> {
+        config.validate()?;
+        let servers: Vec<ServerAddr> = config
+            .servers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let redacted = config
+            .servers
+            .iter()
+            .map(|s| redact_url(s))
+            .collect::<Vec<_>>()
+            .join(",");
+        let deadline = tokio::time::Instant::now() + config.startup_timeout;
+        let mut attempt: u32 = 0;
+        let client = loop {
+            attempt += 1;
+            let options = connect_options(&config).await?;
+            match options.connect(servers.clone()).await {
+                Ok(client) => break client,
+                Err(source) => {
+                    let pause = Duration::from_millis(200 * u64::from(attempt.min(10)));
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(BusError::Connect {
+                            servers: redacted,
+                            source,
+                        });
+                    }
+                    tracing::warn!(servers = %redacted, attempt, error = %source, "NATS not reachable yet; retrying");
+                    // why: retry pacing during start-up, not synchronisation.
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        };
+        tracing::info!(servers = %redacted, "connected to NATS");
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.request_timeout)
+            .build(client.clone());
+        Ok(Self {
+            client,
+            js,
+            config: Arc::new(config),
+        })
+    }
+
+    /// True while the client holds a connection to a server.
+    pub fn is_connected(&self) -> bool {
+        matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &BusConfig {
+        &self.config
+    }
+}
+
+async fn connect_options(config: &BusConfig) -> Result<ConnectOptions, BusError> {
+    let mut options = ConnectOptions::new()
+        .name("dr-gateway")
+        .connection_timeout(config.request_timeout.max(Duration::from_secs(2)))
+        .request_timeout(Some(config.request_timeout))
+        .ping_interval(Duration::from_secs(10))
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            // why: recover within ~2 s of NATS coming back; DR keeps retrying meanwhile.
+            let exp = u32::try_from(attempts.min(11)).unwrap_or(11);
+            Duration::from_millis(2u64.pow(exp)).min(Duration::from_secs(2))
+        })
+        .event_callback(|event| async move {
+            match event {
+                Event::Connected => tracing::info!("NATS connection (re)established"),
+                Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+                Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+                Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        });
+    if let Some(path) = &config.creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| BusError::Credentials {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    if config.wants_tls() {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_before_logging() {
+        assert_eq!(
+            redact_url("nats://alice:s3cret@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(redact_url("nats://nats:4222"), "nats://nats:4222");
+        assert_eq!(redact_url("tok@nats:4222"), "***@nats:4222");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let ok = BusConfig::new(vec!["nats://127.0.0.1:4222".into()]);
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.stream = "DR.EVENTS".into();
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.duplicate_window = Duration::from_secs(10);
+        bad.max_age = Duration::from_secs(5);
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.tls_cert_file = Some("c.pem".into());
+        assert!(bad.validate().is_err());
+        let mut bad = ok;
+        bad.servers.clear();
+        assert!(bad.validate().is_err());
+    }
+}
