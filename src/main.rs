@@ -16,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// why: parsed once at start; boxing the flags would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway (gRPC + webhook listeners).
