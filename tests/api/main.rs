@@ -1,0 +1,10 @@
+//! The gateway's integration tests: one binary, real sockets. Each test spawns the
+//! gateway on ephemeral ports against a DR stand-in (wiremock for exact-request and
+//! error-row assertions, the sandbox for flows) and talks gRPC to it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod errors;
+mod fulfillments;
+mod helpers;
+mod idempotency;
+mod serving;
