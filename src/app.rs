@@ -214,7 +214,9 @@ impl Application {
             }
         };
         let http_server = tokio::spawn(webhook::serve(http_listener, webhook_router, http_stop));
-        tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
+        if settings.backfill_enabled {
+            tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
+        }
         set_all(&health, ServingStatus::Serving).await;
         tracing::info!(%grpc_addr, %http_addr, dr_base_url = %settings.dr_base_url, "gateway serving");
         Ok(Self {

@@ -208,6 +208,9 @@ pub struct Settings {
     pub backfill_interval: Duration,
     /// Backfill look-back when the log is empty.
     pub backfill_lookback: Duration,
+    /// Whether backfill runs at all (on for `serve`; off in [`Settings::for_upstream`],
+    /// so tests that count DR requests see only their own).
+    pub backfill_enabled: bool,
 }
 
 impl Settings {
@@ -233,6 +236,7 @@ impl Settings {
             event_log_max_bytes: 256 * 1024 * 1024,
             backfill_interval: Duration::from_secs(300),
             backfill_lookback: Duration::from_secs(24 * 3600),
+            backfill_enabled: false,
         }
     }
 }
@@ -283,6 +287,7 @@ impl ServeArgs {
             } else {
                 self.backfill_lookback
             },
+            backfill_enabled: true,
         })
     }
 
