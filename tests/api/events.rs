@@ -290,3 +290,142 @@ async fn a_stalled_subscriber_delays_neither_the_webhook_nor_a_fast_subscriber()
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn get_event_reads_dr_and_adds_the_cursor_when_the_log_holds_the_event() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    // Arrange
+    let dr = MockServer::start().await;
+    for id in ["held", "not-held"] {
+        Mock::given(method("GET"))
+            .and(path(format!("/events/{id}")))
+            .and(header(
+                "authorization",
+                format!("Bearer {}", crate::helpers::API_KEY).as_str(),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_json(event(
+                id,
+                "order.accepted",
+                "ord-9",
+                false,
+            )))
+            .mount(&dr)
+            .await;
+    }
+    let app = spawn_app(&dr.uri()).await;
+    deliver(&app, &event("held", "order.accepted", "ord-9", false)).await;
+
+    // Act
+    let held = app
+        .events
+        .clone()
+        .get_event(pb::GetEventRequest {
+            event_id: "held".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    let not_held = app
+        .events
+        .clone()
+        .get_event(pb::GetEventRequest {
+            event_id: "not-held".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+
+    // Assert
+    assert_eq!(held.id, "held");
+    assert!(!held.cursor.is_empty());
+    assert!(matches!(held.payload, Some(pb::event::Payload::Order(o)) if o.id == "obj-held"));
+    assert_eq!(not_held.id, "not-held");
+    assert!(not_held.cursor.is_empty());
+    let missing = app
+        .events
+        .clone()
+        .get_event(pb::GetEventRequest {
+            event_id: "  ".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::InvalidArgument);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn list_events_maps_filters_and_pages_onto_dr_query_parameters() {
+    use wiremock::matchers::{method, path, query_param, query_param_is_missing};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    // Arrange
+    let dr = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/events"))
+        .and(query_param("type", "order.charge.*"))
+        .and(query_param("limit", "2"))
+        .and(query_param("createdTime[gte]", "2024-05-01T00:00:00Z"))
+        .and(query_param_is_missing("startingAfter"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "hasMore": true,
+            "data": [event("p1", "order.charge.complete", "o", false), event("p2", "order.charge.complete", "o", false)]
+        })))
+        .expect(1)
+        .mount(&dr)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/events"))
+        .and(query_param("startingAfter", "p2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "hasMore": false,
+            "data": [event("p3", "order.charge.complete", "o", false)]
+        })))
+        .expect(1)
+        .mount(&dr)
+        .await;
+    let app = spawn_app(&dr.uri()).await;
+    let request = |token: String| pb::ListEventsRequest {
+        types: vec!["order.charge.*".into()],
+        create_time_start: Some(prost_types::Timestamp {
+            seconds: 1_714_521_600,
+            nanos: 0,
+        }),
+        page_size: 2,
+        page_token: token,
+        ..Default::default()
+    };
+
+    // Act
+    let page1 = app
+        .events
+        .clone()
+        .list_events(request(String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let page2 = app
+        .events
+        .clone()
+        .list_events(request(page1.next_page_token.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Assert
+    let ids =
+        |p: &pb::ListEventsResponse| p.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&page1), ["p1", "p2"]);
+    assert!(!page1.next_page_token.is_empty());
+    assert_eq!(ids(&page2), ["p3"]);
+    assert!(page2.next_page_token.is_empty());
+    // A token is bound to its filters.
+    let mut other = request(page1.next_page_token);
+    other.types = vec!["order.accepted".into()];
+    let err = app.events.clone().list_events(other).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    app.stop().await;
+}
