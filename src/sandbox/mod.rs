@@ -41,7 +41,7 @@
 //! - `GET /sandbox/requests[?method=&path=]` → `{data: [{seq, method, path, query, headers, body,
 //!   receivedTime, fault}]}`; `DELETE /sandbox/requests` → 204.
 //! - `GET /sandbox/deliveries[?eventId=&webhookId=]` → `{data: [{eventId, eventType, webhookId, url,
-//!   attempt, status, error, success, signature, attemptedTime, durationMs}]}`; `DELETE` → 204.
+//!   attempt, status, error, success, signature, attemptedTime, durationMs, willRetry}]}`; `DELETE` → 204.
 //! - `POST /sandbox/events/{id}/redeliver` → 202 `{eventId, webhookIds}`.
 //! - `POST /sandbox/events` (full envelope, or `{type, object, previousAttributes?}`) → 201 event.
 //!

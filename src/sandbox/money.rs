@@ -127,6 +127,7 @@ pub fn div_round_half_up(numerator: i64, denominator: i64) -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -246,6 +246,7 @@ impl World {
                     signature: String::new(),
                     at: Utc::now(),
                     duration_ms: 0,
+                    will_retry: false,
                 });
             }
         }

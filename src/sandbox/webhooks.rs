@@ -131,6 +131,8 @@ pub struct DeliveryRecord {
     pub at: DateTime<Utc>,
     /// How long it took.
     pub duration_ms: u64,
+    /// Whether another attempt follows (false on success and on the last attempt).
+    pub will_retry: bool,
 }
 
 impl DeliveryRecord {
@@ -148,6 +150,7 @@ impl DeliveryRecord {
             "signature": self.signature,
             "attemptedTime": super::clock::fmt_event_time(self.at),
             "durationMs": self.duration_ms,
+            "willRetry": self.will_retry,
         })
     }
 }
@@ -225,6 +228,7 @@ async fn deliver(app: &App, job: DeliveryJob) {
             signature,
             at: Utc::now(),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            will_retry: !ok && attempt < attempts,
         });
         if ok || attempt == attempts {
             return;
@@ -251,6 +255,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
