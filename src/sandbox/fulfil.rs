@@ -99,8 +99,8 @@ mod tests {
         assert_eq!(units_amount(2689, 2, 0, 0, 1), 1345);
         assert_eq!(units_amount(2689, 2, 1, 1345, 1), 1344);
         assert_eq!(units_amount(1000, 3, 0, 0, 3), 1000);
-        assert_eq!(units_amount(1000, 3, 0, 0, 2), 667);
-        assert_eq!(units_amount(1000, 3, 2, 667, 1), 333);
+        assert_eq!(units_amount(1000, 3, 0, 0, 2), 666);
+        assert_eq!(units_amount(1000, 3, 2, 666, 1), 334);
     }
 
     #[test]
