@@ -229,11 +229,15 @@ async fn serve(
         KillableListener(listener),
         router.into_make_service_with_connect_info::<ConnKill>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("sandbox shutting down: draining connections");
+    })
     .await
     .map_err(SandboxError::Serve);
     // Deliveries in flight are abandoned on shutdown (aborting the dispatcher drops them).
     dispatcher.abort();
+    tracing::info!("sandbox stopped");
     result
 }
 

@@ -177,6 +177,7 @@ pub async fn run_dispatcher(app: Arc<App>, mut rx: mpsc::Receiver<DeliveryJob>) 
 }
 
 /// Delivers one event to one endpoint, retrying with exponential backoff.
+#[tracing::instrument(skip_all, fields(event_id = %job.event_id, webhook_id = %job.webhook_id))]
 async fn deliver(app: &App, job: DeliveryJob) {
     let policy = app.retry.clone();
     let attempts = policy.attempts.max(1);
@@ -217,6 +218,7 @@ async fn deliver(app: &App, job: DeliveryJob) {
             Err(e) => (None, Some(error_chain(&e))),
         };
         let ok = status.is_some_and(|s| (200..300).contains(&s));
+        tracing::debug!(attempt, ?status, ?error, "webhook delivery attempt");
         app.lock().record_delivery(DeliveryRecord {
             event_id: job.event_id.clone(),
             event_type: job.event_type.clone(),

@@ -97,6 +97,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(require_bearer))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(app)
 }
 
