@@ -14,6 +14,9 @@ pub const DR_VERSION: &str = "2021-12-13";
 /// How long events stay listable ("extending back 30 days", dr-api.md §3.1).
 pub const RETENTION_DAYS: i64 = 30;
 
+/// Hard cap on stored events; the oldest go first (keeps a long standalone run bounded).
+const MAX_EVENTS: usize = 200_000;
+
 /// One stored event.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -64,10 +67,19 @@ pub struct EventStore {
 
 impl EventStore {
     /// Appends an event. A duplicate id (custom events) replaces nothing: the first wins.
-    pub fn push(&mut self, id: String, event_type: String, created: DateTime<Utc>, json: Value) {
+    /// Events past retention at `now` (and any beyond `MAX_EVENTS`) are dropped first.
+    pub fn push(
+        &mut self,
+        id: String,
+        event_type: String,
+        created: DateTime<Utc>,
+        json: Value,
+        now: DateTime<Utc>,
+    ) {
         if self.index.contains_key(&id) {
             return;
         }
+        self.prune(now);
         self.index.insert(id.clone(), self.events.len());
         self.events.push(StoredEvent {
             id,
@@ -75,6 +87,29 @@ impl EventStore {
             created,
             json,
         });
+    }
+
+    fn prune(&mut self, now: DateTime<Utc>) {
+        let cutoff = now - Duration::days(RETENTION_DAYS);
+        let expired_head = self.events.first().is_some_and(|e| e.created <= cutoff);
+        if !expired_head && self.events.len() < MAX_EVENTS {
+            return;
+        }
+        let overflow = (self.events.len() + 1).saturating_sub(MAX_EVENTS);
+        let mut dropped = 0usize;
+        self.events.retain(|e| {
+            let keep = e.created > cutoff && dropped >= overflow;
+            if !keep {
+                dropped += 1;
+            }
+            keep
+        });
+        self.index = self
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.id.clone(), i))
+            .collect();
     }
 
     /// An event still within retention at `now`.
@@ -92,5 +127,36 @@ impl EventStore {
     /// Whether an id is taken.
     pub fn contains(&self, id: &str) -> bool {
         self.index.contains_key(id)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_events_are_pruned_on_push() {
+        let t0 = Utc::now();
+        let mut store = EventStore::default();
+        store.push("a".into(), "x".into(), t0, Value::Null, t0);
+        store.push(
+            "b".into(),
+            "x".into(),
+            t0 + Duration::days(10),
+            Value::Null,
+            t0,
+        );
+        let later = t0 + Duration::days(31);
+        store.push("c".into(), "x".into(), later, Value::Null, later);
+        assert!(!store.contains("a"), "a is past retention");
+        assert!(store.get("b", later).is_some());
+        assert_eq!(
+            store
+                .newest_first(later)
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>(),
+            ["c", "b"]
+        );
     }
 }

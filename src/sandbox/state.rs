@@ -202,8 +202,9 @@ impl World {
         created: DateTime<Utc>,
         json: Value,
     ) {
+        let now = self.clock.now();
         self.events
-            .push(id.clone(), event_type.clone(), created, json);
+            .push(id.clone(), event_type.clone(), created, json, now);
         self.deliver_event(&id);
     }
 
