@@ -1,22 +1,27 @@
-//! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API.
+//! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API,
+//! with a stateful DR sandbox.
 //!
 //! # Layout
 //! - [`app`]: binds the listeners, wires the services, runs until shutdown.
-//! - [`config`]: flags and env → [`config::Settings`].
+//! - [`cli`], [`config`]: the command line and flags/env → [`config::Settings`].
 //! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
 //! - [`domain`]: validation, idempotent fulfilment with reconciliation, order progress.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
 //! - [`money`]: exact decimal text → `Money`.
+//! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,
+//!   events, signed webhooks, faults) with a control surface; imports nothing of the gateway.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 //!
 //! Dependencies flow one way: `grpc` → `domain` → `digital_river`.
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod digital_river;
 pub mod domain;
 pub mod grpc;
 pub mod money;
 pub mod pb;
+pub mod sandbox;
 pub mod shutdown;
 pub mod telemetry;
