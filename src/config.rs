@@ -135,6 +135,14 @@ pub struct ServeArgs {
     /// Run a built-in Digital River sandbox and point the gateway at it (no DR key needed).
     #[arg(long, env = "DR_GATEWAY_SANDBOX")]
     pub sandbox: bool,
+
+    /// Where the built-in sandbox listens (with --sandbox), for its control surface.
+    #[arg(
+        long,
+        env = "DR_GATEWAY_SANDBOX_ADDR",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub sandbox_addr: SocketAddr,
 }
 
 /// Why the settings cannot be used; printed as one line before exiting.
