@@ -86,9 +86,63 @@ pub struct ServeArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Webhook signing secret (Dashboard → Webhooks → reveal secret); repeat it to
+    /// accept an old and a new secret while rotating. The env var takes a
+    /// comma-separated list.
+    #[arg(
+        long = "webhook-secret",
+        env = "DR_GATEWAY_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secrets: Vec<String>,
+
+    /// File with webhook signing secrets, one per line (e.g. a mounted Kubernetes
+    /// secret); added to --webhook-secret.
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_SECRETS_FILE")]
+    pub webhook_secrets_file: Option<PathBuf>,
+
+    /// Largest accepted gap between a webhook's signed timestamp and now.
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub webhook_tolerance: Duration,
+
+    /// Largest accepted webhook body (e.g. 1MiB, 512KiB); larger bodies get 413.
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_MAX_BODY", default_value = "1MiB", value_parser = parse_byte_size)]
+    pub webhook_max_body: usize,
+
+    /// Most events the in-memory event log holds (oldest dropped first).
+    #[arg(
+        long,
+        env = "DR_GATEWAY_EVENT_LOG_MAX_EVENTS",
+        default_value_t = 100_000
+    )]
+    pub event_log_max_events: usize,
+
+    /// Most memory the in-memory event log holds (e.g. 256MiB).
+    #[arg(long, env = "DR_GATEWAY_EVENT_LOG_MAX_BYTES", default_value = "256MiB", value_parser = parse_byte_size)]
+    pub event_log_max_bytes: usize,
+
+    /// Time between backfills from DR's `GET /events` (one runs at start); 0s runs
+    /// only the one at start.
+    #[arg(long, env = "DR_GATEWAY_BACKFILL_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub backfill_interval: Duration,
+
+    /// How far back the first backfill looks when the event log is empty (at most
+    /// 30d, what DR keeps).
+    #[arg(long, env = "DR_GATEWAY_BACKFILL_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub backfill_lookback: Duration,
+
     /// Run a built-in Digital River sandbox and point the gateway at it (no DR key needed).
     #[arg(long, env = "DR_GATEWAY_SANDBOX")]
     pub sandbox: bool,
+
+    /// Where the built-in sandbox listens (with --sandbox), for its control surface.
+    #[arg(
+        long,
+        env = "DR_GATEWAY_SANDBOX_ADDR",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub sandbox_addr: SocketAddr,
 }
 
 /// Why the settings cannot be used; printed as one line before exiting.
@@ -109,6 +163,18 @@ pub enum ConfigError {
     /// The key file is empty.
     #[error("the DR API key file {0} is empty")]
     EmptyKeyFile(PathBuf),
+    /// The webhook secrets file could not be read.
+    #[error("cannot read the webhook secrets file {path}: {source}")]
+    WebhookSecretsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backfill look-back exceeds what DR keeps.
+    #[error("--backfill-lookback must be at most 30d (DR keeps events 30 days)")]
+    LookbackTooLong,
 }
 
 /// Resolved settings of the gateway.
@@ -136,6 +202,23 @@ pub struct Settings {
     pub reconcile_timeout: Duration,
     /// Drain time.
     pub shutdown_grace: Duration,
+    /// Webhook signing secrets (any may match). Empty: every webhook gets 401.
+    pub webhook_secrets: Vec<SecretString>,
+    /// Webhook timestamp tolerance.
+    pub webhook_tolerance: Duration,
+    /// Webhook body limit in bytes.
+    pub webhook_max_body: usize,
+    /// In-memory event log: most events.
+    pub event_log_max_events: usize,
+    /// In-memory event log: most bytes.
+    pub event_log_max_bytes: usize,
+    /// Time between backfills (zero: only at start).
+    pub backfill_interval: Duration,
+    /// Backfill look-back when the log is empty.
+    pub backfill_lookback: Duration,
+    /// Whether backfill runs at all (on for `serve`; off in [`Settings::for_upstream`],
+    /// so tests that count DR requests see only their own).
+    pub backfill_enabled: bool,
 }
 
 impl Settings {
@@ -154,6 +237,14 @@ impl Settings {
             idempotency_max_entries: 100_000,
             reconcile_timeout: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(20),
+            webhook_secrets: Vec::new(),
+            webhook_tolerance: Duration::from_secs(300),
+            webhook_max_body: 1024 * 1024,
+            event_log_max_events: 100_000,
+            event_log_max_bytes: 256 * 1024 * 1024,
+            backfill_interval: Duration::from_secs(300),
+            backfill_lookback: Duration::from_secs(24 * 3600),
+            backfill_enabled: false,
         }
     }
 }
@@ -193,6 +284,136 @@ impl ServeArgs {
             idempotency_max_entries: self.idempotency_max_entries,
             reconcile_timeout: self.reconcile_timeout,
             shutdown_grace: self.shutdown_grace,
+            webhook_secrets: self.webhook_secrets()?,
+            webhook_tolerance: self.webhook_tolerance,
+            webhook_max_body: self.webhook_max_body,
+            event_log_max_events: self.event_log_max_events,
+            event_log_max_bytes: self.event_log_max_bytes,
+            backfill_interval: self.backfill_interval,
+            backfill_lookback: if self.backfill_lookback > MAX_LOOKBACK {
+                return Err(ConfigError::LookbackTooLong);
+            } else {
+                self.backfill_lookback
+            },
+            backfill_enabled: true,
         })
+    }
+
+    /// Secrets from --webhook-secret and the secrets file, blanks dropped.
+    fn webhook_secrets(&self) -> Result<Vec<SecretString>, ConfigError> {
+        let mut secrets: Vec<String> = self
+            .webhook_secrets
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .collect();
+        if let Some(path) = &self.webhook_secrets_file {
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                ConfigError::WebhookSecretsFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            secrets.extend(text.lines().map(|l| l.trim().to_owned()));
+        }
+        Ok(secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(SecretString::from)
+            .collect())
+    }
+}
+
+/// DR keeps events 30 days (dr-api.md §3.1).
+const MAX_LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Parses a byte size: digits with an optional unit `B`, `KB`, `KiB`, `MB`, `MiB`,
+/// `GB`, `GiB` (case-insensitive; K/M/G alone mean KiB/MiB/GiB).
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1MiB or 65536"))?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "k" | "kib" => 1024,
+        "mb" => 1000 * 1000,
+        "m" | "mib" => 1024 * 1024,
+        "gb" => 1000 * 1000 * 1000,
+        "g" | "gib" => 1024 * 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB or GiB"
+            ))
+        }
+    };
+    value
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn byte_sizes_parse_with_units() {
+        assert_eq!(parse_byte_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_byte_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_byte_size("65536"), Ok(65536));
+        assert_eq!(parse_byte_size("2 MB"), Ok(2_000_000));
+        assert!(parse_byte_size("lots").is_err());
+        assert!(parse_byte_size("1TiB").is_err());
+    }
+
+    #[test]
+    fn webhook_secrets_come_from_flags_and_file_and_defaults_apply() {
+        let dir = std::env::temp_dir().join(format!("drgw-secrets-{}", std::process::id()));
+        std::fs::write(&dir, "from-file-1\n\n  from-file-2  \n").unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--dr-api-key",
+            "sk",
+            "--webhook-secret",
+            "a",
+            "--webhook-secret",
+            "b",
+            "--webhook-secrets-file",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap();
+        let settings = cli.serve.resolve(None).unwrap();
+        let secrets: Vec<_> = settings
+            .webhook_secrets
+            .iter()
+            .map(|s| s.expose_secret().to_owned())
+            .collect();
+        assert_eq!(secrets, ["a", "b", "from-file-1", "from-file-2"]);
+        assert_eq!(settings.webhook_tolerance, Duration::from_secs(300));
+        assert_eq!(settings.webhook_max_body, 1024 * 1024);
+        assert!(!format!("{settings:?}").contains("from-file-1"));
+        let _ = std::fs::remove_file(dir);
+    }
+
+    #[test]
+    fn a_lookback_beyond_30_days_is_rejected() {
+        let cli =
+            Cli::try_parse_from(["x", "--dr-api-key", "sk", "--backfill-lookback", "31d"]).unwrap();
+        assert!(matches!(
+            cli.serve.resolve(None),
+            Err(ConfigError::LookbackTooLong)
+        ));
     }
 }

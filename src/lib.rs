@@ -1,9 +1,10 @@
-//! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API.
+//! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API,
+//! with a stateful DR sandbox.
 //!
 //! # Layout
 //! - [`app`]: binds the listeners, wires the services, runs until shutdown.
+//! - [`cli`], [`config`]: the command line and flags/env → [`config::Settings`].
 //! - [`clock`]: wall-clock time behind a trait, for tests.
-//! - [`config`]: flags and env → [`config::Settings`].
 //! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
 //! - [`webhook`]: DR webhook intake (HTTP): signature check → event log → 2xx.
 //! - [`domain`]: validation, idempotent fulfilment with reconciliation, order progress.
@@ -11,11 +12,14 @@
 //!   filters, backfill, capture/cancel outcome correlation.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
 //! - [`money`]: exact decimal text → `Money`.
+//! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,
+//!   events, signed webhooks, faults) with a control surface; imports nothing of the gateway.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 //!
 //! Dependencies flow one way: `grpc` / `webhook` → `domain` / `events` → `digital_river`.
 pub mod app;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod digital_river;
@@ -24,6 +28,7 @@ pub mod events;
 pub mod grpc;
 pub mod money;
 pub mod pb;
+pub mod sandbox;
 pub mod shutdown;
 pub mod telemetry;
 pub mod webhook;

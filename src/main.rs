@@ -1,109 +1,156 @@
 //! `dr-gateway`: parse the command line, then hand over to the library.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use dr_gateway::app::Application;
-use dr_gateway::config::ServeArgs;
+use dr_gateway::cli::{Cli, Command, HealthCheckArgs, SandboxArgs};
+use dr_gateway::config::{LogFormat, ServeArgs};
+use dr_gateway::sandbox::{self, Sandbox, SandboxConfig};
 use dr_gateway::{shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
 
-/// gRPC gateway for Digital River order fulfilment.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the gateway (gRPC + webhook listeners).
-    Serve(ServeArgs),
-    /// Ask a gateway's gRPC health service whether it is SERVING (exit 0) or not (exit 1).
-    HealthCheck {
-        /// Gateway gRPC address.
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        addr: SocketAddr,
-        /// Service to ask about ("" = the whole server).
-        #[arg(long, default_value = "")]
-        service: String,
-    },
-}
+/// The key the gateway uses against its in-process sandbox (test mode, like DR's `sk_test_`).
+const SANDBOX_API_KEY: &str = "sk_test_sandbox";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
-        Command::HealthCheck { addr, service } => health_check(addr, service).await,
+        Command::Sandbox(args) => run_sandbox(args).await,
+        Command::HealthCheck(args) => health_check(args).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
     telemetry::init(args.log_format);
-    let settings = match args.resolve(None) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("dr-gateway: {e}");
-            return ExitCode::from(2);
+    let mut embedded = None;
+    let settings = if args.sandbox {
+        let config = SandboxConfig {
+            listen: args.sandbox_addr,
+            ..SandboxConfig::default()
+        };
+        let sandbox = match Sandbox::start(config).await {
+            Ok(s) => s,
+            Err(e) => return fail(format!("cannot start the sandbox: {e}")),
+        };
+        tracing::info!(url = %sandbox.base_url(), "sandbox (Digital River emulator) serving");
+        let mut settings = match args.resolve(Some(SANDBOX_API_KEY)) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        settings.dr_base_url = sandbox.base_url();
+        // why: the embedded sandbox signs its webhooks like DR; give it a secret the
+        // gateway accepts (the configured one, or a fresh one) so events flow end to end.
+        if settings.webhook_secrets.is_empty() {
+            settings
+                .webhook_secrets
+                .push(secrecy::SecretString::from(uuid::Uuid::new_v4().to_string()));
+        }
+        embedded = Some(sandbox);
+        settings
+    } else {
+        match args.resolve(None) {
+            Ok(s) => s,
+            Err(e) => return fail_with(e, 2),
         }
     };
+    let webhook_secret = settings.webhook_secrets.first().cloned();
     let app = match Application::build(settings).await {
         Ok(app) => app,
-        Err(e) => {
-            eprintln!("dr-gateway: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
-    tokio::spawn(shutdown::cancel_on_signal(app.shutdown_token()));
-    match app.run_until_stopped().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dr-gateway: {e}");
-            ExitCode::FAILURE
+    if let (Some(sandbox), Some(secret)) = (&embedded, webhook_secret) {
+        if let Err(e) = register_sandbox_webhook(sandbox, app.http_addr(), &secret).await {
+            tracing::warn!(error = %e, "could not point the sandbox's webhooks at the gateway");
         }
+    }
+    tokio::spawn(shutdown::cancel_on_signal(app.shutdown_token()));
+    let result = app.run_until_stopped().await;
+    if let Some(sandbox) = embedded {
+        sandbox.shutdown().await;
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 
-async fn health_check(addr: SocketAddr, service: String) -> ExitCode {
+/// Registers the gateway's webhook endpoint with the embedded sandbox (its control
+/// surface, as a DR Dashboard user would).
+async fn register_sandbox_webhook(
+    sandbox: &Sandbox,
+    http_addr: std::net::SocketAddr,
+    secret: &secrecy::SecretString,
+) -> Result<(), reqwest::Error> {
+    use secrecy::ExposeSecret;
+    let host = if http_addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
+    } else {
+        http_addr
+    };
+    reqwest::Client::new()
+        .post(format!("{}/sandbox/webhooks", sandbox.base_url()))
+        .bearer_auth(SANDBOX_API_KEY)
+        .timeout(Duration::from_secs(5))
+        .json(&serde_json::json!({
+            "url": format!("http://{host}{}", dr_gateway::webhook::WEBHOOK_PATH),
+            "secret": secret.expose_secret(),
+        }))
+        .send()
+        .await?
+        .error_for_status()?;
+    tracing::info!(%host, "sandbox webhooks point at the gateway");
+    Ok(())
+}
+
+async fn run_sandbox(args: SandboxArgs) -> ExitCode {
+    telemetry::init(LogFormat::Pretty);
+    let token = CancellationToken::new();
+    tokio::spawn(shutdown::cancel_on_signal(token.clone()));
+    let stop = async move { token.cancelled().await };
+    match sandbox::run_standalone(args.into_config(), stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+async fn health_check(args: HealthCheckArgs) -> ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let endpoint = format!("http://{addr}");
-    let channel = match tonic::transport::Endpoint::from_shared(endpoint) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{}", args.addr)) {
         Ok(e) => e
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .timeout(std::time::Duration::from_secs(3)),
-        Err(e) => {
-            eprintln!("health-check: bad address: {e}");
-            return ExitCode::FAILURE;
-        }
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(3)),
+        Err(e) => return fail(format!("bad address: {e}")),
     };
-    let channel = match channel.connect().await {
+    let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("health-check: cannot connect to {addr}: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(format!("cannot connect to {}: {e}", args.addr)),
     };
-    match HealthClient::new(channel)
-        .check(HealthCheckRequest { service })
-        .await
-    {
-        Ok(r)
-            if r.get_ref().status
-                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
-        {
+    let request = HealthCheckRequest {
+        service: args.service,
+    };
+    match HealthClient::new(channel).check(request).await {
+        Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => {
             println!("SERVING");
             ExitCode::SUCCESS
         }
         Ok(r) => {
-            println!("NOT SERVING ({})", r.get_ref().status);
+            println!("NOT_SERVING ({})", r.get_ref().status);
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("health-check: {}", e.message());
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(format!("health check failed: {}", e.message())),
     }
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    fail_with(error, 1)
+}
+
+fn fail_with(error: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("dr-gateway: {error}");
+    ExitCode::from(code)
 }

@@ -80,7 +80,7 @@ pub struct Correlation {
 impl Correlation {
     fn belongs(&self, op: &models::ChargeOperation) -> bool {
         op.fulfillment_id.as_deref() == Some(self.fulfillment_id.as_str())
-            || self.operation_ids.iter().any(|id| *id == op.id)
+            || self.operation_ids.contains(&op.id)
     }
 }
 

@@ -1,29 +1,110 @@
 //! `ChargeService`: read charges, look up capture failures, capture / cancel items.
+//!
+//! Capture and cancel go through `POST /fulfillments` (the core's [`Fulfiller`], same
+//! validation and idempotency as CreateFulfillment). With `wait`, the RPC then holds
+//! until the capture / cancel events of that fulfillment arrive in the event log
+//! (`crate::events::outcomes`) or the deadline passes.
+
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::fulfillment::tracking_command;
 use super::request::{self, required};
+use crate::digital_river::models::Fulfillment;
 use crate::digital_river::{CallOptions, Client};
 use crate::domain::fulfilments::{Fulfiller, FulfillmentCommand, ItemCommand};
 use crate::domain::orders;
 use crate::domain::ServiceError;
+use crate::events::outcomes::{self, Correlation, OperationKind, Outcomes};
+use crate::events::{EventLog, Tail};
 use crate::pb::v1 as pb;
 use crate::pb::v1::charge_service_server::ChargeService;
+
+/// How long `wait` holds a call that has no deadline.
+pub const DEFAULT_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The service implementation.
 #[derive(Clone)]
 pub struct ChargeApi {
     client: Client,
     fulfiller: Fulfiller,
+    /// The event log `wait` reads outcomes from; without one, `wait` is UNIMPLEMENTED.
+    events: Option<Arc<dyn EventLog>>,
 }
 
 impl ChargeApi {
     /// A service calling DR through `client` and fulfilling through `fulfiller`.
     pub fn new(client: Client, fulfiller: Fulfiller) -> Self {
-        Self { client, fulfiller }
+        Self {
+            client,
+            fulfiller,
+            events: None,
+        }
     }
+
+    /// Lets `wait` read capture / cancel outcomes from `log`.
+    pub fn with_events(mut self, log: Arc<dyn EventLog>) -> Self {
+        self.events = Some(log);
+        self
+    }
+
+    /// Positions a reader at the end of the log *before* the POST, so no outcome
+    /// event can slip past; `None` when `wait` is off.
+    async fn tail_for_wait(&self, wait: bool) -> Result<Option<Tail>, Status> {
+        if !wait {
+            return Ok(None);
+        }
+        let Some(log) = &self.events else {
+            return Err(Status::unimplemented(
+                "wait needs the event stream, which this gateway runs without",
+            ));
+        };
+        let last = log.bounds().await.map_err(|e| {
+            tracing::error!(error = %e, "event log unavailable for wait");
+            Status::unavailable("event log unavailable; retry without wait or later")
+        })?;
+        Ok(Some(Tail::new(log.clone(), last.last)))
+    }
+}
+
+/// Waits for the outcomes of `created`'s operations of `kind`, until `deadline`
+/// (or [`DEFAULT_MAX_WAIT`]).
+async fn wait_outcomes(
+    tail: Option<Tail>,
+    created: &Fulfillment,
+    kind: OperationKind,
+    deadline: Option<std::time::Instant>,
+) -> Result<(Vec<pb::ChargeOperationOutcome>, bool), Status> {
+    let Some(mut tail) = tail else {
+        return Ok((Vec::new(), false));
+    };
+    let correlation = Correlation {
+        kind,
+        fulfillment_id: created.id.clone(),
+        operation_ids: created.charge_operation_ids.clone(),
+    };
+    let until = deadline
+        .map(tokio::time::Instant::from_std)
+        .unwrap_or_else(|| tokio::time::Instant::now() + DEFAULT_MAX_WAIT);
+    let Outcomes {
+        operations,
+        settled,
+    } = outcomes::wait_for_outcomes(&mut tail, &correlation, until)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "event log failed while waiting for outcomes");
+            Status::unavailable("event log unavailable while waiting; the fulfillment was created")
+        })?;
+    let outcomes = operations
+        .into_iter()
+        .map(|o| pb::ChargeOperationOutcome {
+            charge_id: o.charge_id,
+            operation: Some(convert::charge_operation(&o.operation, &o.currency)),
+        })
+        .collect();
+    Ok((outcomes, settled))
 }
 
 fn opts<T>(req: &Request<T>) -> CallOptions {
@@ -145,11 +226,7 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::CaptureItemsResponse>, Status> {
         let deadline = request::deadline(req.metadata());
         let r = req.into_inner();
-        if r.wait {
-            return Err(Status::unimplemented(
-                "CaptureItems with wait needs the event stream",
-            ));
-        }
+        let tail = self.tail_for_wait(r.wait).await?;
         let command = FulfillmentCommand {
             order_id: r.order_id,
             items: items(r.items, Operation::Capture)?,
@@ -159,10 +236,12 @@ impl ChargeService for ChargeApi {
             request_id: r.request_id,
         };
         let created = self.fulfiller.create(command, deadline).await?;
+        let (outcomes, settled) =
+            wait_outcomes(tail, &created, OperationKind::Capture, deadline).await?;
         Ok(Response::new(pb::CaptureItemsResponse {
             fulfillment: Some(convert::fulfillment(&created)),
-            outcomes: Vec::new(),
-            settled: false,
+            outcomes,
+            settled,
         }))
     }
 
@@ -173,11 +252,7 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::CancelItemsResponse>, Status> {
         let deadline = request::deadline(req.metadata());
         let r = req.into_inner();
-        if r.wait {
-            return Err(Status::unimplemented(
-                "CancelItems with wait needs the event stream",
-            ));
-        }
+        let tail = self.tail_for_wait(r.wait).await?;
         let command = FulfillmentCommand {
             order_id: r.order_id,
             items: items(r.items, Operation::Cancel)?,
@@ -187,10 +262,12 @@ impl ChargeService for ChargeApi {
             request_id: r.request_id,
         };
         let created = self.fulfiller.create(command, deadline).await?;
+        let (outcomes, settled) =
+            wait_outcomes(tail, &created, OperationKind::Cancel, deadline).await?;
         Ok(Response::new(pb::CancelItemsResponse {
             fulfillment: Some(convert::fulfillment(&created)),
-            outcomes: Vec::new(),
-            settled: false,
+            outcomes,
+            settled,
         }))
     }
 }

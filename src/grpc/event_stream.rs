@@ -32,12 +32,14 @@ use tonic::{
 };
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::request::{self, required};
 use crate::{
     clock::Clock,
-    digital_river::models,
+    digital_river::{models, CallOptions, Client, EventQuery},
+    domain::ServiceError,
     events::{
-        proto::timestamp, subscription, Envelope, EventEncoder, EventFilter, EventLog, Start,
-        SubscribeError, SubscriptionItem,
+        filter::TypePattern, proto::timestamp, subscription, Envelope, EventEncoder, EventFilter,
+        EventLog, Start, SubscribeError, SubscriptionItem,
     },
     grpc::convert,
     pb::v1::{
@@ -94,12 +96,12 @@ pub enum SubscribeItem {
     /// An encoded `SubscribeResponse`, shared by all subscribers.
     Shared(Bytes),
     /// A message encoded per subscriber.
-    Owned(pb::SubscribeResponse),
+    Owned(Box<pb::SubscribeResponse>),
 }
 
 impl Default for SubscribeItem {
     fn default() -> Self {
-        Self::Owned(pb::SubscribeResponse::default())
+        Self::Owned(Box::default())
     }
 }
 
@@ -108,7 +110,7 @@ impl SubscribeItem {
     pub fn into_response(self) -> Result<pb::SubscribeResponse, DecodeError> {
         match self {
             Self::Shared(bytes) => pb::SubscribeResponse::decode(bytes),
-            Self::Owned(msg) => Ok(msg),
+            Self::Owned(msg) => Ok(*msg),
         }
     }
 }
@@ -131,7 +133,7 @@ impl Message for SubscribeItem {
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
         if let Self::Shared(bytes) = self {
-            *self = Self::Owned(pb::SubscribeResponse::decode(bytes.clone())?);
+            *self = Self::Owned(Box::new(pb::SubscribeResponse::decode(bytes.clone())?));
         }
         match self {
             Self::Owned(msg) => msg.merge_field(tag, wire_type, buf, ctx),
@@ -174,12 +176,12 @@ fn subscription_item_to_message(item: SubscriptionItem) -> Result<SubscribeItem,
     match item {
         SubscriptionItem::Event(event) => Ok(SubscribeItem::Shared(event.encoded_response.clone())),
         SubscriptionItem::Heartbeat { cursor, time } => {
-            Ok(SubscribeItem::Owned(pb::SubscribeResponse {
+            Ok(SubscribeItem::Owned(Box::new(pb::SubscribeResponse {
                 kind: Some(pb::subscribe_response::Kind::Heartbeat(pb::Heartbeat {
                     cursor,
                     time: Some(timestamp(time)),
                 })),
-            }))
+            })))
         }
         SubscriptionItem::Expired { oldest_cursor } => Err(cursor_expired(&oldest_cursor, false)),
         SubscriptionItem::Failed(e) => {
@@ -217,18 +219,42 @@ impl futures::Stream for DecodedSubscribeStream {
 #[derive(Debug, Clone)]
 pub struct EventStreamApi {
     log: Arc<dyn EventLog>,
+    client: Client,
     encoder: EventEncoder,
     clock: Arc<dyn Clock>,
 }
 
 impl EventStreamApi {
-    /// A service over `log`; `encoder` must be the one the log uses.
-    pub fn new(log: Arc<dyn EventLog>, encoder: EventEncoder, clock: Arc<dyn Clock>) -> Self {
+    /// A service over `log`, reading DR's events through `client`; `encoder` must be
+    /// the one the log uses.
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        client: Client,
+        encoder: EventEncoder,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             log,
+            client,
             encoder,
             clock,
         }
+    }
+
+    /// A DR event as the API's `Event`, with `cursor` set when the log holds it.
+    async fn to_api_event(&self, event: models::Event) -> Result<pb::Event, Status> {
+        let id = event.id.clone();
+        let value = serde_json::to_value(&event).unwrap_or_default();
+        let env = Envelope::from_value(value).map_err(|e| {
+            tracing::error!(event_id = %id, error = %e, "DR sent an event without the envelope fields");
+            Status::internal("Digital River sent a malformed event")
+        })?;
+        let mut proto = self.encoder.to_proto(&env);
+        // why: a log outage must not fail a read that DR answered; the cursor is a bonus.
+        if let Ok(Some(stored)) = self.log.get_by_id(&id).await {
+            proto.cursor = stored.cursor().to_owned();
+        }
+        Ok(proto)
     }
 
     /// Validates a Subscribe request and starts the subscription.
@@ -264,22 +290,103 @@ impl EventStream for EventStreamApi {
         Ok(resp.map(DecodedSubscribeStream))
     }
 
+    #[tracing::instrument(name = "EventStream.GetEvent", skip_all, fields(event_id = %request.get_ref().event_id))]
     async fn get_event(
         &self,
-        _request: Request<pb::GetEventRequest>,
+        request: Request<pb::GetEventRequest>,
     ) -> Result<Response<pb::GetEventResponse>, Status> {
-        Err(Status::unimplemented("GetEvent is not wired yet"))
+        let opts = call_options(&request);
+        let id = request.into_inner().event_id;
+        required("event_id", &id)?;
+        let event = self
+            .client
+            .get_event(&id, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::GetEventResponse {
+            event: Some(self.to_api_event(event).await?),
+        }))
     }
 
+    #[tracing::instrument(name = "EventStream.ListEvents", skip_all)]
     async fn list_events(
         &self,
-        _request: Request<pb::ListEventsRequest>,
+        request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        Err(Status::unimplemented("ListEvents is not wired yet"))
+        let opts = call_options(&request);
+        let r = request.into_inner();
+        let (mut query, filters) = list_query(&r)?;
+        query.starting_after = request::decode_page_token(&r.page_token, &filters)?;
+        let page = self
+            .client
+            .list_events(&query, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        let next_page_token = match page.data.last() {
+            Some(last) if page.has_more => request::encode_page_token(&last.id, &filters),
+            _ => String::new(),
+        };
+        let mut events = Vec::with_capacity(page.data.len());
+        for event in page.data {
+            events.push(self.to_api_event(event).await?);
+        }
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            next_page_token,
+        }))
     }
 }
 
 // === request parsing and statuses ===
+
+fn call_options<T>(request: &Request<T>) -> CallOptions {
+    CallOptions {
+        deadline: request::deadline(request.metadata()),
+        request_id: None,
+    }
+}
+
+/// Most exact type names DR takes in `types` ("less than 20", dr-api.md §3.1).
+const MAX_LIST_TYPES: usize = 19;
+
+/// The DR query of a ListEvents request, and the filter text page tokens bind to.
+#[allow(clippy::result_large_err)]
+fn list_query(r: &pb::ListEventsRequest) -> Result<(EventQuery, String), Status> {
+    if r.types.len() > MAX_LIST_TYPES {
+        return Err(ServiceError::invalid("types", "at most 19 type names").into());
+    }
+    for (i, t) in r.types.iter().enumerate() {
+        TypePattern::parse(t)
+            .map_err(|reason| ServiceError::invalid(format!("types[{i}]"), reason))?;
+    }
+    // why: DR takes one `type` (which may hold `*`) or several exact `types`.
+    if r.types.len() > 1 && r.types.iter().any(|t| t.contains('*')) {
+        return Err(
+            ServiceError::invalid("types", "a pattern with '*' must be the only type").into(),
+        );
+    }
+    let time =
+        |field: &str, ts: &Option<prost_types::Timestamp>| -> Result<Option<String>, Status> {
+            let Some(ts) = ts else { return Ok(None) };
+            let t = u32::try_from(ts.nanos)
+                .ok()
+                .and_then(|n| DateTime::<Utc>::from_timestamp(ts.seconds, n))
+                .ok_or_else(|| ServiceError::invalid(field, "not a valid timestamp"))?;
+            Ok(Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
+        };
+    let query = EventQuery {
+        types: r.types.clone(),
+        created_gte: time("create_time_start", &r.create_time_start)?,
+        created_lt: time("create_time_end", &r.create_time_end)?,
+        limit: request::page_size(r.page_size)?,
+        ..Default::default()
+    };
+    let filters = format!(
+        "types={:?};gte={:?};lt={:?}",
+        query.types, query.created_gte, query.created_lt
+    );
+    Ok((query, filters))
+}
 
 type ParsedSubscribe = (EventFilter, Start, Duration);
 
@@ -321,13 +428,7 @@ fn parse_subscribe(req: &pb::SubscribeRequest) -> Result<ParsedSubscribe, Status
 }
 
 fn bad_request(field: &str, description: &str) -> Status {
-    let mut details = ErrorDetails::new();
-    details.add_bad_request_violation(field, description);
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("invalid {field}: {description}"),
-        details,
-    )
+    ServiceError::invalid(field, description).into()
 }
 
 fn cursor_expired(oldest_cursor: &str, other_log: bool) -> Status {
@@ -447,9 +548,9 @@ mod tests {
         let encoder = EventEncoder::with_payload_decoder(Arc::new(decode_payload));
         let stored = StoredEvent::build(3, 7, Utc::now(), env, &encoder);
         let shared = SubscribeItem::Shared(stored.encoded_response.clone());
-        let owned = SubscribeItem::Owned(pb::SubscribeResponse {
+        let owned = SubscribeItem::Owned(Box::new(pb::SubscribeResponse {
             kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
-        });
+        }));
         assert_eq!(shared.encoded_len(), owned.encoded_len());
         assert_eq!(
             shared.clone().into_response().unwrap(),
@@ -474,7 +575,15 @@ mod tests {
             EventEncoder::default(),
             Arc::new(SystemClock),
         ));
-        let api = EventStreamApi::new(log, EventEncoder::default(), Arc::new(SystemClock));
+        let client = Client::new(crate::digital_river::ClientConfig {
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: secrecy::SecretString::from("sk".to_string()),
+            api_version: None,
+            max_timeout: Duration::from_secs(1),
+            retry: Default::default(),
+        })
+        .unwrap();
+        let api = EventStreamApi::new(log, client, EventEncoder::default(), Arc::new(SystemClock));
         let cases = [
             (
                 pb::SubscribeRequest {
@@ -519,5 +628,58 @@ mod tests {
         assert_eq!(info.reason, "CURSOR_EXPIRED");
         assert_eq!(info.domain, "dr-gateway");
         assert_eq!(info.metadata["oldest_cursor"], "abc");
+    }
+}
+
+/// Measures what sharing the encoding saves; run with
+/// `cargo test --release --lib fan_out_encoding_cost -- --ignored --nocapture`.
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::events::StoredEvent;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore = "measurement, not a check"]
+    fn fan_out_encoding_cost() {
+        // The seed's order.charge.capture.complete payload (dr-api.md S0), ~1 KB.
+        let body = br#"{"id":"f275be0a-45fd-4160-8a31-b3274b6a4f8b","type":"order.charge.capture.complete",
+          "data":{"object":{"id":"b67136cc-0b2e-43f7-8d9a-362047aa975a","createdTime":"2022-03-02T16:50:23Z",
+          "currency":"USD","amount":37.81,"state":"capturable","orderId":"218377480336","captured":true,
+          "captures":[{"id":"b496b7b2-3bc7-49cd-ab48-f91b2f2e37cc","createdTime":"2022-03-02T16:50:37Z",
+          "amount":25.21,"state":"complete","fulfillmentId":"ful_a0246997-bdcf-480a-a066-2cfc564e6232"}],
+          "refunded":false,"sourceId":"52ca4456-5547-4f9c-8016-1a067fd0b125",
+          "paymentSessionId":"7c121712-2ae8-4617-97a2-5d41fd79a5b8","type":"customer_initiated","liveMode":false}},
+          "liveMode":false,"createdTime":"2022-03-02T16:52:01.180061Z",
+          "webhookIds":["bbac1929-580c-4629-b648-4c096b1a104a","9666a0f9-d2a5-4eba-8b56-ecf7e87bb84c"],
+          "digitalriverVersion":"2021-12-13"}"#;
+        let env = Envelope::parse(Bytes::from_static(body)).unwrap();
+        let encoder = EventEncoder::with_payload_decoder(Arc::new(decode_payload));
+        let stored = StoredEvent::build(1, 1, Utc::now(), env, &encoder);
+        let msg = pb::SubscribeResponse {
+            kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
+        };
+        let subscribers = 1000;
+        let mut buf = Vec::with_capacity(4096);
+
+        let t = Instant::now();
+        for _ in 0..subscribers {
+            buf.clear();
+            msg.encode(&mut buf).unwrap();
+        }
+        let per_subscriber_encode = t.elapsed();
+
+        let shared = SubscribeItem::Shared(stored.encoded_response.clone());
+        let t = Instant::now();
+        for _ in 0..subscribers {
+            buf.clear();
+            shared.encode(&mut buf).unwrap();
+        }
+        let shared_copy = t.elapsed();
+
+        println!(
+            "{} bytes; {subscribers} subscribers: encode each {per_subscriber_encode:?}, shared bytes {shared_copy:?}",
+            stored.encoded_response.len()
+        );
     }
 }

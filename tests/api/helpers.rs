@@ -9,12 +9,16 @@ use dr_gateway::app::Application;
 use dr_gateway::config::Settings;
 use dr_gateway::digital_river::RetryPolicy;
 use dr_gateway::pb::v1::charge_service_client::ChargeServiceClient;
+use dr_gateway::pb::v1::event_stream_client::EventStreamClient;
 use dr_gateway::pb::v1::fulfillment_service_client::FulfillmentServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// The DR key every test gateway uses; tests assert it never leaks.
 pub const API_KEY: &str = "sk_test_TOPSECRET_4c1d";
+
+/// The webhook signing secret every test gateway accepts; tests assert it never leaks.
+pub const WEBHOOK_SECRET: &str = "whsec_TOPSECRET_77b1";
 
 /// A running gateway and clients for it.
 pub struct TestApp {
@@ -23,7 +27,11 @@ pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub fulfillments: FulfillmentServiceClient<Channel>,
     pub charges: ChargeServiceClient<Channel>,
+    pub events: EventStreamClient<Channel>,
     pub channel: Channel,
+    /// The gateway's bound webhook / health HTTP address.
+    #[allow(dead_code)]
+    pub http_addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -65,6 +73,7 @@ pub fn settings(dr_base_url: &str) -> Settings {
     s.upstream_timeout = Duration::from_secs(5);
     s.reconcile_timeout = Duration::from_secs(5);
     s.shutdown_grace = Duration::from_secs(5);
+    s.webhook_secrets = vec![secrecy::SecretString::from(WEBHOOK_SECRET)];
     s
 }
 
@@ -78,6 +87,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     capture_logs();
     let app = Application::build(settings).await.expect("gateway starts");
     let grpc_addr = app.grpc_addr();
+    let http_addr = app.http_addr();
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(async move {
         app.run_until_stopped().await.expect("gateway runs");
@@ -91,7 +101,9 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         grpc_addr,
         fulfillments: FulfillmentServiceClient::new(channel.clone()),
         charges: ChargeServiceClient::new(channel.clone()),
+        events: EventStreamClient::new(channel.clone()),
         channel,
+        http_addr,
         shutdown,
         task: Some(task),
     }

@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod errors;
+mod event_support;
+mod events;
 mod fulfillments;
 mod helpers;
 mod idempotency;
 mod serving;
+mod webhook;

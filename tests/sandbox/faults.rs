@@ -1,0 +1,198 @@
+//! Fault injection on the DR surface: status, reset (real TCP drop), malformed bodies,
+//! latency, and "processed but the response was lost".
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::TestSandbox;
+
+async fn fulfillment_count(sb: &TestSandbox, order_id: &str) -> usize {
+    let (_, list) = sb.get(&format!("/fulfillments?orderId={order_id}")).await;
+    list["data"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn a_status_fault_answers_a_dr_error_with_retry_after_without_processing() {
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(2, "10").await;
+    let oid = order["id"].as_str().unwrap();
+    let (status, fault) = sb.post("/sandbox/faults", json!({"method": "POST", "path": "/fulfillments", "count": 2, "kind": "status", "status": 429, "retryAfter": 7})).await;
+    assert_eq!(status, StatusCode::CREATED, "{fault}");
+    let body =
+        json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]});
+    for _ in 0..2 {
+        let resp = sb
+            .req(Method::POST, "/fulfillments")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 429);
+        assert_eq!(resp.headers()["retry-after"], "7");
+        let err: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(err["type"], "too_many_requests");
+        assert!(err["errors"][0]["message"].is_string());
+    }
+    assert_eq!(
+        fulfillment_count(&sb, oid).await,
+        0,
+        "faulted calls were not processed"
+    );
+    // Only the next `count` calls: the third goes through.
+    let (status, _) = sb.fulfil(body).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The request log recorded the faults.
+    let (_, log) = sb
+        .get("/sandbox/requests?method=POST&path=/fulfillments")
+        .await;
+    let faults: Vec<_> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["fault"].clone())
+        .collect();
+    assert_eq!(faults, [json!("status"), json!("status"), json!(null)]);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_reset_fault_drops_the_connection_without_processing() {
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "10").await;
+    let oid = order["id"].as_str().unwrap();
+    sb.post(
+        "/sandbox/faults",
+        json!({"method": "POST", "path": "/fulfillments", "kind": "reset"}),
+    )
+    .await;
+    let err = sb
+        .req(Method::POST, "/fulfillments")
+        .json(
+            &json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]}),
+        )
+        .send()
+        .await
+        .expect_err("no HTTP answer");
+    assert!(!err.is_status() && !err.is_timeout(), "{err:?}");
+    assert_eq!(fulfillment_count(&sb, oid).await, 0);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn reset_after_processing_loses_the_response_of_a_call_that_happened() {
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "10").await;
+    let oid = order["id"].as_str().unwrap();
+    sb.post(
+        "/sandbox/faults",
+        json!({"method": "POST", "path": "/fulfillments", "kind": "reset_after_processing"}),
+    )
+    .await;
+    let body =
+        json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]});
+    let result = sb
+        .req(Method::POST, "/fulfillments")
+        .json(&body)
+        .send()
+        .await;
+    assert!(result.is_err(), "no HTTP answer");
+    assert_eq!(
+        fulfillment_count(&sb, oid).await,
+        1,
+        "but the fulfillment exists"
+    );
+    // A blind retry now hits the fulfilled order.
+    let (status, err) = sb.fulfil(body).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(err["errors"][0]["code"], "order_fulfilled");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn latency_after_processing_outlasts_a_client_timeout() {
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "10").await;
+    let oid = order["id"].as_str().unwrap();
+    sb.post(
+        "/sandbox/faults",
+        json!({"path": "/fulfillments", "kind": "latency_after_processing", "latencyMs": 2000}),
+    )
+    .await;
+    let result = sb
+        .req(Method::POST, "/fulfillments")
+        .timeout(Duration::from_millis(300))
+        .json(
+            &json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]}),
+        )
+        .send()
+        .await;
+    assert!(result.expect_err("client times out").is_timeout());
+    assert_eq!(fulfillment_count(&sb, oid).await, 1);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn latency_delays_and_malformed_breaks_the_body() {
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "10").await;
+    let oid = order["id"].as_str().unwrap();
+    sb.post(
+        "/sandbox/faults",
+        json!({"method": "GET", "path": "/orders/*", "kind": "latency", "latencyMs": 300}),
+    )
+    .await;
+    let started = Instant::now();
+    let (status, _) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    sb.post(
+        "/sandbox/faults",
+        json!({"method": "GET", "path": "/orders/*", "kind": "malformed"}),
+    )
+    .await;
+    let resp = sb
+        .req(Method::GET, &format!("/orders/{oid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&text).is_err(),
+        "not JSON: {text}"
+    );
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn faults_can_be_listed_and_cleared() {
+    let sb = TestSandbox::start().await;
+    sb.post(
+        "/sandbox/faults",
+        json!({"path": "/events", "kind": "status", "status": 503, "count": 5}),
+    )
+    .await;
+    let (_, list) = sb.get("/sandbox/faults").await;
+    assert_eq!(list["data"][0]["remaining"], 5);
+    assert_eq!(sb.delete("/sandbox/faults").await, StatusCode::NO_CONTENT);
+    let (status, _) = sb.get("/events").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, err) = sb
+        .post(
+            "/sandbox/faults",
+            json!({"path": "/events", "kind": "status"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    let (status, _) = sb
+        .post(
+            "/sandbox/faults",
+            json!({"path": "/events", "kind": "explode"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    sb.stop().await;
+}

@@ -1,0 +1,13 @@
+//! Integration tests of the DR sandbox: real sockets, a sandbox on port 0, reqwest.
+//! Every wait is a polling loop under a deadline; nothing sleeps to synchronise.
+
+// Tests may panic on unexpected shapes: that is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod control;
+mod events;
+mod faults;
+mod fulfillments;
+mod helpers;
+mod seeds;
+mod webhooks;
