@@ -4,6 +4,11 @@
 //! Two listeners: gRPC (services, health, reflection) and HTTP (DR webhooks,
 //! `/healthz`, `/readyz`). Both share one event log: the webhook appends, the
 //! EventStream and ChargeService read.
+//!
+//! State replicas must share — the event log and the CreateFulfillment idempotency
+//! records — is chosen in one place, [`build_backends`]: in memory for one process,
+//! or NATS JetStream when `--bus-url` is set. In JetStream mode a watcher task
+//! ([`watch_bus_health`]) reports NOT_SERVING while the bus is unreachable.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +27,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::digital_river::{self, Client, ClientConfig};
 use crate::domain::fulfilments::Fulfiller;
-use crate::domain::idempotency::MemoryIdempotencyStore;
+use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+use crate::events::jetstream::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
@@ -56,7 +62,13 @@ pub enum AppError {
     /// The webhook HTTP server failed.
     #[error("webhook HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    /// The shared event bus could not be set up.
+    #[error("event bus: {0}")]
+    Bus(#[from] BusError),
 }
+
+/// How often the bus-health watcher checks JetStream.
+const BUS_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Every gRPC service name the health service reports on, besides the overall `""`.
 pub const SERVICE_NAMES: &[&str] = &[
@@ -109,25 +121,16 @@ impl Application {
             max_timeout: settings.upstream_timeout,
             retry: settings.retry,
         })?;
-        let store = Arc::new(MemoryIdempotencyStore::new(
-            settings.idempotency_ttl,
-            settings.idempotency_max_entries,
-        ));
-        let fulfiller = Fulfiller::new(client.clone(), store, settings.reconcile_timeout);
-
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // why: the typed payload comes from the core's conversions, injected so
         // `events` does not depend on `grpc`.
         let encoder = EventEncoder::with_payload_decoder(Arc::new(event_stream::decode_payload));
-        let event_log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(
-            MemoryLogConfig {
-                max_events: settings.event_log_max_events,
-                max_bytes: settings.event_log_max_bytes,
-                ..MemoryLogConfig::default()
-            },
-            encoder.clone(),
-            clock.clone(),
-        ));
+        let Backends {
+            event_log,
+            idempotency,
+            shared,
+        } = build_backends(&settings, encoder.clone(), clock.clone()).await?;
+        let fulfiller = Fulfiller::new(client.clone(), idempotency, settings.reconcile_timeout);
         if settings.webhook_secrets.is_empty() {
             tracing::warn!("no webhook secret configured: every DR webhook will be rejected (401)");
         }
@@ -165,6 +168,7 @@ impl Application {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         set_all(&health, ServingStatus::NotServing).await;
+        let gate = HealthGate::new(health);
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -193,11 +197,11 @@ impl Application {
 
         let stop = {
             let shutdown = shutdown.clone();
-            let health = health.clone();
+            let gate = gate.clone();
             async move {
                 shutdown.cancelled().await;
                 // why: load balancers must see NOT_SERVING before connections close.
-                set_all(&health, ServingStatus::NotServing).await;
+                gate.set_draining().await;
                 tracing::info!("stopped accepting; draining in-flight RPCs");
             }
         };
@@ -217,8 +221,15 @@ impl Application {
         if settings.backfill_enabled {
             tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
         }
-        set_all(&health, ServingStatus::Serving).await;
-        tracing::info!(%grpc_addr, %http_addr, dr_base_url = %settings.dr_base_url, "gateway serving");
+        if shared {
+            tokio::spawn(watch_bus_health(
+                event_log.clone(),
+                gate.clone(),
+                shutdown.clone(),
+            ));
+        }
+        gate.set_bus_ok(true).await;
+        tracing::info!(%grpc_addr, %http_addr, dr_base_url = %settings.dr_base_url, shared_bus = shared, "gateway serving");
         Ok(Self {
             grpc_addr,
             http_addr,
@@ -299,6 +310,131 @@ fn flatten_http(
             tracing::error!(error = %e, "webhook HTTP server task failed");
             Ok(())
         }
+    }
+}
+
+/// The state replicas share (or, in one process, keep to themselves).
+struct Backends {
+    event_log: Arc<dyn EventLog>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    /// True in JetStream mode.
+    shared: bool,
+}
+
+/// THE place that picks the backends: in memory without `--bus-url`, JetStream with it.
+async fn build_backends(
+    settings: &Settings,
+    encoder: EventEncoder,
+    clock: Arc<dyn Clock>,
+) -> Result<Backends, AppError> {
+    let Some(bus_config) = settings.bus.clone() else {
+        return Ok(Backends {
+            event_log: Arc::new(MemoryLog::new(
+                MemoryLogConfig {
+                    max_events: settings.event_log_max_events,
+                    max_bytes: settings.event_log_max_bytes,
+                    ..MemoryLogConfig::default()
+                },
+                encoder,
+                clock,
+            )),
+            idempotency: Arc::new(MemoryIdempotencyStore::new(
+                settings.idempotency_ttl,
+                settings.idempotency_max_entries,
+            )),
+            shared: false,
+        });
+    };
+    let bus = Bus::connect(bus_config).await?;
+    let event_log = JetStreamLog::open(bus.clone(), encoder, clock).await?;
+    // why: an owner holds a key for at most reconcile + POST + reconcile
+    // (fulfilments.rs); past that, another replica may assume it died.
+    let lease = settings.upstream_timeout + settings.reconcile_timeout * 2 + Duration::from_secs(5);
+    let idempotency = KvIdempotencyStore::open(&bus, settings.idempotency_ttl, lease).await?;
+    Ok(Backends {
+        event_log: Arc::new(event_log),
+        idempotency: Arc::new(idempotency),
+        shared: true,
+    })
+}
+
+/// The serving status shown by gRPC health: SERVING only while not draining and the
+/// bus (if any) is reachable. Both inputs change under one lock, so a late bus check
+/// cannot flip a draining gateway back to SERVING.
+#[derive(Clone)]
+struct HealthGate {
+    reporter: HealthReporter,
+    state: Arc<tokio::sync::Mutex<GateState>>,
+}
+
+struct GateState {
+    draining: bool,
+    bus_ok: bool,
+    shown: ServingStatus,
+}
+
+impl HealthGate {
+    fn new(reporter: HealthReporter) -> Self {
+        Self {
+            reporter,
+            state: Arc::new(tokio::sync::Mutex::new(GateState {
+                draining: false,
+                bus_ok: false,
+                shown: ServingStatus::NotServing,
+            })),
+        }
+    }
+
+    async fn set_bus_ok(&self, ok: bool) {
+        let mut st = self.state.lock().await;
+        st.bus_ok = ok;
+        self.apply(&mut st).await;
+    }
+
+    async fn set_draining(&self) {
+        let mut st = self.state.lock().await;
+        st.draining = true;
+        self.apply(&mut st).await;
+    }
+
+    async fn apply(&self, st: &mut GateState) {
+        let want = if st.bus_ok && !st.draining {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if want != st.shown || st.draining {
+            set_all(&self.reporter, want).await;
+            st.shown = want;
+        }
+    }
+}
+
+/// Checks the event bus every [`BUS_HEALTH_INTERVAL`] and mirrors it into gRPC
+/// health, until shutdown. Webhooks meanwhile get 503 from the log itself (DR
+/// retries), so nothing is acknowledged while the bus is away.
+async fn watch_bus_health(log: Arc<dyn EventLog>, gate: HealthGate, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(BUS_HEALTH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_ok = true;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let ok = matches!(
+            tokio::time::timeout(BUS_HEALTH_INTERVAL * 4, log.check_ready()).await,
+            Ok(Ok(()))
+        );
+        if ok != was_ok {
+            if ok {
+                tracing::info!("event bus reachable again: SERVING");
+            } else {
+                tracing::warn!("event bus unreachable: NOT_SERVING until it is back");
+            }
+            was_ok = ok;
+        }
+        gate.set_bus_ok(ok).await;
     }
 }
 

@@ -26,7 +26,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (gRPC + webhook listeners); `--sandbox` adds an in-process DR emulator.
-    Serve(ServeArgs),
+    // Boxed: `serve` has many flags (clippy::large_enum_variant).
+    Serve(Box<ServeArgs>),
     /// Run the stateful Digital River API emulator alone.
     Sandbox(SandboxArgs),
     /// Ask a gateway's gRPC health service whether it is SERVING (exit 0) or not (exit 1).

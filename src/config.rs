@@ -8,6 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::digital_river::RetryPolicy;
+use crate::events::jetstream::{BusConfig, BusError};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -143,6 +144,108 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:8090"
     )]
     pub sandbox_addr: SocketAddr,
+
+    /// Shared event bus (NATS JetStream) for running several replicas.
+    #[command(flatten)]
+    pub bus: BusArgs,
+}
+
+/// Flags of the shared event bus. Without `--bus-url` the gateway keeps events and
+/// idempotency records in memory (one process); with it, every replica shares them
+/// through NATS JetStream (`docs/README-jetstream.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusArgs {
+    /// NATS URL(s), comma-separated (e.g. nats://nats:4222); enables JetStream mode.
+    #[arg(long = "bus-url", env = "DR_GATEWAY_BUS_URL", hide_env_values = true)]
+    pub url: Option<String>,
+
+    /// NATS credentials (.creds) file.
+    #[arg(long = "bus-creds-file", env = "DR_GATEWAY_BUS_CREDS_FILE")]
+    pub creds_file: Option<PathBuf>,
+
+    /// PEM CA bundle to verify the NATS server (turns TLS on).
+    #[arg(long = "bus-tls-ca-file", env = "DR_GATEWAY_BUS_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with NATS (with --bus-tls-key-file).
+    #[arg(long = "bus-tls-cert-file", env = "DR_GATEWAY_BUS_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM client key for mutual TLS with NATS (with --bus-tls-cert-file).
+    #[arg(long = "bus-tls-key-file", env = "DR_GATEWAY_BUS_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// JetStream stream holding the events (created at start if missing).
+    #[arg(long = "bus-stream", env = "DR_GATEWAY_BUS_STREAM", default_value = crate::events::jetstream::DEFAULT_STREAM)]
+    pub stream: String,
+
+    /// Oldest event the stream keeps (DR keeps events 30 days).
+    #[arg(long = "bus-max-age", env = "DR_GATEWAY_BUS_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub max_age: Duration,
+
+    /// Most bytes the stream keeps, oldest dropped first (e.g. 10GiB); unset = no bound.
+    #[arg(long = "bus-max-bytes", env = "DR_GATEWAY_BUS_MAX_BYTES", value_parser = parse_byte_size)]
+    pub max_bytes: Option<usize>,
+
+    /// JetStream duplicate window for the DR event id (Nats-Msg-Id); older
+    /// redeliveries are caught by the <stream>_IDS bucket.
+    #[arg(long = "bus-dedup-window", env = "DR_GATEWAY_BUS_DEDUP_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+
+    /// Replicas of the stream and buckets in a NATS cluster.
+    #[arg(long = "bus-replicas", env = "DR_GATEWAY_BUS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+
+    /// Longest one JetStream request may take (keep it under the webhook's 2 s).
+    #[arg(long = "bus-timeout", env = "DR_GATEWAY_BUS_TIMEOUT", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// How long start-up waits for NATS before giving up.
+    #[arg(long = "bus-startup-timeout", env = "DR_GATEWAY_BUS_STARTUP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub startup_timeout: Duration,
+
+    /// KV bucket of CreateFulfillment idempotency records.
+    #[arg(long = "bus-idempotency-bucket", env = "DR_GATEWAY_BUS_IDEMPOTENCY_BUCKET", default_value = crate::events::jetstream::DEFAULT_IDEMPOTENCY_BUCKET)]
+    pub idempotency_bucket: String,
+
+    /// Decoded events each replica caches for fan-out.
+    #[arg(
+        long = "bus-cache-max-events",
+        env = "DR_GATEWAY_BUS_CACHE_MAX_EVENTS",
+        default_value_t = 10_000
+    )]
+    pub cache_max_events: usize,
+}
+
+impl BusArgs {
+    /// The bus settings, or `None` for in-memory mode.
+    pub fn resolve(&self) -> Result<Option<BusConfig>, ConfigError> {
+        let Some(url) = self.url.as_deref().filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let servers = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut config = BusConfig::new(servers);
+        config.creds_file = self.creds_file.clone();
+        config.tls_ca_file = self.tls_ca_file.clone();
+        config.tls_cert_file = self.tls_cert_file.clone();
+        config.tls_key_file = self.tls_key_file.clone();
+        config.stream = self.stream.clone();
+        config.max_age = self.max_age;
+        config.max_bytes = self.max_bytes.map(|b| b as u64);
+        config.duplicate_window = self.dedup_window;
+        config.replicas = usize::from(self.replicas);
+        config.request_timeout = self.timeout;
+        config.startup_timeout = self.startup_timeout;
+        config.idempotency_bucket = self.idempotency_bucket.clone();
+        config.cache_max_events = self.cache_max_events;
+        config.validate().map_err(ConfigError::Bus)?;
+        Ok(Some(config))
+    }
 }
 
 /// Why the settings cannot be used; printed as one line before exiting.
@@ -175,6 +278,9 @@ pub enum ConfigError {
     /// The backfill look-back exceeds what DR keeps.
     #[error("--backfill-lookback must be at most 30d (DR keeps events 30 days)")]
     LookbackTooLong,
+    /// The bus flags cannot work.
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 /// Resolved settings of the gateway.
@@ -219,6 +325,8 @@ pub struct Settings {
     /// Whether backfill runs at all (on for `serve`; off in [`Settings::for_upstream`],
     /// so tests that count DR requests see only their own).
     pub backfill_enabled: bool,
+    /// Shared event bus (JetStream); `None` keeps everything in this process.
+    pub bus: Option<BusConfig>,
 }
 
 impl Settings {
@@ -245,6 +353,7 @@ impl Settings {
             backfill_interval: Duration::from_secs(300),
             backfill_lookback: Duration::from_secs(24 * 3600),
             backfill_enabled: false,
+            bus: None,
         }
     }
 }
@@ -296,6 +405,7 @@ impl ServeArgs {
                 self.backfill_lookback
             },
             backfill_enabled: true,
+            bus: self.bus.resolve()?,
         })
     }
 

@@ -17,7 +17,7 @@ const SANDBOX_API_KEY: &str = "sk_test_sandbox";
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Sandbox(args) => run_sandbox(args).await,
         Command::HealthCheck(args) => health_check(args).await,
     }
@@ -44,9 +44,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         // why: the embedded sandbox signs its webhooks like DR; give it a secret the
         // gateway accepts (the configured one, or a fresh one) so events flow end to end.
         if settings.webhook_secrets.is_empty() {
-            settings
-                .webhook_secrets
-                .push(secrecy::SecretString::from(uuid::Uuid::new_v4().to_string()));
+            settings.webhook_secrets.push(secrecy::SecretString::from(
+                uuid::Uuid::new_v4().to_string(),
+            ));
         }
         embedded = Some(sandbox);
         settings

@@ -9,5 +9,6 @@ mod events;
 mod fulfillments;
 mod helpers;
 mod idempotency;
+mod jetstream;
 mod serving;
 mod webhook;

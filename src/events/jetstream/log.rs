@@ -571,7 +571,7 @@ async fn tail(inner: Arc<Inner>, mut next: Sequence, stop: CancellationToken) {
         };
         if let Err(e) = result {
             failures = failures.saturating_add(1);
-            let level_warn = failures == 1 || failures % 30 == 0;
+            let level_warn = failures == 1 || failures.is_multiple_of(30);
             if level_warn {
                 tracing::warn!(error = %e, next, failures, "event stream tail interrupted; resuming");
             } else {

@@ -24,9 +24,9 @@
 //!
 //! # Layout
 //! - [`provision`]: create-or-check the stream and the KV buckets at start-up.
-//! - [`log`]: [`JetStreamLog`], the [`EventLog`](super::EventLog) backend.
+//! - [`log`]: the [`EventLog`](super::EventLog) backend, [`JetStreamLog`].
 //! - [`cache`]: the bounded per-replica cache of decoded events.
-//! - [`idempotency`]: [`KvIdempotencyStore`].
+//! - [`idempotency`]: the shared [`KvIdempotencyStore`].
 
 pub mod cache;
 pub mod idempotency;
