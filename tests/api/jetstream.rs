@@ -466,36 +466,40 @@ async fn a_subscriber_resumes_on_another_replica_after_a_sigkill_without_gap_or_
 
 #[tokio::test]
 async fn a_nats_restart_makes_the_gateway_not_serving_then_it_recovers_without_losing_webhooks() {
-    // Arrange
+    // Arrange: two replicas; the subscriber is on B, webhooks go to A, so delivery
+    // also depends on B's tail of the stream surviving the restart.
     let mut nats = NatsServer::start().await;
-    let app = gateway(&nats, "http://127.0.0.1:9").await;
-    let mut stream = subscribe(&mut app.events.clone(), from_now()).await;
-    assert_eq!(post_event(app.http_addr, &ev("before")).await.0, 200);
+    let a = gateway(&nats, "http://127.0.0.1:9").await;
+    let b = gateway(&nats, "http://127.0.0.1:9").await;
+    let mut stream = subscribe(&mut b.events.clone(), from_now()).await;
+    assert_eq!(post_event(a.http_addr, &ev("before")).await.0, 200);
     assert_eq!(next_event(&mut stream).await.id, "before");
 
     // Act 1: NATS goes away.
     nats.kill();
     wait_for_health(
-        health_client(app.grpc_addr).await,
+        health_client(a.grpc_addr).await,
         ServingStatus::NotServing,
         "",
     )
     .await;
-    let (down_status, _) = post_event(app.http_addr, &ev("during")).await;
-    let ready_down = readyz(app.http_addr).await;
-
-    // Act 2: NATS comes back (same store); DR re-sends what got a 5xx.
-    nats.restart().await;
     wait_for_health(
-        health_client(app.grpc_addr).await,
-        ServingStatus::Serving,
+        health_client(b.grpc_addr).await,
+        ServingStatus::NotServing,
         "",
     )
     .await;
-    let (retry_status, retry) = post_event(app.http_addr, &ev("during")).await;
-    let (after_status, _) = post_event(app.http_addr, &ev("after")).await;
+    let (down_status, _) = post_event(a.http_addr, &ev("during")).await;
+    let ready_down = readyz(a.http_addr).await;
 
-    // Assert: nothing was acknowledged while down; the same stream (never
+    // Act 2: NATS comes back (same store); DR re-sends what got a 5xx.
+    nats.restart().await;
+    wait_for_health(health_client(a.grpc_addr).await, ServingStatus::Serving, "").await;
+    wait_for_health(health_client(b.grpc_addr).await, ServingStatus::Serving, "").await;
+    let (retry_status, retry) = post_event(a.http_addr, &ev("during")).await;
+    let (after_status, _) = post_event(a.http_addr, &ev("after")).await;
+
+    // Assert: nothing was acknowledged while down; the same stream on B (never
     // re-subscribed) gets everything once, in order.
     assert!(
         (500..600).contains(&down_status),
@@ -504,13 +508,14 @@ async fn a_nats_restart_makes_the_gateway_not_serving_then_it_recovers_without_l
     assert_eq!(ready_down, 503);
     assert_eq!((retry_status, &retry["duplicate"]), (200, &json!(false)));
     assert_eq!(after_status, 200);
-    assert_eq!(readyz(app.http_addr).await, 200);
+    assert_eq!(readyz(a.http_addr).await, 200);
     assert_eq!(
         ids(&read_until(&mut stream, "after").await),
         ["during", "after"]
     );
     drop(stream);
-    app.stop().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]

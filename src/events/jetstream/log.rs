@@ -564,10 +564,18 @@ impl EventLog for JetStreamLog {
 /// restarted) from the first sequence not yet seen, so nothing is skipped.
 async fn tail(inner: Arc<Inner>, mut next: Sequence, stop: CancellationToken) {
     let mut failures: u32 = 0;
+    let mut connects = inner.bus.connects();
     loop {
+        connects.borrow_and_update();
         let result = tokio::select! {
             () = stop.cancelled() => return,
             r = tail_once(&inner, &mut next, &mut failures) => r,
+            // why: after a NATS restart the old consumer is gone; the client would
+            // notice only after two missed heartbeats. Start over from `next` now.
+            Ok(()) = connects.changed() => {
+                tracing::debug!(next, "NATS reconnected; restarting the event stream tail");
+                continue;
+            }
         };
         if let Err(e) = result {
             failures = failures.saturating_add(1);

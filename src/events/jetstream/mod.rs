@@ -36,6 +36,7 @@ pub mod provision;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use async_nats::{jetstream, ConnectOptions, Event, ServerAddr};
+use tokio::sync::watch;
 
 pub use idempotency::KvIdempotencyStore;
 pub use log::JetStreamLog;
@@ -259,6 +260,9 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: Arc<BusConfig>,
+    /// Counts (re)connections, so consumers can restart at once after NATS returns
+    /// instead of waiting to notice missed heartbeats.
+    connects: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -276,11 +280,7 @@ impl Bus {
     /// no gateway restart.
     pub async fn connect(config: BusConfig) -> Result<Self, BusError> {
         config.validate()?;
-        let servers: Vec<ServerAddr> = config
-            .servers
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect();
+        let (servers, userinfo) = strip_userinfo(&config.servers);
         let redacted = config
             .servers
             .iter()
@@ -288,10 +288,19 @@ impl Bus {
             .collect::<Vec<_>>()
             .join(",");
         let deadline = tokio::time::Instant::now() + config.startup_timeout;
+        let (connected_tx, connects) = watch::channel(0u64);
+        let connected_tx = Arc::new(connected_tx);
         let mut attempt: u32 = 0;
         let client = loop {
             attempt += 1;
-            let options = connect_options(&config).await?;
+            let mut options = connect_options(&config, connected_tx.clone()).await?;
+            options = match &userinfo {
+                Some((user, Some(password))) => {
+                    options.user_and_password(user.clone(), password.clone())
+                }
+                Some((token, None)) => options.token(token.clone()),
+                None => options,
+            };
             match options.connect(servers.clone()).await {
                 Ok(client) => break client,
                 Err(source) => {
@@ -316,7 +325,13 @@ impl Bus {
             client,
             js,
             config: Arc::new(config),
+            connects,
         })
+    }
+
+    /// Changes each time the client (re)connects to a server.
+    pub fn connects(&self) -> watch::Receiver<u64> {
+        self.connects.clone()
     }
 
     /// True while the client holds a connection to a server.
@@ -338,7 +353,10 @@ impl Bus {
     }
 }
 
-async fn connect_options(config: &BusConfig) -> Result<ConnectOptions, BusError> {
+async fn connect_options(
+    config: &BusConfig,
+    connected: Arc<watch::Sender<u64>>,
+) -> Result<ConnectOptions, BusError> {
     let mut options = ConnectOptions::new()
         .name("dr-gateway")
         .connection_timeout(config.request_timeout.max(Duration::from_secs(2)))
@@ -350,15 +368,9 @@ async fn connect_options(config: &BusConfig) -> Result<ConnectOptions, BusError>
             let exp = u32::try_from(attempts.min(11)).unwrap_or(11);
             Duration::from_millis(2u64.pow(exp)).min(Duration::from_secs(2))
         })
-        .event_callback(|event| async move {
-            match event {
-                Event::Connected => tracing::info!("NATS connection (re)established"),
-                Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-                Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
-                Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
-                Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer"),
-                other => tracing::debug!(event = %other, "NATS event"),
-            }
+        .event_callback(move |event| {
+            let connected = connected.clone();
+            async move { log_event(event, &connected) }
         });
     if let Some(path) = &config.creds_file {
         options = options
@@ -381,6 +393,72 @@ async fn connect_options(config: &BusConfig) -> Result<ConnectOptions, BusError>
     Ok(options)
 }
 
+/// Parses the server URLs and takes any `user:password@` / `token@` out of them,
+/// to be given to the client as options instead: async-nats logs server addresses
+/// (with `Debug`, which shows the password) while reconnecting. The first URL with
+/// userinfo wins, as NATS clients do.
+fn strip_userinfo(servers: &[String]) -> (Vec<ServerAddr>, Option<(String, Option<String>)>) {
+    let mut userinfo = None;
+    let mut out = Vec::with_capacity(servers.len());
+    for server in servers {
+        let Ok(addr) = server.parse::<ServerAddr>() else {
+            continue;
+        };
+        if userinfo.is_none() {
+            if let Some(user) = addr.username() {
+                userinfo = Some((percent_decode(user), addr.password().map(percent_decode)));
+            }
+        }
+        let mut url = addr.clone().into_inner();
+        let stripped = url.set_password(None).is_ok() && url.set_username("").is_ok();
+        match (stripped, ServerAddr::from_url(url)) {
+            (true, Ok(plain)) => out.push(plain),
+            _ => out.push(addr),
+        }
+    }
+    (out, userinfo)
+}
+
+/// URL userinfo arrives percent-encoded (`p%40ss` for `p@ss`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                let value = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn log_event(event: Event, connected: &watch::Sender<u64>) {
+    match event {
+        Event::Connected => {
+            tracing::info!("NATS connection (re)established");
+            connected.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+        Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+        Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+        Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer"),
+        other => tracing::debug!(event = %other, "NATS event"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +471,28 @@ mod tests {
         );
         assert_eq!(redact_url("nats://nats:4222"), "nats://nats:4222");
         assert_eq!(redact_url("tok@nats:4222"), "***@nats:4222");
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_server_urls() {
+        let (servers, userinfo) = strip_userinfo(&[
+            "nats://alice:s3cret@a:4222".to_owned(),
+            "nats://b:4222".to_owned(),
+        ]);
+        assert_eq!(
+            userinfo,
+            Some(("alice".to_owned(), Some("s3cret".to_owned())))
+        );
+        let shown = format!("{servers:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("alice"),
+            "{shown}"
+        );
+        assert_eq!(servers.len(), 2);
+        let (_, encoded) = strip_userinfo(&["nats://u:p%40ss%2F@a:4222".to_owned()]);
+        assert_eq!(encoded, Some(("u".to_owned(), Some("p@ss/".to_owned()))));
+        let (_, token) = strip_userinfo(&["nats://tok@a:4222".to_owned()]);
+        assert_eq!(token, Some(("tok".to_owned(), None)));
     }
 
     #[test]
