@@ -44,9 +44,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         // why: the embedded sandbox signs its webhooks like DR; give it a secret the
         // gateway accepts (the configured one, or a fresh one) so events flow end to end.
         if settings.webhook_secrets.is_empty() {
-            settings
-                .webhook_secrets
-                .push(secrecy::SecretString::from(uuid::Uuid::new_v4().to_string()));
+            settings.webhook_secrets.push(secrecy::SecretString::from(
+                uuid::Uuid::new_v4().to_string(),
+            ));
         }
         embedded = Some(sandbox);
         settings

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod errors;
+mod event_flows;
 mod event_support;
 mod events;
 mod fulfillments;
