@@ -282,3 +282,41 @@ async fn capture_items_with_wait_reports_a_failed_capture_with_its_code() {
     app.stop().await;
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn cancel_items_with_wait_returns_the_completed_cancel() {
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = order(&sb, 2, false).await;
+
+    let resp = app
+        .charges
+        .clone()
+        .cancel_items(with_deadline(
+            pb::CancelItemsRequest {
+                order_id,
+                items: vec![pb::ChargeItem {
+                    item_id,
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                wait: true,
+                ..Default::default()
+            },
+            WAIT,
+        ))
+        .await
+        .expect("cancel accepted")
+        .into_inner();
+
+    assert!(resp.settled);
+    assert_eq!(resp.outcomes.len(), 1);
+    assert_eq!(
+        resp.outcomes[0].operation.clone().unwrap().state,
+        "complete"
+    );
+    assert_eq!(resp.fulfillment.unwrap().items[0].cancel_quantity, 1);
+    app.stop().await;
+    sb.shutdown().await;
+}
