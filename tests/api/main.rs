@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod errors;
+mod flows;
 mod fulfillments;
 mod helpers;
 mod idempotency;
+mod orders;
 mod serving;
