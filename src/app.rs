@@ -149,12 +149,11 @@ impl Application {
                 ..WebhookConfig::default()
             },
         ));
-        let event_stream = EventStreamServer::new(EventStreamApi::new(
-            event_log.clone(),
-            client.clone(),
-            encoder,
-            clock.clone(),
-        ));
+        let shutdown = CancellationToken::new();
+        let event_stream = EventStreamServer::new(
+            EventStreamApi::new(event_log.clone(), client.clone(), encoder, clock.clone())
+                .with_shutdown(shutdown.clone()),
+        );
         let backfill = Backfill::new(
             client.clone(),
             event_log.clone(),
@@ -179,7 +178,6 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let shutdown = CancellationToken::new();
         let router = Server::builder()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -23,6 +23,8 @@ pub struct Cli {
 }
 
 /// Modes of the binary.
+// why: parsed once at start; boxing the serve flags would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (gRPC + webhook listeners); `--sandbox` adds an in-process DR emulator.

@@ -24,7 +24,10 @@ use prost::{
     encoding::{DecodeContext, WireType},
     DecodeError, Message,
 };
+use std::future::Future;
+
 use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{
     codegen::{http, Body, BoxFuture, Service, StdError},
     server::NamedService,
@@ -156,16 +159,37 @@ impl Message for SubscribeItem {
 // === impl SubscribeStream ===
 
 /// The Subscribe response stream: the subscription's bounded queue, mapped to
-/// stream messages and statuses.
-#[derive(Debug)]
+/// stream messages and statuses. Ends with UNAVAILABLE when the gateway shuts down,
+/// so graceful shutdown does not wait for streams that never end on their own.
 pub struct SubscribeStream {
     rx: mpsc::Receiver<SubscriptionItem>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+}
+
+impl std::fmt::Debug for SubscribeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscribeStream")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }
 
 impl futures::Stream for SubscribeStream {
     type Item = Result<SubscribeItem, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.shutdown.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            // why: dropping the receiver stops the subscription task.
+            self.rx.close();
+            return Poll::Ready(Some(Err(Status::unavailable(
+                "gateway shutting down; resume from the last cursor",
+            ))));
+        }
         self.rx
             .poll_recv(cx)
             .map(|item| item.map(subscription_item_to_message))
@@ -222,6 +246,8 @@ pub struct EventStreamApi {
     client: Client,
     encoder: EventEncoder,
     clock: Arc<dyn Clock>,
+    /// Cancelled when the gateway shuts down; ends every Subscribe stream.
+    shutdown: CancellationToken,
 }
 
 impl EventStreamApi {
@@ -238,7 +264,14 @@ impl EventStreamApi {
             client,
             encoder,
             clock,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Ends every Subscribe stream (UNAVAILABLE) once `token` is cancelled.
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
     }
 
     /// A DR event as the API's `Event`, with `cursor` set when the log holds it.
@@ -274,7 +307,11 @@ impl EventStreamApi {
         )
         .await
         .map_err(subscribe_error_status)?;
-        Ok(Response::new(SubscribeStream { rx }))
+        Ok(Response::new(SubscribeStream {
+            rx,
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            done: false,
+        }))
     }
 }
 

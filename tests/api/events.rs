@@ -429,3 +429,26 @@ async fn list_events_maps_filters_and_pages_onto_dr_query_parameters() {
     assert_eq!(err.code(), Code::InvalidArgument);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable_instead_of_waiting_for_them() {
+    let app = spawn_app("http://127.0.0.1:9").await;
+    let mut stream = subscribe(&app, pb::SubscribeRequest::default()).await;
+
+    let started = Instant::now();
+    app.shutdown_now();
+    let ended = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("stream ends");
+
+    assert_eq!(
+        ended.expect_err("ends with a status").code(),
+        Code::Unavailable
+    );
+    app.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -170,3 +170,70 @@ pub fn dr_fulfillment(
         "liveMode": false
     })
 }
+
+/// A sandbox on an ephemeral port, and a control client for it.
+pub struct TestSandbox {
+    pub sandbox: dr_gateway::sandbox::Sandbox,
+    pub http: reqwest::Client,
+}
+
+impl TestSandbox {
+    /// The DR base URL the gateway should use.
+    pub fn base_url(&self) -> String {
+        self.sandbox.base_url()
+    }
+
+    /// `POST /sandbox/<path>` with a JSON body; panics unless 2xx.
+    pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = self
+            .http
+            .post(format!("{}/sandbox/{path}", self.base_url()))
+            .bearer_auth("sk_test_control")
+            .json(&body)
+            .send()
+            .await
+            .expect("sandbox answers");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "sandbox {path}: {status} {text}");
+        if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    /// `GET /sandbox/<path>`.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/sandbox/{path}", self.base_url()))
+            .bearer_auth("sk_test_control")
+            .send()
+            .await
+            .expect("sandbox answers")
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Creates an order from a compact spec; returns DR's order JSON.
+    pub async fn create_order(&self, spec: serde_json::Value) -> serde_json::Value {
+        self.control("orders", spec).await
+    }
+}
+
+/// Starts a sandbox with default (immediate-settle) config.
+pub async fn spawn_sandbox() -> TestSandbox {
+    spawn_sandbox_with(dr_gateway::sandbox::SandboxConfig::default()).await
+}
+
+/// Starts a sandbox with `config`.
+pub async fn spawn_sandbox_with(config: dr_gateway::sandbox::SandboxConfig) -> TestSandbox {
+    let sandbox = dr_gateway::sandbox::Sandbox::start(config)
+        .await
+        .expect("sandbox starts");
+    TestSandbox {
+        sandbox,
+        http: reqwest::Client::new(),
+    }
+}

@@ -4,11 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod errors;
+mod event_flows;
 mod event_support;
 mod events;
+mod flows;
 mod fulfillments;
 mod helpers;
 mod idempotency;
 mod jetstream;
+mod orders;
 mod serving;
 mod webhook;

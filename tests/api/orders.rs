@@ -1,0 +1,211 @@
+//! GetOrder through the gateway against the sandbox: lookup by each key, what is left
+//! to fulfil after partial fulfilments and cancels, and the not-found / ambiguous cases.
+
+use dr_gateway::pb::v1 as pb;
+use dr_gateway::pb::v1::get_order_request::Key;
+use serde_json::json;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::helpers::{spawn_app, spawn_sandbox};
+
+fn two_line_order(upstream_id: &str) -> serde_json::Value {
+    json!({
+        "upstreamId": upstream_id,
+        "currency": "USD",
+        "shipTo": {"name": "Chase Marshall", "address": {"line1": "1234 Any Road W", "city": "Minneapolis", "postalCode": "55401", "state": "MN", "country": "US"}},
+        "items": [
+            {"productName": "Widget", "quantity": 3, "amount": "30.00", "tax": "2.40"},
+            {"productName": "Gadget", "quantity": 2, "amount": "26.89"}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn get_order_by_dr_id_and_by_upstream_id_returns_the_same_order() {
+    let dr = spawn_sandbox().await;
+    let created = dr.create_order(two_line_order("shop-1001")).await;
+    let order_id = created["id"].as_str().unwrap().to_owned();
+    let mut app = spawn_app(&dr.base_url()).await;
+
+    let by_id = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::OrderId(order_id.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let by_upstream = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::UpstreamId("shop-1001".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+
+    assert_eq!(by_id, by_upstream);
+    assert_eq!(by_id.id, order_id);
+    assert_eq!(by_id.upstream_id, "shop-1001");
+    assert_eq!(by_id.state, "accepted");
+    assert_eq!(by_id.items.len(), 2);
+    assert_eq!(by_id.items[0].product_name, "Widget");
+    assert_eq!(by_id.items[0].open_quantity, 3);
+    assert_eq!(by_id.ship_to.as_ref().unwrap().name, "Chase Marshall");
+    assert_eq!(by_id.charges.len(), 1, "the order's card charge");
+    let total = by_id.total_amount.unwrap();
+    assert_eq!(
+        (total.units, total.nanos),
+        (59, 290_000_000),
+        "30.00 + 2.40 + 26.89, exact"
+    );
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn open_quantities_follow_partial_fulfilments_and_cancels() {
+    let dr = spawn_sandbox().await;
+    let created = dr.create_order(two_line_order("shop-1002")).await;
+    let order_id = created["id"].as_str().unwrap().to_owned();
+    let widget = created["items"][0]["id"].as_str().unwrap().to_owned();
+    let gadget = created["items"][1]["id"].as_str().unwrap().to_owned();
+    let mut app = spawn_app(&dr.base_url()).await;
+
+    let fulfil =
+        |items: Vec<pb::CreateFulfillmentItem>, request_id: &str| pb::CreateFulfillmentRequest {
+            order_id: order_id.clone(),
+            items,
+            request_id: request_id.into(),
+            ..Default::default()
+        };
+    app.fulfillments
+        .create_fulfillment(fulfil(
+            vec![pb::CreateFulfillmentItem {
+                item_id: widget.clone(),
+                quantity: 1,
+                ..Default::default()
+            }],
+            "partial-1",
+        ))
+        .await
+        .unwrap();
+    app.fulfillments
+        .create_fulfillment(fulfil(
+            vec![
+                pb::CreateFulfillmentItem {
+                    item_id: widget.clone(),
+                    cancel_quantity: 1,
+                    ..Default::default()
+                },
+                pb::CreateFulfillmentItem {
+                    item_id: gadget.clone(),
+                    quantity: 1,
+                    ..Default::default()
+                },
+            ],
+            "partial-2",
+        ))
+        .await
+        .unwrap();
+
+    let order = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::UpstreamId("shop-1002".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let w = order.items.iter().find(|i| i.id == widget).unwrap();
+    assert_eq!(
+        (w.fulfilled_quantity, w.cancelled_quantity, w.open_quantity),
+        (1, 1, 1)
+    );
+    let g = order.items.iter().find(|i| i.id == gadget).unwrap();
+    assert_eq!(
+        (g.fulfilled_quantity, g.cancelled_quantity, g.open_quantity),
+        (1, 0, 1)
+    );
+
+    // "the rest" can be fulfilled from the open quantities alone, and then nothing is open
+    let rest: Vec<_> = order
+        .items
+        .iter()
+        .map(|i| pb::CreateFulfillmentItem {
+            item_id: i.id.clone(),
+            quantity: i.open_quantity,
+            ..Default::default()
+        })
+        .collect();
+    app.fulfillments
+        .create_fulfillment(fulfil(rest, "the-rest"))
+        .await
+        .unwrap();
+    let order = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::OrderId(order_id.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert!(order.items.iter().all(|i| i.open_quantity == 0));
+    assert_eq!(order.state, "complete", "fulfilled and fully captured");
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_upstream_id_is_not_found_and_a_shared_one_is_ambiguous() {
+    let dr = spawn_sandbox().await;
+    dr.create_order(two_line_order("dup-7")).await;
+    dr.create_order(two_line_order("dup-7")).await;
+    let mut app = spawn_app(&dr.base_url()).await;
+
+    let missing = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::UpstreamId("nope".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(
+        missing.get_details_resource_info().unwrap().resource_name,
+        "nope"
+    );
+
+    let ambiguous = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::UpstreamId("dup-7".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ambiguous.code(), Code::FailedPrecondition);
+    assert_eq!(
+        ambiguous.get_details_error_info().unwrap().reason,
+        "AMBIGUOUS_UPSTREAM_ID"
+    );
+
+    let unknown_dr_id = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::OrderId("999999999999".into())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown_dr_id.code(), Code::NotFound);
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
