@@ -53,6 +53,9 @@ pub enum ServiceError {
     /// The caller's deadline passed while the gateway waited (the work may go on).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A gateway bug; details are logged, the caller gets this stable message.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ServiceError {
