@@ -36,6 +36,11 @@ echo "buf lint: ok"
 step "cargo test (unit + integration)"
 cargo test --locked --all-targets
 
+# --- README examples ------------------------------------------------------------
+step "README examples, as written (gateway + sandbox on the default ports)"
+cargo build --locked --bin dr-gateway
+python3 tests/readme/check_examples.py
+
 # --- Helm chart ---------------------------------------------------------------
 step "Helm chart checks"
 bash scripts/check-helm.sh

@@ -57,6 +57,9 @@ pub enum ServiceError {
     /// idempotency store; nothing was sent to DR, so retrying is safe.
     #[error("{0}")]
     Unavailable(String),
+    /// A gateway bug; details are logged, the caller gets this stable message.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ServiceError {

@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use serde_json::{Map, Value};
 
 use super::idempotency::{Claim, IdempotencyStore};
@@ -256,8 +257,28 @@ impl Fulfiller {
                     let key = request_id.clone();
                     let caller_deadline = deadline;
                     let task = tokio::spawn(async move {
-                        this.post_once(body, key, fingerprint, reconcile_first, caller_deadline)
-                            .await
+                        let store = this.store.clone();
+                        let attempt = this.post_once(
+                            body,
+                            key.clone(),
+                            fingerprint,
+                            reconcile_first,
+                            caller_deadline,
+                        );
+                        // why: a panic must not leave the key "in flight" for ever;
+                        // whether the POST happened is then unknown, so the next
+                        // attempt reconciles first.
+                        match std::panic::AssertUnwindSafe(attempt).catch_unwind().await {
+                            Ok(result) => result,
+                            Err(_) => {
+                                store.mark_unknown(&key, fingerprint).await;
+                                tracing::error!(request_id = %key, "fulfillment task panicked");
+                                Err(ServiceError::Internal(
+                                    "the fulfillment attempt failed unexpectedly; retry with the same request_id"
+                                        .into(),
+                                ))
+                            }
+                        }
                     });
                     let joined = match deadline {
                         Some(d) => match tokio::time::timeout_at(d.into(), task).await {
@@ -273,7 +294,7 @@ impl Fulfiller {
                         None => task.await,
                     };
                     return joined.unwrap_or_else(|e| {
-                        Err(ServiceError::DeadlineExceeded(format!(
+                        Err(ServiceError::Internal(format!(
                             "the fulfillment task ended unexpectedly: {e}"
                         )))
                     });

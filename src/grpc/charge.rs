@@ -13,7 +13,7 @@ use super::convert;
 use super::fulfillment::tracking_command;
 use super::request::{self, required};
 use crate::digital_river::models::Fulfillment;
-use crate::digital_river::{CallOptions, Client};
+use crate::digital_river::Client;
 use crate::domain::fulfilments::{Fulfiller, FulfillmentCommand, ItemCommand};
 use crate::domain::orders;
 use crate::domain::ServiceError;
@@ -107,13 +107,6 @@ async fn wait_outcomes(
     Ok((outcomes, settled))
 }
 
-fn opts<T>(req: &Request<T>) -> CallOptions {
-    CallOptions {
-        deadline: request::deadline(req.metadata()),
-        request_id: None,
-    }
-}
-
 /// Which quantity the charge items set.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Operation {
@@ -154,7 +147,7 @@ impl ChargeService for ChargeApi {
         &self,
         req: Request<pb::GetChargeRequest>,
     ) -> Result<Response<pb::GetChargeResponse>, Status> {
-        let opts = opts(&req);
+        let opts = request::call_options(&req);
         let id = req.into_inner().charge_id;
         required("charge_id", &id)?;
         let charge = self
@@ -172,7 +165,7 @@ impl ChargeService for ChargeApi {
         &self,
         req: Request<pb::ListOrderChargesRequest>,
     ) -> Result<Response<pb::ListOrderChargesResponse>, Status> {
-        let opts = opts(&req);
+        let opts = request::call_options(&req);
         let id = req.into_inner().order_id;
         required("order_id", &id)?;
         let order = self
@@ -197,7 +190,7 @@ impl ChargeService for ChargeApi {
         &self,
         req: Request<pb::GetCaptureFailureRequest>,
     ) -> Result<Response<pb::GetCaptureFailureResponse>, Status> {
-        let opts = opts(&req);
+        let opts = request::call_options(&req);
         let r = req.into_inner();
         required("charge_id", &r.charge_id)?;
         required("capture_id", &r.capture_id)?;

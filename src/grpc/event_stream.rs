@@ -38,7 +38,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use super::request::{self, required};
 use crate::{
     clock::Clock,
-    digital_river::{models, CallOptions, Client, EventQuery},
+    digital_river::{models, Client, EventQuery},
     domain::ServiceError,
     events::{
         filter::TypePattern, proto::timestamp, subscription, Envelope, EventEncoder, EventFilter,
@@ -57,9 +57,6 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Longest heartbeat interval; longer requests are lowered to it.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
-
-/// `google.rpc.ErrorInfo` domain of this service's errors.
-pub const ERROR_DOMAIN: &str = "dr-gateway";
 
 /// The typed `Event.payload` for a DR event: the charge, fulfillment or order in
 /// `data.object`, through the core's DR → protobuf conversions. Injected into the
@@ -332,7 +329,7 @@ impl EventStream for EventStreamApi {
         &self,
         request: Request<pb::GetEventRequest>,
     ) -> Result<Response<pb::GetEventResponse>, Status> {
-        let opts = call_options(&request);
+        let opts = request::call_options(&request);
         let id = request.into_inner().event_id;
         required("event_id", &id)?;
         let event = self
@@ -350,7 +347,7 @@ impl EventStream for EventStreamApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        let opts = call_options(&request);
+        let opts = request::call_options(&request);
         let r = request.into_inner();
         let (mut query, filters) = list_query(&r)?;
         query.starting_after = request::decode_page_token(&r.page_token, &filters)?;
@@ -375,13 +372,6 @@ impl EventStream for EventStreamApi {
 }
 
 // === request parsing and statuses ===
-
-fn call_options<T>(request: &Request<T>) -> CallOptions {
-    CallOptions {
-        deadline: request::deadline(request.metadata()),
-        request_id: None,
-    }
-}
 
 /// Most exact type names DR takes in `types` ("less than 20", dr-api.md §3.1).
 const MAX_LIST_TYPES: usize = 19;
@@ -479,7 +469,7 @@ fn cursor_expired(oldest_cursor: &str, other_log: bool) -> Status {
     Status::with_error_details(
         Code::OutOfRange,
         message,
-        ErrorDetails::with_error_info("CURSOR_EXPIRED", ERROR_DOMAIN, metadata),
+        ErrorDetails::with_error_info("CURSOR_EXPIRED", super::status::ERROR_DOMAIN, metadata),
     )
 }
 
@@ -663,7 +653,7 @@ mod tests {
         let details = status.get_error_details();
         let info = details.error_info().unwrap();
         assert_eq!(info.reason, "CURSOR_EXPIRED");
-        assert_eq!(info.domain, "dr-gateway");
+        assert_eq!(info.domain, super::super::status::ERROR_DOMAIN);
         assert_eq!(info.metadata["oldest_cursor"], "abc");
     }
 }

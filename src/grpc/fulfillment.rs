@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::request::{self, decode_page_token, encode_page_token, page_size, required};
 use crate::digital_river::models::{ItemRef, UpdateFulfillment};
-use crate::digital_river::{CallOptions, Client, FulfillmentQuery};
+use crate::digital_river::{Client, FulfillmentQuery};
 use crate::domain::fulfilments::{Fulfiller, FulfillmentCommand, ItemCommand, TrackingCommand};
 use crate::domain::orders::{self, OrderKey};
 use crate::domain::ServiceError;
@@ -23,13 +23,6 @@ impl FulfillmentApi {
     /// A service calling DR through `client` and creating through `fulfiller`.
     pub fn new(client: Client, fulfiller: Fulfiller) -> Self {
         Self { client, fulfiller }
-    }
-}
-
-fn opts<T>(req: &Request<T>) -> CallOptions {
-    CallOptions {
-        deadline: request::deadline(req.metadata()),
-        request_id: None,
     }
 }
 
@@ -81,7 +74,7 @@ impl FulfillmentService for FulfillmentApi {
         &self,
         req: Request<pb::GetFulfillmentRequest>,
     ) -> Result<Response<pb::GetFulfillmentResponse>, Status> {
-        let opts = opts(&req);
+        let opts = request::call_options(&req);
         let id = req.into_inner().fulfillment_id;
         required("fulfillment_id", &id)?;
         let f = self
@@ -99,7 +92,7 @@ impl FulfillmentService for FulfillmentApi {
         &self,
         req: Request<pb::ListFulfillmentsRequest>,
     ) -> Result<Response<pb::ListFulfillmentsResponse>, Status> {
-        let opts = opts(&req);
+        let opts = request::call_options(&req);
         let r = req.into_inner();
         let time = |t: &Option<prost_types::Timestamp>| {
             t.as_ref().and_then(|t| {
@@ -141,7 +134,7 @@ impl FulfillmentService for FulfillmentApi {
         &self,
         req: Request<pb::UpdateFulfillmentTrackingRequest>,
     ) -> Result<Response<pb::UpdateFulfillmentTrackingResponse>, Status> {
-        let opts = opts(&req);
+        let opts = request::call_options(&req);
         let r = req.into_inner();
         required("fulfillment_id", &r.fulfillment_id)?;
         let Some(tracking) = tracking_command(r.tracking) else {
@@ -182,7 +175,7 @@ impl FulfillmentService for FulfillmentApi {
         &self,
         req: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
-        let opts = opts(&req);
+        let opts = request::call_options(&req);
         let key = match req.into_inner().key {
             Some(pb::get_order_request::Key::OrderId(id)) => {
                 required("order_id", &id)?;

@@ -21,6 +21,14 @@ pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
     Some(Instant::now() + timeout.saturating_sub(margin))
 }
 
+/// DR call options for a request: the caller's deadline, a generated `upstream-id`.
+pub fn call_options<T>(req: &tonic::Request<T>) -> crate::digital_river::CallOptions {
+    crate::digital_river::CallOptions {
+        deadline: deadline(req.metadata()),
+        request_id: None,
+    }
+}
+
 /// `grpc-timeout` is digits followed by one unit letter (gRPC over HTTP/2 spec).
 fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     if raw.len() < 2 || raw.len() > 9 {

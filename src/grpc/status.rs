@@ -113,6 +113,13 @@ impl From<ServiceError> for Status {
                 HashMap::new(),
                 |_| {},
             ),
+            ServiceError::Internal(message) => status_with_info(
+                Code::Internal,
+                message,
+                "GATEWAY_INTERNAL",
+                HashMap::new(),
+                |_| {},
+            ),
         }
     }
 }

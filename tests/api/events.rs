@@ -167,7 +167,7 @@ async fn a_cursor_older_than_the_log_is_out_of_range_with_the_oldest_cursor() {
     let info = details.error_info().expect("ErrorInfo");
     assert_eq!(
         (info.reason.as_str(), info.domain.as_str()),
-        ("CURSOR_EXPIRED", "dr-gateway")
+        ("CURSOR_EXPIRED", "digitalriver.com")
     );
     let oldest = info.metadata["oldest_cursor"].clone();
     let mut resumed = subscribe(

@@ -14,7 +14,6 @@ the README says (`serve --sandbox`, default ports), then runs every command in o
 Any command that fails fails the check. Exit code 0 means every example works.
 """
 
-import json
 import os
 import re
 import shlex
@@ -44,8 +43,9 @@ def example_commands(readme: str) -> list[str]:
     return commands
 
 
-def grpcurl_to_buf(command: str) -> tuple[list[str], bool]:
-    """Translates one grpcurl command line; returns (argv, is_stream_with_max_time)."""
+def grpcurl_to_buf(command: str) -> tuple[list[str], bool, str | None]:
+    """Translates one grpcurl command line into (argv, is_stream_with_max_time,
+    text the output must contain)."""
     args = shlex.split(command)[1:]
     data, max_time, target, rest = None, None, None, []
     i = 0
@@ -69,19 +69,16 @@ def grpcurl_to_buf(command: str) -> tuple[list[str], bool]:
     base = [BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol", "grpc-v1alpha"]
     if max_time:
         base = [BUF, "--timeout", f"{max_time}s"] + base[1:]
-    if rest and rest[0] == "list":
-        if len(rest) == 1:
-            return base + ["--list-services", f"http://{target}"], False
-        return base + ["--list-methods", f"http://{target}/{rest[1]}"], False
-    if rest and rest[0] == "describe":
-        # buf curl has no describe: listing the service's methods proves reflection
-        # resolves the symbol, as grpcurl describe needs.
-        symbol = rest[1]
-        return base + ["--list-methods", f"http://{target}/{symbol}"], False
+    if rest and rest[0] in ("list", "describe"):
+        # buf curl has no describe: the symbol's methods must be listed through
+        # reflection, which is what grpcurl describe needs too.
+        symbol = rest[1] if len(rest) > 1 else None
+        flag = "--list-methods" if symbol else "--list-services"
+        return base + [flag, f"http://{target}"], False, symbol
     if len(rest) != 1:
         raise SystemExit(f"cannot translate README example: {command}")
-    argv = base + ([ "-d", data] if data is not None else []) + [f"http://{target}/{rest[0]}"]
-    return argv, max_time is not None
+    argv = base + (["-d", data] if data is not None else []) + [f"http://{target}/{rest[0]}"]
+    return argv, max_time is not None, None
 
 
 def wait_for_port(port: int, deadline: float) -> None:
@@ -112,9 +109,11 @@ def main() -> int:
             if command is serve[0]:
                 continue
             if command.startswith("grpcurl "):
-                argv, streaming = grpcurl_to_buf(command)
+                argv, streaming, must_contain = grpcurl_to_buf(command)
                 result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
                 ok = result.returncode == 0 or (streaming and '"event"' in result.stdout)
+                if must_contain and must_contain not in result.stdout:
+                    ok = False
             elif command.startswith("curl "):
                 result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
                 ok = result.returncode == 0
