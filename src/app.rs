@@ -129,6 +129,7 @@ impl Application {
             event_log,
             idempotency,
             shared,
+            max_event_bytes,
         } = build_backends(&settings, encoder.clone(), clock.clone()).await?;
         let fulfiller = Fulfiller::new(client.clone(), idempotency, settings.reconcile_timeout);
         if settings.webhook_secrets.is_empty() {
@@ -145,7 +146,7 @@ impl Application {
             event_log.clone(),
             readiness.clone(),
             WebhookConfig {
-                max_body_bytes: settings.webhook_max_body,
+                max_body_bytes: webhook_body_limit(settings.webhook_max_body, max_event_bytes),
                 ..WebhookConfig::default()
             },
         ));
@@ -317,6 +318,24 @@ struct Backends {
     idempotency: Arc<dyn IdempotencyStore>,
     /// True in JetStream mode.
     shared: bool,
+    /// Largest event the backend can store (NATS `max_payload`), if bounded.
+    max_event_bytes: Option<usize>,
+}
+
+/// The webhook body limit: the configured one, lowered to what the bus can store so
+/// an oversized event gets a clear 413 instead of 503s DR would retry for days.
+fn webhook_body_limit(configured: usize, backend: Option<usize>) -> usize {
+    match backend {
+        Some(max) if max < configured => {
+            tracing::info!(
+                configured,
+                max,
+                "webhook body limit lowered to what NATS accepts per message (raise max_payload on the server to allow more)"
+            );
+            max
+        }
+        _ => configured,
+    }
 }
 
 /// THE place that picks the backends: in memory without `--bus-url`, JetStream with it.
@@ -341,6 +360,7 @@ async fn build_backends(
                 settings.idempotency_max_entries,
             )),
             shared: false,
+            max_event_bytes: None,
         });
     };
     let bus = Bus::connect(bus_config).await?;
@@ -353,6 +373,7 @@ async fn build_backends(
         event_log: Arc::new(event_log),
         idempotency: Arc::new(idempotency),
         shared: true,
+        max_event_bytes: Some(bus.max_event_bytes()),
     })
 }
 

@@ -342,6 +342,12 @@ impl Bus {
         )
     }
 
+    /// Largest event body the server accepts in one message, leaving room for the
+    /// headers the log adds; bigger webhooks could never be stored.
+    pub fn max_event_bytes(&self) -> usize {
+        self.client.server_info().max_payload.saturating_sub(4096)
+    }
+
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js

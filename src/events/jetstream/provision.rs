@@ -76,12 +76,8 @@ pub async fn ensure_stream(bus: &Bus, desired: stream::Config) -> Result<stream:
     let name = desired.name.clone();
     match tokio::time::timeout(timeout, js.get_stream(&name)).await {
         Err(_) => Err(BusError::Timeout(format!("looking up stream {name}"))),
-        Ok(Ok(mut existing)) => {
-            let info = existing
-                .info()
-                .await
-                .map_err(|e| BusError::js(format!("reading stream {name}"), e))?
-                .clone();
+        Ok(Ok(existing)) => {
+            let info = existing.cached_info().clone();
             if let Some(update) = settings_update(&info.config, &desired)? {
                 tracing::info!(stream = %name, "stream settings differ; updating in place");
                 timed(
