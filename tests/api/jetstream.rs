@@ -675,3 +675,72 @@ async fn posts(dr: &MockServer) -> usize {
         .filter(|r| r.method.as_str() == "POST")
         .count()
 }
+
+#[tokio::test]
+async fn shared_idempotency_records_hand_over_a_dead_owners_key_with_reconcile_first() {
+    // Arrange: two replicas' stores on one bucket; a short lease.
+    use dr_gateway::digital_river::models::Fulfillment;
+    use dr_gateway::domain::idempotency::{Claim, IdempotencyStore};
+    use dr_gateway::events::jetstream::{Bus, KvIdempotencyStore};
+    let nats = NatsServer::start().await;
+    let open = || async {
+        let bus = Bus::connect(bus(&nats)).await.expect("bus");
+        KvIdempotencyStore::open(&bus, Duration::from_secs(3600), Duration::from_millis(500))
+            .await
+            .expect("bucket")
+    };
+    let (a, b) = (open().await, open().await);
+    let ful = |id: &str| Fulfillment {
+        id: id.into(),
+        ..Default::default()
+    };
+
+    // Act + Assert: A owns "k" and goes silent; B waits, then takes over after the lease.
+    assert!(matches!(
+        a.claim("k", 1).await,
+        Ok(Claim::Owner {
+            reconcile_first: false
+        })
+    ));
+    let Ok(Claim::Wait(mut changed)) = b.claim("k", 1).await else {
+        panic!("B must wait while A's lease runs");
+    };
+    tokio::time::timeout(WAIT, changed.changed())
+        .await
+        .expect("woken at the latest when the lease ends")
+        .expect("waiter alive");
+    assert!(matches!(
+        b.claim("k", 1).await,
+        Ok(Claim::Owner {
+            reconcile_first: true
+        })
+    ));
+    // A's late result loses the compare-and-set; B's wins and everyone sees it.
+    a.complete("k", 1, ful("ful_a")).await;
+    b.complete("k", 1, ful("ful_b")).await;
+    match a.claim("k", 1).await {
+        Ok(Claim::Done(f)) => assert_eq!(f.id, "ful_b"),
+        other => panic!("expected Done, got {other:?}"),
+    }
+    assert!(matches!(a.claim("k", 2).await, Ok(Claim::Mismatch)));
+
+    // An unknown outcome makes the next owner (on any replica) reconcile first.
+    assert!(matches!(a.claim("u", 1).await, Ok(Claim::Owner { .. })));
+    a.mark_unknown("u", 1).await;
+    assert!(matches!(
+        b.claim("u", 1).await,
+        Ok(Claim::Owner {
+            reconcile_first: true
+        })
+    ));
+
+    // A released key is free again, with no reconciliation needed.
+    assert!(matches!(a.claim("r", 1).await, Ok(Claim::Owner { .. })));
+    a.release("r").await;
+    assert!(matches!(
+        b.claim("r", 1).await,
+        Ok(Claim::Owner {
+            reconcile_first: false
+        })
+    ));
+}

@@ -181,11 +181,11 @@ impl KvIdempotencyStore {
                 state: State::InFlight,
                 ..
             }) => {
-                let written = entry.created.unix_timestamp();
-                let age = Utc::now().timestamp().saturating_sub(written);
+                let written_ms = entry.created.unix_timestamp_nanos() / 1_000_000;
+                let age_ms = i128::from(Utc::now().timestamp_millis()) - written_ms;
                 let remaining = self
                     .lease
-                    .checked_sub(Duration::from_secs(u64::try_from(age).unwrap_or(0)));
+                    .checked_sub(Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)));
                 match remaining {
                     Some(left) if !left.is_zero() => {
                         return Ok(Step::Done(Claim::Wait(self.wait_for_change(
