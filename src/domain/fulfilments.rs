@@ -6,9 +6,7 @@
 //! (timeout, reset, 5xx) the gateway lists the order's fulfillments and looks for
 //! that `requestId` before answering or posting again.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,16 +157,18 @@ impl FulfillmentCommand {
         }
     }
 
+    /// A digest of everything the request asks DR to do.
+    ///
+    /// why: SHA-256 over a canonical body (the POST body minus the request id, whose
+    /// metadata map serializes with sorted keys) is the same on every replica and
+    /// every build, so a mixed-version rollout never sees a false mismatch.
     fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.order_id.hash(&mut h);
-        self.items.hash(&mut h);
-        self.shipment_id.hash(&mut h);
-        self.tracking.hash(&mut h);
-        let mut meta: Vec<_> = self.metadata.iter().collect();
-        meta.sort();
-        meta.hash(&mut h);
-        h.finish()
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::to_vec(&self.to_body("")).unwrap_or_default();
+        let digest = Sha256::digest(&canonical);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
     }
 }
 

@@ -92,10 +92,11 @@ pub fn page_size(value: i32) -> Result<Option<u32>, ServiceError> {
 }
 
 fn fingerprint(filters: &str) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    filters.hash(&mut h);
-    format!("{:016x}", h.finish())
+    // why: a stable digest (not Rust's DefaultHasher) so a token issued by one
+    // replica or build is accepted by another.
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(filters.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Requires a non-empty id field.

@@ -26,9 +26,8 @@
 //!   measured from the record's server timestamp; replica clocks are assumed to agree
 //!   to well within it (NTP).
 //!
-//! The request fingerprint is `DefaultHasher` over the request, the same on every
-//! replica running the same build (Rust does not promise it across compiler
-//! versions; a mixed-version rollout could see a false `Mismatch` for in-flight keys).
+//! The request fingerprint is SHA-256 over the canonical request body, the same on
+//! every replica and every build.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
