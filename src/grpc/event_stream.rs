@@ -7,8 +7,8 @@
 //! [`EventStreamServer`], which routes that one method through a prost codec whose
 //! item type, [`SubscribeItem`], writes those shared bytes as they are; so a
 //! thousand subscribers cost a thousand `memcpy`s of the frame, not a thousand
-//! protobuf encodings of a `Struct`-heavy message. The other methods go to the
-//! generated server unchanged.
+//! protobuf encodings of a `Struct`-heavy message (`cargo bench --bench fan_out`
+//! measures both). The other methods go to the generated server unchanged.
 
 use std::{
     collections::HashMap,
@@ -655,58 +655,5 @@ mod tests {
         assert_eq!(info.reason, "CURSOR_EXPIRED");
         assert_eq!(info.domain, super::super::status::ERROR_DOMAIN);
         assert_eq!(info.metadata["oldest_cursor"], "abc");
-    }
-}
-
-/// Measures what sharing the encoding saves; run with
-/// `cargo test --release --lib fan_out_encoding_cost -- --ignored --nocapture`.
-#[cfg(test)]
-mod bench {
-    use super::*;
-    use crate::events::StoredEvent;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore = "measurement, not a check"]
-    fn fan_out_encoding_cost() {
-        // The seed's order.charge.capture.complete payload (dr-api.md S0), ~1 KB.
-        let body = br#"{"id":"f275be0a-45fd-4160-8a31-b3274b6a4f8b","type":"order.charge.capture.complete",
-          "data":{"object":{"id":"b67136cc-0b2e-43f7-8d9a-362047aa975a","createdTime":"2022-03-02T16:50:23Z",
-          "currency":"USD","amount":37.81,"state":"capturable","orderId":"218377480336","captured":true,
-          "captures":[{"id":"b496b7b2-3bc7-49cd-ab48-f91b2f2e37cc","createdTime":"2022-03-02T16:50:37Z",
-          "amount":25.21,"state":"complete","fulfillmentId":"ful_a0246997-bdcf-480a-a066-2cfc564e6232"}],
-          "refunded":false,"sourceId":"52ca4456-5547-4f9c-8016-1a067fd0b125",
-          "paymentSessionId":"7c121712-2ae8-4617-97a2-5d41fd79a5b8","type":"customer_initiated","liveMode":false}},
-          "liveMode":false,"createdTime":"2022-03-02T16:52:01.180061Z",
-          "webhookIds":["bbac1929-580c-4629-b648-4c096b1a104a","9666a0f9-d2a5-4eba-8b56-ecf7e87bb84c"],
-          "digitalriverVersion":"2021-12-13"}"#;
-        let env = Envelope::parse(Bytes::from_static(body)).unwrap();
-        let encoder = EventEncoder::with_payload_decoder(Arc::new(decode_payload));
-        let stored = StoredEvent::build(1, 1, Utc::now(), env, &encoder);
-        let msg = pb::SubscribeResponse {
-            kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
-        };
-        let subscribers = 1000;
-        let mut buf = Vec::with_capacity(4096);
-
-        let t = Instant::now();
-        for _ in 0..subscribers {
-            buf.clear();
-            msg.encode(&mut buf).unwrap();
-        }
-        let per_subscriber_encode = t.elapsed();
-
-        let shared = SubscribeItem::Shared(stored.encoded_response.clone());
-        let t = Instant::now();
-        for _ in 0..subscribers {
-            buf.clear();
-            shared.encode(&mut buf).unwrap();
-        }
-        let shared_copy = t.elapsed();
-
-        println!(
-            "{} bytes; {subscribers} subscribers: encode each {per_subscriber_encode:?}, shared bytes {shared_copy:?}",
-            stored.encoded_response.len()
-        );
     }
 }
