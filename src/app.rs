@@ -76,6 +76,9 @@ pub const SERVICE_NAMES: &[&str] = &[
     <EventStreamServer as NamedService>::NAME,
 ];
 
+/// Most concurrent RPCs (Subscribe streams included) on one client connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// A running gateway.
 pub struct Application {
     grpc_addr: SocketAddr,
@@ -181,6 +184,9 @@ impl Application {
         let router = Server::builder()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // why: tonic otherwise lifts hyper's cap, letting one client open unbounded
+            // streams (each Subscribe holds a task and buffers) on a single connection.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
