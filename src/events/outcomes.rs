@@ -87,13 +87,28 @@ impl Correlation {
 /// Reads the log from `tail` until every operation of the fulfillment is terminal
 /// or `deadline` passes. Settled means: at least one operation seen, all seen ones
 /// terminal, and every id in `chargeOperationIds` seen.
+///
+/// `known` are the order's charges as DR reported them after the tail started
+/// (`currency` is the order's, for charges that name none). They seed the outcomes:
+/// events older than the tail (a replayed `request_id`, whose POST happened earlier)
+/// are then not needed, and every operation the fulfillment started is known even
+/// before its first event arrives.
 pub async fn wait_for_outcomes(
     tail: &mut Tail,
     correlation: &Correlation,
+    known: &[models::Charge],
+    currency: &str,
     deadline: Instant,
 ) -> Result<Outcomes, LogError> {
     let mut seen: BTreeMap<String, OperationOutcome> = BTreeMap::new();
+    for charge in known {
+        absorb(&mut seen, correlation, charge, currency);
+    }
     loop {
+        let result = outcomes(seen.clone(), correlation);
+        if result.settled {
+            return Ok(result);
+        }
         let batch = match tail.next_batch().await {
             Ok(batch) => batch,
             // why: the log moved past us (tiny log, huge burst); report what we saw.
@@ -113,38 +128,50 @@ pub async fn wait_for_outcomes(
             let Ok(charge) = serde_json::from_value::<models::Charge>(object) else {
                 continue;
             };
-            for op in correlation.kind.operations(&charge) {
-                if !correlation.belongs(op) {
-                    continue;
-                }
-                // why: events may arrive out of order; never let a late "pending"
-                // overwrite a final state.
-                let keep_old = seen
-                    .get(&op.id)
-                    .is_some_and(|old| is_terminal(old.operation.state.as_deref()))
-                    && !is_terminal(op.state.as_deref());
-                if !keep_old {
-                    seen.insert(
-                        op.id.clone(),
-                        OperationOutcome {
-                            charge_id: charge.id.clone(),
-                            currency: charge.currency.clone().unwrap_or_default(),
-                            operation: op.clone(),
-                        },
-                    );
-                }
-            }
-        }
-        let result = outcomes(seen.clone(), correlation);
-        if result.settled {
-            return Ok(result);
+            absorb(&mut seen, correlation, &charge, currency);
         }
         if !caught_up {
+            continue;
+        }
+        if outcomes(seen.clone(), correlation).settled {
             continue;
         }
         match tokio::time::timeout_at(deadline, tail.wait_for_append()).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return Ok(outcomes(seen, correlation)),
+        }
+    }
+}
+
+/// Records the fulfillment's operations found on `charge`.
+fn absorb(
+    seen: &mut BTreeMap<String, OperationOutcome>,
+    correlation: &Correlation,
+    charge: &models::Charge,
+    fallback_currency: &str,
+) {
+    for op in correlation.kind.operations(charge) {
+        if !correlation.belongs(op) {
+            continue;
+        }
+        // why: events may arrive out of order, and DR's read may be newer than an
+        // event still in the log; never let a "pending" overwrite a final state.
+        let keep_old = seen
+            .get(&op.id)
+            .is_some_and(|old| is_terminal(old.operation.state.as_deref()))
+            && !is_terminal(op.state.as_deref());
+        if !keep_old {
+            seen.insert(
+                op.id.clone(),
+                OperationOutcome {
+                    charge_id: charge.id.clone(),
+                    currency: charge
+                        .currency
+                        .clone()
+                        .unwrap_or_else(|| fallback_currency.to_owned()),
+                    operation: op.clone(),
+                },
+            );
         }
     }
 }
@@ -232,6 +259,8 @@ mod tests {
         let got = wait_for_outcomes(
             &mut tail,
             &correlation(OperationKind::Capture, &[]),
+            &[],
+            "",
             Instant::now() + Duration::from_secs(5),
         )
         .await
@@ -255,6 +284,8 @@ mod tests {
         let got = wait_for_outcomes(
             &mut tail,
             &correlation(OperationKind::Capture, &[]),
+            &[],
+            "",
             Instant::now() + Duration::from_secs(5),
         )
         .await
@@ -281,6 +312,8 @@ mod tests {
         let got = wait_for_outcomes(
             &mut tail,
             &correlation(OperationKind::Cancel, &["can1", "can2"]),
+            &[],
+            "",
             Instant::now() + Duration::from_millis(100),
         )
         .await
@@ -303,6 +336,8 @@ mod tests {
         let got = wait_for_outcomes(
             &mut tail,
             &correlation(OperationKind::Capture, &[]),
+            &[],
+            "",
             Instant::now() + Duration::from_millis(50),
         )
         .await
@@ -335,6 +370,8 @@ mod tests {
         let got = wait_for_outcomes(
             &mut tail,
             &correlation(OperationKind::Capture, &[]),
+            &[],
+            "",
             Instant::now() + Duration::from_secs(5),
         )
         .await

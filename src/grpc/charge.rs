@@ -80,6 +80,23 @@ async fn wait_outcomes(
     let Some(mut tail) = tail else {
         return Ok((Vec::new(), false));
     };
+    // why: read DR's current charge state once the tail is running. A replayed
+    // request_id's events predate the tail, and the read names every operation the
+    // fulfillment started, even on a second charge whose events are still to come.
+    let opts = crate::digital_river::CallOptions {
+        deadline,
+        request_id: None,
+    };
+    let (known, currency) = match client.get_order(&created.order_id, &opts).await {
+        Ok(order) => (
+            order.payment.map(|p| p.charges).unwrap_or_default(),
+            order.currency.unwrap_or_default(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the order's charges; waiting on events only");
+            (Vec::new(), String::new())
+        }
+    };
     let correlation = Correlation {
         kind,
         fulfillment_id: created.id.clone(),
@@ -91,7 +108,7 @@ async fn wait_outcomes(
     let Outcomes {
         operations,
         settled,
-    } = outcomes::wait_for_outcomes(&mut tail, &correlation, until)
+    } = outcomes::wait_for_outcomes(&mut tail, &correlation, &known, &currency, until)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "event log failed while waiting for outcomes");
@@ -229,8 +246,14 @@ impl ChargeService for ChargeApi {
             request_id: r.request_id,
         };
         let created = self.fulfiller.create(command, deadline).await?;
-        let (outcomes, settled) =
-            wait_outcomes(tail, &created, OperationKind::Capture, deadline).await?;
+        let (outcomes, settled) = wait_outcomes(
+            &self.client,
+            tail,
+            &created,
+            OperationKind::Capture,
+            deadline,
+        )
+        .await?;
         Ok(Response::new(pb::CaptureItemsResponse {
             fulfillment: Some(convert::fulfillment(&created)),
             outcomes,
@@ -255,8 +278,14 @@ impl ChargeService for ChargeApi {
             request_id: r.request_id,
         };
         let created = self.fulfiller.create(command, deadline).await?;
-        let (outcomes, settled) =
-            wait_outcomes(tail, &created, OperationKind::Cancel, deadline).await?;
+        let (outcomes, settled) = wait_outcomes(
+            &self.client,
+            tail,
+            &created,
+            OperationKind::Cancel,
+            deadline,
+        )
+        .await?;
         Ok(Response::new(pb::CancelItemsResponse {
             fulfillment: Some(convert::fulfillment(&created)),
             outcomes,

@@ -320,3 +320,50 @@ async fn cancel_items_with_wait_returns_the_completed_cancel() {
     app.stop().await;
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn capture_items_with_wait_replayed_by_request_id_still_reports_the_outcome() {
+    // Arrange: a first call captured and saw the outcome; its events are in the past.
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = order(&sb, 2, false).await;
+    let request = pb::CaptureItemsRequest {
+        order_id,
+        items: vec![pb::ChargeItem {
+            item_id,
+            quantity: 1,
+            ..Default::default()
+        }],
+        request_id: "replayed-capture".into(),
+        wait: true,
+        ..Default::default()
+    };
+    let first = app
+        .charges
+        .clone()
+        .capture_items(with_deadline(request.clone(), WAIT))
+        .await
+        .expect("first capture")
+        .into_inner();
+    assert!(first.settled);
+
+    // Act: the client retries (say its connection dropped) with the same request_id
+    let started = std::time::Instant::now();
+    let replay = app
+        .charges
+        .clone()
+        .capture_items(with_deadline(request, WAIT))
+        .await
+        .expect("replayed capture")
+        .into_inner();
+
+    // Assert: same fulfillment, the settled outcome, and no wait for events that
+    // already went by
+    assert_eq!(replay.fulfillment, first.fulfillment);
+    assert!(replay.settled, "the replay reports the outcome DR already has");
+    assert_eq!(replay.outcomes, first.outcomes);
+    assert!(started.elapsed() < WAIT / 2, "answered without waiting out the deadline");
+    app.stop().await;
+    sb.shutdown().await;
+}
