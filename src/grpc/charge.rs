@@ -72,6 +72,7 @@ impl ChargeApi {
 /// Waits for the outcomes of `created`'s operations of `kind`, until `deadline`
 /// (or [`DEFAULT_MAX_WAIT`]).
 async fn wait_outcomes(
+    client: &Client,
     tail: Option<Tail>,
     created: &Fulfillment,
     kind: OperationKind,
