@@ -182,6 +182,34 @@ def test_no_bus_credentials_env_without_a_credentials_secret(default_render):
     assert "DR_GATEWAY_BUS_CREDS_FILE" not in _env(default_render.gateway)
 
 
+def test_bus_tls_files_are_mounted_and_env_points_at_them(all_features_render):
+    env = _env(all_features_render.gateway)
+    files = _secret_files(all_features_render)
+    expected = {
+        "DR_GATEWAY_BUS_TLS_CA_FILE": ("dr-gateway-nats-tls", "ca.crt"),
+        "DR_GATEWAY_BUS_TLS_CERT_FILE": ("dr-gateway-nats-tls", "tls.crt"),
+        "DR_GATEWAY_BUS_TLS_KEY_FILE": ("dr-gateway-nats-tls", "tls.key"),
+    }
+    for name, secret_and_key in expected.items():
+        assert files[env[name]["value"]] == secret_and_key, name
+
+
+def test_bus_tls_ca_only_mounts_no_client_certificate():
+    rendered = render(
+        "replicaCount=2",
+        "bus.url=tls://nats.nats.svc:4222",
+        "bus.tls.secretName=nats-ca",
+        "bus.tls.caKey=root.pem",
+    )
+    env = _env(rendered.gateway)
+    assert _secret_files(rendered)[env["DR_GATEWAY_BUS_TLS_CA_FILE"]["value"]] == ("nats-ca", "root.pem")
+    assert "DR_GATEWAY_BUS_TLS_CERT_FILE" not in env and "DR_GATEWAY_BUS_TLS_KEY_FILE" not in env
+
+
+def test_no_bus_tls_env_by_default(default_render):
+    assert not any(name.startswith("DR_GATEWAY_BUS_TLS") for name in _env(default_render.gateway))
+
+
 # === rolling on change ===
 
 
