@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test of dr-gateway, on a fresh machine too: it
 # installs what is missing (Debian packages, project-local npm tools, a Python venv),
-# then runs buf lint, the Rust unit + integration tests, and the Helm chart checks.
+# then runs buf lint, the Rust unit + integration tests, the README examples, the
+# Python client tests and the Helm chart checks.
 #
 # Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
 # something is missing.
@@ -40,6 +41,10 @@ cargo test --locked --all-targets
 step "README examples, as written (gateway + sandbox on the default ports)"
 cargo build --locked --bin dr-gateway
 python3 tests/readme/check_examples.py
+
+# --- Python clients ---------------------------------------------------------------
+step "Python gRPC clients (reflection, health, stubs, error details, streams)"
+bash scripts/check-clients.sh
 
 # --- Helm chart ---------------------------------------------------------------
 step "Helm chart checks"

@@ -1,0 +1,69 @@
+"""Server reflection as grpcurl 1.8, grpcui, Postman and Python's own reflection
+client use it: the v1alpha protocol, with no stubs on the client side."""
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+PACKAGE = "digitalriver.gateway.v1"
+# FileDescriptorProto field numbers: service = 6; ServiceDescriptorProto.method = 2.
+SERVICE_FIELD, METHOD_FIELD = 6, 2
+
+
+def reflect(channel, request: reflection_pb2.ServerReflectionRequest) -> reflection_pb2.ServerReflectionResponse:
+    """One request on the bidirectional ServerReflectionInfo stream, then the stream ends."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([request]), timeout=10)
+    try:
+        return next(responses)
+    finally:
+        responses.cancel()
+
+
+def test_v1alpha_reflection_lists_every_gateway_service_and_health(channel):
+    reply = reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
+
+    names = {s.name for s in reply.list_services_response.service}
+    assert {
+        f"{PACKAGE}.FulfillmentService",
+        f"{PACKAGE}.ChargeService",
+        f"{PACKAGE}.EventStream",
+        "grpc.health.v1.Health",
+    } <= names, names
+
+
+def test_file_containing_symbol_carries_the_rpc_doc_comments(channel):
+    reply = reflect(
+        channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=f"{PACKAGE}.ChargeService")
+    )
+
+    files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in reply.file_descriptor_response.file_descriptor_proto]
+    charge_file = next(f for f in files if any(s.name == "ChargeService" for s in f.service))
+    service_index = [s.name for s in charge_file.service].index("ChargeService")
+    method_index = [m.name for m in charge_file.service[service_index].method].index("GetCharge")
+    comments = {
+        tuple(loc.path): loc.leading_comments for loc in charge_file.source_code_info.location
+    }
+    doc = comments.get((SERVICE_FIELD, service_index, METHOD_FIELD, method_index), "")
+    assert "Reads one charge with its captures, cancels and refunds" in doc, doc
+
+
+def test_a_client_with_only_reflection_can_call_get_order(channel, sandbox):
+    # Arrange: an order, and message classes built from reflected descriptors alone.
+    order = sandbox.create_order([{"productName": "Widget", "quantity": 1, "amount": "9.99"}])
+    pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+    method = pool.FindServiceByName(f"{PACKAGE}.FulfillmentService").FindMethodByName("GetOrder")
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    get_order = channel.unary_unary(
+        f"/{PACKAGE}.FulfillmentService/GetOrder",
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
+
+    # Act
+    reply = get_order(request_class(upstream_id=order["upstreamId"]), timeout=10)
+
+    # Assert
+    assert reply.order.id == order["id"]
+    assert [item.product_name for item in reply.order.items] == ["Widget"]
