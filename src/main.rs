@@ -7,8 +7,9 @@ use clap::Parser;
 use dr_gateway::app::Application;
 use dr_gateway::cli::{Cli, Command, HealthCheckArgs, SandboxArgs};
 use dr_gateway::config::{LogFormat, ServeArgs};
-use dr_gateway::sandbox::{self, Sandbox, SandboxConfig};
+use dr_gateway::sandbox::{self, Sandbox, SandboxConfig, WebhookSpec};
 use dr_gateway::{shutdown, telemetry};
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 /// The key the gateway uses against its in-process sandbox (test mode, like DR's `sk_test_`).
@@ -26,21 +27,12 @@ async fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> ExitCode {
     telemetry::init(args.log_format);
     let mut embedded = None;
+    let mut register_late = None;
     let settings = if args.sandbox {
-        let config = SandboxConfig {
-            listen: args.sandbox_addr,
-            ..SandboxConfig::default()
-        };
-        let sandbox = match Sandbox::start(config).await {
-            Ok(s) => s,
-            Err(e) => return fail(format!("cannot start the sandbox: {e}")),
-        };
-        tracing::info!(url = %sandbox.base_url(), "sandbox (Digital River emulator) serving");
         let mut settings = match args.resolve(Some(SANDBOX_API_KEY)) {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
-        settings.dr_base_url = sandbox.base_url();
         // why: the embedded sandbox signs its webhooks like DR; give it a secret the
         // gateway accepts (the configured one, or a fresh one) so events flow end to end.
         if settings.webhook_secrets.is_empty() {
@@ -48,6 +40,31 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 uuid::Uuid::new_v4().to_string(),
             ));
         }
+        let secret = settings.webhook_secrets[0].clone();
+        // why: register the gateway's endpoint before the gateway reports SERVING, so
+        // no event of an order created right after start-up waits for a backfill.
+        // Only an ephemeral webhook port (unknown until bound) is registered after.
+        let webhooks = if settings.http_addr.port() == 0 {
+            register_late = Some(secret);
+            Vec::new()
+        } else {
+            vec![WebhookSpec {
+                url: webhook_url(settings.http_addr),
+                secret: secret.expose_secret().to_owned(),
+                types: Vec::new(),
+            }]
+        };
+        let config = SandboxConfig {
+            listen: args.sandbox_addr,
+            webhooks,
+            ..SandboxConfig::default()
+        };
+        let sandbox = match Sandbox::start(config).await {
+            Ok(s) => s,
+            Err(e) => return fail(format!("cannot start the sandbox: {e}")),
+        };
+        tracing::info!(url = %sandbox.base_url(), "sandbox (Digital River emulator) serving");
+        settings.dr_base_url = sandbox.base_url();
         embedded = Some(sandbox);
         settings
     } else {
@@ -56,12 +73,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Err(e) => return fail_with(e, 2),
         }
     };
-    let webhook_secret = settings.webhook_secrets.first().cloned();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => return fail(e),
     };
-    if let (Some(sandbox), Some(secret)) = (&embedded, webhook_secret) {
+    if let (Some(sandbox), Some(secret)) = (&embedded, register_late) {
         if let Err(e) = register_sandbox_webhook(sandbox, app.http_addr(), &secret).await {
             tracing::warn!(error = %e, "could not point the sandbox's webhooks at the gateway");
         }
@@ -84,25 +100,30 @@ async fn register_sandbox_webhook(
     http_addr: std::net::SocketAddr,
     secret: &secrecy::SecretString,
 ) -> Result<(), reqwest::Error> {
-    use secrecy::ExposeSecret;
-    let host = if http_addr.ip().is_unspecified() {
-        std::net::SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
-    } else {
-        http_addr
-    };
+    let url = webhook_url(http_addr);
     reqwest::Client::new()
         .post(format!("{}/sandbox/webhooks", sandbox.base_url()))
         .bearer_auth(SANDBOX_API_KEY)
         .timeout(Duration::from_secs(5))
         .json(&serde_json::json!({
-            "url": format!("http://{host}{}", dr_gateway::webhook::WEBHOOK_PATH),
+            "url": url,
             "secret": secret.expose_secret(),
         }))
         .send()
         .await?
         .error_for_status()?;
-    tracing::info!(%host, "sandbox webhooks point at the gateway");
+    tracing::info!(%url, "sandbox webhooks point at the gateway");
     Ok(())
+}
+
+/// The gateway's webhook URL as the local sandbox reaches it.
+fn webhook_url(http_addr: std::net::SocketAddr) -> String {
+    let host = if http_addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
+    } else {
+        http_addr
+    };
+    format!("http://{host}{}", dr_gateway::webhook::WEBHOOK_PATH)
 }
 
 async fn run_sandbox(args: SandboxArgs) -> ExitCode {

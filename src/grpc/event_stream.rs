@@ -183,7 +183,8 @@ impl futures::Stream for SubscribeStream {
             self.done = true;
             // why: dropping the receiver stops the subscription task.
             self.rx.close();
-            return Poll::Ready(Some(Err(Status::unavailable(
+            return Poll::Ready(Some(Err(unavailable(
+                "SHUTTING_DOWN",
                 "gateway shutting down; resume from the last cursor",
             ))));
         }
@@ -207,7 +208,8 @@ fn subscription_item_to_message(item: SubscriptionItem) -> Result<SubscribeItem,
         SubscriptionItem::Expired { oldest_cursor } => Err(cursor_expired(&oldest_cursor, false)),
         SubscriptionItem::Failed(e) => {
             tracing::error!(error = %e, "subscription ended: event log failed");
-            Err(Status::unavailable(
+            Err(unavailable(
+                "EVENT_LOG_UNAVAILABLE",
                 "event log unavailable; resume from the last cursor",
             ))
         }
@@ -485,9 +487,21 @@ fn subscribe_error_status(e: SubscribeError) -> Status {
         } => cursor_expired(&oldest_cursor, other_log),
         SubscribeError::Log(e) => {
             tracing::error!(error = %e, "subscribe: event log unavailable");
-            Status::unavailable("event log unavailable")
+            unavailable("EVENT_LOG_UNAVAILABLE", "event log unavailable")
         }
     }
+}
+
+/// UNAVAILABLE with an `ErrorInfo`, so callers in any language can tell a draining
+/// gateway (reconnect elsewhere) from a bus outage (retry later) by `reason`.
+fn unavailable(reason: &str, message: &str) -> Status {
+    super::status::status_with_info(
+        tonic::Code::Unavailable,
+        message,
+        reason,
+        std::collections::HashMap::new(),
+        |_| {},
+    )
 }
 
 // === impl EventStreamServer ===

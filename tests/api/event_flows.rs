@@ -361,9 +361,15 @@ async fn capture_items_with_wait_replayed_by_request_id_still_reports_the_outcom
     // Assert: same fulfillment, the settled outcome, and no wait for events that
     // already went by
     assert_eq!(replay.fulfillment, first.fulfillment);
-    assert!(replay.settled, "the replay reports the outcome DR already has");
+    assert!(
+        replay.settled,
+        "the replay reports the outcome DR already has"
+    );
     assert_eq!(replay.outcomes, first.outcomes);
-    assert!(started.elapsed() < WAIT / 2, "answered without waiting out the deadline");
+    assert!(
+        started.elapsed() < WAIT / 2,
+        "answered without waiting out the deadline"
+    );
     app.stop().await;
     sb.shutdown().await;
 }

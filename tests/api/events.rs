@@ -441,9 +441,15 @@ async fn shutdown_ends_open_streams_with_unavailable_instead_of_waiting_for_them
         .await
         .expect("stream ends");
 
+    let status = ended.expect_err("ends with a status");
+    assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(
-        ended.expect_err("ends with a status").code(),
-        Code::Unavailable
+        status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.as_str()),
+        Some("SHUTTING_DOWN"),
+        "callers can tell a draining gateway from an outage"
     );
     app.stop().await;
     assert!(

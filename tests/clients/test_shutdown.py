@@ -4,6 +4,8 @@ the process drains and exits 0 well inside its grace period."""
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from digitalriver.gateway.v1 import event_stream_pb2, event_stream_pb2_grpc
 
@@ -31,6 +33,14 @@ def test_sigterm_ends_an_open_subscribe_stream_and_exits_zero(own_gateway):
                 for message in stream:
                     assert message.WhichOneof("kind") == "heartbeat"
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value.details()
+            # ... with a reason a Python caller can branch on (drain, not outage)
+            status = rpc_status.from_call(ended.value)
+            assert status is not None, "UNAVAILABLE carries google.rpc.Status details"
+            infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+            assert len(infos) == 1
+            info = error_details_pb2.ErrorInfo()
+            infos[0].Unpack(info)
+            assert (info.reason, info.domain) == ("SHUTTING_DOWN", "digitalriver.com")
         finally:
             stream.cancel()
 
