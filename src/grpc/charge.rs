@@ -237,7 +237,6 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::CaptureItemsResponse>, Status> {
         let deadline = request::deadline(req.metadata());
         let r = req.into_inner();
-        let tail = self.tail_for_wait(r.wait).await?;
         let command = FulfillmentCommand {
             order_id: r.order_id,
             items: items(r.items, Operation::Capture)?,
@@ -246,17 +245,11 @@ impl ChargeService for ChargeApi {
             metadata: r.metadata,
             request_id: r.request_id,
         };
-        let created = self.fulfiller.create(command, deadline).await?;
-        let (outcomes, settled) = wait_outcomes(
-            &self.client,
-            tail,
-            &created,
-            OperationKind::Capture,
-            deadline,
-        )
-        .await?;
+        let (fulfillment, outcomes, settled) = self
+            .fulfil_and_wait(command, OperationKind::Capture, r.wait, deadline)
+            .await?;
         Ok(Response::new(pb::CaptureItemsResponse {
-            fulfillment: Some(convert::fulfillment(&created)),
+            fulfillment: Some(fulfillment),
             outcomes,
             settled,
         }))
@@ -269,7 +262,6 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::CancelItemsResponse>, Status> {
         let deadline = request::deadline(req.metadata());
         let r = req.into_inner();
-        let tail = self.tail_for_wait(r.wait).await?;
         let command = FulfillmentCommand {
             order_id: r.order_id,
             items: items(r.items, Operation::Cancel)?,
@@ -278,19 +270,32 @@ impl ChargeService for ChargeApi {
             metadata: r.metadata,
             request_id: r.request_id,
         };
-        let created = self.fulfiller.create(command, deadline).await?;
-        let (outcomes, settled) = wait_outcomes(
-            &self.client,
-            tail,
-            &created,
-            OperationKind::Cancel,
-            deadline,
-        )
-        .await?;
+        let (fulfillment, outcomes, settled) = self
+            .fulfil_and_wait(command, OperationKind::Cancel, r.wait, deadline)
+            .await?;
         Ok(Response::new(pb::CancelItemsResponse {
-            fulfillment: Some(convert::fulfillment(&created)),
+            fulfillment: Some(fulfillment),
             outcomes,
             settled,
         }))
+    }
+}
+
+impl ChargeApi {
+    /// Creates the fulfillment (idempotently) and, with `wait`, waits for the
+    /// outcomes of its operations of `kind`.
+    async fn fulfil_and_wait(
+        &self,
+        command: FulfillmentCommand,
+        kind: OperationKind,
+        wait: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(pb::Fulfillment, Vec<pb::ChargeOperationOutcome>, bool), Status> {
+        // why: the log reader starts before the POST, so no outcome event slips past.
+        let tail = self.tail_for_wait(wait).await?;
+        let created = self.fulfiller.create(command, deadline).await?;
+        let (outcomes, settled) =
+            wait_outcomes(&self.client, tail, &created, kind, deadline).await?;
+        Ok((convert::fulfillment(&created), outcomes, settled))
     }
 }
