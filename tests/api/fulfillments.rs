@@ -374,3 +374,40 @@ async fn list_order_charges_returns_charges_and_order_totals() {
     assert_eq!(r.order_state, "accepted");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_pinned_api_version_is_sent_as_the_digitalriver_version_header() {
+    let dr = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/fulfillments/ful_v"))
+        .and(header("digitalriver-version", "2021-12-13"))
+        .and(header(
+            "authorization",
+            format!("Bearer {API_KEY}").as_str(),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(dr_fulfillment("ful_v", "1", "2", 1, 0)),
+        )
+        .expect(1)
+        .mount(&dr)
+        .await;
+    let mut settings = crate::helpers::settings(&dr.uri());
+    settings.dr_api_version = Some("2021-12-13".into());
+    let mut app = crate::helpers::spawn_app_with(settings).await;
+
+    let f = app
+        .fulfillments
+        .get_fulfillment(pb::GetFulfillmentRequest {
+            fulfillment_id: "ful_v".into(),
+        })
+        .await
+        .expect("the header matched");
+
+    assert_eq!(f.into_inner().fulfillment.unwrap().id, "ful_v");
+    let sent = dr.received_requests().await.unwrap();
+    assert!(
+        sent[0].headers.get("upstream-id").is_some(),
+        "a generated upstream-id"
+    );
+    app.stop().await;
+}
