@@ -122,6 +122,7 @@ impl Application {
             api_version: settings.dr_api_version.clone(),
             max_timeout: settings.upstream_timeout,
             retry: settings.retry,
+            rate_limit: settings.upstream_rate_limit,
         })?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // why: the typed payload comes from the core's conversions, injected so

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_UPSTREAM_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub upstream_attempts: u32,
 
+    /// Pace DR calls to this many per second per replica: `auto` (DR's documented
+    /// limits: 25/s for `sk_test_` keys, 250/s otherwise), a number, or `off`.
+    #[arg(long, env = "DR_GATEWAY_UPSTREAM_RATE_LIMIT", default_value = "auto", value_parser = parse_rate_limit)]
+    pub upstream_rate_limit: RateLimitSetting,
+
     /// How long CreateFulfillment results are kept per request_id.
     #[arg(long, env = "DR_GATEWAY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
@@ -248,6 +253,43 @@ impl BusArgs {
     }
 }
 
+/// `--upstream-rate-limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitSetting {
+    /// DR's documented per-key limit for the key's mode (dr-api.md §5.2).
+    Auto,
+    /// No pacing.
+    Off,
+    /// This many calls per second.
+    PerSecond(u32),
+}
+
+fn parse_rate_limit(text: &str) -> Result<RateLimitSetting, String> {
+    match text.trim() {
+        "auto" => Ok(RateLimitSetting::Auto),
+        "off" | "0" => Ok(RateLimitSetting::Off),
+        n => n
+            .parse::<u32>()
+            .map(RateLimitSetting::PerSecond)
+            .map_err(|_| format!("expected auto, off or calls per second, got {n:?}")),
+    }
+}
+
+impl RateLimitSetting {
+    /// (calls per second, burst) for `api_key`; `None` when off.
+    pub fn resolve(self, api_key: &str) -> Option<(u32, u32)> {
+        let rate = match self {
+            Self::Off => return None,
+            Self::PerSecond(n) => n,
+            // why: DR's limits are per secret key: 25/s test, 250/s live (dr-api.md §5.2).
+            Self::Auto if api_key.starts_with("sk_test_") => 25,
+            Self::Auto => 250,
+        };
+        // A tenth of a second's worth may go at once; the rest is evenly paced.
+        Some((rate, (rate / 10).max(1)))
+    }
+}
+
 /// Why the settings cannot be used; printed as one line before exiting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -300,6 +342,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     /// Retries of DR reads.
     pub retry: RetryPolicy,
+    /// Pacing of DR calls (per second, burst); `None`: none.
+    pub upstream_rate_limit: Option<(u32, u32)>,
     /// Idempotency TTL.
     pub idempotency_ttl: Duration,
     /// Idempotency capacity.
@@ -341,6 +385,7 @@ impl Settings {
             dr_api_version: None,
             upstream_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            upstream_rate_limit: None,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_max_entries: 100_000,
             reconcile_timeout: Duration::from_secs(15),
@@ -378,6 +423,7 @@ impl ServeArgs {
             (None, None, Some(k)) if !k.trim().is_empty() => k.trim().to_owned(),
             _ => return Err(ConfigError::MissingApiKey),
         };
+        let upstream_rate_limit = self.upstream_rate_limit.resolve(&key);
         Ok(Settings {
             grpc_addr: self.grpc_addr,
             http_addr: self.http_addr,
@@ -389,6 +435,7 @@ impl ServeArgs {
                 max_attempts: self.upstream_attempts,
                 ..RetryPolicy::default()
             },
+            upstream_rate_limit,
             idempotency_ttl: self.idempotency_ttl,
             idempotency_max_entries: self.idempotency_max_entries,
             reconcile_timeout: self.reconcile_timeout,
@@ -476,6 +523,23 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
+    }
+
+    #[test]
+    fn the_rate_limit_follows_the_key_mode_unless_set() {
+        let auto = parse_rate_limit("auto").unwrap();
+        assert_eq!(auto.resolve("sk_test_abc"), Some((25, 2)));
+        assert_eq!(auto.resolve("sk_live_abc"), Some((250, 25)));
+        assert_eq!(
+            parse_rate_limit("40").unwrap().resolve("sk_test_abc"),
+            Some((40, 4))
+        );
+        assert_eq!(parse_rate_limit("5").unwrap().resolve("k"), Some((5, 1)));
+        assert_eq!(
+            parse_rate_limit("off").unwrap().resolve("sk_live_abc"),
+            None
+        );
+        assert!(parse_rate_limit("fast").is_err());
     }
 
     #[test]

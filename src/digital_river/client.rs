@@ -12,7 +12,7 @@ use super::models::Charge;
 use super::models::{
     CreateFulfillment, Event, Fulfillment, ListResponse, Order, UpdateFulfillment,
 };
-use super::{Error, ErrorBody, RetryPolicy};
+use super::{Error, ErrorBody, RateLimiter, RetryPolicy};
 
 /// A page of DR results.
 pub type Page<T> = ListResponse<T>;
@@ -30,6 +30,8 @@ pub struct ClientConfig {
     pub max_timeout: Duration,
     /// Retries for idempotent calls.
     pub retry: RetryPolicy,
+    /// Calls per second and burst the gateway allows itself toward DR; `None`: no pacing.
+    pub rate_limit: Option<(u32, u32)>,
 }
 
 /// Per-call options from the caller.
@@ -90,6 +92,7 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     config: std::sync::Arc<ClientConfig>,
+    limiter: Option<std::sync::Arc<RateLimiter>>,
 }
 
 /// A request the client is about to send.
@@ -123,10 +126,14 @@ impl Client {
                 path: String::new(),
                 reason: format!("could not build the HTTP client: {e}"),
             })?;
+        let limiter = config
+            .rate_limit
+            .map(|(rate, burst)| std::sync::Arc::new(RateLimiter::new(rate, burst)));
         Ok(Self {
             http,
             base,
             config: std::sync::Arc::new(config),
+            limiter,
         })
     }
 
@@ -259,6 +266,16 @@ impl Client {
                     budget,
                     maybe_sent: false,
                 });
+            }
+            if let Some(limiter) = &self.limiter {
+                // why: every attempt, retries included, counts against DR's limit.
+                if let Err(w) = limiter.acquire(opts.deadline).await {
+                    return Err(Error::RateLimited {
+                        method,
+                        path,
+                        retry_after: w.retry_after,
+                    });
+                }
             }
             let span = tracing::info_span!(
                 "dr.call",

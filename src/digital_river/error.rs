@@ -114,6 +114,17 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// The gateway's own pacing toward DR's rate limit could not start the call
+    /// before the caller's deadline; nothing was sent.
+    #[error("the call to {method} {path} would wait {retry_after:?} for DR's rate limit, past the deadline")]
+    RateLimited {
+        /// HTTP method.
+        method: &'static str,
+        /// DR path.
+        path: String,
+        /// When the call could have started.
+        retry_after: Duration,
+    },
     /// The request could not even be built (bad base URL, unserializable body).
     #[error("could not build the request for {path}: {reason}")]
     Request {
@@ -135,7 +146,7 @@ impl Error {
             // after DR processed the request.
             Error::Api { status, .. } => matches!(status, 500 | 502 | 503 | 504),
             Error::Decode { status, .. } => (200..300).contains(status),
-            Error::Connect { .. } | Error::Request { .. } => false,
+            Error::Connect { .. } | Error::Request { .. } | Error::RateLimited { .. } => false,
         }
     }
 
@@ -155,6 +166,7 @@ impl Error {
             | Error::Timeout { path, .. }
             | Error::Connect { path, .. }
             | Error::Connection { path, .. }
+            | Error::RateLimited { path, .. }
             | Error::Request { path, .. } => path,
         }
     }

@@ -7,8 +7,10 @@
 mod client;
 mod error;
 pub mod models;
+mod rate_limit;
 mod retry;
 
 pub use client::{CallOptions, Client, ClientConfig, EventQuery, FulfillmentQuery, Page};
 pub use error::{Error, ErrorBody, ErrorEntry};
+pub use rate_limit::RateLimiter;
 pub use retry::RetryPolicy;

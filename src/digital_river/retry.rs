@@ -33,7 +33,10 @@ impl RetryPolicy {
         match error {
             Error::Api { status, .. } => matches!(status, 429 | 502 | 503 | 504),
             Error::Connect { .. } | Error::Connection { .. } => true,
-            Error::Timeout { .. } | Error::Decode { .. } | Error::Request { .. } => false,
+            Error::Timeout { .. }
+            | Error::Decode { .. }
+            | Error::Request { .. }
+            | Error::RateLimited { .. } => false,
         }
     }
 

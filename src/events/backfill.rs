@@ -222,6 +222,7 @@ mod tests {
             api_version: None,
             max_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
+            rate_limit: None,
         })
         .unwrap()
     }

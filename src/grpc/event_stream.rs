@@ -622,6 +622,7 @@ mod tests {
             api_version: None,
             max_timeout: Duration::from_secs(1),
             retry: Default::default(),
+            rate_limit: None,
         })
         .unwrap();
         let api = EventStreamApi::new(log, client, EventEncoder::default(), Arc::new(SystemClock));

@@ -183,6 +183,19 @@ pub fn from_dr_error(error: &DrError) -> Status {
                 |_| {},
             )
         }
+        DrError::RateLimited { retry_after, .. } => {
+            let mut meta = HashMap::new();
+            meta.insert("dr_path".into(), error.path().to_owned());
+            status_with_info(
+                Code::ResourceExhausted,
+                "the gateway is pacing calls to Digital River's rate limit; retry later",
+                "GATEWAY_RATE_LIMITED",
+                meta,
+                |d| {
+                    d.set_retry_info(Some(*retry_after));
+                },
+            )
+        }
         DrError::Request { .. } => {
             tracing::error!(error = %error, "could not build a DR request");
             status_with_info(

@@ -528,3 +528,51 @@ async fn reads_are_retried_on_transient_errors_honouring_retry_after() {
     assert!(started.elapsed() < Duration::from_secs(2));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn calls_beyond_the_dr_rate_limit_wait_their_turn_or_are_refused_before_the_deadline() {
+    let dr = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/charges/paced"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "paced"})))
+        .mount(&dr)
+        .await;
+    let mut s = settings(&dr.uri());
+    s.upstream_rate_limit = Some((1, 1)); // one call per second, no burst
+    let mut app = spawn_app_with(s).await;
+    let call = || pb::GetChargeRequest {
+        charge_id: "paced".into(),
+    };
+
+    app.charges
+        .get_charge(call())
+        .await
+        .expect("the first call goes at once");
+    let refused = app
+        .charges
+        .get_charge(with_deadline(call(), Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        refused.get_details_error_info().unwrap().reason,
+        "GATEWAY_RATE_LIMITED"
+    );
+    assert!(refused
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .is_some());
+    assert_eq!(
+        dr.received_requests().await.unwrap().len(),
+        1,
+        "the refused call never reached DR"
+    );
+
+    app.charges
+        .get_charge(with_deadline(call(), Duration::from_secs(5)))
+        .await
+        .expect("a call with time to wait gets its turn");
+    assert_eq!(dr.received_requests().await.unwrap().len(), 2);
+    app.stop().await;
+}

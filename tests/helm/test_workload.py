@@ -64,10 +64,16 @@ def test_config_comes_from_the_configmap_and_matches_the_ports(default_render):
     assert config["DR_GATEWAY_DR_BASE_URL"] == "https://api.digitalriver.com"
     assert config["DR_GATEWAY_LOG_FORMAT"] == "json"
     assert config["DR_GATEWAY_UPSTREAM_TIMEOUT"] == "10s"
+    assert config["DR_GATEWAY_UPSTREAM_RATE_LIMIT"] == "auto"
     assert config["RUST_LOG"] == "info"
     # Unset means "in-memory bus" / "DR account default version" to the gateway.
     assert "DR_GATEWAY_BUS_URL" not in config
     assert "DR_GATEWAY_DR_API_VERSION" not in config
+
+
+def test_the_rate_limit_can_be_split_across_replicas():
+    rendered = render("replicaCount=5", "bus.url=nats://nats:4222", "config.upstreamRateLimit=50")
+    assert rendered.config["DR_GATEWAY_UPSTREAM_RATE_LIMIT"] == "50"
 
 
 def test_config_values_reach_the_configmap(all_features_render):
