@@ -1,0 +1,50 @@
+//! Command-line interface of the `dr-gateway` binary: one subcommand per mode.
+//!
+//! - `dr-gateway serve [--sandbox]` runs the gateway (flags in [`crate::config::ServeArgs`]);
+//! - `dr-gateway sandbox --listen 127.0.0.1:8090 [--seed N] [--settle immediate|stepped]
+//!   [--webhook URL=SECRET …]` runs the DR emulator alone until SIGINT/SIGTERM (only in
+//!   builds with the default `sandbox` feature; flags in `dr_sandbox::cli`);
+//! - `dr-gateway health-check --addr host:port` asks a gateway's gRPC health service.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ServeArgs;
+#[cfg(feature = "sandbox")]
+pub use dr_sandbox::cli::SandboxArgs;
+
+/// dr-gateway: a gRPC gateway for Digital River order fulfilment, with a DR sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "dr-gateway", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Modes of the binary.
+// why: parsed once at start; boxing the serve flags would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (gRPC + webhook listeners); `--sandbox` adds an in-process DR emulator.
+    // Boxed: `serve` has many flags (clippy::large_enum_variant).
+    Serve(Box<ServeArgs>),
+    /// Run the stateful Digital River API emulator alone.
+    #[cfg(feature = "sandbox")]
+    Sandbox(SandboxArgs),
+    /// Ask a gateway's gRPC health service whether it is SERVING (exit 0) or not (exit 1).
+    HealthCheck(HealthCheckArgs),
+}
+
+/// `dr-gateway health-check` flags.
+#[derive(Debug, Args)]
+pub struct HealthCheckArgs {
+    /// Gateway gRPC address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// Service to ask about ("" = the whole server).
+    #[arg(long, default_value = "")]
+    pub service: String,
+}

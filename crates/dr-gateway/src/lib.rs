@@ -1,0 +1,37 @@
+//! dr-gateway: a gRPC gateway in front of Digital River's order-fulfilment REST API,
+//! with a stateful DR sandbox.
+//!
+//! # Layout
+//! - [`app`]: binds the listeners, wires the services, runs until shutdown.
+//! - [`cli`], [`config`]: the command line and flags/env → [`config::Settings`].
+//! - [`clock`]: wall-clock time behind a trait, for tests.
+//! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
+//! - [`webhook`]: DR webhook intake (HTTP): signature check → event log → 2xx.
+//! - [`domain`]: validation, idempotent fulfilment with reconciliation, order progress.
+//! - [`events`]: DR event envelope, the event log (trait + in-memory), subscriptions,
+//!   filters, backfill, capture/cancel outcome correlation.
+//! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
+//! - [`money`]: exact decimal text → `Money`.
+//! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,
+//!   events, signed webhooks, faults) with a control surface; imports nothing of the gateway.
+//! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
+//! - [`shutdown`], [`telemetry`]: signals and logging.
+//!
+//! Dependencies flow one way: `grpc` / `webhook` → `domain` / `events` → `digital_river`.
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod digital_river;
+pub mod domain;
+#[cfg(feature = "sandbox")]
+pub mod embedded_sandbox;
+pub mod events;
+pub mod grpc;
+pub mod money;
+pub mod shutdown;
+pub mod telemetry;
+pub mod webhook;
+
+/// The generated API (the `dr-gateway-api` crate), under its historical name.
+pub use dr_gateway_api as pb;

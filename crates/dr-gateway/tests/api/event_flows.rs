@@ -1,0 +1,375 @@
+//! End-to-end event flows against the sandbox (a stateful DR emulator that sends
+//! signed webhooks): fulfil through the gateway and watch the events arrive, backfill
+//! after a restart, and ChargeService's wait for capture outcomes.
+
+use std::time::Duration;
+
+use dr_gateway::pb::v1 as pb;
+use dr_sandbox::{Sandbox, SandboxConfig, SettleMode};
+use serde_json::{json, Value};
+
+use crate::event_support::*;
+use crate::helpers::{settings, spawn_app_with, with_deadline, TestApp, API_KEY, WEBHOOK_SECRET};
+
+/// A sandbox with fast webhook retries.
+async fn sandbox(settle: SettleMode) -> Sandbox {
+    Sandbox::start(SandboxConfig {
+        settle,
+        webhook_retry: dr_sandbox::RetryPolicy {
+            attempts: 3,
+            base_delay: Duration::from_millis(50),
+            timeout: Duration::from_millis(3000),
+        },
+        ..Default::default()
+    })
+    .await
+    .expect("sandbox starts")
+}
+
+/// Calls the sandbox's API with the gateway's key.
+async fn sandbox_call(
+    sb: &Sandbox,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{}{path}", sb.base_url()))
+        .bearer_auth(API_KEY)
+        .timeout(WAIT);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("sandbox reachable");
+    assert!(
+        resp.status().is_success(),
+        "sandbox {path}: {}",
+        resp.status()
+    );
+    resp.json().await.unwrap_or(Value::Null)
+}
+
+/// Points the sandbox's webhooks at `app`; returns the webhook id.
+async fn register_webhook(sb: &Sandbox, app: &TestApp) -> String {
+    let hook = sandbox_call(
+        sb,
+        reqwest::Method::POST,
+        "/sandbox/webhooks",
+        Some(json!({"url": webhook_url(app), "secret": WEBHOOK_SECRET})),
+    )
+    .await;
+    hook["id"].as_str().expect("webhook id").to_owned()
+}
+
+/// Creates an order with one line item of `quantity` units; returns (order id, item id).
+async fn order(sb: &Sandbox, quantity: i64, fail_captures: bool) -> (String, String) {
+    let order = sandbox_call(
+        sb,
+        reqwest::Method::POST,
+        "/sandbox/orders",
+        Some(json!({"items": [{"quantity": quantity, "amount": "30.00"}], "failCaptures": fail_captures})),
+    )
+    .await;
+    (
+        order["id"].as_str().expect("order id").to_owned(),
+        order["items"][0]["id"]
+            .as_str()
+            .expect("item id")
+            .to_owned(),
+    )
+}
+
+/// Event types on `stream` until `last_type`.
+async fn types_until(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+    last_type: &str,
+) -> Vec<String> {
+    let mut types = Vec::new();
+    loop {
+        let e = next_event(stream).await;
+        let done = e.r#type == last_type;
+        types.push(e.r#type);
+        if done {
+            return types;
+        }
+    }
+}
+
+#[tokio::test]
+async fn fulfilling_through_the_gateway_streams_the_whole_lifecycle() {
+    // Arrange
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = order(&sb, 1, false).await;
+    let mut stream = subscribe(&app, filtered(&[], &[&order_id], None)).await;
+
+    // Act
+    app.fulfillments
+        .clone()
+        .create_fulfillment(with_deadline(
+            pb::CreateFulfillmentRequest {
+                order_id: order_id.clone(),
+                items: vec![pb::CreateFulfillmentItem {
+                    item_id,
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            WAIT,
+        ))
+        .await
+        .expect("fulfilled");
+
+    // Assert
+    let types = types_until(&mut stream, "order.complete").await;
+    for want in [
+        "fulfillment.created",
+        "order.charge.capture.pending",
+        "order.charge.capture.complete",
+        "order.fulfilled",
+        "order.complete",
+    ] {
+        assert_eq!(
+            types.iter().filter(|t| *t == want).count(),
+            1,
+            "{want} once in {types:?}"
+        );
+    }
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_emitted_while_the_gateway_was_down_are_backfilled_on_restart() {
+    // Arrange: a gateway that received nothing, then stopped.
+    let sb = sandbox(SettleMode::Immediate).await;
+    let mut s = settings(&sb.base_url());
+    s.backfill_enabled = true;
+    s.backfill_interval = Duration::ZERO;
+    let first = spawn_app_with(s.clone()).await;
+    let hook = register_webhook(&sb, &first).await;
+    first.stop().await;
+    // No webhook reaches the restarted gateway: backfill is the only way in.
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/sandbox/webhooks/{hook}", sb.base_url()))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+
+    // Act: DR emits the whole lifecycle while no gateway listens; then restart.
+    let (order_id, item_id) = order(&sb, 1, false).await;
+    sandbox_call(
+        &sb,
+        reqwest::Method::POST,
+        "/fulfillments",
+        Some(json!({"orderId": order_id, "items": [{"itemId": item_id, "quantity": 1}]})),
+    )
+    .await;
+    let restarted = spawn_app_with(s).await;
+
+    // Assert
+    let mut stream = subscribe(
+        &restarted,
+        pb::SubscribeRequest {
+            start: Some(pb::subscribe_request::Start::Position(
+                pb::StartPosition::Oldest as i32,
+            )),
+            ..filtered(&[], &[&order_id], None)
+        },
+    )
+    .await;
+    let types = types_until(&mut stream, "order.complete").await;
+    assert!(types.contains(&"order.accepted".to_owned()), "{types:?}");
+    assert!(
+        types.contains(&"fulfillment.created".to_owned()),
+        "{types:?}"
+    );
+    assert!(
+        types.contains(&"order.charge.capture.complete".to_owned()),
+        "{types:?}"
+    );
+    restarted.stop().await;
+    sb.shutdown().await;
+}
+
+/// CaptureItems of one unit with `wait`, under a deadline.
+async fn capture_and_wait(
+    mut charges: pb::charge_service_client::ChargeServiceClient<tonic::transport::Channel>,
+    order_id: String,
+    item_id: String,
+) -> pb::CaptureItemsResponse {
+    charges
+        .capture_items(with_deadline(
+            pb::CaptureItemsRequest {
+                order_id,
+                items: vec![pb::ChargeItem {
+                    item_id,
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                wait: true,
+                ..Default::default()
+            },
+            WAIT,
+        ))
+        .await
+        .expect("capture accepted")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn capture_items_with_wait_returns_the_completed_capture() {
+    // Arrange: captures settle only when told, so the RPC really waits.
+    let sb = sandbox(SettleMode::Stepped).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = order(&sb, 2, false).await;
+
+    // Act
+    let call = tokio::spawn(capture_and_wait(app.charges.clone(), order_id, item_id));
+    // Settle once the capture is pending at the sandbox.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let pending = sandbox_call(&sb, reqwest::Method::GET, "/sandbox/pending", None).await;
+            if pending["data"].as_array().is_some_and(|d| !d.is_empty()) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("capture pending at the sandbox");
+    sandbox_call(
+        &sb,
+        reqwest::Method::POST,
+        "/sandbox/settle",
+        Some(json!({})),
+    )
+    .await;
+    let resp = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("RPC returns")
+        .unwrap();
+
+    // Assert
+    assert!(resp.settled);
+    assert_eq!(resp.outcomes.len(), 1);
+    let op = resp.outcomes[0].operation.clone().unwrap();
+    assert_eq!(op.state, "complete");
+    assert_eq!(op.fulfillment_id, resp.fulfillment.unwrap().id);
+    assert!(op.amount.is_some());
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn capture_items_with_wait_reports_a_failed_capture_with_its_code() {
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = order(&sb, 1, true).await;
+
+    let resp = capture_and_wait(app.charges.clone(), order_id, item_id).await;
+
+    assert!(resp.settled);
+    let op = resp.outcomes[0].operation.clone().unwrap();
+    assert_eq!(op.state, "failed");
+    assert_eq!(op.failure_code, "failed-request");
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_items_with_wait_returns_the_completed_cancel() {
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = order(&sb, 2, false).await;
+
+    let resp = app
+        .charges
+        .clone()
+        .cancel_items(with_deadline(
+            pb::CancelItemsRequest {
+                order_id,
+                items: vec![pb::ChargeItem {
+                    item_id,
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                wait: true,
+                ..Default::default()
+            },
+            WAIT,
+        ))
+        .await
+        .expect("cancel accepted")
+        .into_inner();
+
+    assert!(resp.settled);
+    assert_eq!(resp.outcomes.len(), 1);
+    assert_eq!(
+        resp.outcomes[0].operation.clone().unwrap().state,
+        "complete"
+    );
+    assert_eq!(resp.fulfillment.unwrap().items[0].cancel_quantity, 1);
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn capture_items_with_wait_replayed_by_request_id_still_reports_the_outcome() {
+    // Arrange: a first call captured and saw the outcome; its events are in the past.
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = order(&sb, 2, false).await;
+    let request = pb::CaptureItemsRequest {
+        order_id,
+        items: vec![pb::ChargeItem {
+            item_id,
+            quantity: 1,
+            ..Default::default()
+        }],
+        request_id: "replayed-capture".into(),
+        wait: true,
+        ..Default::default()
+    };
+    let first = app
+        .charges
+        .clone()
+        .capture_items(with_deadline(request.clone(), WAIT))
+        .await
+        .expect("first capture")
+        .into_inner();
+    assert!(first.settled);
+
+    // Act: the client retries (say its connection dropped) with the same request_id
+    let started = std::time::Instant::now();
+    let replay = app
+        .charges
+        .clone()
+        .capture_items(with_deadline(request, WAIT))
+        .await
+        .expect("replayed capture")
+        .into_inner();
+
+    // Assert: same fulfillment, the settled outcome, and no wait for events that
+    // already went by
+    assert_eq!(replay.fulfillment, first.fulfillment);
+    assert!(
+        replay.settled,
+        "the replay reports the outcome DR already has"
+    );
+    assert_eq!(replay.outcomes, first.outcomes);
+    assert!(
+        started.elapsed() < WAIT / 2,
+        "answered without waiting out the deadline"
+    );
+    app.stop().await;
+    sb.shutdown().await;
+}

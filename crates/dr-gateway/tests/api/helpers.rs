@@ -1,0 +1,239 @@
+//! Spawning the gateway for a test, and the clients and log capture tests share.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use dr_gateway::app::Application;
+use dr_gateway::config::Settings;
+use dr_gateway::digital_river::RetryPolicy;
+use dr_gateway::pb::v1::charge_service_client::ChargeServiceClient;
+use dr_gateway::pb::v1::event_stream_client::EventStreamClient;
+use dr_gateway::pb::v1::fulfillment_service_client::FulfillmentServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// The DR key every test gateway uses; tests assert it never leaks.
+pub const API_KEY: &str = "sk_test_TOPSECRET_4c1d";
+
+/// The webhook signing secret every test gateway accepts; tests assert it never leaks.
+pub const WEBHOOK_SECRET: &str = "whsec_TOPSECRET_77b1";
+
+/// A running gateway and clients for it.
+pub struct TestApp {
+    /// The gateway's bound gRPC address.
+    #[allow(dead_code)]
+    pub grpc_addr: SocketAddr,
+    pub fulfillments: FulfillmentServiceClient<Channel>,
+    pub charges: ChargeServiceClient<Channel>,
+    pub events: EventStreamClient<Channel>,
+    pub channel: Channel,
+    /// The gateway's bound webhook / health HTTP address.
+    #[allow(dead_code)]
+    pub http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// Stops the gateway and waits for it to finish draining.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("gateway stops within 10s")
+                .expect("gateway task");
+        }
+    }
+}
+
+impl TestApp {
+    /// Starts shutdown without waiting for it.
+    pub fn shutdown_now(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Settings pointing at `dr_base_url`, with fast retries so tests stay quick.
+pub fn settings(dr_base_url: &str) -> Settings {
+    let mut s = Settings::for_upstream(dr_base_url, API_KEY);
+    s.retry = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+    };
+    s.upstream_timeout = Duration::from_secs(5);
+    s.reconcile_timeout = Duration::from_secs(5);
+    s.shutdown_grace = Duration::from_secs(5);
+    s.webhook_secrets = vec![secrecy::SecretString::from(WEBHOOK_SECRET)];
+    s
+}
+
+/// Starts a gateway against `dr_base_url` with default test settings.
+pub async fn spawn_app(dr_base_url: &str) -> TestApp {
+    spawn_app_with(settings(dr_base_url)).await
+}
+
+/// Starts a gateway with `settings`.
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    capture_logs();
+    let app = Application::build(settings).await.expect("gateway starts");
+    let grpc_addr = app.grpc_addr();
+    let http_addr = app.http_addr();
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped().await.expect("gateway runs");
+    });
+    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to gateway");
+    TestApp {
+        grpc_addr,
+        fulfillments: FulfillmentServiceClient::new(channel.clone()),
+        charges: ChargeServiceClient::new(channel.clone()),
+        events: EventStreamClient::new(channel.clone()),
+        channel,
+        http_addr,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+/// Everything every in-process gateway logged, at TRACE level, in this test binary.
+pub fn captured_logs() -> String {
+    let buf = log_buffer().lock().unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUF.get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+}
+
+#[derive(Clone)]
+struct BufWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for BufWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once) a TRACE-level subscriber for every crate that writes into a buffer,
+/// so tests can assert what the gateway — and reqwest, hyper, h2 below it — logged.
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let writer = BufWriter(log_buffer().clone());
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+    });
+}
+
+/// The gRPC request with a deadline, as a client would send it.
+pub fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.set_timeout(timeout);
+    req
+}
+
+/// A fulfillment as DR returns it (seed 000).
+pub fn dr_fulfillment(
+    id: &str,
+    order_id: &str,
+    item_id: &str,
+    qty: i64,
+    cancel: i64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "createdTime": "2022-07-01T17:55:58Z",
+        "items": [{"quantity": qty, "cancelQuantity": cancel, "skuId": "b0fd7334", "itemId": item_id}],
+        "orderId": order_id,
+        "liveMode": false
+    })
+}
+
+/// A sandbox on an ephemeral port, and a control client for it.
+pub struct TestSandbox {
+    pub sandbox: dr_sandbox::Sandbox,
+    pub http: reqwest::Client,
+}
+
+impl TestSandbox {
+    /// The DR base URL the gateway should use.
+    pub fn base_url(&self) -> String {
+        self.sandbox.base_url()
+    }
+
+    /// `POST /sandbox/<path>` with a JSON body; panics unless 2xx.
+    pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let response = self
+            .http
+            .post(format!("{}/sandbox/{path}", self.base_url()))
+            .bearer_auth("sk_test_control")
+            .json(&body)
+            .send()
+            .await
+            .expect("sandbox answers");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "sandbox {path}: {status} {text}");
+        if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    /// `GET /sandbox/<path>`.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/sandbox/{path}", self.base_url()))
+            .bearer_auth("sk_test_control")
+            .send()
+            .await
+            .expect("sandbox answers")
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Creates an order from a compact spec; returns DR's order JSON.
+    pub async fn create_order(&self, spec: serde_json::Value) -> serde_json::Value {
+        self.control("orders", spec).await
+    }
+}
+
+/// Starts a sandbox with default (immediate-settle) config.
+pub async fn spawn_sandbox() -> TestSandbox {
+    spawn_sandbox_with(dr_sandbox::SandboxConfig::default()).await
+}
+
+/// Starts a sandbox with `config`.
+pub async fn spawn_sandbox_with(config: dr_sandbox::SandboxConfig) -> TestSandbox {
+    let sandbox = dr_sandbox::Sandbox::start(config)
+        .await
+        .expect("sandbox starts");
+    TestSandbox {
+        sandbox,
+        http: reqwest::Client::new(),
+    }
+}

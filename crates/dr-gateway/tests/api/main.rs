@@ -1,0 +1,19 @@
+//! The gateway's integration tests: one binary, real sockets. Each test spawns the
+//! gateway on ephemeral ports against a DR stand-in (wiremock for exact-request and
+//! error-row assertions, the sandbox for flows) and talks gRPC to it.
+// why: a test binary has no public API; `pub` only shares helpers between its modules.
+#![allow(unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod errors;
+mod event_flows;
+mod event_support;
+mod events;
+mod flows;
+mod fulfillments;
+mod helpers;
+mod idempotency;
+mod jetstream;
+mod orders;
+mod serving;
+mod webhook;

@@ -1,0 +1,297 @@
+//! A stateful emulator of Digital River's REST API for fulfilments, charges, orders,
+//! events and webhooks — the "sandbox".
+//!
+//! It speaks only DR's HTTP API (same paths, bodies, status codes, error shapes as
+//! `../shared/dr-api.md` and the seeds) plus a control surface under `/sandbox/` that tests
+//! use to create orders, move the clock, settle asynchronous charge operations, register
+//! webhooks, inject faults and inspect what was received and delivered. It imports nothing
+//! from the gateway.
+//!
+//! Three ways to run it: `dr-gateway sandbox --listen …` ([`run_standalone`]), in-process
+//! next to the gateway, and from tests on port 0 ([`Sandbox::start`]).
+//!
+//! # DR surface
+//! `POST /fulfillments`, `GET /fulfillments[/{id}]`, `POST /fulfillments/{id}` (tracking),
+//! `GET /charges/{id}`, `GET /orders/{id}`, `GET /orders?upstreamIds=…`, `GET /events[/{id}]`.
+//! Every call needs `Authorization: Bearer <key>`; `sk_test_…` keys create `liveMode: false`
+//! objects, any other key `liveMode: true`. Unknown order on `POST /fulfillments` → 404
+//! `not_found` (`parameter: orderId`); unknown line item → 400 `invalid_parameter` (`itemId`);
+//! more units than left → 409 `quantity_too_large`; fully cancelled order → 409
+//! `invalid_state`. These three are our choices: DR does not document them.
+//!
+//! # Control surface (all under the same bearer auth; bodies camelCase, unknown fields ignored)
+//! - `POST /sandbox/orders` → 201 order as `GET /orders/{id}` returns it; emits `order.accepted`.
+//!   Body: `id?`, `upstreamId?`, `currency?` (USD), `email?`, `shipTo?`, `items[]`
+//!   (`id?`, `skuId?`, `productName?`, `quantity`, `amount` = line amount, `tax?`, `taxRate?`,
+//!   `metadata?`), `shipping? {amount, tax?}`, `charges? [{type: creditCard|customerCredit,
+//!   amount?}]`, `fulfillmentModel? third_party|distributed`, `riskMode? tolerant|averse`,
+//!   `authorizationExpired?`, `authorizationExpiresAt?` (default: created + 7 days),
+//!   `failCaptures?`, `failCancels?`, `metadata?`.
+//! - `POST /sandbox/orders/{id}/dispute`, `POST /sandbox/orders/{id}/dispute/resolve` → 200 order.
+//! - `GET /sandbox/clock`, `POST /sandbox/clock/advance {seconds}` → `{now, offsetSeconds}`.
+//! - `POST /sandbox/webhooks {url, secret?, types?, enabled?}` → 201 `{id, url, address, types,
+//!   enabled, apiVersion, createdTime, secret, secrets[{secret, current, expiresTime?}]}`;
+//!   `GET /sandbox/webhooks` → `{data}`; `POST /sandbox/webhooks/{id}/rotate {secret?,
+//!   oldSecretValidSeconds?}` → 200 webhook; `DELETE /sandbox/webhooks/{id}` → 204.
+//! - `POST /sandbox/faults {method?, path, count?, kind, latencyMs?, status?, retryAfter?}` → 201
+//!   (kinds: `latency`, `status`, `reset`, `malformed`, `reset_after_processing`,
+//!   `latency_after_processing`); `GET /sandbox/faults`; `DELETE /sandbox/faults` → 204.
+//! - `POST /sandbox/settle` → `{settled: [{orderId, chargeId, kind, operationId, amount, state,
+//!   eventId}]}`; `GET /sandbox/pending` → `{data}`.
+//! - `GET /sandbox/requests[?method=&path=]` → `{data: [{seq, method, path, query, headers, body,
+//!   receivedTime, fault}]}`; `DELETE /sandbox/requests` → 204.
+//! - `GET /sandbox/deliveries[?eventId=&webhookId=]` → `{data: [{eventId, eventType, webhookId, url,
+//!   attempt, status, error, success, signature, attemptedTime, durationMs, willRetry}]}`; `DELETE` → 204.
+//! - `POST /sandbox/events/{id}/redeliver` → 202 `{eventId, webhookIds}`.
+//! - `POST /sandbox/events` (full envelope, or `{type, object, previousAttributes?}`) → 201 event.
+//!
+//! # Layout
+//! - `clock` — sandbox clock (wall time + offset) and DR timestamp formats
+//! - `conn` — TCP listener with per-connection kill switches (the `reset` faults)
+//! - `error` — DR-shaped API errors and [`SandboxError`]
+//! - `events` — event envelope and 30-day event store
+//! - `faults` — armed fault table
+//! - `fulfil` — capture/cancel allocation rules (pure)
+//! - `fulfillments` — `POST /fulfillments` validation and effects
+//! - `glob` — `*` wildcard matching
+//! - `ids` — (seeded) id generation
+//! - `model` — orders, items, charges, fulfillments and their JSON
+//! - `money` — integer minor units ↔ exact decimal JSON
+//! - `orders` — order creation and disputes
+//! - `routes` — axum handlers, auth, request log, fault application
+//! - `settle` — settlement of pending captures/cancels, order completion
+//! - `state` — the world behind one mutex, event emission
+//! - `webhooks` — endpoints, signing, background delivery with retries
+
+#[cfg(feature = "cli")]
+pub mod cli;
+mod clock;
+mod conn;
+mod error;
+mod events;
+mod faults;
+mod fulfil;
+mod fulfillments;
+mod glob;
+mod ids;
+mod model;
+mod money;
+mod orders;
+mod routes;
+mod settle;
+mod state;
+mod webhooks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub use error::SandboxError;
+pub use webhooks::{sign as sign_webhook, signature_header};
+
+use conn::{ConnKill, KillableListener};
+use state::{App, World};
+
+/// When pending captures and cancels complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SettleMode {
+    /// Right after the `POST /fulfillments` that created them, before it answers.
+    #[default]
+    Immediate,
+    /// Only on `POST /sandbox/settle`.
+    Stepped,
+}
+
+impl std::str::FromStr for SettleMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "immediate" => Ok(Self::Immediate),
+            "stepped" => Ok(Self::Stepped),
+            other => Err(format!("unknown settle mode '{other}' (immediate|stepped)")),
+        }
+    }
+}
+
+/// Webhook delivery retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts per event and endpoint, first one included (DR test mode retries
+    /// "three/four times", dr-api.md §4.2). Default 4.
+    pub attempts: u32,
+    /// Delay before the first retry; doubles each time. Default 1 s.
+    pub base_delay: Duration,
+    /// Per-attempt timeout. Default 3000 ms (dr-api.md §4.2).
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 4,
+            base_delay: Duration::from_secs(1),
+            timeout: Duration::from_millis(3000),
+        }
+    }
+}
+
+/// A webhook endpoint registered at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSpec {
+    /// Where to POST events.
+    pub url: String,
+    /// Signing secret.
+    pub secret: String,
+    /// Event type globs; empty = all.
+    pub types: Vec<String>,
+}
+
+/// Sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Seed for ids: same seed and same calls → same ids.
+    pub seed: Option<u64>,
+    /// Settlement mode.
+    pub settle: SettleMode,
+    /// Webhook retry policy.
+    pub webhook_retry: RetryPolicy,
+    /// Endpoints registered at start.
+    pub webhooks: Vec<WebhookSpec>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed: None,
+            settle: SettleMode::Immediate,
+            webhook_retry: RetryPolicy::default(),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown_tx: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), SandboxError>>,
+}
+
+/// Binds, builds the app and returns the listener, the router and the dispatcher task.
+async fn build(
+    config: SandboxConfig,
+) -> Result<(TcpListener, Arc<App>, JoinHandle<()>), SandboxError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SandboxError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let http = reqwest::Client::builder()
+        .timeout(config.webhook_retry.timeout)
+        .connect_timeout(config.webhook_retry.timeout)
+        .build()
+        .map_err(SandboxError::HttpClient)?;
+    let (tx, rx) = mpsc::channel(webhooks::QUEUE_CAPACITY);
+    let mut world = World::new(config.seed, config.settle, tx);
+    for spec in config.webhooks {
+        world.add_webhook(spec);
+    }
+    let app = Arc::new(App::new(world, http, config.webhook_retry));
+    let dispatcher = tokio::spawn(webhooks::run_dispatcher(app.clone(), rx));
+    Ok((listener, app, dispatcher))
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    dispatcher: JoinHandle<()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SandboxError> {
+    let result = axum::serve(
+        KillableListener(listener),
+        routes::router(app).into_make_service_with_connect_info::<ConnKill>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("sandbox shutting down: draining connections");
+    })
+    .await
+    .map_err(SandboxError::Serve);
+    // Deliveries in flight are abandoned on shutdown (aborting the dispatcher drops them).
+    dispatcher.abort();
+    tracing::info!("sandbox stopped");
+    result
+}
+
+impl Sandbox {
+    /// Binds `config.listen`, spawns the server and the webhook dispatcher, and returns.
+    pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
+        let listen = config.listen;
+        let (listener, app, dispatcher) = build(config).await?;
+        let addr = listener.local_addr().map_err(|source| SandboxError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app.clone(), dispatcher, async move {
+            let _ = shutdown_rx.await;
+        }));
+        tracing::info!(%addr, "sandbox listening");
+        Ok(Sandbox {
+            addr,
+            app,
+            shutdown_tx,
+            server,
+        })
+    }
+
+    /// Registers a webhook endpoint in process, as `POST /sandbox/webhooks` would;
+    /// returns its id. Events emitted from now on are delivered to it.
+    pub fn register_webhook(&self, spec: WebhookSpec) -> String {
+        self.app.lock().add_webhook(spec)
+    }
+
+    /// The bound address (with the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets requests in progress finish, stops webhook delivery.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(());
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sandbox server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "sandbox server task failed"),
+        }
+    }
+}
+
+/// Runs the sandbox until `shutdown` resolves (e.g. on SIGINT/SIGTERM).
+pub async fn run_standalone(
+    config: SandboxConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SandboxError> {
+    let (listener, app, dispatcher) = build(config).await?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "sandbox listening");
+    }
+    serve(listener, app, dispatcher, shutdown).await
+}

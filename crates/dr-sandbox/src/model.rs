@@ -1,0 +1,620 @@
+//! The emulated DR resources (orders, line items, charges, capture/cancel operations,
+//! fulfillments) and their JSON rendering, field names as in the seeds.
+//!
+//! Amounts are `i64` minor units of the order's currency; rendering goes through
+//! `money::to_json` so they are exact on the wire.
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::clock::fmt_secs;
+use super::money;
+
+/// Which kind of payment source funds a charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceKind {
+    /// The primary source.
+    CreditCard,
+    /// Store credit (seed 002).
+    CustomerCredit,
+}
+
+impl SourceKind {
+    /// DR's `sources[].type`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::CreditCard => "creditCard",
+            Self::CustomerCredit => "customerCredit",
+        }
+    }
+}
+
+/// State of a capture or cancel operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpState {
+    /// Submitted, outcome not known yet.
+    Pending,
+    /// Succeeded.
+    Complete,
+    /// Failed (`failureCode: failed-request`).
+    Failed,
+}
+
+impl OpState {
+    /// Wire name.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Complete => "complete",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A capture or a cancel on a charge (`captures[]` / `cancels[]`).
+#[derive(Debug, Clone)]
+pub(crate) struct Op {
+    /// UUID.
+    pub id: String,
+    /// When it was requested.
+    pub created: DateTime<Utc>,
+    /// Last state change.
+    pub updated: DateTime<Utc>,
+    /// Minor units.
+    pub amount: i64,
+    /// Current state.
+    pub state: OpState,
+    /// The fulfillment that caused it.
+    pub fulfillment_id: String,
+    /// Whether settling it fails (from the order's `failCaptures` / `failCancels`).
+    pub will_fail: bool,
+}
+
+/// The two kinds of charge operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    /// `captures[]`.
+    Capture,
+    /// `cancels[]`.
+    Cancel,
+}
+
+impl OpKind {
+    /// The event-type word.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Capture => "capture",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+/// One charge of an order.
+#[derive(Debug, Clone)]
+pub(crate) struct Charge {
+    /// UUID.
+    pub id: String,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Authorized amount; never changes (dr-api.md §2.2).
+    pub amount: i64,
+    /// Funding source kind.
+    pub kind: SourceKind,
+    /// The source's id.
+    pub source_id: String,
+    /// Payment session id.
+    pub payment_session_id: String,
+    /// Captures in creation order.
+    pub captures: Vec<Op>,
+    /// Cancels in creation order.
+    pub cancels: Vec<Op>,
+}
+
+fn sum_ops(ops: &[Op], pred: impl Fn(OpState) -> bool) -> i64 {
+    ops.iter().filter(|o| pred(o.state)).map(|o| o.amount).sum()
+}
+
+impl Charge {
+    /// Completed captures.
+    pub(crate) fn captured(&self) -> i64 {
+        sum_ops(&self.captures, |s| s == OpState::Complete)
+    }
+
+    /// Completed cancels.
+    pub(crate) fn cancelled(&self) -> i64 {
+        sum_ops(&self.cancels, |s| s == OpState::Complete)
+    }
+
+    /// Amount still free to capture or cancel: failed operations give their amount back.
+    pub(crate) fn open_amount(&self) -> i64 {
+        let committed = sum_ops(&self.captures, |s| s != OpState::Failed)
+            + sum_ops(&self.cancels, |s| s != OpState::Failed);
+        (self.amount - committed).max(0)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.captures
+            .iter()
+            .chain(self.cancels.iter())
+            .any(|o| o.state == OpState::Pending)
+    }
+
+    /// Charge state (dr-api.md §2.2). `capturable` until fully captured/cancelled;
+    /// `processing` while pending operations cover all of the rest (seed 001 shows a
+    /// charge in `processing` during a full pending capture).
+    pub(crate) fn state(&self) -> &'static str {
+        let captured = self.captured();
+        let cancelled = self.cancelled();
+        if captured + cancelled >= self.amount {
+            if captured > 0 {
+                "complete"
+            } else {
+                "cancelled"
+            }
+        } else if self.open_amount() == 0 && self.has_pending() {
+            "processing"
+        } else {
+            "capturable"
+        }
+    }
+
+    /// Whether no more captures or cancels can happen.
+    pub(crate) fn is_terminal(&self) -> bool {
+        matches!(self.state(), "complete" | "cancelled")
+    }
+
+    /// Finds an operation by id.
+    pub(crate) fn op_mut(&mut self, kind: OpKind, id: &str) -> Option<&mut Op> {
+        let ops = match kind {
+            OpKind::Capture => &mut self.captures,
+            OpKind::Cancel => &mut self.cancels,
+        };
+        ops.iter_mut().find(|o| o.id == id)
+    }
+}
+
+/// A line item.
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    /// Numeric id.
+    pub id: String,
+    /// SKU id.
+    pub sku_id: String,
+    /// `productDetails.name`.
+    pub product_name: String,
+    /// Units ordered.
+    pub quantity: i64,
+    /// Line amount for all units (DR `items[].amount`).
+    pub amount: i64,
+    /// Line tax.
+    pub tax: i64,
+    /// Optional tax rate, echoed as given.
+    pub tax_rate: Option<Value>,
+    /// Item metadata, echoed.
+    pub metadata: Option<Value>,
+    /// This line's share of the order total (amount + tax + its part of shipping).
+    pub share: i64,
+    /// Units fulfilled so far.
+    pub fulfilled: i64,
+    /// Units cancelled so far.
+    pub cancelled: i64,
+    /// Share already assigned to fulfilled or cancelled units.
+    pub allocated: i64,
+    /// `stateTransitions`.
+    pub transitions: Vec<(String, DateTime<Utc>)>,
+}
+
+impl Item {
+    /// Units neither fulfilled nor cancelled.
+    pub(crate) fn remaining(&self) -> i64 {
+        self.quantity - self.fulfilled - self.cancelled
+    }
+
+    /// DR item state: `created` until every unit is done, then `fulfilled`
+    /// (some fulfilled) or `cancelled` (all cancelled).
+    pub(crate) fn state(&self) -> &'static str {
+        if self.remaining() > 0 {
+            "created"
+        } else if self.fulfilled > 0 {
+            "fulfilled"
+        } else {
+            "cancelled"
+        }
+    }
+}
+
+/// Who coordinates fulfilment (seed 000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FulfillmentModel {
+    /// Third-party coordinated: no shipment ids needed.
+    ThirdParty,
+    /// DR-coordinated distributed model: `shipmentId` and `shipmentItemId` required.
+    Distributed,
+}
+
+/// An order.
+#[derive(Debug, Clone)]
+pub(crate) struct Order {
+    /// Numeric id.
+    pub id: String,
+    /// Caller's id.
+    pub upstream_id: Option<String>,
+    /// Created.
+    pub created: DateTime<Utc>,
+    /// Last change.
+    pub updated: DateTime<Utc>,
+    /// ISO currency.
+    pub currency: String,
+    /// Minor-unit exponent of `currency`.
+    pub exp: u32,
+    /// Customer email.
+    pub email: Option<String>,
+    /// `shipTo`, echoed.
+    pub ship_to: Option<Value>,
+    /// Line items.
+    pub items: Vec<Item>,
+    /// Shipping amount.
+    pub shipping: i64,
+    /// Shipping tax.
+    pub shipping_tax: i64,
+    /// Charges in `payment.charges[]` order.
+    pub charges: Vec<Charge>,
+    /// Fulfilment model.
+    pub model: FulfillmentModel,
+    /// Risk-averse account (seed 001).
+    pub risk_averse: bool,
+    /// Authorization forced expired.
+    pub auth_expired: bool,
+    /// When the authorization expires on the sandbox clock.
+    pub auth_expires_at: Option<DateTime<Utc>>,
+    /// Settle captures as failed.
+    pub fail_captures: bool,
+    /// Settle cancels as failed.
+    pub fail_cancels: bool,
+    /// Order state.
+    pub state: String,
+    /// State before a dispute (restored on resolution, seed 003).
+    pub pre_dispute_state: Option<String>,
+    /// `stateTransitions`.
+    pub transitions: Vec<(String, DateTime<Utc>)>,
+    /// Key mode at creation.
+    pub live_mode: bool,
+    /// Checkout id.
+    pub checkout_id: String,
+    /// Order metadata, echoed.
+    pub metadata: Option<Value>,
+}
+
+/// Sets `name` in a transitions list (replacing an earlier time for the same state).
+pub(crate) fn set_transition(list: &mut Vec<(String, DateTime<Utc>)>, name: &str, at: DateTime<Utc>) {
+    if let Some(entry) = list.iter_mut().find(|(n, _)| n == name) {
+        entry.1 = at;
+    } else {
+        list.push((name.to_owned(), at));
+    }
+}
+
+fn transitions_json(list: &[(String, DateTime<Utc>)]) -> Value {
+    let mut m = Map::new();
+    for (name, at) in list {
+        m.insert(name.clone(), json!(fmt_secs(*at)));
+    }
+    Value::Object(m)
+}
+
+/// Where a charge is rendered: events leave out `failureMessage` (seed 000: it is
+/// "visible only via GET /charges/{id}").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum View {
+    /// API response.
+    Api,
+    /// Event payload.
+    Event,
+}
+
+impl Order {
+    /// Total of all lines, shipping and taxes.
+    pub(crate) fn subtotal(&self) -> i64 {
+        self.items.iter().map(|i| i.amount).sum::<i64>() + self.shipping
+    }
+
+    /// Item taxes plus shipping tax.
+    pub(crate) fn total_tax(&self) -> i64 {
+        self.items.iter().map(|i| i.tax).sum::<i64>() + self.shipping_tax
+    }
+
+    /// `totalAmount`.
+    pub(crate) fn total(&self) -> i64 {
+        self.subtotal() + self.total_tax()
+    }
+
+    /// Completed captures over all charges.
+    pub(crate) fn captured(&self) -> i64 {
+        self.charges.iter().map(Charge::captured).sum()
+    }
+
+    /// Completed cancels over all charges.
+    pub(crate) fn cancelled(&self) -> i64 {
+        self.charges.iter().map(Charge::cancelled).sum()
+    }
+
+    /// Whether the authorization has expired at `now`.
+    pub(crate) fn auth_is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.auth_expired || self.auth_expires_at.is_some_and(|t| now >= t)
+    }
+
+    fn m(&self, minor: i64) -> Value {
+        money::to_json(minor, self.exp)
+    }
+
+    /// The charge JSON (`GET /charges/{id}`, `payment.charges[]`, charge events).
+    pub(crate) fn charge_json(&self, charge: &Charge, view: View) -> Value {
+        let op_json = |op: &Op| {
+            let mut m = Map::new();
+            m.insert("id".into(), json!(op.id));
+            m.insert("createdTime".into(), json!(fmt_secs(op.created)));
+            m.insert("updatedTime".into(), json!(fmt_secs(op.updated)));
+            m.insert("amount".into(), self.m(op.amount));
+            m.insert("state".into(), json!(op.state.as_str()));
+            if op.state == OpState::Failed {
+                m.insert("failureCode".into(), json!("failed-request"));
+                if view == View::Api {
+                    m.insert(
+                        "failureMessage".into(),
+                        json!("Failed to operate on charge"),
+                    );
+                }
+            }
+            m.insert("fulfillmentId".into(), json!(op.fulfillment_id));
+            Value::Object(m)
+        };
+        let mut m = Map::new();
+        m.insert("id".into(), json!(charge.id));
+        m.insert("createdTime".into(), json!(fmt_secs(charge.created)));
+        m.insert("currency".into(), json!(self.currency));
+        m.insert("amount".into(), self.m(charge.amount));
+        m.insert("state".into(), json!(charge.state()));
+        m.insert("orderId".into(), json!(self.id));
+        m.insert("sourceId".into(), json!(charge.source_id));
+        m.insert("paymentSessionId".into(), json!(charge.payment_session_id));
+        // why: `captured` is true once any capture was attempted (seed 000's failed-capture
+        // event shows `captured: true` beside a failed capture).
+        m.insert("captured".into(), json!(!charge.captures.is_empty()));
+        if !charge.captures.is_empty() {
+            m.insert(
+                "captures".into(),
+                Value::Array(charge.captures.iter().map(op_json).collect()),
+            );
+        }
+        if !charge.cancels.is_empty() {
+            m.insert(
+                "cancels".into(),
+                Value::Array(charge.cancels.iter().map(op_json).collect()),
+            );
+        }
+        m.insert("refunded".into(), json!(false));
+        m.insert("type".into(), json!("customer_initiated"));
+        m.insert("liveMode".into(), json!(self.live_mode));
+        Value::Object(m)
+    }
+
+    fn source_json(&self, charge: &Charge) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(charge.source_id));
+        m.insert("type".into(), json!(charge.kind.as_str()));
+        m.insert("amount".into(), self.m(charge.amount));
+        m.insert("reusable".into(), json!(false));
+        m.insert("state".into(), json!("consumed"));
+        match charge.kind {
+            SourceKind::CreditCard => {
+                m.insert(
+                    "creditCard".into(),
+                    json!({"brand": "Visa", "expirationMonth": 7, "expirationYear": 2030, "lastFourDigits": "1111"}),
+                );
+                m.insert("paymentSessionId".into(), json!(charge.payment_session_id));
+            }
+            SourceKind::CustomerCredit => {
+                m.insert("customerCredit".into(), json!({}));
+            }
+        }
+        Value::Object(m)
+    }
+
+    fn item_json(&self, item: &Item) -> Value {
+        let mut tax = Map::new();
+        if let Some(rate) = &item.tax_rate {
+            tax.insert("rate".into(), rate.clone());
+        }
+        tax.insert("amount".into(), self.m(item.tax));
+        let mut m = Map::new();
+        m.insert("id".into(), json!(item.id));
+        m.insert("skuId".into(), json!(item.sku_id));
+        m.insert(
+            "productDetails".into(),
+            json!({"id": item.sku_id, "name": item.product_name}),
+        );
+        m.insert("amount".into(), self.m(item.amount));
+        m.insert("quantity".into(), json!(item.quantity));
+        if let Some(md) = &item.metadata {
+            m.insert("metadata".into(), md.clone());
+        }
+        m.insert("state".into(), json!(item.state()));
+        m.insert(
+            "stateTransitions".into(),
+            transitions_json(&item.transitions),
+        );
+        m.insert("tax".into(), Value::Object(tax));
+        m.insert("importerTax".into(), json!({"amount": self.m(0)}));
+        m.insert("duties".into(), json!({"amount": self.m(0)}));
+        m.insert(
+            "fees".into(),
+            json!({"amount": self.m(0), "taxAmount": self.m(0)}),
+        );
+        Value::Object(m)
+    }
+
+    /// The order JSON. `with_payment: false` gives a fulfillment's `orderDetails`
+    /// ("orderDetails doesn't contain the order's payment", seed 000).
+    pub(crate) fn to_json(&self, with_payment: bool, view: View) -> Value {
+        let captured = self.captured();
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        if let Some(u) = &self.upstream_id {
+            m.insert("upstreamId".into(), json!(u));
+        }
+        m.insert("createdTime".into(), json!(fmt_secs(self.created)));
+        m.insert("updatedTime".into(), json!(fmt_secs(self.updated)));
+        m.insert("currency".into(), json!(self.currency));
+        if let Some(e) = &self.email {
+            m.insert("email".into(), json!(e));
+        }
+        if let Some(s) = &self.ship_to {
+            m.insert("shipTo".into(), s.clone());
+        }
+        m.insert("totalAmount".into(), self.m(self.total()));
+        m.insert("subtotal".into(), self.m(self.subtotal()));
+        m.insert("totalFees".into(), self.m(0));
+        m.insert("totalTax".into(), self.m(self.total_tax()));
+        m.insert("totalImporterTax".into(), self.m(0));
+        m.insert("totalDuty".into(), self.m(0));
+        m.insert("totalDiscount".into(), self.m(0));
+        m.insert("totalShipping".into(), self.m(self.shipping));
+        m.insert(
+            "items".into(),
+            Value::Array(self.items.iter().map(|i| self.item_json(i)).collect()),
+        );
+        if self.shipping > 0 || self.shipping_tax > 0 {
+            m.insert(
+                "shippingChoice".into(),
+                json!({"amount": self.m(self.shipping), "taxAmount": self.m(self.shipping_tax), "description": "standard"}),
+            );
+        }
+        m.insert("locale".into(), json!("en_US"));
+        m.insert("customerType".into(), json!("individual"));
+        m.insert("liveMode".into(), json!(self.live_mode));
+        if with_payment {
+            m.insert(
+                "payment".into(),
+                json!({
+                    "charges": self.charges.iter().map(|c| self.charge_json(c, view)).collect::<Vec<_>>(),
+                    "sources": self.charges.iter().map(|c| self.source_json(c)).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        m.insert("state".into(), json!(self.state));
+        m.insert(
+            "stateTransitions".into(),
+            transitions_json(&self.transitions),
+        );
+        m.insert("fraudState".into(), json!("passed"));
+        let accepted = self
+            .transitions
+            .iter()
+            .find(|(n, _)| n == "accepted")
+            .map_or(self.created, |(_, t)| *t);
+        m.insert(
+            "fraudStateTransitions".into(),
+            json!({"passed": fmt_secs(accepted)}),
+        );
+        m.insert("requestToBeForgotten".into(), json!(false));
+        m.insert("capturedAmount".into(), self.m(captured));
+        m.insert("cancelledAmount".into(), self.m(self.cancelled()));
+        m.insert("refundedAmount".into(), self.m(0));
+        m.insert("availableToRefundAmount".into(), self.m(captured));
+        if let Some(md) = &self.metadata {
+            m.insert("metadata".into(), md.clone());
+        }
+        m.insert("checkoutId".into(), json!(self.checkout_id));
+        Value::Object(m)
+    }
+}
+
+/// One line of a fulfillment.
+#[derive(Debug, Clone)]
+pub(crate) struct FulfillmentItem {
+    /// Order line item id.
+    pub item_id: String,
+    /// Filled in from the order line (read-only in DR's SDK).
+    pub sku_id: String,
+    /// Units fulfilled.
+    pub quantity: i64,
+    /// Units cancelled.
+    pub cancel_quantity: i64,
+    /// Distributed model shipment item id.
+    pub shipment_item_id: Option<String>,
+}
+
+/// A fulfillment.
+#[derive(Debug, Clone)]
+pub(crate) struct Fulfillment {
+    /// `ful_` + UUID.
+    pub id: String,
+    /// Created.
+    pub created: DateTime<Utc>,
+    /// Order id.
+    pub order_id: String,
+    /// Lines.
+    pub items: Vec<FulfillmentItem>,
+    /// Shipment id.
+    pub shipment_id: Option<String>,
+    /// Carrier.
+    pub tracking_company: Option<String>,
+    /// Tracking number.
+    pub tracking_number: Option<String>,
+    /// Tracking URL.
+    pub tracking_url: Option<String>,
+    /// Metadata (string / bool / int values).
+    pub metadata: Option<Value>,
+    /// Key mode.
+    pub live_mode: bool,
+    /// Ids of the captures and cancels this fulfillment caused.
+    pub charge_operation_ids: Vec<String>,
+}
+
+impl Fulfillment {
+    /// The fulfillment JSON; `order_details` is added on GET and in `fulfillment.created`.
+    pub(crate) fn to_json(&self, order_details: Option<Value>) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("createdTime".into(), json!(fmt_secs(self.created)));
+        let items: Vec<Value> = self
+            .items
+            .iter()
+            .map(|i| {
+                let mut im = Map::new();
+                im.insert("quantity".into(), json!(i.quantity));
+                im.insert("cancelQuantity".into(), json!(i.cancel_quantity));
+                im.insert("skuId".into(), json!(i.sku_id));
+                im.insert("itemId".into(), json!(i.item_id));
+                if let Some(s) = &i.shipment_item_id {
+                    im.insert("shipmentItemId".into(), json!(s));
+                }
+                Value::Object(im)
+            })
+            .collect();
+        m.insert("items".into(), Value::Array(items));
+        m.insert("orderId".into(), json!(self.order_id));
+        for (key, value) in [
+            ("shipmentId", &self.shipment_id),
+            ("trackingCompany", &self.tracking_company),
+            ("trackingNumber", &self.tracking_number),
+            ("trackingUrl", &self.tracking_url),
+        ] {
+            if let Some(v) = value {
+                m.insert(key.into(), json!(v));
+            }
+        }
+        if let Some(md) = &self.metadata {
+            m.insert("metadata".into(), md.clone());
+        }
+        m.insert("liveMode".into(), json!(self.live_mode));
+        m.insert(
+            "chargeOperationIds".into(),
+            json!(self.charge_operation_ids),
+        );
+        if let Some(od) = order_details {
+            m.insert("orderDetails".into(), od);
+        }
+        Value::Object(m)
+    }
+}

@@ -1,0 +1,378 @@
+//! Order creation (control surface, `POST /sandbox/orders`) and disputes.
+//!
+//! The sandbox has no checkout flow: tests create accepted orders directly, described
+//! in DR terms (line amounts for all units, line tax, shipping), with the account and
+//! payment behaviours to simulate (risk mode, expired authorization, failing captures).
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::clock::parse_time;
+use super::error::ApiError;
+use super::fulfil::line_shares;
+use super::model::{set_transition, Charge, FulfillmentModel, Item, Order, SourceKind, View};
+use super::money;
+use super::state::World;
+
+/// How long a card authorization lasts by default ("typically … capturable for 7 days",
+/// dr-api.md §2.2).
+const DEFAULT_AUTH_DAYS: i64 = 7;
+
+/// `POST /sandbox/orders` body. Unknown fields are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreateOrder {
+    id: Option<String>,
+    upstream_id: Option<String>,
+    currency: Option<String>,
+    email: Option<String>,
+    ship_to: Option<Value>,
+    #[serde(default)]
+    items: Vec<ItemSpec>,
+    shipping: Option<ShippingSpec>,
+    charges: Option<Vec<ChargeSpec>>,
+    fulfillment_model: Option<String>,
+    risk_mode: Option<String>,
+    authorization_expired: Option<bool>,
+    authorization_expires_at: Option<String>,
+    fail_captures: Option<bool>,
+    fail_cancels: Option<bool>,
+    metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemSpec {
+    id: Option<String>,
+    sku_id: Option<String>,
+    product_name: Option<String>,
+    quantity: Option<Value>,
+    amount: Option<Value>,
+    tax: Option<Value>,
+    tax_rate: Option<Value>,
+    metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ShippingSpec {
+    amount: Option<Value>,
+    tax: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChargeSpec {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    amount: Option<Value>,
+}
+
+fn amount(value: Option<&Value>, exp: u32, parameter: &str) -> Result<i64, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => money::parse_value(v, exp)
+            .map_err(|e| ApiError::invalid(parameter, format!("'{parameter}': {e}."))),
+    }
+}
+
+/// Reads a positive integer from a JSON number or numeric string.
+pub(crate) fn int_value(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+}
+
+impl World {
+    /// Creates an accepted order and emits `order.accepted`.
+    pub(crate) fn create_order(&mut self, spec: CreateOrder, live_mode: bool) -> Result<Value, ApiError> {
+        let now = self.clock.now();
+        let currency = spec
+            .currency
+            .unwrap_or_else(|| "USD".to_owned())
+            .to_ascii_uppercase();
+        let exp = money::exponent(&currency);
+        if spec.items.is_empty() {
+            return Err(ApiError::missing("items"));
+        }
+        let id = match spec.id.filter(|s| !s.is_empty()) {
+            Some(id) if self.orders.contains_key(&id) => {
+                return Err(ApiError::conflict(
+                    "invalid_parameter",
+                    Some("id"),
+                    format!("Order '{id}' already exists."),
+                ));
+            }
+            Some(id) => id,
+            None => self.ids.numeric(),
+        };
+        let mut items = Vec::with_capacity(spec.items.len());
+        for item in spec.items {
+            let quantity = item
+                .quantity
+                .as_ref()
+                .and_then(int_value)
+                .filter(|q| *q > 0)
+                .ok_or_else(|| {
+                    ApiError::invalid("quantity", "'quantity' must be a positive integer.")
+                })?;
+            if item.amount.is_none() {
+                return Err(ApiError::missing("amount"));
+            }
+            let line_amount = amount(item.amount.as_ref(), exp, "amount")?;
+            let tax = amount(item.tax.as_ref(), exp, "tax")?;
+            let item_id = item
+                .id
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| self.ids.numeric());
+            if items.iter().any(|i: &Item| i.id == item_id) {
+                return Err(ApiError::invalid(
+                    "items",
+                    format!("Duplicate item id '{item_id}'."),
+                ));
+            }
+            let sku_id = item
+                .sku_id
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| self.ids.uuid());
+            items.push(Item {
+                id: item_id,
+                product_name: item.product_name.unwrap_or_else(|| "Widget".to_owned()),
+                sku_id,
+                quantity,
+                amount: line_amount,
+                tax,
+                tax_rate: item.tax_rate,
+                metadata: item.metadata,
+                share: 0,
+                fulfilled: 0,
+                cancelled: 0,
+                allocated: 0,
+                transitions: vec![("created".to_owned(), now)],
+            });
+        }
+        let (shipping, shipping_tax) = match &spec.shipping {
+            Some(s) => (
+                amount(s.amount.as_ref(), exp, "shipping.amount")?,
+                amount(s.tax.as_ref(), exp, "shipping.tax")?,
+            ),
+            None => (0, 0),
+        };
+        let shares = line_shares(
+            &items.iter().map(|i| (i.amount, i.tax)).collect::<Vec<_>>(),
+            shipping + shipping_tax,
+        );
+        for (item, share) in items.iter_mut().zip(shares) {
+            item.share = share;
+        }
+        let total: i64 =
+            items.iter().map(|i| i.amount + i.tax).sum::<i64>() + shipping + shipping_tax;
+        let charges = self.build_charges(spec.charges, total, exp, now)?;
+        let model = match spec.fulfillment_model.as_deref() {
+            None | Some("third_party") => FulfillmentModel::ThirdParty,
+            Some("distributed") => FulfillmentModel::Distributed,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "fulfillmentModel",
+                    format!("Unknown fulfillment model '{other}'."),
+                ))
+            }
+        };
+        let risk_averse = match spec.risk_mode.as_deref() {
+            None | Some("tolerant") => false,
+            Some("averse") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "riskMode",
+                    format!("Unknown risk mode '{other}'."),
+                ))
+            }
+        };
+        let auth_expires_at: Option<DateTime<Utc>> = match spec.authorization_expires_at.as_deref()
+        {
+            Some(text) => Some(parse_time(text).ok_or_else(|| {
+                ApiError::invalid("authorizationExpiresAt", "Not an RFC 3339 time.")
+            })?),
+            None => Some(now + Duration::days(DEFAULT_AUTH_DAYS)),
+        };
+        let order = Order {
+            id: id.clone(),
+            upstream_id: spec.upstream_id,
+            created: now,
+            updated: now,
+            currency,
+            exp,
+            email: spec.email,
+            ship_to: spec.ship_to,
+            items,
+            shipping,
+            shipping_tax,
+            charges,
+            model,
+            risk_averse,
+            auth_expired: spec.authorization_expired.unwrap_or(false),
+            auth_expires_at,
+            fail_captures: spec.fail_captures.unwrap_or(false),
+            fail_cancels: spec.fail_cancels.unwrap_or(false),
+            state: "accepted".to_owned(),
+            pre_dispute_state: None,
+            transitions: vec![("accepted".to_owned(), now)],
+            live_mode,
+            checkout_id: self.ids.uuid(),
+            metadata: spec.metadata,
+        };
+        for c in &order.charges {
+            self.charge_index.insert(c.id.clone(), id.clone());
+        }
+        let json = order.to_json(true, View::Api);
+        let event_object = order.to_json(true, View::Event);
+        self.orders.insert(id.clone(), order);
+        self.order_seq.push(id);
+        self.emit("order.accepted", event_object, None, live_mode);
+        Ok(json)
+    }
+
+    /// Charges from the spec: default one card charge for the total; a card charge
+    /// without amount (or a missing one) takes what store credit leaves (seed 002).
+    fn build_charges(
+        &mut self,
+        specs: Option<Vec<ChargeSpec>>,
+        total: i64,
+        exp: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Charge>, ApiError> {
+        let specs = specs.unwrap_or_default();
+        let mut planned: Vec<(SourceKind, Option<i64>)> = Vec::new();
+        for spec in &specs {
+            let kind = match spec.kind.as_deref() {
+                Some("creditCard") | None => SourceKind::CreditCard,
+                Some("customerCredit") => SourceKind::CustomerCredit,
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        "charges",
+                        format!("Unknown charge type '{other}'."),
+                    ))
+                }
+            };
+            let amt = match &spec.amount {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(amount(Some(v), exp, "charges.amount")?),
+            };
+            if kind == SourceKind::CustomerCredit && amt.is_none() {
+                return Err(ApiError::missing("charges.amount"));
+            }
+            planned.push((kind, amt));
+        }
+        let fixed: i64 = planned.iter().filter_map(|(_, a)| *a).sum();
+        let open = planned.iter().filter(|(_, a)| a.is_none()).count();
+        let rest = total - fixed;
+        if rest < 0
+            || open > 1
+            || (open == 0 && rest > 0 && planned.iter().any(|(k, _)| *k == SourceKind::CreditCard))
+        {
+            return Err(ApiError::invalid(
+                "charges",
+                format!(
+                    "Charge amounts must add up to the order total {}.",
+                    money::to_text(total, exp)
+                ),
+            ));
+        }
+        if open == 0 && rest > 0 {
+            planned.push((SourceKind::CreditCard, Some(rest)));
+        }
+        let mut charges = Vec::new();
+        for (kind, amt) in planned {
+            let amt = amt.unwrap_or(rest);
+            if amt == 0 {
+                continue;
+            }
+            charges.push(Charge {
+                id: self.ids.uuid(),
+                created: now,
+                amount: amt,
+                kind,
+                source_id: self.ids.uuid(),
+                payment_session_id: self.ids.uuid(),
+                captures: Vec::new(),
+                cancels: Vec::new(),
+            });
+        }
+        Ok(charges)
+    }
+
+    /// Puts an order in dispute (seed 003): `state: dispute`, event `order.dispute`.
+    pub(crate) fn open_dispute(&mut self, order_id: &str) -> Result<Value, ApiError> {
+        let now = self.clock.now();
+        let order = self
+            .orders
+            .get_mut(order_id)
+            .ok_or_else(|| order_not_found(order_id))?;
+        if order.state == "dispute" {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                Some("orderId"),
+                format!("Order '{order_id}' is already in dispute."),
+            ));
+        }
+        let previous = std::mem::replace(&mut order.state, "dispute".to_owned());
+        order.pre_dispute_state = Some(previous.clone());
+        set_transition(&mut order.transitions, "dispute", now);
+        order.updated = now;
+        let (json, object, live) = (
+            order.to_json(true, View::Api),
+            order.to_json(true, View::Event),
+            order.live_mode,
+        );
+        self.emit(
+            "order.dispute",
+            object,
+            Some(json!({"state": previous})),
+            live,
+        );
+        Ok(json)
+    }
+
+    /// Ends a dispute: back to the prior state, event `order.dispute.resolved` (seed 003).
+    pub(crate) fn resolve_dispute(&mut self, order_id: &str) -> Result<Value, ApiError> {
+        let now = self.clock.now();
+        let order = self
+            .orders
+            .get_mut(order_id)
+            .ok_or_else(|| order_not_found(order_id))?;
+        if order.state != "dispute" {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                Some("orderId"),
+                format!("Order '{order_id}' is not in dispute."),
+            ));
+        }
+        let restored = order
+            .pre_dispute_state
+            .take()
+            .unwrap_or_else(|| "accepted".to_owned());
+        order.state = restored;
+        order.updated = now;
+        let (object, live) = (order.to_json(true, View::Event), order.live_mode);
+        self.emit(
+            "order.dispute.resolved",
+            object,
+            Some(json!({"state": "dispute"})),
+            live,
+        );
+        // Operations may have settled during the dispute.
+        self.progress_order(order_id);
+        self.orders
+            .get(order_id)
+            .map(|o| o.to_json(true, View::Api))
+            .ok_or_else(|| order_not_found(order_id))
+    }
+}
+
+/// 404 for an unknown order id.
+pub(crate) fn order_not_found(id: &str) -> ApiError {
+    ApiError::not_found("orderId", format!("Order '{id}' not found."))
+}

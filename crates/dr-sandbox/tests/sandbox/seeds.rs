@@ -1,0 +1,369 @@
+//! One test per seed flow (`/work/shared/seeds/000`–`003`), against the HTTP surface.
+
+use dr_sandbox::{SandboxConfig, SettleMode};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{num, TestSandbox};
+
+/// Seed 000's order: 2 × Widget for 20.00, tax 1.61, shipping 5.00 + 0.40 tax = 27.01.
+fn seed_000_order() -> serde_json::Value {
+    json!({
+        "upstreamId": "up-000",
+        "email": "jdoe@example.com",
+        "shipTo": {"name": "Chase Marshall", "address": {"line1": "1234 Any Road W", "city": "Minneapolis", "postalCode": "55401", "state": "MN", "country": "US"}},
+        "items": [{"skuId": "eecf60da-b082-47eb-9a3f-602820f22ed9", "productName": "Widget", "quantity": 2, "amount": 20.0, "tax": "1.61", "taxRate": 0.08025}],
+        "shipping": {"amount": 5, "tax": "0.40"}
+    })
+}
+
+#[tokio::test]
+async fn seed_000_capture_cancel_fulfilled_complete_and_409_afterwards() {
+    let sb = TestSandbox::start().await;
+    let order = sb.order(seed_000_order()).await;
+    assert_eq!(num(&order["totalAmount"]), "27.01");
+    assert_eq!(num(&order["subtotal"]), "25.0");
+    assert_eq!(num(&order["totalTax"]), "2.01");
+    assert_eq!(order["state"], "accepted");
+    let oid = order["id"].as_str().unwrap().to_owned();
+    let item = order["items"][0]["id"].as_str().unwrap().to_owned();
+    let charge_id = order["payment"]["charges"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Fulfil one unit: quantity as a string, like the DR docs send it.
+    let (status, ful) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "1"}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ful}");
+    assert_eq!(ful["items"][0]["quantity"], 1);
+    assert_eq!(ful["items"][0]["cancelQuantity"], 0);
+    assert_eq!(
+        ful["items"][0]["skuId"],
+        "eecf60da-b082-47eb-9a3f-602820f22ed9"
+    );
+    let (_, charge) = sb.get(&format!("/charges/{charge_id}")).await;
+    assert_eq!(
+        charge["state"], "capturable",
+        "partially captured charge stays capturable"
+    );
+    assert_eq!(num(&charge["captures"][0]["amount"]), "13.51"); // 27.01 / 2 rounded half up
+    assert_eq!(charge["captures"][0]["state"], "complete");
+    assert_eq!(charge["captures"][0]["fulfillmentId"], ful["id"]);
+
+    // Cancel the other: the last unit takes the remainder.
+    let (status, _) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, charge) = sb.get(&format!("/charges/{charge_id}")).await;
+    assert_eq!(num(&charge["cancels"][0]["amount"]), "13.5");
+    assert_eq!(charge["state"], "complete");
+
+    let (_, order) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(order["state"], "complete");
+    assert_eq!(num(&order["capturedAmount"]), "13.51");
+    assert_eq!(num(&order["cancelledAmount"]), "13.5");
+    assert_eq!(num(&order["availableToRefundAmount"]), "13.51");
+    assert_eq!(order["items"][0]["state"], "fulfilled");
+    assert!(order["stateTransitions"]["fulfilled"].is_string());
+    assert!(order["stateTransitions"]["complete"].is_string());
+
+    let types = sb.event_types_for(&oid).await;
+    let expected = [
+        "order.accepted",
+        "fulfillment.created",
+        "order.charge.capture.pending",
+        "order.charge.capture.complete",
+        "fulfillment.created",
+        "order.charge.cancel.pending",
+        "order.fulfilled",
+        "order.charge.cancel.complete",
+        "order.complete",
+    ];
+    assert_eq!(types, expected);
+
+    // Any further POST: seed 000's exact body.
+    let (status, body) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body,
+        json!({"type": "conflict", "errors": [{"code": "order_fulfilled", "parameter": "orderId", "message": format!("Resource '{oid}' is fulfilled.")}]})
+    );
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_000_failed_capture_shows_failure_message_only_via_get_charge() {
+    let sb = TestSandbox::start().await;
+    let order = sb
+        .order(json!({"items": [{"quantity": 1, "amount": "37.81"}], "failCaptures": true}))
+        .await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    let (status, ful) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let events = sb.events_for(oid).await;
+    let failed = events
+        .iter()
+        .find(|e| e["type"] == "order.charge.capture.failed")
+        .expect("capture.failed event");
+    let capture = &failed["data"]["object"]["captures"][0];
+    assert_eq!(capture["state"], "failed");
+    assert_eq!(capture["failureCode"], "failed-request");
+    assert_eq!(capture["fulfillmentId"], ful["id"]);
+    assert!(
+        capture.get("failureMessage").is_none(),
+        "the event carries no failureMessage"
+    );
+
+    // Look-up procedure of seed 000: charge id from the event, capture id → failureMessage.
+    let charge_id = failed["data"]["object"]["id"].as_str().unwrap();
+    let capture_id = capture["id"].as_str().unwrap();
+    let (status, charge) = sb.get(&format!("/charges/{charge_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let found = charge["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == capture_id)
+        .unwrap();
+    assert_eq!(found["failureMessage"], "Failed to operate on charge");
+    assert_eq!(charge["state"], "capturable");
+
+    let (_, order) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(
+        order["state"], "fulfilled",
+        "a failed capture keeps the order from completing"
+    );
+    assert_eq!(num(&order["capturedAmount"]), "0.0");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_001_risk_tolerant_expired_authorization_still_captures() {
+    let sb = TestSandbox::start_with(SandboxConfig {
+        settle: SettleMode::Stepped,
+        ..Default::default()
+    })
+    .await;
+    let order = sb.order(json!({"items": [{"quantity": 2, "amount": "27.01"}], "riskMode": "tolerant", "authorizationExpired": true})).await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    let (status, ful) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "2"}], "trackingCompany": "Fedex", "trackingNumber": "Z10100002632653", "trackingUrl": "http://www.fedex.com/Tracking?tracknumbers=Z10100002632653"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(ful["trackingCompany"], "Fedex");
+
+    let events = sb.events_for(oid).await;
+    let pending = events
+        .iter()
+        .find(|e| e["type"] == "order.charge.capture.pending")
+        .expect("capture.pending");
+    assert_eq!(
+        pending["data"]["object"]["state"], "processing",
+        "seed 001: a full pending capture shows processing"
+    );
+    assert_eq!(pending["data"]["object"]["captures"][0]["state"], "pending");
+    assert_eq!(
+        num(&pending["data"]["object"]["captures"][0]["amount"]),
+        "27.01"
+    );
+
+    let (_, settled) = sb.post("/sandbox/settle", json!({})).await;
+    assert_eq!(settled["settled"][0]["state"], "complete");
+    let types = sb.event_types_for(oid).await;
+    assert!(types.contains(&"order.charge.capture.complete".to_owned()));
+    assert_eq!(types.last().map(String::as_str), Some("order.complete"));
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_001_risk_averse_expired_authorization_is_409_with_reauth_failed_event() {
+    let sb = TestSandbox::start().await;
+    let order = sb.order(json!({"items": [{"quantity": 1, "amount": "5.0", "tax": "0.37"}], "riskMode": "averse", "authorizationExpired": true})).await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    let (status, body) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "1"}]}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Seed 001's body exactly: no `type`, `description` instead of `message`.
+    assert_eq!(
+        body,
+        json!({"errors": [{"code": "payment_authorization_failed", "description": "Fulfillment cannot be processed because the payment authorization has expired", "parameter": "orderId"}]})
+    );
+    let events = sb.events_for(oid).await;
+    let reauth = events
+        .iter()
+        .find(|e| e["type"] == "order.charge.reauth.failed")
+        .expect("reauth.failed event");
+    assert_eq!(
+        reauth["data"]["object"]["id"], oid,
+        "data.object is the order"
+    );
+    assert!(reauth["data"]["object"]["payment"]["charges"].is_array());
+    let (_, list) = sb.get(&format!("/fulfillments?orderId={oid}")).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        0,
+        "nothing was fulfilled"
+    );
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_001_risk_averse_authorization_expires_when_the_clock_passes_it() {
+    let sb = TestSandbox::start().await;
+    let (_, clock) = sb.get("/sandbox/clock").await;
+    let now = chrono::DateTime::parse_from_rfc3339(clock["now"].as_str().unwrap()).unwrap();
+    let expires = (now + chrono::Duration::hours(1)).to_rfc3339();
+    let order = sb.order(json!({"items": [{"quantity": 2, "amount": "10"}], "riskMode": "averse", "authorizationExpiresAt": expires})).await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    let (status, _) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "still valid");
+    let (status, clock) = sb
+        .post("/sandbox/clock/advance", json!({"seconds": 7200}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(clock["offsetSeconds"], 7200);
+    let (status, body) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["errors"][0]["code"], "payment_authorization_failed");
+    // Cancelling needs no authorization.
+    let (status, _) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_002_store_credit_is_captured_first_with_exact_amounts() {
+    let sb = TestSandbox::start().await;
+    // 2 units for 20.00, shipping 5.00, tax 1.89 → 26.89; store credit 11.00, card 15.89.
+    let order = sb
+        .order(json!({"items": [{"quantity": 2, "amount": "20.0", "tax": "1.51"}], "shipping": {"amount": "5.0", "tax": "0.38"}, "charges": [{"type": "customerCredit", "amount": "11.0"}, {"type": "creditCard"}]}))
+        .await;
+    assert_eq!(num(&order["totalAmount"]), "26.89");
+    let charges = order["payment"]["charges"].as_array().unwrap();
+    assert_eq!(num(&charges[0]["amount"]), "11.0");
+    assert_eq!(num(&charges[1]["amount"]), "15.89");
+    assert_eq!(order["payment"]["sources"][0]["type"], "customerCredit");
+    assert_eq!(order["payment"]["sources"][1]["type"], "creditCard");
+    let (credit_id, card_id) = (
+        charges[0]["id"].as_str().unwrap(),
+        charges[1]["id"].as_str().unwrap(),
+    );
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+
+    let (status, ful) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(ful["chargeOperationIds"].as_array().unwrap().len(), 2);
+    let (_, credit) = sb.get(&format!("/charges/{credit_id}")).await;
+    let (_, card) = sb.get(&format!("/charges/{card_id}")).await;
+    assert_eq!(num(&credit["captures"][0]["amount"]), "11.0");
+    assert_eq!(credit["state"], "complete");
+    assert_eq!(num(&card["captures"][0]["amount"]), "2.45");
+    assert_eq!(card["state"], "capturable");
+    let (_, o) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(num(&o["capturedAmount"]), "13.45");
+
+    // The second unit takes the remainder: 13.44, all from the card.
+    sb.fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    let (_, card) = sb.get(&format!("/charges/{card_id}")).await;
+    assert_eq!(num(&card["captures"][1]["amount"]), "13.44");
+    assert_eq!(card["state"], "complete");
+    let (_, o) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(num(&o["capturedAmount"]), "26.89");
+    assert_eq!(num(&o["availableToRefundAmount"]), "26.89");
+    assert_eq!(o["state"], "complete");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_002_cancel_takes_the_card_before_store_credit() {
+    let sb = TestSandbox::start().await;
+    let order = sb.order(json!({"items": [{"quantity": 2, "amount": "20.0"}], "charges": [{"type": "creditCard", "amount": "15.0"}, {"type": "customerCredit", "amount": "5.0"}]})).await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    let card_id = order["payment"]["charges"][0]["id"].as_str().unwrap();
+    let credit_id = order["payment"]["charges"][1]["id"].as_str().unwrap();
+    let (status, _) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, card) = sb.get(&format!("/charges/{card_id}")).await;
+    let (_, credit) = sb.get(&format!("/charges/{credit_id}")).await;
+    assert_eq!(num(&card["cancels"][0]["amount"]), "10.0");
+    assert_eq!(card["state"], "capturable");
+    assert!(
+        credit.get("cancels").is_none(),
+        "store credit untouched: {credit}"
+    );
+    assert_eq!(credit["state"], "capturable");
+    let (_, o) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(num(&o["cancelledAmount"]), "10.0");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "0.32").await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    let (status, disputed) = sb
+        .post(&format!("/sandbox/orders/{oid}/dispute"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(disputed["state"], "dispute");
+    assert!(disputed["stateTransitions"]["dispute"].is_string());
+
+    let (status, body) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        body,
+        json!({"type": "conflict", "errors": [{"code": "order_not_submitted", "parameter": "orderId", "message": format!("Order '{oid}' has not been submitted.")}]})
+    );
+
+    let (status, resolved) = sb
+        .post(&format!("/sandbox/orders/{oid}/dispute/resolve"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        resolved["state"], "accepted",
+        "back to the pre-dispute state"
+    );
+    let types = sb.event_types_for(oid).await;
+    assert_eq!(
+        types,
+        ["order.accepted", "order.dispute", "order.dispute.resolved"]
+    );
+    let events = sb.events_for(oid).await;
+    assert_eq!(events[1]["data"]["previousAttributes"]["state"], "accepted");
+
+    let (status, _) = sb
+        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "fulfilments work again");
+    sb.stop().await;
+}
