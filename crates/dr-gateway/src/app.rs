@@ -17,21 +17,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::server::NamedService;
 use tonic::transport::{server::TcpIncoming, Server};
-use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::bus::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::digital_river::{self, Client, ClientConfig};
 use crate::domain::fulfilments::Fulfiller;
 use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
-use crate::events::jetstream::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
 use crate::grpc::fulfillment::FulfillmentApi;
+use crate::health::{self, HealthGate};
 use crate::pb;
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
@@ -65,16 +64,6 @@ pub enum AppError {
     #[error("event bus: {0}")]
     Bus(#[from] BusError),
 }
-
-/// How often the bus-health watcher checks JetStream.
-const BUS_HEALTH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Every gRPC service name the health service reports on, besides the overall `""`.
-pub const SERVICE_NAMES: &[&str] = &[
-    <FulfillmentServiceServer<FulfillmentApi> as NamedService>::NAME,
-    <ChargeServiceServer<ChargeApi> as NamedService>::NAME,
-    <EventStreamServer as NamedService>::NAME,
-];
 
 /// Most concurrent RPCs (Subscribe streams included) on one client connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
@@ -171,7 +160,7 @@ impl Application {
         );
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        set_all(&health, ServingStatus::NotServing).await;
+        health::set_all(&health, ServingStatus::NotServing).await;
         let gate = HealthGate::new(health);
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -231,7 +220,7 @@ impl Application {
             tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
         }
         if shared {
-            tokio::spawn(watch_bus_health(
+            tokio::spawn(health::watch_bus_health(
                 event_log.clone(),
                 gate.clone(),
                 shutdown.clone(),
@@ -385,91 +374,4 @@ async fn build_backends(
         shared: true,
         max_event_bytes: Some(bus.max_event_bytes()),
     })
-}
-
-/// The serving status shown by gRPC health: SERVING only while not draining and the
-/// bus (if any) is reachable. Both inputs change under one lock, so a late bus check
-/// cannot flip a draining gateway back to SERVING.
-#[derive(Clone)]
-struct HealthGate {
-    reporter: HealthReporter,
-    state: Arc<tokio::sync::Mutex<GateState>>,
-}
-
-struct GateState {
-    draining: bool,
-    bus_ok: bool,
-    shown: ServingStatus,
-}
-
-impl HealthGate {
-    fn new(reporter: HealthReporter) -> Self {
-        Self {
-            reporter,
-            state: Arc::new(tokio::sync::Mutex::new(GateState {
-                draining: false,
-                bus_ok: false,
-                shown: ServingStatus::NotServing,
-            })),
-        }
-    }
-
-    async fn set_bus_ok(&self, ok: bool) {
-        let mut st = self.state.lock().await;
-        st.bus_ok = ok;
-        self.apply(&mut st).await;
-    }
-
-    async fn set_draining(&self) {
-        let mut st = self.state.lock().await;
-        st.draining = true;
-        self.apply(&mut st).await;
-    }
-
-    async fn apply(&self, st: &mut GateState) {
-        let want = if st.bus_ok && !st.draining {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if want != st.shown || st.draining {
-            set_all(&self.reporter, want).await;
-            st.shown = want;
-        }
-    }
-}
-
-/// Checks the event bus every [`BUS_HEALTH_INTERVAL`] and mirrors it into gRPC
-/// health, until shutdown. Webhooks meanwhile get 503 from the log itself (DR
-/// retries), so nothing is acknowledged while the bus is away.
-async fn watch_bus_health(log: Arc<dyn EventLog>, gate: HealthGate, shutdown: CancellationToken) {
-    let mut ticker = tokio::time::interval(BUS_HEALTH_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut was_ok = true;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let ok = matches!(
-            tokio::time::timeout(BUS_HEALTH_INTERVAL * 4, log.check_ready()).await,
-            Ok(Ok(()))
-        );
-        if ok != was_ok {
-            if ok {
-                tracing::info!("event bus reachable again: SERVING");
-            } else {
-                tracing::warn!("event bus unreachable: NOT_SERVING until it is back");
-            }
-            was_ok = ok;
-        }
-        gate.set_bus_ok(ok).await;
-    }
-}
-
-async fn set_all(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    for name in SERVICE_NAMES {
-        health.set_service_status(*name, status).await;
-    }
 }

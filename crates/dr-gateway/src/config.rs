@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::bus::{BusConfig, BusError};
 use crate::digital_river::RetryPolicy;
-use crate::events::jetstream::{BusConfig, BusError};
+use crate::{defaults, shown_bytes, shown_duration};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,19 +24,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// gRPC listen address.
-    #[arg(long, env = "DR_GATEWAY_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = "DR_GATEWAY_GRPC_ADDR", default_value_t = defaults::GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
 
     /// Webhook and /healthz, /readyz listen address.
-    #[arg(long, env = "DR_GATEWAY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "DR_GATEWAY_HTTP_ADDR", default_value_t = defaults::HTTP_ADDR)]
     pub http_addr: SocketAddr,
 
     /// Digital River API base URL.
-    #[arg(
-        long,
-        env = "DR_GATEWAY_DR_BASE_URL",
-        default_value = "https://api.digitalriver.com"
-    )]
+    #[arg(long, env = "DR_GATEWAY_DR_BASE_URL", default_value = defaults::DR_BASE_URL)]
     pub dr_base_url: String,
 
     /// Digital River secret key (prefer --dr-api-key-file in production).
@@ -51,11 +48,11 @@ pub struct ServeArgs {
     pub dr_api_version: Option<String>,
 
     /// Longest one DR call may take (the caller's deadline may cut it shorter).
-    #[arg(long, env = "DR_GATEWAY_UPSTREAM_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DR_GATEWAY_UPSTREAM_TIMEOUT", default_value = shown_duration!(defaults::UPSTREAM_TIMEOUT), value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
 
     /// Attempts per idempotent DR read (1 = no retry); POSTs are never retried blindly.
-    #[arg(long, env = "DR_GATEWAY_UPSTREAM_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    #[arg(long, env = "DR_GATEWAY_UPSTREAM_ATTEMPTS", default_value_t = defaults::UPSTREAM_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub upstream_attempts: u32,
 
     /// Pace DR calls to this many per second per replica: `auto` (DR's documented
@@ -64,23 +61,19 @@ pub struct ServeArgs {
     pub upstream_rate_limit: RateLimitSetting,
 
     /// How long CreateFulfillment results are kept per request_id.
-    #[arg(long, env = "DR_GATEWAY_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DR_GATEWAY_IDEMPOTENCY_TTL", default_value = shown_duration!(defaults::IDEMPOTENCY_TTL), value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
 
     /// Most request_ids remembered at once (oldest settled ones are dropped first).
-    #[arg(
-        long,
-        env = "DR_GATEWAY_IDEMPOTENCY_MAX_ENTRIES",
-        default_value_t = 100_000
-    )]
+    #[arg(long, env = "DR_GATEWAY_IDEMPOTENCY_MAX_ENTRIES", default_value_t = defaults::IDEMPOTENCY_MAX_ENTRIES)]
     pub idempotency_max_entries: usize,
 
     /// Time allowed to find out whether a POST with an unknown outcome took effect.
-    #[arg(long, env = "DR_GATEWAY_RECONCILE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DR_GATEWAY_RECONCILE_TIMEOUT", default_value = shown_duration!(defaults::RECONCILE_TIMEOUT), value_parser = humantime::parse_duration)]
     pub reconcile_timeout: Duration,
 
     /// After SIGTERM/SIGINT: time for in-flight RPCs and streams to finish.
-    #[arg(long, env = "DR_GATEWAY_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DR_GATEWAY_SHUTDOWN_GRACE", default_value = shown_duration!(defaults::SHUTDOWN_GRACE), value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Log format.
@@ -109,33 +102,29 @@ pub struct ServeArgs {
     pub webhook_secrets_file: Option<PathBuf>,
 
     /// Largest accepted gap between a webhook's signed timestamp and now.
-    #[arg(long, env = "DR_GATEWAY_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_TOLERANCE", default_value = shown_duration!(defaults::WEBHOOK_TOLERANCE), value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
 
     /// Largest accepted webhook body (e.g. 1MiB, 512KiB); larger bodies get 413.
-    #[arg(long, env = "DR_GATEWAY_WEBHOOK_MAX_BODY", default_value = "1MiB", value_parser = parse_byte_size)]
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_MAX_BODY", default_value = shown_bytes!(defaults::WEBHOOK_MAX_BODY), value_parser = parse_byte_size)]
     pub webhook_max_body: usize,
 
     /// Most events the in-memory event log holds (oldest dropped first).
-    #[arg(
-        long,
-        env = "DR_GATEWAY_EVENT_LOG_MAX_EVENTS",
-        default_value_t = 100_000
-    )]
+    #[arg(long, env = "DR_GATEWAY_EVENT_LOG_MAX_EVENTS", default_value_t = defaults::EVENT_LOG_MAX_EVENTS)]
     pub event_log_max_events: usize,
 
     /// Most memory the in-memory event log holds (e.g. 256MiB).
-    #[arg(long, env = "DR_GATEWAY_EVENT_LOG_MAX_BYTES", default_value = "256MiB", value_parser = parse_byte_size)]
+    #[arg(long, env = "DR_GATEWAY_EVENT_LOG_MAX_BYTES", default_value = shown_bytes!(defaults::EVENT_LOG_MAX_BYTES), value_parser = parse_byte_size)]
     pub event_log_max_bytes: usize,
 
     /// Time between backfills from DR's `GET /events` (one runs at start); 0s runs
     /// only the one at start.
-    #[arg(long, env = "DR_GATEWAY_BACKFILL_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DR_GATEWAY_BACKFILL_INTERVAL", default_value = shown_duration!(defaults::BACKFILL_INTERVAL), value_parser = humantime::parse_duration)]
     pub backfill_interval: Duration,
 
     /// How far back the first backfill looks when the event log is empty (at most
     /// 30d, what DR keeps).
-    #[arg(long, env = "DR_GATEWAY_BACKFILL_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DR_GATEWAY_BACKFILL_LOOKBACK", default_value = shown_duration!(defaults::BACKFILL_LOOKBACK), value_parser = humantime::parse_duration)]
     pub backfill_lookback: Duration,
 
     /// Run a built-in Digital River sandbox and point the gateway at it (no DR key needed).
@@ -143,11 +132,7 @@ pub struct ServeArgs {
     pub sandbox: bool,
 
     /// Where the built-in sandbox listens (with --sandbox), for its control surface.
-    #[arg(
-        long,
-        env = "DR_GATEWAY_SANDBOX_ADDR",
-        default_value = "127.0.0.1:8090"
-    )]
+    #[arg(long, env = "DR_GATEWAY_SANDBOX_ADDR", default_value_t = defaults::SANDBOX_ADDR)]
     pub sandbox_addr: SocketAddr,
 
     /// Shared event bus (NATS JetStream) for running several replicas.
@@ -181,11 +166,11 @@ pub struct BusArgs {
     pub tls_key_file: Option<PathBuf>,
 
     /// JetStream stream holding the events (created at start if missing).
-    #[arg(long = "bus-stream", env = "DR_GATEWAY_BUS_STREAM", default_value = crate::events::jetstream::DEFAULT_STREAM)]
+    #[arg(long = "bus-stream", env = "DR_GATEWAY_BUS_STREAM", default_value = defaults::BUS_STREAM)]
     pub stream: String,
 
     /// Oldest event the stream keeps (DR keeps events 30 days).
-    #[arg(long = "bus-max-age", env = "DR_GATEWAY_BUS_MAX_AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    #[arg(long = "bus-max-age", env = "DR_GATEWAY_BUS_MAX_AGE", default_value = shown_duration!(defaults::BUS_MAX_AGE), value_parser = humantime::parse_duration)]
     pub max_age: Duration,
 
     /// Most bytes the stream keeps, oldest dropped first (e.g. 10GiB); unset = no bound.
@@ -194,31 +179,27 @@ pub struct BusArgs {
 
     /// JetStream duplicate window for the DR event id (Nats-Msg-Id); older
     /// redeliveries are caught by the <stream>_IDS bucket.
-    #[arg(long = "bus-dedup-window", env = "DR_GATEWAY_BUS_DEDUP_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long = "bus-dedup-window", env = "DR_GATEWAY_BUS_DEDUP_WINDOW", default_value = shown_duration!(defaults::BUS_DEDUP_WINDOW), value_parser = humantime::parse_duration)]
     pub dedup_window: Duration,
 
     /// Replicas of the stream and buckets in a NATS cluster.
-    #[arg(long = "bus-replicas", env = "DR_GATEWAY_BUS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    #[arg(long = "bus-replicas", env = "DR_GATEWAY_BUS_REPLICAS", default_value_t = defaults::BUS_REPLICAS, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
 
     /// Longest one JetStream request may take (keep it under the webhook's 2 s).
-    #[arg(long = "bus-timeout", env = "DR_GATEWAY_BUS_TIMEOUT", default_value = "1500ms", value_parser = humantime::parse_duration)]
+    #[arg(long = "bus-timeout", env = "DR_GATEWAY_BUS_TIMEOUT", default_value = shown_duration!(defaults::BUS_TIMEOUT), value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
     /// How long start-up waits for NATS before giving up.
-    #[arg(long = "bus-startup-timeout", env = "DR_GATEWAY_BUS_STARTUP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long = "bus-startup-timeout", env = "DR_GATEWAY_BUS_STARTUP_TIMEOUT", default_value = shown_duration!(defaults::BUS_STARTUP_TIMEOUT), value_parser = humantime::parse_duration)]
     pub startup_timeout: Duration,
 
     /// KV bucket of CreateFulfillment idempotency records.
-    #[arg(long = "bus-idempotency-bucket", env = "DR_GATEWAY_BUS_IDEMPOTENCY_BUCKET", default_value = crate::events::jetstream::DEFAULT_IDEMPOTENCY_BUCKET)]
+    #[arg(long = "bus-idempotency-bucket", env = "DR_GATEWAY_BUS_IDEMPOTENCY_BUCKET", default_value = defaults::BUS_IDEMPOTENCY_BUCKET)]
     pub idempotency_bucket: String,
 
     /// Decoded events each replica caches for fan-out.
-    #[arg(
-        long = "bus-cache-max-events",
-        env = "DR_GATEWAY_BUS_CACHE_MAX_EVENTS",
-        default_value_t = 10_000
-    )]
+    #[arg(long = "bus-cache-max-events", env = "DR_GATEWAY_BUS_CACHE_MAX_EVENTS", default_value_t = defaults::BUS_CACHE_MAX_EVENTS)]
     pub cache_max_events: usize,
 }
 
@@ -374,36 +355,48 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for tests and embedding: DR at `dr_base_url` with `api_key`, listeners on
-    /// ephemeral loopback ports, defaults elsewhere.
+    /// Settings for tests and embedding: the flags' defaults (the environment
+    /// ignored), DR at `dr_base_url` with `api_key`, listeners on ephemeral loopback
+    /// ports, and no backfill (so tests that count DR requests see only their own).
     pub fn for_upstream(dr_base_url: impl Into<String>, api_key: impl Into<String>) -> Self {
-        Self {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            dr_base_url: dr_base_url.into(),
-            dr_api_key: SecretString::from(api_key.into()),
-            dr_api_version: None,
-            upstream_timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
-            upstream_rate_limit: None,
-            idempotency_ttl: Duration::from_secs(24 * 3600),
-            idempotency_max_entries: 100_000,
-            reconcile_timeout: Duration::from_secs(15),
-            shutdown_grace: Duration::from_secs(20),
-            webhook_secrets: Vec::new(),
-            webhook_tolerance: Duration::from_secs(300),
-            webhook_max_body: 1024 * 1024,
-            event_log_max_events: 100_000,
-            event_log_max_bytes: 256 * 1024 * 1024,
-            backfill_interval: Duration::from_secs(300),
-            backfill_lookback: Duration::from_secs(24 * 3600),
-            backfill_enabled: false,
-            bus: None,
-        }
+        let api_key = api_key.into();
+        // why: the defaults are constants; `defaults_resolve` (a unit test) proves
+        // they parse and resolve.
+        #[allow(clippy::expect_used)]
+        let mut settings = ServeArgs::defaults()
+            .resolve(Some(&api_key))
+            .expect("the default flags resolve");
+        settings.dr_base_url = dr_base_url.into();
+        settings.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.backfill_enabled = false;
+        settings
     }
 }
 
 impl ServeArgs {
+    /// The flags as `serve` with no arguments and no `DR_GATEWAY_*` environment
+    /// would have them.
+    pub fn defaults() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        // why: tests must not pick up a developer's DR_GATEWAY_* variables.
+        let command = Serve::command().mut_args(|arg| arg.env(None));
+        let parsed = command
+            .try_get_matches_from(["serve"])
+            .map_err(|e| e.to_string())
+            .and_then(|m| Serve::from_arg_matches(&m).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(serve) => serve.args,
+            // A default that does not parse is a bug the unit tests catch.
+            Err(e) => unreachable!("serve's default flags do not parse: {e}"),
+        }
+    }
+
     /// Resolves flags into settings; `sandbox_key` replaces the DR key in sandbox mode.
     pub fn resolve(&self, sandbox_key: Option<&str>) -> Result<Settings, ConfigError> {
         let key = match (sandbox_key, &self.dr_api_key_file, &self.dr_api_key) {
@@ -480,8 +473,37 @@ impl ServeArgs {
     }
 }
 
-/// DR keeps events 30 days (dr-api.md §3.1).
-const MAX_LOOKBACK: Duration = Duration::from_secs(30 * 24 * 3600);
+/// DR keeps events 30 days (docs/digital-river.md §3.1).
+const MAX_LOOKBACK: Duration = crate::events::backfill::DR_EVENT_RETENTION;
+
+/// Renders a duration in the largest whole unit a person would write (`30d`, `24h`,
+/// `5m`, `1500ms`), as `humantime::parse_duration` reads it back.
+pub fn format_duration(duration: Duration) -> String {
+    const UNITS: [(u64, &str); 4] = [(24 * 3600, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    if duration.subsec_nanos() == 0 {
+        let secs = duration.as_secs();
+        for (size, unit) in UNITS {
+            // why: "24h" reads better than "1d" for a day; days from two on.
+            let days_but_one = unit == "d" && secs / size < 2;
+            if secs >= size && secs.is_multiple_of(size) && !days_but_one {
+                return format!("{}{unit}", secs / size);
+            }
+        }
+    }
+    format!("{}ms", duration.as_millis())
+}
+
+/// Renders a byte size in the largest binary unit that divides it (`1MiB`,
+/// `512KiB`, `1000`), as [`parse_byte_size`] reads it back.
+pub fn format_byte_size(bytes: usize) -> String {
+    const UNITS: [(usize, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
 
 /// Parses a byte size: digits with an optional unit `B`, `KB`, `KiB`, `MB`, `MiB`,
 /// `GB`, `GiB` (case-insensitive; K/M/G alone mean KiB/MiB/GiB).
@@ -579,6 +601,42 @@ mod tests {
         assert_eq!(settings.webhook_max_body, 1024 * 1024);
         assert!(!format!("{settings:?}").contains("from-file-1"));
         let _ = std::fs::remove_file(dir);
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let settings = ServeArgs::defaults().resolve(Some("sk_test_x")).unwrap();
+        assert_eq!(settings.grpc_addr, defaults::GRPC_ADDR);
+        assert_eq!(settings.upstream_timeout, defaults::UPSTREAM_TIMEOUT);
+        assert_eq!(settings.event_log_max_bytes, defaults::EVENT_LOG_MAX_BYTES);
+        assert_eq!(settings.webhook_max_body, defaults::WEBHOOK_MAX_BODY);
+        assert_eq!(settings.retry, RetryPolicy::default());
+        assert!(settings.bus.is_none());
+        let test = Settings::for_upstream("http://dr", "sk_test_x");
+        assert_eq!(test.idempotency_ttl, settings.idempotency_ttl);
+        assert_eq!(test.grpc_addr.port(), 0);
+    }
+
+    #[test]
+    fn the_flags_show_the_defaults_in_the_syntax_they_parse() {
+        let args = Cli::try_parse_from(["x"]).unwrap().serve;
+        assert_eq!(args.bus.max_age, defaults::BUS_MAX_AGE);
+        assert_eq!(args.bus.timeout, defaults::BUS_TIMEOUT);
+        assert_eq!(args.backfill_lookback, defaults::BACKFILL_LOOKBACK);
+        for bytes in [1, 1000, 1024, 1536, 1 << 20, 256 << 20, 3 << 30] {
+            assert_eq!(parse_byte_size(&format_byte_size(bytes)), Ok(bytes));
+        }
+        assert_eq!(format_byte_size(1 << 20), "1MiB");
+        for (duration, text) in [
+            (Duration::from_secs(30 * 24 * 3600), "30d"),
+            (Duration::from_secs(24 * 3600), "24h"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_millis(1500), "1500ms"),
+        ] {
+            assert_eq!(format_duration(duration), text);
+            assert_eq!(humantime::parse_duration(text), Ok(duration));
+        }
     }
 
     #[test]

@@ -19,15 +19,18 @@
 //!
 //! Dependencies flow one way: `grpc` / `webhook` → `domain` / `events` → `digital_river`.
 pub mod app;
+pub mod bus;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod defaults;
 pub mod digital_river;
 pub mod domain;
 #[cfg(feature = "sandbox")]
 pub mod embedded_sandbox;
 pub mod events;
 pub mod grpc;
+pub mod health;
 pub mod money;
 pub mod shutdown;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::defaults;
 use rand::Rng;
 
 use super::Error;
@@ -20,9 +21,9 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
+            max_attempts: defaults::UPSTREAM_ATTEMPTS,
+            base_delay: defaults::RETRY_BASE_DELAY,
+            max_delay: defaults::RETRY_MAX_DELAY,
         }
     }
 }

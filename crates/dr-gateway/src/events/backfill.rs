@@ -12,6 +12,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{envelope::Envelope, log::EventLog, LogError};
+use crate::defaults;
 use crate::{
     clock::Clock,
     digital_river::{self, CallOptions, Client, EventQuery},
@@ -39,10 +40,10 @@ pub struct BackfillConfig {
 impl Default for BackfillConfig {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(300),
-            lookback: Duration::from_secs(24 * 3600),
-            overlap: Duration::from_secs(300),
-            max_events_per_run: 10_000,
+            interval: defaults::BACKFILL_INTERVAL,
+            lookback: defaults::BACKFILL_LOOKBACK,
+            overlap: defaults::BACKFILL_OVERLAP,
+            max_events_per_run: defaults::BACKFILL_MAX_EVENTS_PER_RUN,
         }
     }
 }

@@ -24,6 +24,7 @@ use super::{
     proto::EventEncoder,
 };
 use crate::clock::Clock;
+use crate::defaults;
 
 /// Bounds of a [`MemoryLog`].
 #[derive(Debug, Clone)]
@@ -41,10 +42,10 @@ pub struct MemoryLogConfig {
 impl Default for MemoryLogConfig {
     fn default() -> Self {
         Self {
-            max_events: 100_000,
-            max_bytes: 256 * 1024 * 1024,
-            dedup_max_ids: 200_000,
-            dedup_window: Duration::from_secs(4 * 24 * 3600),
+            max_events: defaults::EVENT_LOG_MAX_EVENTS,
+            max_bytes: defaults::EVENT_LOG_MAX_BYTES,
+            dedup_max_ids: defaults::EVENT_DEDUP_MAX_IDS,
+            dedup_window: defaults::EVENT_DEDUP_WINDOW,
         }
     }
 }

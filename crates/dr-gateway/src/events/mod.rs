@@ -1,5 +1,5 @@
 //! DR events inside the gateway: the envelope parser, the [`EventLog`] trait and its
-//! backends (in-memory; shared on NATS JetStream in [`jetstream`]), subscriber filters, backfill from `GET /events`, and the
+//! backends (in-memory here; shared on NATS JetStream in [`crate::bus`]), subscriber filters, backfill from `GET /events`, and the
 //! capture/cancel outcome correlation ChargeService waits on.
 //!
 //! Fan-out is pull-based: a subscriber is a position in the log plus a
@@ -10,7 +10,6 @@
 pub mod backfill;
 pub mod envelope;
 pub mod filter;
-pub mod jetstream;
 pub mod log;
 pub mod memory;
 pub mod outcomes;

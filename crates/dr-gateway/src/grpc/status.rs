@@ -12,6 +12,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::digital_river::{Error as DrError, ErrorBody};
 use crate::domain::ServiceError;
+use crate::events::SubscribeError;
+use crate::grpc::event_stream::StreamEnd;
 
 /// `ErrorInfo.domain` of every status the gateway returns.
 pub const ERROR_DOMAIN: &str = "digitalriver.com";
@@ -122,6 +124,77 @@ impl From<ServiceError> for Status {
             ),
         }
     }
+}
+
+/// Subscribe refused at start.
+impl From<SubscribeError> for Status {
+    fn from(error: SubscribeError) -> Self {
+        match error {
+            SubscribeError::MalformedCursor => {
+                ServiceError::invalid("after_cursor", "malformed cursor").into()
+            }
+            SubscribeError::CursorAhead => {
+                ServiceError::invalid("after_cursor", "cursor is ahead of the event log").into()
+            }
+            SubscribeError::Expired {
+                oldest_cursor,
+                other_log,
+            } => cursor_expired(&oldest_cursor, other_log),
+            SubscribeError::Log(e) => {
+                tracing::error!(error = %e, "subscribe: event log unavailable");
+                status_with_info(
+                    Code::Unavailable,
+                    "event log unavailable",
+                    "EVENT_LOG_UNAVAILABLE",
+                    HashMap::new(),
+                    |_| {},
+                )
+            }
+        }
+    }
+}
+
+/// A Subscribe stream ended by the gateway. UNAVAILABLE carries a `reason` so callers
+/// in any language can tell a draining gateway (reconnect elsewhere) from a bus
+/// outage (retry later).
+impl From<StreamEnd> for Status {
+    fn from(end: StreamEnd) -> Self {
+        match end {
+            StreamEnd::ShuttingDown => status_with_info(
+                Code::Unavailable,
+                "gateway shutting down; resume from the last cursor",
+                "SHUTTING_DOWN",
+                HashMap::new(),
+                |_| {},
+            ),
+            StreamEnd::CursorExpired { oldest_cursor } => cursor_expired(&oldest_cursor, false),
+            StreamEnd::EventLogFailed => status_with_info(
+                Code::Unavailable,
+                "event log unavailable; resume from the last cursor",
+                "EVENT_LOG_UNAVAILABLE",
+                HashMap::new(),
+                |_| {},
+            ),
+        }
+    }
+}
+
+/// OUT_OF_RANGE `CURSOR_EXPIRED` with the cursor to resume from.
+fn cursor_expired(oldest_cursor: &str, other_log: bool) -> Status {
+    let mut metadata = HashMap::from([("oldest_cursor".to_owned(), oldest_cursor.to_owned())]);
+    let message = if other_log {
+        metadata.insert("cause".into(), "other_log_instance".into());
+        "cursor is from another event log instance (the gateway restarted); resume from oldest_cursor"
+    } else {
+        "events after this position are no longer held; resume from oldest_cursor"
+    };
+    status_with_info(
+        Code::OutOfRange,
+        message,
+        "CURSOR_EXPIRED",
+        metadata,
+        |_| {},
+    )
 }
 
 /// The row of the table for one upstream error.
@@ -472,5 +545,16 @@ mod tests {
             upper_snake("creditAmount_already_updated"),
             "CREDIT_AMOUNT_ALREADY_UPDATED"
         );
+    }
+
+    #[test]
+    fn an_expired_cursor_carries_error_info_and_the_oldest_cursor() {
+        let status = cursor_expired("abc", false);
+        assert_eq!(status.code(), Code::OutOfRange);
+        let details = status.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "CURSOR_EXPIRED");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["oldest_cursor"], "abc");
     }
 }

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 pub use error::WebhookError;
 pub use signature::{SignatureError, SignatureVerifier, SIGNATURE_HEADER};
 
+use crate::defaults;
 use crate::events::{Envelope, EventLog};
 
 /// Path DR posts events to.
@@ -46,8 +47,8 @@ pub struct WebhookConfig {
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
-            max_body_bytes: 1024 * 1024,
-            append_timeout: Duration::from_millis(2000),
+            max_body_bytes: defaults::WEBHOOK_MAX_BODY,
+            append_timeout: defaults::WEBHOOK_APPEND_TIMEOUT,
         }
     }
 }

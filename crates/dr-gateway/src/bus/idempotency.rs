@@ -38,7 +38,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{log::safe_key, provision::ensure_kv, timed, Bus, BusError};
+use super::{event_log::safe_key, provision::ensure_kv, timed, Bus, BusError};
 use crate::{
     digital_river::models::Fulfillment,
     domain::idempotency::{Claim, IdempotencyError, IdempotencyStore},

@@ -11,7 +11,7 @@
 //!   only covers its duplicate window (`--bus-dedup-window`, default 2 min); DR
 //!   re-sends for up to 72 h (`../shared/dr-api.md` §4.2), so redeliveries older than
 //!   the window are caught here (the bucket keeps ids as long as the stream keeps
-//!   events). It also answers [`EventLog::get_by_id`](super::EventLog::get_by_id).
+//!   events). It also answers [`EventLog::get_by_id`](crate::events::EventLog::get_by_id).
 //! - **KV bucket** `DR_GATEWAY_IDEMPOTENCY` (`--bus-idempotency-bucket`):
 //!   CreateFulfillment `request_id` → in-flight / done / unknown record.
 //!
@@ -24,32 +24,23 @@
 //!
 //! # Layout
 //! - [`provision`]: create-or-check the stream and the KV buckets at start-up.
-//! - [`log`]: the [`EventLog`](super::EventLog) backend, [`JetStreamLog`].
+//! - [`event_log`]: the [`EventLog`](crate::events::EventLog) backend, [`JetStreamLog`].
 //! - [`cache`]: the bounded per-replica cache of decoded events.
 //! - [`idempotency`]: the shared [`KvIdempotencyStore`].
 
 pub mod cache;
+pub mod event_log;
 pub mod idempotency;
-pub mod log;
 pub mod provision;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+use crate::defaults;
 use async_nats::{jetstream, ConnectOptions, Event, ServerAddr};
 use tokio::sync::watch;
 
+pub use event_log::JetStreamLog;
 pub use idempotency::KvIdempotencyStore;
-pub use log::JetStreamLog;
-
-/// Default stream name.
-pub const DEFAULT_STREAM: &str = "DR_GATEWAY_EVENTS";
-/// Default idempotency bucket.
-pub const DEFAULT_IDEMPOTENCY_BUCKET: &str = "DR_GATEWAY_IDEMPOTENCY";
-/// DR keeps events for 30 days (`../shared/dr-api.md` §0.5); the stream keeps them as
-/// long by default, so a subscriber can resume as far back as backfill could.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// JetStream's duplicate window for `Nats-Msg-Id`; see the module docs.
-pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(120);
 
 /// How to reach JetStream and what to keep there.
 #[derive(Debug, Clone)]
@@ -96,16 +87,16 @@ impl BusConfig {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
-            stream: DEFAULT_STREAM.to_owned(),
-            max_age: DEFAULT_MAX_AGE,
+            stream: defaults::BUS_STREAM.to_owned(),
+            max_age: defaults::BUS_MAX_AGE,
             max_bytes: None,
-            duplicate_window: DEFAULT_DEDUP_WINDOW,
-            replicas: 1,
-            request_timeout: Duration::from_millis(1500),
-            startup_timeout: Duration::from_secs(30),
-            idempotency_bucket: DEFAULT_IDEMPOTENCY_BUCKET.to_owned(),
-            cache_max_events: 10_000,
-            cache_max_bytes: 64 * 1024 * 1024,
+            duplicate_window: defaults::BUS_DEDUP_WINDOW,
+            replicas: usize::from(defaults::BUS_REPLICAS),
+            request_timeout: defaults::BUS_TIMEOUT,
+            startup_timeout: defaults::BUS_STARTUP_TIMEOUT,
+            idempotency_bucket: defaults::BUS_IDEMPOTENCY_BUCKET.to_owned(),
+            cache_max_events: defaults::BUS_CACHE_MAX_EVENTS,
+            cache_max_bytes: defaults::BUS_CACHE_MAX_BYTES,
         }
     }
 

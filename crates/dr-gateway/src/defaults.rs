@@ -1,0 +1,132 @@
+//! THE default of every setting: `serve`'s flags show and use these, the components'
+//! `Default` impls are built from them, and tests get them through
+//! [`Settings::for_upstream`](crate::config::Settings::for_upstream), so a test runs
+//! with production defaults unless it says otherwise.
+//!
+//! Flags need their default as text; [`shown_duration!`](crate::shown_duration) and
+//! [`shown_bytes!`](crate::shown_bytes) render a typed default once, in the same
+//! syntax the flag's parser reads back.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+const MIB: usize = 1024 * 1024;
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+// === listeners ===
+
+/// `--grpc-addr`.
+pub const GRPC_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 50051));
+/// `--http-addr`: webhooks, `/healthz`, `/readyz`.
+pub const HTTP_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8080));
+/// `--sandbox-addr`: where `serve --sandbox` runs its emulator.
+pub const SANDBOX_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8090));
+/// `--shutdown-grace`.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+// === Digital River ===
+
+/// `--dr-base-url`.
+pub const DR_BASE_URL: &str = "https://api.digitalriver.com";
+/// `--upstream-timeout`: the longest one DR call may take.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--upstream-attempts`: attempts per idempotent DR read.
+pub const UPSTREAM_ATTEMPTS: u32 = 3;
+/// Backoff before the first retry of a DR read (doubles, full jitter).
+pub const RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
+/// Longest backoff between two attempts of a DR read.
+pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+
+// === idempotency ===
+
+/// `--idempotency-ttl`.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(DAY);
+/// `--idempotency-max-entries`.
+pub const IDEMPOTENCY_MAX_ENTRIES: usize = 100_000;
+/// `--reconcile-timeout`.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(15);
+
+// === webhooks ===
+
+/// `--webhook-tolerance`: largest gap between a signature's timestamp and now.
+pub const WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
+/// `--webhook-max-body`.
+pub const WEBHOOK_MAX_BODY: usize = MIB;
+/// Longest a webhook waits for the event log before answering 503.
+///
+/// why: DR gives a delivery about 3 s (docs/digital-river.md §4.2); answering
+/// within 2 s leaves it time to read the answer instead of timing out.
+pub const WEBHOOK_APPEND_TIMEOUT: Duration = Duration::from_millis(2000);
+
+// === event log (in memory) ===
+
+/// `--event-log-max-events`.
+pub const EVENT_LOG_MAX_EVENTS: usize = 100_000;
+/// `--event-log-max-bytes`.
+pub const EVENT_LOG_MAX_BYTES: usize = 256 * MIB;
+/// DR event ids remembered to drop redeliveries.
+pub const EVENT_DEDUP_MAX_IDS: usize = 200_000;
+/// How long a DR event id is remembered.
+///
+/// why: DR redelivers for up to 3 days (docs/digital-river.md §4.2); a day more.
+pub const EVENT_DEDUP_WINDOW: Duration = Duration::from_secs(4 * DAY);
+
+// === backfill ===
+
+/// `--backfill-interval`.
+pub const BACKFILL_INTERVAL: Duration = Duration::from_secs(300);
+/// `--backfill-lookback`.
+pub const BACKFILL_LOOKBACK: Duration = Duration::from_secs(DAY);
+/// How far each backfill reaches back before the newest stored event, for events
+/// DR published late.
+pub const BACKFILL_OVERLAP: Duration = Duration::from_secs(300);
+/// Most events one backfill run stores.
+pub const BACKFILL_MAX_EVENTS_PER_RUN: usize = 10_000;
+
+// === NATS JetStream ===
+
+/// `--bus-stream`.
+pub const BUS_STREAM: &str = "DR_GATEWAY_EVENTS";
+/// `--bus-idempotency-bucket`.
+pub const BUS_IDEMPOTENCY_BUCKET: &str = "DR_GATEWAY_IDEMPOTENCY";
+/// `--bus-max-age`.
+///
+/// why: DR keeps events for 30 days (docs/digital-river.md §0.5); the stream keeps
+/// them as long, so a subscriber can resume as far back as backfill could.
+pub const BUS_MAX_AGE: Duration = Duration::from_secs(30 * DAY);
+/// `--bus-dedup-window`: JetStream's duplicate window for `Nats-Msg-Id`.
+pub const BUS_DEDUP_WINDOW: Duration = Duration::from_secs(120);
+/// `--bus-replicas`.
+pub const BUS_REPLICAS: u8 = 1;
+/// `--bus-timeout`: the longest one JetStream request may take (under the
+/// webhook's [`WEBHOOK_APPEND_TIMEOUT`]).
+pub const BUS_TIMEOUT: Duration = Duration::from_millis(1500);
+/// `--bus-startup-timeout`.
+pub const BUS_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--bus-cache-max-events`: decoded events each replica caches for fan-out.
+pub const BUS_CACHE_MAX_EVENTS: usize = 10_000;
+/// Bytes of decoded events each replica caches for fan-out.
+pub const BUS_CACHE_MAX_BYTES: usize = 64 * MIB;
+
+/// A duration as flag text (`24h`), rendered once per call site.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! shown_duration {
+    ($value:expr) => {{
+        static TEXT: ::std::sync::OnceLock<String> = ::std::sync::OnceLock::new();
+        TEXT.get_or_init(|| $crate::config::format_duration($value))
+            .as_str()
+    }};
+}
+
+/// A byte size as flag text (`1MiB`), rendered once per call site.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! shown_bytes {
+    ($value:expr) => {{
+        static TEXT: ::std::sync::OnceLock<String> = ::std::sync::OnceLock::new();
+        TEXT.get_or_init(|| $crate::config::format_byte_size($value))
+            .as_str()
+    }};
+}

@@ -1,0 +1,235 @@
+//! `EventStream` (gRPC): Subscribe streams events from the gateway's log;
+//! GetEvent / ListEvents read DR's `GET /events`.
+//!
+//! # Layout
+//! - this file: the service ([`EventStreamApi`]);
+//! - [`parse`]: request validation (filters, start, heartbeat, ListEvents' query);
+//! - [`stream`]: the Subscribe response stream and why it may end ([`StreamEnd`]);
+//! - [`codec`]: the wire path that shares one encoding of each event between all
+//!   subscribers ([`EventStreamServer`], [`SubscribeItem`]);
+//! - [`payload`]: the typed `Event.payload` of a DR event.
+
+mod codec;
+mod parse;
+mod payload;
+mod stream;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub use codec::{EventStreamServer, SubscribeItem};
+pub use parse::{DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT};
+pub use payload::decode_payload;
+pub use stream::{DecodedSubscribeStream, StreamEnd, SubscribeStream};
+
+use super::request::{self, required};
+use crate::{
+    clock::Clock,
+    digital_river::{models, Client},
+    domain::ServiceError,
+    events::{subscription, Envelope, EventEncoder, EventLog},
+    pb::v1::{self as pb, event_stream_server::EventStream},
+};
+
+/// The EventStream service.
+#[derive(Debug, Clone)]
+pub struct EventStreamApi {
+    log: Arc<dyn EventLog>,
+    client: Client,
+    encoder: EventEncoder,
+    clock: Arc<dyn Clock>,
+    /// Cancelled when the gateway shuts down; ends every Subscribe stream.
+    shutdown: CancellationToken,
+}
+
+impl EventStreamApi {
+    /// A service over `log`, reading DR's events through `client`; `encoder` must be
+    /// the one the log uses.
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        client: Client,
+        encoder: EventEncoder,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            log,
+            client,
+            encoder,
+            clock,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Ends every Subscribe stream (UNAVAILABLE) once `token` is cancelled.
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// A DR event as the API's `Event`, with `cursor` set when the log holds it.
+    async fn to_api_event(&self, event: models::Event) -> Result<pb::Event, Status> {
+        let id = event.id.clone();
+        let value = serde_json::to_value(&event).unwrap_or_default();
+        let env = Envelope::from_value(value).map_err(|e| {
+            tracing::error!(event_id = %id, error = %e, "DR sent an event without the envelope fields");
+            Status::internal("Digital River sent a malformed event")
+        })?;
+        let mut proto = self.encoder.to_proto(&env);
+        // why: a log outage must not fail a read that DR answered; the cursor is a bonus.
+        if let Ok(Some(stored)) = self.log.get_by_id(&id).await {
+            proto.cursor = stored.cursor().to_owned();
+        }
+        Ok(proto)
+    }
+
+    /// Validates a Subscribe request and starts the subscription.
+    #[tracing::instrument(name = "EventStream.Subscribe", skip_all)]
+    pub async fn subscribe_shared(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<SubscribeStream>, Status> {
+        let req = request.into_inner();
+        let (filter, start, heartbeat) = parse::parse_subscribe(&req)?;
+        let rx = subscription::subscribe(
+            self.log.clone(),
+            filter,
+            &start,
+            heartbeat,
+            self.clock.clone(),
+        )
+        .await
+        .map_err(Status::from)?;
+        Ok(Response::new(SubscribeStream {
+            rx,
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            done: false,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl EventStream for EventStreamApi {
+    type SubscribeStream = DecodedSubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let resp = self.subscribe_shared(request).await?;
+        Ok(resp.map(DecodedSubscribeStream))
+    }
+
+    #[tracing::instrument(name = "EventStream.GetEvent", skip_all, fields(event_id = %request.get_ref().event_id))]
+    async fn get_event(
+        &self,
+        request: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::GetEventResponse>, Status> {
+        let opts = request::call_options(&request);
+        let id = request.into_inner().event_id;
+        required("event_id", &id)?;
+        let event = self
+            .client
+            .get_event(&id, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::GetEventResponse {
+            event: Some(self.to_api_event(event).await?),
+        }))
+    }
+
+    #[tracing::instrument(name = "EventStream.ListEvents", skip_all)]
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let opts = request::call_options(&request);
+        let r = request.into_inner();
+        let (mut query, filters) = parse::list_query(&r)?;
+        query.starting_after = request::decode_page_token(&r.page_token, &filters)?;
+        let page = self
+            .client
+            .list_events(&query, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        let next_page_token = match page.data.last() {
+            Some(last) if page.has_more => request::encode_page_token(&last.id, &filters),
+            _ => String::new(),
+        };
+        let mut events = Vec::with_capacity(page.data.len());
+        for event in page.data {
+            events.push(self.to_api_event(event).await?);
+        }
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::*;
+    use crate::{
+        clock::SystemClock,
+        events::{MemoryLog, MemoryLogConfig},
+    };
+
+    #[tokio::test]
+    async fn bad_requests_are_invalid_argument_with_the_field() {
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(
+            MemoryLogConfig::default(),
+            EventEncoder::default(),
+            Arc::new(SystemClock),
+        ));
+        let client = Client::new(crate::digital_river::ClientConfig {
+            base_url: "http://127.0.0.1:9".into(),
+            api_key: secrecy::SecretString::from("sk".to_string()),
+            api_version: None,
+            max_timeout: Duration::from_secs(1),
+            retry: Default::default(),
+            rate_limit: None,
+        })
+        .unwrap();
+        let api = EventStreamApi::new(log, client, EventEncoder::default(), Arc::new(SystemClock));
+        let cases = [
+            (
+                pb::SubscribeRequest {
+                    filter: Some(pb::EventFilter {
+                        types: vec!["bad type".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "filter.types[0]",
+            ),
+            (
+                pb::SubscribeRequest {
+                    start: Some(pb::subscribe_request::Start::AfterCursor("nope".into())),
+                    ..Default::default()
+                },
+                "after_cursor",
+            ),
+            (
+                pb::SubscribeRequest {
+                    start: Some(pb::subscribe_request::Start::Position(42)),
+                    ..Default::default()
+                },
+                "position",
+            ),
+        ];
+        for (req, field) in cases {
+            let status = api.subscribe_shared(Request::new(req)).await.unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            let details = status.get_error_details();
+            let violations = &details.bad_request().unwrap().field_violations;
+            assert_eq!(violations[0].field, field);
+        }
+    }
+}
