@@ -25,7 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # cc-debian12 = glibc + libgcc + CA certificates (/etc/ssl/certs), no shell.
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="dr-gateway" \
-      org.opencontainers.image.description="gRPC gateway for Digital River order fulfilment" \
+      org.opencontainers.image.description="gRPC gateway for Digital River order fulfillment" \
       org.opencontainers.image.source="https://github.com/dr-gateway/dr-gateway" \
       org.opencontainers.image.licenses="Apache-2.0"
 # On PATH, so `command: ["dr-gateway", ...]` works without a shell.

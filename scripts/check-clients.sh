@@ -6,7 +6,7 @@
 # Installs what it needs project-locally when missing:
 #   - grpcio, grpcio-tools, grpcio-status, … and pytest into .venv-clients/
 #     (python3 -m venv; rebuilt when tests/clients/requirements.txt changes);
-#   - the gateway binary (cargo build --locked --bin dr-gateway).
+#   - the gateway binary, as the test suite builds it (cargo test --no-run).
 # Python stubs are generated from proto/ into a temporary directory on every run.
 # Network use: PyPI (and crates.io for a cold cargo build), only when missing.
 set -euo pipefail
@@ -34,8 +34,10 @@ PY="$VENV/bin/python"
 
 # --- gateway binary -------------------------------------------------------------
 
-step "cargo build --locked --bin dr-gateway"
-cargo build --locked --bin dr-gateway
+# why: the binary as `cargo test` builds it (same features), so after the test
+# suite this is a no-op instead of a second build of hyper and axum.
+step "gateway binary (cargo test --no-run)"
+cargo test --locked --workspace --lib --bins --tests --no-run --quiet
 
 # --- stubs ------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test of dr-gateway, on a fresh machine too: it
 # installs what is missing (Debian packages, project-local npm tools, a Python venv),
-# then runs buf lint, the Rust unit + integration tests, the README examples, the
+# then runs buf lint and buf breaking, the Rust unit + integration tests of every
+# crate, the crate boundaries and the production build, the README examples, the
 # Python client tests and the Helm chart checks.
 #
 # Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
@@ -33,15 +34,23 @@ step "buf lint (proto/)"
 tools/node_modules/.bin/buf lint
 echo "buf lint: ok"
 
+step "buf breaking (proto/ against the previous commit)"
+bash scripts/check-breaking.sh
+
 # --- Rust -------------------------------------------------------------------
-step "cargo test (unit + integration)"
+step "cargo test (unit + integration, every crate)"
 # why: not --all-targets, which would also run the fan-out benchmark (a measurement:
 # `cargo bench --bench fan_out`); clippy in .ci/run still checks it compiles.
-cargo test --locked --lib --bins --tests
+# This also builds target/debug/dr-gateway, which the checks below run: building it
+# again with `cargo build` would recompile hyper and axum for other features.
+cargo test --locked --workspace --lib --bins --tests
+
+# --- crate boundaries ----------------------------------------------------------
+step "crate boundaries and the production build (no sandbox)"
+bash scripts/check-crates.sh
 
 # --- README examples ------------------------------------------------------------
 step "README examples, as written (gateway + sandbox on the default ports)"
-cargo build --locked --bin dr-gateway
 python3 tests/readme/check_examples.py
 
 # --- Python clients ---------------------------------------------------------------

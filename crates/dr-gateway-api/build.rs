@@ -25,7 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("dr_gateway_descriptor.bin"))
         .compile_protos(
-            &PROTOS.iter().map(|p| proto_root.join(p)).collect::<Vec<_>>(),
+            &PROTOS
+                .iter()
+                .map(|p| proto_root.join(p))
+                .collect::<Vec<_>>(),
             &[proto_root.clone(), includes],
         )?;
     println!("cargo:rerun-if-changed={}", proto_root.display());

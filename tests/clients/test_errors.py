@@ -37,7 +37,7 @@ def detail(status: status_pb2.Status, kind):
     return found[0]
 
 
-def fulfil(channel, order_id: str, items, request_id: str = ""):
+def fulfill(channel, order_id: str, items, request_id: str = ""):
     return fulfillment_service_pb2_grpc.FulfillmentServiceStub(channel).CreateFulfillment(
         fulfillment_service_pb2.CreateFulfillmentRequest(order_id=order_id, items=items, request_id=request_id),
         timeout=10,
@@ -52,11 +52,11 @@ def all_units(order: dict):
 def test_fulfilling_a_fulfilled_order_is_failed_precondition_order_fulfilled(channel, sandbox):
     # Arrange: an order whose only item is already fulfilled.
     order = sandbox.create_order([{"quantity": 1, "amount": "10.00"}])
-    fulfil(channel, order["id"], all_units(order), request_id=f"first-{order['id']}")
+    fulfill(channel, order["id"], all_units(order), request_id=f"first-{order['id']}")
 
     # Act
     with pytest.raises(grpc.RpcError) as failure:
-        fulfil(channel, order["id"], all_units(order), request_id=f"second-{order['id']}")
+        fulfill(channel, order["id"], all_units(order), request_id=f"second-{order['id']}")
 
     # Assert
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -74,7 +74,7 @@ def test_a_request_without_items_is_invalid_argument_naming_the_field_and_never_
     order = sandbox.create_order([{"quantity": 1, "amount": "10.00"}])
 
     with pytest.raises(grpc.RpcError) as failure:
-        fulfil(channel, order["id"], items=[])
+        fulfill(channel, order["id"], items=[])
 
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     status = rich_status(failure.value)
@@ -109,7 +109,7 @@ def test_a_rate_limited_post_is_resource_exhausted_with_retry_info(channel, sand
     try:
         # Act
         with pytest.raises(grpc.RpcError) as failure:
-            fulfil(channel, order["id"], all_units(order), request_id=f"limited-{order['id']}")
+            fulfill(channel, order["id"], all_units(order), request_id=f"limited-{order['id']}")
     finally:
         sandbox.call("DELETE", "/sandbox/faults")
 

@@ -39,5 +39,5 @@ def test_image_exposes_the_ports_the_chart_probes_and_routes(default_render):
 def test_build_context_leaves_out_heavy_and_local_directories():
     for entry in [".git", "target", "**/node_modules", "tools/node_modules", ".venv-tools"]:
         assert entry in DOCKERIGNORE, entry
-    for needed in ["src", "proto", "Cargo.toml", "Cargo.lock", "build.rs"]:
+    for needed in ["crates", "proto", "Cargo.toml", "Cargo.lock"]:
         assert needed not in DOCKERIGNORE, needed

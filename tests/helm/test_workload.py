@@ -29,7 +29,7 @@ def _seconds(humantime: str) -> int:
 def test_app_version_matches_the_crate_version():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     cargo = tomllib.loads((REPO / "Cargo.toml").read_text())
-    assert chart["appVersion"] == cargo["package"]["version"]
+    assert chart["appVersion"] == cargo["workspace"]["package"]["version"]
 
 
 def test_image_tag_defaults_to_app_version(default_render):

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The seed's `order.charge.capture.complete` event (dr-api.md S0), ~1 KB, with `id`.
+/// The seed's `order.charge.capture.complete` event (docs/digital-river.md S0), ~1 KB, with `id`.
 fn seed_event(id: &str) -> Vec<u8> {
     let event = json!({
         "id": id,

@@ -24,7 +24,7 @@ use crate::bus::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::digital_river::{self, Client, ClientConfig};
-use crate::domain::fulfilments::Fulfiller;
+use crate::domain::fulfillments::Fulfiller;
 use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
 use crate::grpc::charge::ChargeApi;
@@ -365,7 +365,7 @@ async fn build_backends(
     let bus = Bus::connect(bus_config).await?;
     let event_log = JetStreamLog::open(bus.clone(), encoder, clock).await?;
     // why: an owner holds a key for at most reconcile + POST + reconcile
-    // (fulfilments.rs); past that, another replica may assume it died.
+    // (fulfillments.rs); past that, another replica may assume it died.
     let lease = settings.upstream_timeout + settings.reconcile_timeout * 2 + Duration::from_secs(5);
     let idempotency = KvIdempotencyStore::open(&bus, settings.idempotency_ttl, lease).await?;
     Ok(Backends {

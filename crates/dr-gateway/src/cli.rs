@@ -14,7 +14,7 @@ use crate::config::ServeArgs;
 #[cfg(feature = "sandbox")]
 pub use dr_sandbox::cli::SandboxArgs;
 
-/// dr-gateway: a gRPC gateway for Digital River order fulfilment, with a DR sandbox.
+/// dr-gateway: a gRPC gateway for Digital River order fulfillment, with a DR sandbox.
 #[derive(Debug, Parser)]
 #[command(name = "dr-gateway", version, about)]
 pub struct Cli {

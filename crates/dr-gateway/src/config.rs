@@ -237,7 +237,7 @@ impl BusArgs {
 /// `--upstream-rate-limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateLimitSetting {
-    /// DR's documented per-key limit for the key's mode (dr-api.md §5.2).
+    /// DR's documented per-key limit for the key's mode (docs/digital-river.md §5.2).
     Auto,
     /// No pacing.
     Off,
@@ -262,7 +262,7 @@ impl RateLimitSetting {
         let rate = match self {
             Self::Off => return None,
             Self::PerSecond(n) => n,
-            // why: DR's limits are per secret key: 25/s test, 250/s live (dr-api.md §5.2).
+            // why: DR's limits are per secret key: 25/s test, 250/s live (docs/digital-river.md §5.2).
             Self::Auto if api_key.starts_with("sk_test_") => 25,
             Self::Auto => 250,
         };

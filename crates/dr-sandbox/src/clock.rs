@@ -30,13 +30,13 @@ impl Clock {
     }
 }
 
-/// Resource timestamp, whole seconds: `2022-07-01T17:55:58Z` (seed 000).
+/// Resource timestamp, whole seconds: `2022-07-01T17:55:58Z` (DR's "Capturing and cancelling charges" page).
 pub(crate) fn fmt_secs(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// Event timestamp with fractional seconds, trailing zeros trimmed:
-/// `2022-07-01T18:30:59.51144Z` (dr-api.md §3.2).
+/// `2022-07-01T18:30:59.51144Z` (docs/digital-river.md §3.2).
 pub(crate) fn fmt_event_time(t: DateTime<Utc>) -> String {
     let micros = t.timestamp_subsec_micros();
     let base = t.format("%Y-%m-%dT%H:%M:%S").to_string();

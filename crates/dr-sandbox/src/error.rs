@@ -1,9 +1,9 @@
 //! Errors: DR-shaped API errors (what a caller of the emulated API sees) and the
 //! start-up error of the sandbox itself.
 //!
-//! DR error body (dr-api.md §5.1): `{"type": "...", "errors": [{"code", "parameter"?, "message"}]}`.
+//! DR error body (docs/digital-river.md §5.1): `{"type": "...", "errors": [{"code", "parameter"?, "message"}]}`.
 //! One quirk is reproduced on purpose: `payment_authorization_failed` has no `type` and says
-//! `description` instead of `message` (seed 001).
+//! `description` instead of `message` (DR's "Payment reauthorizations" page).
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
@@ -43,15 +43,15 @@ pub(crate) struct ErrorEntry {
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    /// `None` renders a body without `type` (seed 001 quirk).
+    /// `None` renders a body without `type` (DR's "Payment reauthorizations" page quirk).
     kind: Option<&'static str>,
     errors: Vec<ErrorEntry>,
-    /// Render `description` instead of `message` (seed 001 quirk).
+    /// Render `description` instead of `message` (DR's "Payment reauthorizations" page quirk).
     use_description: bool,
     retry_after: Option<u64>,
 }
 
-/// The DR `type` for an HTTP status (PHP SDK `Errors::TYPE_*`, dr-api.md §5.1).
+/// The DR `type` for an HTTP status (PHP SDK `Errors::TYPE_*`, docs/digital-river.md §5.1).
 pub(crate) fn type_for_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 => "bad_request",
@@ -127,15 +127,19 @@ impl ApiError {
     }
 
     /// 409 with the given code.
-    pub(crate) fn conflict(code: &str, parameter: Option<&str>, message: impl Into<String>) -> Self {
+    pub(crate) fn conflict(
+        code: &str,
+        parameter: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(StatusCode::CONFLICT, code, parameter, message)
     }
 
-    /// 409 `payment_authorization_failed`, exactly as seed 001 prints it.
+    /// 409 `payment_authorization_failed`, exactly as DR's "Payment reauthorizations" page prints it.
     pub(crate) fn payment_authorization_failed() -> Self {
         Self {
             status: StatusCode::CONFLICT,
-            // why: seed 001's body has no `type` and uses `description` (dr-api.md §1.6).
+            // why: the "Payment reauthorizations" page's body has no `type` and uses `description` (docs/digital-river.md §1.6).
             kind: None,
             errors: vec![ErrorEntry {
                 code: "payment_authorization_failed".to_owned(),

@@ -1,5 +1,5 @@
 //! The event store: DR's event envelope, kept 30 days by the sandbox clock for
-//! `GET /events` (dr-api.md §3).
+//! `GET /events` (docs/digital-river.md §3).
 
 use std::collections::HashMap;
 
@@ -8,10 +8,10 @@ use serde_json::{json, Map, Value};
 
 use super::clock::fmt_event_time;
 
-/// `digitalriverVersion` of every event (seeds 000, 001, 003).
+/// `digitalriverVersion` of every event (DR's pages "Capturing and cancelling charges", "Payment reauthorizations", "Disputes and chargebacks").
 pub(crate) const DR_VERSION: &str = "2021-12-13";
 
-/// How long events stay listable ("extending back 30 days", dr-api.md §3.1).
+/// How long events stay listable ("extending back 30 days", docs/digital-river.md §3.1).
 pub(crate) const RETENTION_DAYS: i64 = 30;
 
 /// Hard cap on stored events; the oldest go first (keeps a long standalone run bounded).
@@ -30,7 +30,7 @@ pub(crate) struct StoredEvent {
     pub json: Value,
 }
 
-/// Builds a DR event envelope (dr-api.md §3.2).
+/// Builds a DR event envelope (docs/digital-river.md §3.2).
 pub(crate) fn envelope(
     id: &str,
     event_type: &str,

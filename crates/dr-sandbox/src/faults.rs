@@ -6,15 +6,17 @@
 //! kinds and `malformed` run the request first, so the caller loses a response to a call
 //! that DID happen ("POST reached DR, response lost").
 
-use serde::Deserialize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::glob::glob_match;
 
-/// What a fault does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// What an armed fault does to a matching DR-surface call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum FaultKind {
+pub enum FaultKind {
     /// Wait `latencyMs`, then process normally.
     Latency,
     /// Answer `status` with a DR-shaped error body (and `Retry-After`), not processing.
@@ -25,13 +27,13 @@ pub(crate) enum FaultKind {
     Malformed,
     /// Process, then drop the connection without answering.
     ResetAfterProcessing,
-    /// Process, then wait `latencyMs` before answering (to outlast client timeouts).
+    /// Process, then wait `latencyMs` before answering.
     LatencyAfterProcessing,
 }
 
 impl FaultKind {
     /// Wire name.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Latency => "latency",
             Self::Status => "status",
@@ -43,24 +45,76 @@ impl FaultKind {
     }
 }
 
-/// `POST /sandbox/faults` body.
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /sandbox/faults` body. Build with [`FaultSpec::new`] and the setters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct FaultSpec {
-    /// HTTP method; absent or `*` = any.
+pub struct FaultSpec {
+    /// HTTP method; `None` = any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// Exact path or `*` glob.
+    /// Exact path or `*` glob (e.g. `/orders/*`).
     pub path: String,
     /// How many matching calls it hits (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
     /// What it does.
     pub kind: FaultKind,
-    /// For the latency kinds.
+    /// Delay of the latency kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
-    /// For `status`: 429, 500, 502, 503 or 504 (any 4xx/5xx is accepted).
+    /// Status of the `status` kind (required for it; any 4xx/5xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// `Retry-After` seconds for `status`.
+    /// `Retry-After` seconds of the `status` kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+}
+
+impl FaultSpec {
+    /// A `kind` fault on the next call to `path` with any method.
+    pub fn new(kind: FaultKind, path: impl Into<String>) -> Self {
+        Self {
+            method: None,
+            path: path.into(),
+            count: None,
+            kind,
+            latency_ms: None,
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    /// A `status` fault answering `status` on the next call to `path`.
+    pub fn status(path: impl Into<String>, status: u16) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::new(FaultKind::Status, path)
+        }
+    }
+
+    /// Only calls with this method.
+    pub fn method(mut self, method: impl Into<String>) -> Self {
+        self.method = Some(method.into());
+        self
+    }
+
+    /// The next `count` matching calls.
+    pub fn count(mut self, count: u32) -> Self {
+        self.count = Some(count);
+        self
+    }
+
+    /// Delay of the latency kinds.
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency_ms = Some(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// `Retry-After` seconds of the `status` kind.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
 }
 
 /// An armed fault.

@@ -1,11 +1,11 @@
 //! `POST /fulfillments` semantics: request validation, the order-state rules of
-//! dr-api.md §1.6, and turning fulfilled / cancelled units into captures and cancels.
+//! docs/digital-river.md §1.6, and turning fulfilled / cancelled units into captures and cancels.
 
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::fulfil::{split, units_amount};
+use super::fulfill::{split, units_amount};
 use super::model::{
     set_transition, Fulfillment, FulfillmentItem, FulfillmentModel, Op, OpKind, OpState, View,
 };
@@ -32,7 +32,7 @@ struct RequestItem {
     shipment_item_id: Option<String>,
 }
 
-/// A string field that may arrive as a number (seed 001 sends `"itemId": 225220780336`).
+/// A string field that may arrive as a number (DR's "Payment reauthorizations" page sends `"itemId": 225220780336`).
 fn id_field(obj: &Map<String, Value>, key: &str) -> Option<String> {
     match obj.get(key)? {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -50,7 +50,7 @@ fn opt_string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, Api
     }
 }
 
-/// A quantity: JSON integer or numeric string (the DR docs send `"quantity": "2"`, seed 000).
+/// A quantity: JSON integer or numeric string (the DR docs send `"quantity": "2"`, DR's "Capturing and cancelling charges" page).
 fn quantity_field(obj: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -81,7 +81,7 @@ pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> 
 }
 
 impl FulfillmentRequest {
-    /// Validates a body; errors name the parameter (dr-api.md §1.2).
+    /// Validates a body; errors name the parameter (docs/digital-river.md §1.2).
     pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let obj = parse_object(body)?;
         let order_id = id_field(&obj, "orderId").ok_or_else(|| ApiError::missing("orderId"))?;
@@ -100,7 +100,7 @@ impl FulfillmentRequest {
             let quantity = quantity_field(item, "quantity")?;
             let cancel_quantity = quantity_field(item, "cancelQuantity")?;
             if quantity.is_none() && cancel_quantity.is_none() {
-                // why: "doesn't need to specify both … but it must contain one or the other" (seed 000).
+                // why: "doesn't need to specify both … but it must contain one or the other" (DR's "Capturing and cancelling charges" page).
                 return Err(ApiError::missing("quantity"));
             }
             let (quantity, cancel_quantity) = (quantity.unwrap_or(0), cancel_quantity.unwrap_or(0));
@@ -120,7 +120,7 @@ impl FulfillmentRequest {
         let metadata = match obj.get("metadata") {
             None | Some(Value::Null) => None,
             Some(Value::Object(m)) => {
-                // why: "Value can be string, boolean or integer types" (dr-api.md §1.2).
+                // why: "Value can be string, boolean or integer types" (docs/digital-river.md §1.2).
                 let ok = m
                     .values()
                     .all(|v| v.is_string() || v.is_boolean() || v.as_i64().is_some());
@@ -166,7 +166,7 @@ impl World {
             .ok_or_else(|| order_not_found(&req.order_id))?;
         let oid = order.id.clone();
         match order.state.as_str() {
-            // why: dr-api.md §1.6 / seed 003.
+            // why: docs/digital-river.md §1.6 / DR's "Disputes and chargebacks" page.
             "dispute" => {
                 return Err(ApiError::conflict(
                     "order_not_submitted",
@@ -174,7 +174,7 @@ impl World {
                     format!("Order '{oid}' has not been submitted."),
                 ));
             }
-            // why: dr-api.md §1.6 / seed 000 — exact body.
+            // why: docs/digital-river.md §1.6 / DR's "Capturing and cancelling charges" page — exact body.
             "fulfilled" | "complete" => {
                 return Err(ApiError::conflict(
                     "order_fulfilled",
@@ -192,7 +192,7 @@ impl World {
             _ => {}
         }
         if order.model == FulfillmentModel::Distributed {
-            // why: the distributed model needs one shipmentId and a shipmentItemId per item (seed 000).
+            // why: the distributed model needs one shipmentId and a shipmentItemId per item (DR's "Capturing and cancelling charges" page).
             if req.shipment_id.as_deref().is_none_or(str::is_empty) {
                 return Err(ApiError::missing("shipmentId"));
             }
@@ -234,7 +234,7 @@ impl World {
                     "quantity_too_large",
                     Some(parameter),
                     format!(
-                        "Quantity {} exceeds the {} unit(s) of item '{}' left to fulfil or cancel.",
+                        "Quantity {} exceeds the {} unit(s) of item '{}' left to fulfill or cancel.",
                         q + cq,
                         item.remaining(),
                         item.id
@@ -244,7 +244,7 @@ impl World {
         }
         let captures_requested = wanted.iter().any(|(_, q, _)| *q > 0);
         if captures_requested && order.risk_averse && order.auth_is_expired(now) {
-            // why: risk-averse accounts never capture on an expired authorization (seed 001).
+            // why: risk-averse accounts never capture on an expired authorization (DR's "Payment reauthorizations" page).
             let (object, live) = (order.to_json(true, View::Event), order.live_mode);
             self.emit("order.charge.reauth.failed", object, None, live);
             return Err(ApiError::payment_authorization_failed());
@@ -409,7 +409,7 @@ impl World {
         Some(f.to_json(details))
     }
 
-    /// `POST /fulfillments/{id}`: updates tracking data (dr-api.md §1.5). Items, when
+    /// `POST /fulfillments/{id}`: updates tracking data (docs/digital-river.md §1.5). Items, when
     /// given, must belong to the fulfillment; nothing else changes.
     pub(crate) fn update_tracking(
         &mut self,

@@ -1,4 +1,4 @@
-//! `*` wildcard matching for event types (`order.charge.*`, dr-api.md §3.1) and fault paths.
+//! `*` wildcard matching for event types (`order.charge.*`, docs/digital-river.md §3.1) and fault paths.
 
 /// Whether `text` matches `pattern`, where `*` matches any run of characters (also none).
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {

@@ -1,7 +1,7 @@
 //! Identifier generation: DR-looking ids, reproducible when a seed is given.
 //!
 //! Orders and line items get numeric strings (`231388420336`), charges, sources, events and
-//! capture/cancel operations get UUIDs, fulfillments `ful_` + UUID (seed 000). With a seed the
+//! capture/cancel operations get UUIDs, fulfillments `ful_` + UUID (DR's "Capturing and cancelling charges" page). With a seed the
 //! sequence is fixed, so two runs with the same seed and the same calls produce the same ids.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -31,8 +31,8 @@ impl IdGen {
             .to_string()
     }
 
-    /// A DR numeric id: 8 random digits followed by `0336` like the test-mode ids in the
-    /// seeds (`231388420336`, `158140150336`).
+    /// A DR numeric id: 8 random digits followed by `0336` like the test-mode ids in DR's
+    /// documentation examples (`231388420336`, `158140150336`).
     pub(crate) fn numeric(&mut self) -> String {
         let n: u64 = self.rng.random_range(10_000_000..100_000_000);
         format!("{n}0336")

@@ -1,8 +1,8 @@
-//! A stateful emulator of Digital River's REST API for fulfilments, charges, orders,
+//! A stateful emulator of Digital River's REST API for fulfillments, charges, orders,
 //! events and webhooks — the "sandbox".
 //!
 //! It speaks only DR's HTTP API (same paths, bodies, status codes, error shapes as
-//! `../shared/dr-api.md` and the seeds) plus a control surface under `/sandbox/` that tests
+//! docs/digital-river.md) plus a control surface under `/sandbox/` that tests
 //! use to create orders, move the clock, settle asynchronous charge operations, register
 //! webhooks, inject faults and inspect what was received and delivered. It imports nothing
 //! from the gateway.
@@ -48,10 +48,11 @@
 //! # Layout
 //! - `clock` — sandbox clock (wall time + offset) and DR timestamp formats
 //! - `conn` — TCP listener with per-connection kill switches (the `reset` faults)
+//! - `control_client` — [`ControlClient`], the typed client of the `/sandbox/` control surface
 //! - `error` — DR-shaped API errors and [`SandboxError`]
 //! - `events` — event envelope and 30-day event store
 //! - `faults` — armed fault table
-//! - `fulfil` — capture/cancel allocation rules (pure)
+//! - `fulfill` — capture/cancel allocation rules (pure)
 //! - `fulfillments` — `POST /fulfillments` validation and effects
 //! - `glob` — `*` wildcard matching
 //! - `ids` — (seeded) id generation
@@ -67,10 +68,11 @@
 pub mod cli;
 mod clock;
 mod conn;
+mod control_client;
 mod error;
 mod events;
 mod faults;
-mod fulfil;
+mod fulfill;
 mod fulfillments;
 mod glob;
 mod ids;
@@ -91,7 +93,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use control_client::{
+    ArmedFault, ClockState, ControlClient, ControlError, DeliveryRecord, OperationKind,
+    OperationState, PendingOperation, RecordedRequest, Redelivery, SecretRotation, Settled,
+    WebhookEndpoint, WebhookRegistration, WebhookSecret, DEFAULT_CONTROL_TIMEOUT,
+};
 pub use error::SandboxError;
+pub use faults::{FaultKind, FaultSpec};
 pub use webhooks::{sign as sign_webhook, signature_header};
 
 use conn::{ConnKill, KillableListener};
@@ -123,11 +131,11 @@ impl std::str::FromStr for SettleMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Total attempts per event and endpoint, first one included (DR test mode retries
-    /// "three/four times", dr-api.md §4.2). Default 4.
+    /// "three/four times", docs/digital-river.md §4.2). Default 4.
     pub attempts: u32,
     /// Delay before the first retry; doubles each time. Default 1 s.
     pub base_delay: Duration,
-    /// Per-attempt timeout. Default 3000 ms (dr-api.md §4.2).
+    /// Per-attempt timeout. Default 3000 ms (docs/digital-river.md §4.2).
     pub timeout: Duration,
 }
 
@@ -236,6 +244,9 @@ async fn serve(
 }
 
 impl Sandbox {
+    /// The key of [`Sandbox::control_client`]: `sk_test_`, so orders it creates are test mode.
+    pub const CONTROL_KEY: &'static str = "sk_test_control";
+
     /// Binds `config.listen`, spawns the server and the webhook dispatcher, and returns.
     pub async fn start(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let listen = config.listen;
@@ -271,6 +282,12 @@ impl Sandbox {
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A [`ControlClient`] for this sandbox, calling with the test-mode key
+    /// [`Sandbox::CONTROL_KEY`].
+    pub fn control_client(&self) -> ControlClient {
+        ControlClient::new(self.base_url(), Self::CONTROL_KEY)
     }
 
     /// Stops accepting, lets requests in progress finish, stops webhook delivery.

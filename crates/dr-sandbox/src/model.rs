@@ -1,5 +1,5 @@
 //! The emulated DR resources (orders, line items, charges, capture/cancel operations,
-//! fulfillments) and their JSON rendering, field names as in the seeds.
+//! fulfillments) and their JSON rendering, field names as in DR's documentation.
 //!
 //! Amounts are `i64` minor units of the order's currency; rendering goes through
 //! `money::to_json` so they are exact on the wire.
@@ -15,7 +15,7 @@ use super::money;
 pub(crate) enum SourceKind {
     /// The primary source.
     CreditCard,
-    /// Store credit (seed 002).
+    /// Store credit (DR's "Applying store credit" page).
     CustomerCredit,
 }
 
@@ -96,7 +96,7 @@ pub(crate) struct Charge {
     pub id: String,
     /// Creation time.
     pub created: DateTime<Utc>,
-    /// Authorized amount; never changes (dr-api.md §2.2).
+    /// Authorized amount; never changes (docs/digital-river.md §2.2).
     pub amount: i64,
     /// Funding source kind.
     pub kind: SourceKind,
@@ -139,8 +139,8 @@ impl Charge {
             .any(|o| o.state == OpState::Pending)
     }
 
-    /// Charge state (dr-api.md §2.2). `capturable` until fully captured/cancelled;
-    /// `processing` while pending operations cover all of the rest (seed 001 shows a
+    /// Charge state (docs/digital-river.md §2.2). `capturable` until fully captured/cancelled;
+    /// `processing` while pending operations cover all of the rest (DR's "Payment reauthorizations" page shows a
     /// charge in `processing` during a full pending capture).
     pub(crate) fn state(&self) -> &'static str {
         let captured = self.captured();
@@ -223,7 +223,7 @@ impl Item {
     }
 }
 
-/// Who coordinates fulfilment (seed 000).
+/// Who coordinates fulfillment (DR's "Capturing and cancelling charges" page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FulfillmentModel {
     /// Third-party coordinated: no shipment ids needed.
@@ -259,9 +259,9 @@ pub(crate) struct Order {
     pub shipping_tax: i64,
     /// Charges in `payment.charges[]` order.
     pub charges: Vec<Charge>,
-    /// Fulfilment model.
+    /// Fulfillment model.
     pub model: FulfillmentModel,
-    /// Risk-averse account (seed 001).
+    /// Risk-averse account (DR's "Payment reauthorizations" page).
     pub risk_averse: bool,
     /// Authorization forced expired.
     pub auth_expired: bool,
@@ -273,7 +273,7 @@ pub(crate) struct Order {
     pub fail_cancels: bool,
     /// Order state.
     pub state: String,
-    /// State before a dispute (restored on resolution, seed 003).
+    /// State before a dispute (restored on resolution, DR's "Disputes and chargebacks" page).
     pub pre_dispute_state: Option<String>,
     /// `stateTransitions`.
     pub transitions: Vec<(String, DateTime<Utc>)>,
@@ -286,7 +286,11 @@ pub(crate) struct Order {
 }
 
 /// Sets `name` in a transitions list (replacing an earlier time for the same state).
-pub(crate) fn set_transition(list: &mut Vec<(String, DateTime<Utc>)>, name: &str, at: DateTime<Utc>) {
+pub(crate) fn set_transition(
+    list: &mut Vec<(String, DateTime<Utc>)>,
+    name: &str,
+    at: DateTime<Utc>,
+) {
     if let Some(entry) = list.iter_mut().find(|(n, _)| n == name) {
         entry.1 = at;
     } else {
@@ -302,7 +306,7 @@ fn transitions_json(list: &[(String, DateTime<Utc>)]) -> Value {
     Value::Object(m)
 }
 
-/// Where a charge is rendered: events leave out `failureMessage` (seed 000: it is
+/// Where a charge is rendered: events leave out `failureMessage` (DR's "Capturing and cancelling charges" page: it is
 /// "visible only via GET /charges/{id}").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum View {
@@ -377,7 +381,7 @@ impl Order {
         m.insert("orderId".into(), json!(self.id));
         m.insert("sourceId".into(), json!(charge.source_id));
         m.insert("paymentSessionId".into(), json!(charge.payment_session_id));
-        // why: `captured` is true once any capture was attempted (seed 000's failed-capture
+        // why: `captured` is true once any capture was attempted (the "Capturing and cancelling charges" page's failed-capture
         // event shows `captured: true` beside a failed capture).
         m.insert("captured".into(), json!(!charge.captures.is_empty()));
         if !charge.captures.is_empty() {
@@ -454,7 +458,7 @@ impl Order {
     }
 
     /// The order JSON. `with_payment: false` gives a fulfillment's `orderDetails`
-    /// ("orderDetails doesn't contain the order's payment", seed 000).
+    /// ("orderDetails doesn't contain the order's payment", DR's "Capturing and cancelling charges" page).
     pub(crate) fn to_json(&self, with_payment: bool, view: View) -> Value {
         let captured = self.captured();
         let mut m = Map::new();

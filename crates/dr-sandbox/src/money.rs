@@ -92,7 +92,7 @@ pub(crate) fn parse_value(value: &Value, exp: u32) -> Result<i64, MoneyError> {
 }
 
 /// Renders minor units as DR writes amounts: at least one decimal, trailing zeros
-/// trimmed (`25.0`, `13.45`, `0.1`), like the seeds' payloads (seed 000: `"subtotal": 25.0`).
+/// trimmed (`25.0`, `13.45`, `0.1`), like the payloads in DR's documentation (DR's "Capturing and cancelling charges" page: `"subtotal": 25.0`).
 pub(crate) fn to_text(minor: i64, exp: u32) -> String {
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();

@@ -10,13 +10,13 @@ use serde_json::{json, Value};
 
 use super::clock::parse_time;
 use super::error::ApiError;
-use super::fulfil::line_shares;
+use super::fulfill::line_shares;
 use super::model::{set_transition, Charge, FulfillmentModel, Item, Order, SourceKind, View};
 use super::money;
 use super::state::World;
 
 /// How long a card authorization lasts by default ("typically … capturable for 7 days",
-/// dr-api.md §2.2).
+/// docs/digital-river.md §2.2).
 const DEFAULT_AUTH_DAYS: i64 = 7;
 
 /// `POST /sandbox/orders` body. Unknown fields are ignored.
@@ -88,7 +88,11 @@ pub(crate) fn int_value(value: &Value) -> Option<i64> {
 
 impl World {
     /// Creates an accepted order and emits `order.accepted`.
-    pub(crate) fn create_order(&mut self, spec: CreateOrder, live_mode: bool) -> Result<Value, ApiError> {
+    pub(crate) fn create_order(
+        &mut self,
+        spec: CreateOrder,
+        live_mode: bool,
+    ) -> Result<Value, ApiError> {
         let now = self.clock.now();
         let currency = spec
             .currency
@@ -236,7 +240,7 @@ impl World {
     }
 
     /// Charges from the spec: default one card charge for the total; a card charge
-    /// without amount (or a missing one) takes what store credit leaves (seed 002).
+    /// without amount (or a missing one) takes what store credit leaves (DR's "Applying store credit" page).
     fn build_charges(
         &mut self,
         specs: Option<Vec<ChargeSpec>>,
@@ -304,7 +308,7 @@ impl World {
         Ok(charges)
     }
 
-    /// Puts an order in dispute (seed 003): `state: dispute`, event `order.dispute`.
+    /// Puts an order in dispute (DR's "Disputes and chargebacks" page): `state: dispute`, event `order.dispute`.
     pub(crate) fn open_dispute(&mut self, order_id: &str) -> Result<Value, ApiError> {
         let now = self.clock.now();
         let order = self
@@ -336,7 +340,7 @@ impl World {
         Ok(json)
     }
 
-    /// Ends a dispute: back to the prior state, event `order.dispute.resolved` (seed 003).
+    /// Ends a dispute: back to the prior state, event `order.dispute.resolved` (DR's "Disputes and chargebacks" page).
     pub(crate) fn resolve_dispute(&mut self, order_id: &str) -> Result<Value, ApiError> {
         let now = self.clock.now();
         let order = self

@@ -63,7 +63,7 @@ impl World {
     }
 
     /// Moves a fulfilled order to `complete` once every charge is fully captured or
-    /// cancelled (dr-api.md §3.3), emitting `order.complete`.
+    /// cancelled (docs/digital-river.md §3.3), emitting `order.complete`.
     pub(crate) fn progress_order(&mut self, order_id: &str) {
         let now = self.clock.now();
         let Some(order) = self.orders.get_mut(order_id) else {

@@ -3,7 +3,7 @@
 //! Delivery never blocks an API call: emitting an event `try_send`s one job per matching
 //! endpoint into a bounded queue; a dispatcher task runs up to `MAX_IN_FLIGHT` deliveries
 //! at a time. Each attempt is signed afresh (new timestamp, current secret), times out after
-//! the policy's timeout (3000 ms, dr-api.md §4.2) and counts as success only on 2xx.
+//! the policy's timeout (3000 ms, docs/digital-river.md §4.2) and counts as success only on 2xx.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ impl Webhook {
     }
 }
 
-/// `base64(HMAC-SHA256(secret, "<ts>.<body>"))`, standard alphabet with padding (dr-api.md §4.3).
+/// `base64(HMAC-SHA256(secret, "<ts>.<body>"))`, standard alphabet with padding (docs/digital-river.md §4.3).
 pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
     // why: HMAC accepts keys of any length, so `new_from_slice` cannot fail here; fall back
     // to an empty signature rather than panic.
@@ -90,7 +90,7 @@ pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-/// The `DigitalRiver-Signature` value: `<ts>, <sig>` (dr-api.md §4.3, SFCC cartridge split on ", ").
+/// The `DigitalRiver-Signature` value: `<ts>, <sig>` (docs/digital-river.md §4.3, SFCC cartridge split on ", ").
 pub fn signature_header(secret: &str, timestamp: &str, body: &[u8]) -> String {
     format!("{timestamp}, {}", sign(secret, timestamp, body))
 }
@@ -196,7 +196,7 @@ async fn deliver(app: &App, job: DeliveryJob) {
             return;
         }
         // why: the signature timestamp is wall time, not the sandbox clock — receivers
-        // check it against their own clock (dr-api.md §4.3 "timestamp … replay attacks").
+        // check it against their own clock (docs/digital-river.md §4.3 "timestamp … replay attacks").
         let ts = Utc::now().timestamp().to_string();
         let signature = signature_header(&hook.secret, &ts, &job.body);
         let started = Instant::now();

@@ -1,7 +1,7 @@
 //! [`KvIdempotencyStore`]: CreateFulfillment idempotency records in a JetStream
 //! key-value bucket every replica shares, so a retry that lands on another replica
 //! gets the first result instead of a second `POST /fulfillments` (DR has no
-//! idempotency key of its own: `../shared/dr-api.md` §5.3).
+//! idempotency key of its own: docs/digital-river.md §5.3).
 //!
 //! # Records
 //! One JSON record per `request_id` (key = [`safe_key`] of it), kept for the

@@ -9,7 +9,7 @@
 //!   one replica means the same position on every other.
 //! - **KV bucket** `<stream>_IDS`: DR event id → stream sequence. JetStream's own dedup
 //!   only covers its duplicate window (`--bus-dedup-window`, default 2 min); DR
-//!   re-sends for up to 72 h (`../shared/dr-api.md` §4.2), so redeliveries older than
+//!   re-sends for up to 72 h (docs/digital-river.md §4.2), so redeliveries older than
 //!   the window are caught here (the bucket keeps ids as long as the stream keeps
 //!   events). It also answers [`EventLog::get_by_id`](crate::events::EventLog::get_by_id).
 //! - **KV bucket** `DR_GATEWAY_IDEMPOTENCY` (`--bus-idempotency-bucket`):

@@ -39,12 +39,12 @@ pub struct ClientConfig {
 pub struct CallOptions {
     /// When the caller stops waiting (its gRPC deadline, already minus a margin).
     pub deadline: Option<Instant>,
-    /// Sent as `upstream-id` so DR support can trace the call (dr-api.md §5.4);
+    /// Sent as `upstream-id` so DR support can trace the call (docs/digital-river.md §5.4);
     /// generated when absent.
     pub request_id: Option<String>,
 }
 
-/// Filters of `GET /fulfillments` (dr-api.md §1.4).
+/// Filters of `GET /fulfillments` (docs/digital-river.md §1.4).
 #[derive(Debug, Clone, Default)]
 pub struct FulfillmentQuery {
     /// `orderId`.
@@ -67,7 +67,7 @@ pub struct FulfillmentQuery {
     pub starting_after: Option<String>,
 }
 
-/// Filters of `GET /events` (dr-api.md §3.1).
+/// Filters of `GET /events` (docs/digital-river.md §3.1).
 #[derive(Debug, Clone, Default)]
 pub struct EventQuery {
     /// One type (may hold `*`) → `type`; several exact names → `types`.
@@ -137,7 +137,7 @@ impl Client {
         })
     }
 
-    /// `POST /fulfillments`. Never retried: DR has no idempotency key (dr-api.md §5.3).
+    /// `POST /fulfillments`. Never retried: DR has no idempotency key (docs/digital-river.md §5.3).
     pub async fn create_fulfillment(
         &self,
         body: &CreateFulfillment,
@@ -177,7 +177,7 @@ impl Client {
         self.send(Call::get(&["fulfillments"], q), opts).await
     }
 
-    /// `POST /fulfillments/{id}`: tracking update (dr-api.md §1.5). Not retried.
+    /// `POST /fulfillments/{id}`: tracking update (docs/digital-river.md §1.5). Not retried.
     pub async fn update_fulfillment(
         &self,
         id: &str,
@@ -224,7 +224,7 @@ impl Client {
     ) -> Result<Page<Event>, Error> {
         let mut q = Vec::new();
         // why: DR takes either `type` (one name or a `*` group) or `types` (exact
-        // names), never both (dr-api.md §3.1).
+        // names), never both (docs/digital-river.md §3.1).
         match query.types.as_slice() {
             [] => {}
             [one] => q.push(("type", one.clone())),

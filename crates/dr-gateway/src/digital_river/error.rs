@@ -7,7 +7,7 @@ use serde::Deserialize;
 /// DR's error body: `{ "type": …, "errors": [{ "code", "parameter", "message" }] }`.
 ///
 /// why: every field is optional — DR's own examples omit `type`, use `description`
-/// instead of `message`, or send an entry with only `message` (dr-api.md §5.1).
+/// instead of `message`, or send an entry with only `message` (docs/digital-river.md §5.1).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ErrorBody {
@@ -28,7 +28,7 @@ pub struct ErrorEntry {
     pub parameter: Option<String>,
     /// Human message.
     pub message: Option<String>,
-    /// Used instead of `message` in some DR examples (seed 001).
+    /// Used instead of `message` in some DR examples (DR's "Payment reauthorizations" page).
     pub description: Option<String>,
 }
 
@@ -137,7 +137,7 @@ pub enum Error {
 
 impl Error {
     /// True when a POST may or may not have taken effect at DR, so the caller must
-    /// reconcile before retrying (dr-api.md §0.3, §5.3).
+    /// reconcile before retrying (docs/digital-river.md §0.3, §5.3).
     pub fn outcome_unknown(&self) -> bool {
         match self {
             Error::Timeout { maybe_sent, .. } => *maybe_sent,

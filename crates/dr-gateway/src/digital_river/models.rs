@@ -1,6 +1,6 @@
 //! DR's JSON objects as the gateway reads and writes them.
 //!
-//! why: DR adds fields and enum values without notice (dr-api.md §5.4), so every
+//! why: DR adds fields and enum values without notice (docs/digital-river.md §5.4), so every
 //! field is optional or defaulted and unknown fields are ignored. Amounts stay
 //! [`serde_json::Number`]s: with `arbitrary_precision` they keep DR's decimal text,
 //! which [`crate::money`] converts exactly.
@@ -49,7 +49,7 @@ pub struct CreateFulfillment {
 pub struct CreateFulfillmentItem {
     /// DR line-item id.
     pub item_id: String,
-    /// Units fulfilled (sent as an integer; dr-api.md §1.2).
+    /// Units fulfilled (sent as an integer; docs/digital-river.md §1.2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantity: Option<i64>,
     /// Units cancelled.
@@ -60,7 +60,7 @@ pub struct CreateFulfillmentItem {
     pub shipment_item_id: Option<String>,
 }
 
-/// `POST /fulfillments/{id}` body (tracking update, dr-api.md §1.5).
+/// `POST /fulfillments/{id}` body (tracking update, docs/digital-river.md §1.5).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateFulfillment {
@@ -86,7 +86,7 @@ pub struct ItemRef {
     pub item_id: String,
 }
 
-/// A DR fulfillment (dr-api.md §1.3).
+/// A DR fulfillment (docs/digital-river.md §1.3).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Fulfillment {
@@ -260,7 +260,7 @@ pub struct ProductDetails {
     pub name: Option<String>,
 }
 
-/// A DR charge (dr-api.md §2.2).
+/// A DR charge (docs/digital-river.md §2.2).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Charge {
@@ -324,7 +324,7 @@ pub struct ChargeOperation {
     pub fulfillment_id: Option<String>,
 }
 
-/// A DR event envelope (dr-api.md §3.2).
+/// A DR event envelope (docs/digital-river.md §3.2).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Event {

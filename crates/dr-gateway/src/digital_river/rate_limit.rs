@@ -1,7 +1,7 @@
 //! Keeps the gateway's own calls under DR's per-key rate limit.
 //!
 //! why: DR allows 250 req/s per live key and 25 per test key, and answers 429 past
-//! that (dr-api.md §5.2); many services share the gateway's one key, so their bursts
+//! that (docs/digital-river.md §5.2); many services share the gateway's one key, so their bursts
 //! add up. Pacing calls here turns a 429 storm into short, bounded waits.
 //!
 //! GCRA (a token bucket kept as one "theoretical arrival time"): a call may start
@@ -11,12 +11,15 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+// why: the schedule runs on tokio's clock, so tests can pause and advance it.
+use tokio::time::Instant as TokioInstant;
+
 /// Paces calls to `rate` per second with bursts of up to `burst` calls.
 #[derive(Debug)]
 pub struct RateLimiter {
     interval: Duration,
     burst_tolerance: Duration,
-    tat: Mutex<Instant>,
+    tat: Mutex<TokioInstant>,
 }
 
 /// The limiter cannot start the call before the caller's deadline.
@@ -33,7 +36,7 @@ impl RateLimiter {
         Self {
             interval,
             burst_tolerance: interval * (burst.max(1) - 1),
-            tat: Mutex::new(Instant::now()),
+            tat: Mutex::new(TokioInstant::now()),
         }
     }
 
@@ -41,13 +44,13 @@ impl RateLimiter {
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<(), WouldExceedDeadline> {
         let start_at = {
             let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
+            let now = TokioInstant::now();
             let base = (*tat).max(now);
             let start_at = base
                 .checked_sub(self.burst_tolerance)
                 .unwrap_or(now)
                 .max(now);
-            if let Some(deadline) = deadline {
+            if let Some(deadline) = deadline.map(TokioInstant::from_std) {
                 if start_at >= deadline {
                     return Err(WouldExceedDeadline {
                         retry_after: start_at - now,
@@ -57,7 +60,7 @@ impl RateLimiter {
             *tat = base + self.interval;
             start_at
         };
-        tokio::time::sleep_until(start_at.into()).await;
+        tokio::time::sleep_until(start_at).await;
         Ok(())
     }
 }
@@ -86,5 +89,19 @@ mod tests {
         let second = limiter.acquire(soon).await.unwrap_err();
         // the second refusal names the same slot, not one further away
         assert!(second.retry_after <= first.retry_after);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_call_waits_exactly_for_its_slot() {
+        use tokio_test::{assert_pending, assert_ready};
+        let limiter = RateLimiter::new(10, 1);
+        limiter.acquire(None).await.unwrap();
+        let mut next = tokio_test::task::spawn(limiter.acquire(None));
+        assert_pending!(next.poll());
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert_pending!(next.poll());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(next.is_woken());
+        assert_ready!(next.poll()).unwrap();
     }
 }

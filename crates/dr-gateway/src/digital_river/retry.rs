@@ -42,7 +42,7 @@ impl RetryPolicy {
     }
 
     /// How long to wait before attempt number `attempt + 1` (attempt counts from 1).
-    /// DR's `Retry-After` wins over the computed backoff (dr-api.md §5.2).
+    /// DR's `Retry-After` wins over the computed backoff (docs/digital-river.md §5.2).
     pub fn delay(&self, attempt: u32, error: &Error) -> Duration {
         if let Error::Api {
             retry_after: Some(wait),

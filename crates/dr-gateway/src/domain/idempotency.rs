@@ -1,5 +1,5 @@
 //! Remembers CreateFulfillment results per caller `request_id`, so a retry gets the
-//! first result instead of a second POST (DR has none of its own: dr-api.md §5.3).
+//! first result instead of a second POST (DR has none of its own: docs/digital-river.md §5.3).
 //!
 //! Bounded by entry count and by age (TTL). A key is in one of three states:
 //! in flight (a POST or reconciliation is running; retries wait for it), done (the

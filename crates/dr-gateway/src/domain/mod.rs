@@ -1,10 +1,10 @@
 //! What the gateway does between the gRPC edge and DR: validation, idempotent
-//! fulfilment with reconciliation, order progress and capture-failure lookups.
+//! fulfillment with reconciliation, order progress and capture-failure lookups.
 //!
 //! It speaks in DR models and [`ServiceError`]; the transport converts both.
 
 mod error;
-pub mod fulfilments;
+pub mod fulfillments;
 pub mod idempotency;
 pub mod orders;
 

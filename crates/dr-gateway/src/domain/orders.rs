@@ -1,4 +1,4 @@
-//! Order lookup for fulfilment: find an order by DR id or by the caller's own id,
+//! Order lookup for fulfillment: find an order by DR id or by the caller's own id,
 //! and work out per line item what is already fulfilled, cancelled or still open.
 
 use std::collections::HashMap;
@@ -62,7 +62,7 @@ pub async fn find_order(
 }
 
 /// Sums the order's fulfillments per line item (all pages).
-pub async fn fulfilment_progress(
+pub async fn fulfillment_progress(
     client: &Client,
     order_id: &str,
     opts: &CallOptions,
@@ -87,7 +87,7 @@ pub async fn fulfilment_progress(
     }
 }
 
-/// The failed capture `capture_id` of `charge`, as seed 000's failure lookup finds it.
+/// The failed capture `capture_id` of `charge`, as the "Capturing and cancelling charges" page's failure lookup finds it.
 pub fn failed_capture<'a>(
     charge: &'a Charge,
     capture_id: &str,

@@ -18,7 +18,7 @@ use crate::{
     digital_river::{self, CallOptions, Client, EventQuery},
 };
 
-/// DR keeps events for 30 days (`../shared/dr-api.md` §3.1); nothing older can be
+/// DR keeps events for 30 days (docs/digital-river.md §3.1); nothing older can be
 /// listed.
 pub const DR_EVENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 

@@ -1,4 +1,4 @@
-//! The DR event envelope (`../shared/dr-api.md` §3.2): parsed once from the raw bytes
+//! The DR event envelope (docs/digital-river.md §3.2): parsed once from the raw bytes
 //! DR sent, keeping the whole `data.object` so nothing DR sends is lost.
 //!
 //! Parsing is lenient about everything except what the gateway needs to store and
@@ -122,7 +122,7 @@ impl Envelope {
             _ => Vec::new(),
         };
         // why: real payloads say `digitalriverVersion`, the PHP SDK `digitalRiverVersion`
-        // (dr-api.md §3.2).
+        // (docs/digital-river.md §3.2).
         let digitalriver_version = ["digitalriverVersion", "digitalRiverVersion"]
             .iter()
             .find_map(|k| top.get(*k).and_then(Value::as_str).map(str::to_owned));
@@ -155,7 +155,7 @@ pub fn order_id_of(event_type: &str, object: &Map<String, Value>) -> Option<Stri
     }
     // why: `order.charge.*` objects are charges (they carry orderId, handled above);
     // `order.chargeback` is a sales transaction; any other `order.*` object is the
-    // order (dr-api.md §3.2).
+    // order (docs/digital-river.md §3.2).
     let object_is_order = event_type.starts_with("order.")
         && !event_type.starts_with("order.charge.")
         && event_type != "order.chargeback";

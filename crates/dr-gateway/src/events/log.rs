@@ -5,7 +5,7 @@
 //! - **Sequences.** Each appended event gets a sequence number, strictly increasing
 //!   by one per append, starting at 1 (`0` means "before the first event"). Order
 //!   in the log is *arrival* order at the gateway, not DR's `createdTime`: DR does not
-//!   promise ordered delivery (`../shared/dr-api.md` §4.2), and backfilled events are
+//!   promise ordered delivery (docs/digital-river.md §4.2), and backfilled events are
 //!   appended when backfill finds them. For JetStream the sequence is the stream
 //!   sequence.
 //! - **Dedup.** [`EventLog::append`] is idempotent on the DR event id within the

@@ -4,7 +4,7 @@
 //! # Dedup window
 //! An event id is remembered while the log holds the event, and after it was
 //! dropped for as long as it is younger than [`MemoryLogConfig::dedup_window`]
-//! (default 4 days, beyond DR's 72 h of webhook retries, `../shared/dr-api.md` §4.2)
+//! (default 4 days, beyond DR's 72 h of webhook retries, docs/digital-river.md §4.2)
 //! and among the newest [`MemoryLogConfig::dedup_max_ids`] ids (default 200 000,
 //! roughly 25 MB). A redelivery older than that is stored again.
 

@@ -2,7 +2,7 @@
 //!
 //! DR captures and cancels asynchronously: `POST /fulfillments` answers at once and
 //! the outcome arrives later as `order.charge.capture.*` / `order.charge.cancel.*`
-//! events whose `data.object` is the charge (`../shared/dr-api.md` §0.2, §3.3). The
+//! events whose `data.object` is the charge (docs/digital-river.md §0.2, §3.3). The
 //! operations that belong to a fulfillment are the charge's `captures[]` /
 //! `cancels[]` entries with its `fulfillmentId`, or whose id is in the
 //! fulfillment's `chargeOperationIds` (DR's cancel example has no `fulfillmentId`).

@@ -14,7 +14,7 @@ use super::fulfillment::tracking_command;
 use super::request::{self, required};
 use crate::digital_river::models::Fulfillment;
 use crate::digital_river::Client;
-use crate::domain::fulfilments::{Fulfiller, FulfillmentCommand, ItemCommand};
+use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand};
 use crate::domain::orders;
 use crate::domain::ServiceError;
 use crate::events::outcomes::{self, Correlation, OperationKind, Outcomes};
@@ -246,7 +246,7 @@ impl ChargeService for ChargeApi {
             request_id: r.request_id,
         };
         let (fulfillment, outcomes, settled) = self
-            .fulfil_and_wait(command, OperationKind::Capture, r.wait, deadline)
+            .fulfill_and_wait(command, OperationKind::Capture, r.wait, deadline)
             .await?;
         Ok(Response::new(pb::CaptureItemsResponse {
             fulfillment: Some(fulfillment),
@@ -271,7 +271,7 @@ impl ChargeService for ChargeApi {
             request_id: r.request_id,
         };
         let (fulfillment, outcomes, settled) = self
-            .fulfil_and_wait(command, OperationKind::Cancel, r.wait, deadline)
+            .fulfill_and_wait(command, OperationKind::Cancel, r.wait, deadline)
             .await?;
         Ok(Response::new(pb::CancelItemsResponse {
             fulfillment: Some(fulfillment),
@@ -284,7 +284,7 @@ impl ChargeService for ChargeApi {
 impl ChargeApi {
     /// Creates the fulfillment (idempotently) and, with `wait`, waits for the
     /// outcomes of its operations of `kind`.
-    async fn fulfil_and_wait(
+    async fn fulfill_and_wait(
         &self,
         command: FulfillmentCommand,
         kind: OperationKind,

@@ -1,4 +1,4 @@
-//! `FulfillmentService`: fulfil / cancel items, read fulfillments and orders.
+//! `FulfillmentService`: fulfill / cancel items, read fulfillments and orders.
 
 use tonic::{Request, Response, Status};
 
@@ -6,7 +6,7 @@ use super::convert;
 use super::request::{self, decode_page_token, encode_page_token, page_size, required};
 use crate::digital_river::models::{ItemRef, UpdateFulfillment};
 use crate::digital_river::{Client, FulfillmentQuery};
-use crate::domain::fulfilments::{Fulfiller, FulfillmentCommand, ItemCommand, TrackingCommand};
+use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand, TrackingCommand};
 use crate::domain::orders::{self, OrderKey};
 use crate::domain::ServiceError;
 use crate::pb::v1 as pb;
@@ -189,7 +189,7 @@ impl FulfillmentService for FulfillmentApi {
         };
         let order = orders::find_order(&self.client, &key, &opts).await?;
         tracing::Span::current().record("order_id", order.id.as_str());
-        let progress = orders::fulfilment_progress(&self.client, &order.id, &opts).await?;
+        let progress = orders::fulfillment_progress(&self.client, &order.id, &opts).await?;
         let mut out = convert::order(&order);
         for item in &mut out.items {
             let p = progress.get(&item.id).copied().unwrap_or_default();

@@ -1,6 +1,6 @@
 //! THE table that turns upstream and domain errors into `tonic::Status`.
 //!
-//! Map on DR's HTTP status first, then refine with DR's `code` (dr-api.md §5.1:
+//! Map on DR's HTTP status first, then refine with DR's `code` (docs/digital-river.md §5.1:
 //! `type` does not always match the status). Every status carries
 //! `google.rpc.ErrorInfo` so callers in any language can branch on `reason`.
 
@@ -481,7 +481,7 @@ mod tests {
 
     #[test]
     fn lenient_bodies_still_map() {
-        // seed 001: no `type`, `description` instead of `message`
+        // DR's "Payment reauthorizations" page: no `type`, `description` instead of `message`
         let error = DrError::Api {
             status: 409,
             method: "POST",

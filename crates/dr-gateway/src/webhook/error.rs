@@ -1,5 +1,5 @@
 //! Webhook failures and the HTTP answers DR gets for them. DR treats any non-2xx as
-//! "not received" and retries (`../shared/dr-api.md` §4.2), so only failures of the
+//! "not received" and retries (docs/digital-river.md §4.2), so only failures of the
 //! request itself are 4xx; our own failures are 503 so DR re-sends.
 
 use axum::{
@@ -69,7 +69,7 @@ impl IntoResponse for WebhookError {
         match &self {
             Self::NotAnEvent(e) => {
                 // why: DR asks for a descriptive message on a payload we cannot
-                // process (dr-api.md §4.2); the parse error holds no secrets.
+                // process (docs/digital-river.md §4.2); the parse error holds no secrets.
                 body["message"] = json!(e.to_string());
                 if let Some(field) = e.field() {
                     body["field"] = json!(field);

@@ -1,7 +1,7 @@
 //! Webhook intake: an axum router on its own listener that receives DR's event
 //! POSTs, verifies the signature on the raw bytes, parses the envelope, appends it
 //! to the event log and only then answers 2xx, so DR re-sends anything not stored
-//! (`../shared/dr-api.md` §4.2). Also serves `/healthz` and `/readyz`.
+//! (docs/digital-river.md §4.2). Also serves `/healthz` and `/readyz`.
 
 pub mod error;
 pub mod signature;
@@ -139,7 +139,7 @@ async fn receive_event(
             WebhookError::BodyUnreadable
         }
     })?;
-    // why: verify the exact bytes DR signed, before any parsing (dr-api.md §4.3).
+    // why: verify the exact bytes DR signed, before any parsing (docs/digital-river.md §4.3).
     let header = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     match state.verifier.verify(header, &body) {
         Ok(variant) => tracing::debug!(?variant, "webhook signature verified"),

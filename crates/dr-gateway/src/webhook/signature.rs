@@ -1,5 +1,5 @@
 //! Verifies the `DigitalRiver-Signature` header on the raw body bytes
-//! (`../shared/dr-api.md` §4.3).
+//! (docs/digital-river.md §4.3).
 //!
 //! why: DR does not document the header's exact format. DR's own SFCC connector
 //! implies `"<ts>, <base64 HMAC-SHA256(secret, "<ts>.<raw body>")>"`; until a captured

@@ -1,12 +1,12 @@
 //! End-to-end event flows against the sandbox (a stateful DR emulator that sends
-//! signed webhooks): fulfil through the gateway and watch the events arrive, backfill
+//! signed webhooks): fulfill through the gateway and watch the events arrive, backfill
 //! after a restart, and ChargeService's wait for capture outcomes.
 
 use std::time::Duration;
 
 use dr_gateway::pb::v1 as pb;
-use dr_sandbox::{Sandbox, SandboxConfig, SettleMode};
-use serde_json::{json, Value};
+use dr_sandbox::{Sandbox, SandboxConfig, SettleMode, WebhookRegistration};
+use serde_json::json;
 
 use crate::event_support::*;
 use crate::helpers::{settings, spawn_app_with, with_deadline, TestApp, API_KEY, WEBHOOK_SECRET};
@@ -26,50 +26,22 @@ async fn sandbox(settle: SettleMode) -> Sandbox {
     .expect("sandbox starts")
 }
 
-/// Calls the sandbox's API with the gateway's key.
-async fn sandbox_call(
-    sb: &Sandbox,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{}{path}", sb.base_url()))
-        .bearer_auth(API_KEY)
-        .timeout(WAIT);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.expect("sandbox reachable");
-    assert!(
-        resp.status().is_success(),
-        "sandbox {path}: {}",
-        resp.status()
-    );
-    resp.json().await.unwrap_or(Value::Null)
-}
-
 /// Points the sandbox's webhooks at `app`; returns the webhook id.
 async fn register_webhook(sb: &Sandbox, app: &TestApp) -> String {
-    let hook = sandbox_call(
-        sb,
-        reqwest::Method::POST,
-        "/sandbox/webhooks",
-        Some(json!({"url": webhook_url(app), "secret": WEBHOOK_SECRET})),
-    )
-    .await;
-    hook["id"].as_str().expect("webhook id").to_owned()
+    sb.control_client()
+        .add_webhook(&WebhookRegistration::new(webhook_url(app)).secret(WEBHOOK_SECRET))
+        .await
+        .expect("webhook registered")
+        .id
 }
 
 /// Creates an order with one line item of `quantity` units; returns (order id, item id).
 async fn order(sb: &Sandbox, quantity: i64, fail_captures: bool) -> (String, String) {
-    let order = sandbox_call(
-        sb,
-        reqwest::Method::POST,
-        "/sandbox/orders",
-        Some(json!({"items": [{"quantity": quantity, "amount": "30.00"}], "failCaptures": fail_captures})),
-    )
-    .await;
+    let order = sb
+        .control_client()
+        .create_order(json!({"items": [{"quantity": quantity, "amount": "30.00"}], "failCaptures": fail_captures}))
+        .await
+        .expect("order created");
     (
         order["id"].as_str().expect("order id").to_owned(),
         order["items"][0]["id"]
@@ -152,23 +124,26 @@ async fn events_emitted_while_the_gateway_was_down_are_backfilled_on_restart() {
     let hook = register_webhook(&sb, &first).await;
     first.stop().await;
     // No webhook reaches the restarted gateway: backfill is the only way in.
-    let resp = reqwest::Client::new()
-        .delete(format!("{}/sandbox/webhooks/{hook}", sb.base_url()))
-        .bearer_auth(API_KEY)
-        .send()
+    sb.control_client()
+        .delete_webhook(&hook)
         .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
+        .expect("webhook deleted (204)");
 
     // Act: DR emits the whole lifecycle while no gateway listens; then restart.
     let (order_id, item_id) = order(&sb, 1, false).await;
-    sandbox_call(
-        &sb,
-        reqwest::Method::POST,
-        "/fulfillments",
-        Some(json!({"orderId": order_id, "items": [{"itemId": item_id, "quantity": 1}]})),
-    )
-    .await;
+    let fulfilled = reqwest::Client::new()
+        .post(format!("{}/fulfillments", sb.base_url()))
+        .bearer_auth(API_KEY)
+        .timeout(WAIT)
+        .json(&json!({"orderId": order_id, "items": [{"itemId": item_id, "quantity": 1}]}))
+        .send()
+        .await
+        .expect("sandbox reachable");
+    assert!(
+        fulfilled.status().is_success(),
+        "sandbox /fulfillments: {}",
+        fulfilled.status()
+    );
     let restarted = spawn_app_with(s).await;
 
     // Assert
@@ -232,10 +207,11 @@ async fn capture_items_with_wait_returns_the_completed_capture() {
     // Act
     let call = tokio::spawn(capture_and_wait(app.charges.clone(), order_id, item_id));
     // Settle once the capture is pending at the sandbox.
+    let control = sb.control_client();
     tokio::time::timeout(WAIT, async {
         loop {
-            let pending = sandbox_call(&sb, reqwest::Method::GET, "/sandbox/pending", None).await;
-            if pending["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            let pending = control.pending().await.expect("sandbox lists pending");
+            if !pending.is_empty() {
                 break;
             }
             tokio::task::yield_now().await;
@@ -243,13 +219,7 @@ async fn capture_items_with_wait_returns_the_completed_capture() {
     })
     .await
     .expect("capture pending at the sandbox");
-    sandbox_call(
-        &sb,
-        reqwest::Method::POST,
-        "/sandbox/settle",
-        Some(json!({})),
-    )
-    .await;
+    control.settle().await.expect("sandbox settles");
     let resp = tokio::time::timeout(WAIT, call)
         .await
         .expect("RPC returns")

@@ -13,7 +13,7 @@ use crate::helpers::{TestApp, WEBHOOK_SECRET};
 /// Longest any single wait in these tests may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A DR event envelope (shape of dr-api.md §3.2).
+/// A DR event envelope (shape of docs/digital-river.md §3.2).
 pub fn event(id: &str, event_type: &str, order_id: &str, live: bool) -> Value {
     json!({
         "id": id,

@@ -1,13 +1,14 @@
-//! Seed flows end to end: gRPC → gateway → sandbox (the stateful DR emulator).
+//! DR's documented flows end to end: gRPC → gateway → sandbox (the stateful DR emulator).
 
 use dr_gateway::pb::v1 as pb;
+use dr_sandbox::{FaultKind, FaultSpec};
 use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::helpers::{spawn_app, spawn_sandbox};
 
-fn fulfil(
+fn fulfill(
     order_id: &str,
     item_id: &str,
     quantity: i64,
@@ -29,8 +30,10 @@ fn fulfil(
 async fn seed_000_a_fulfilled_order_answers_order_fulfilled_as_failed_precondition() {
     let dr = spawn_sandbox().await;
     let order = dr
+        .control
         .create_order(json!({"items": [{"quantity": 2, "amount": "25.00", "tax": "2.01"}]}))
-        .await;
+        .await
+        .unwrap();
     let (order_id, item_id) = (
         order["id"].as_str().unwrap(),
         order["items"][0]["id"].as_str().unwrap(),
@@ -38,12 +41,12 @@ async fn seed_000_a_fulfilled_order_answers_order_fulfilled_as_failed_preconditi
     let mut app = spawn_app(&dr.base_url()).await;
 
     app.fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 2, "all"))
+        .create_fulfillment(fulfill(order_id, item_id, 2, "all"))
         .await
         .unwrap();
     let status = app
         .fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 1, "one-more"))
+        .create_fulfillment(fulfill(order_id, item_id, 1, "one-more"))
         .await
         .unwrap_err();
 
@@ -74,8 +77,10 @@ async fn seed_000_a_fulfilled_order_answers_order_fulfilled_as_failed_preconditi
 async fn seed_000_a_failed_capture_is_found_through_get_capture_failure() {
     let dr = spawn_sandbox().await;
     let order = dr
+        .control
         .create_order(json!({"failCaptures": true, "items": [{"quantity": 1, "amount": "10.00"}]}))
-        .await;
+        .await
+        .unwrap();
     let (order_id, item_id) = (
         order["id"].as_str().unwrap(),
         order["items"][0]["id"].as_str().unwrap(),
@@ -83,7 +88,7 @@ async fn seed_000_a_failed_capture_is_found_through_get_capture_failure() {
     let mut app = spawn_app(&dr.base_url()).await;
     let fulfillment = app
         .fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 1, "fail-1"))
+        .create_fulfillment(fulfill(order_id, item_id, 1, "fail-1"))
         .await
         .unwrap()
         .into_inner()
@@ -135,8 +140,10 @@ async fn seed_000_a_failed_capture_is_found_through_get_capture_failure() {
 async fn seed_001_risk_averse_expired_authorization_is_payment_authorization_failed() {
     let dr = spawn_sandbox().await;
     let order = dr
+        .control
         .create_order(json!({"riskMode": "averse", "authorizationExpired": true, "items": [{"quantity": 1, "amount": "5.37"}]}))
-        .await;
+        .await
+        .unwrap();
     let (order_id, item_id) = (
         order["id"].as_str().unwrap(),
         order["items"][0]["id"].as_str().unwrap(),
@@ -144,7 +151,7 @@ async fn seed_001_risk_averse_expired_authorization_is_payment_authorization_fai
     let mut app = spawn_app(&dr.base_url()).await;
     let status = app
         .fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 1, "averse"))
+        .create_fulfillment(fulfill(order_id, item_id, 1, "averse"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -161,21 +168,22 @@ async fn seed_001_risk_averse_expired_authorization_is_payment_authorization_fai
 }
 
 #[tokio::test]
-async fn seed_003_a_disputed_order_refuses_fulfilment_until_resolved() {
+async fn seed_003_a_disputed_order_refuses_fulfillment_until_resolved() {
     let dr = spawn_sandbox().await;
     let order = dr
+        .control
         .create_order(json!({"items": [{"quantity": 1, "amount": "9.99"}]}))
-        .await;
+        .await
+        .unwrap();
     let (order_id, item_id) = (
         order["id"].as_str().unwrap(),
         order["items"][0]["id"].as_str().unwrap(),
     );
-    dr.control(&format!("orders/{order_id}/dispute"), json!({}))
-        .await;
+    dr.control.open_dispute(order_id).await.unwrap();
     let mut app = spawn_app(&dr.base_url()).await;
     let status = app
         .fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 1, "disputed"))
+        .create_fulfillment(fulfill(order_id, item_id, 1, "disputed"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -183,13 +191,12 @@ async fn seed_003_a_disputed_order_refuses_fulfilment_until_resolved() {
         "ORDER_NOT_SUBMITTED"
     );
 
-    dr.control(&format!("orders/{order_id}/dispute/resolve"), json!({}))
-        .await;
+    dr.control.resolve_dispute(order_id).await.unwrap();
     // a new request id: the refused one was not stored, so reusing it would also work
     app.fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 1, "disputed"))
+        .create_fulfillment(fulfill(order_id, item_id, 1, "disputed"))
         .await
-        .expect("fulfils once the dispute is resolved");
+        .expect("fulfills once the dispute is resolved");
     app.stop().await;
     dr.sandbox.shutdown().await;
 }
@@ -198,26 +205,31 @@ async fn seed_003_a_disputed_order_refuses_fulfilment_until_resolved() {
 async fn a_response_lost_after_dr_processed_the_post_creates_one_fulfillment() {
     let dr = spawn_sandbox().await;
     let order = dr
+        .control
         .create_order(json!({"items": [{"quantity": 3, "amount": "30.00"}]}))
-        .await;
+        .await
+        .unwrap();
     let (order_id, item_id) = (
         order["id"].as_str().unwrap(),
         order["items"][0]["id"].as_str().unwrap(),
     );
-    dr.control(
-        "faults",
-        json!({"method": "POST", "path": "/fulfillments", "count": 1, "kind": "reset_after_processing"}),
-    )
-    .await;
+    dr.control
+        .add_fault(
+            &FaultSpec::new(FaultKind::ResetAfterProcessing, "/fulfillments")
+                .method("POST")
+                .count(1),
+        )
+        .await
+        .unwrap();
     let mut app = spawn_app(&dr.base_url()).await;
 
     let first = app
         .fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 1, "lost-1"))
+        .create_fulfillment(fulfill(order_id, item_id, 1, "lost-1"))
         .await;
     let retry = app
         .fulfillments
-        .create_fulfillment(fulfil(order_id, item_id, 1, "lost-1"))
+        .create_fulfillment(fulfill(order_id, item_id, 1, "lost-1"))
         .await;
 
     let first_id = first
@@ -228,21 +240,23 @@ async fn a_response_lost_after_dr_processed_the_post_creates_one_fulfillment() {
         .id;
     let retry_id = retry.unwrap().into_inner().fulfillment.unwrap().id;
     assert_eq!(first_id, retry_id);
-    let posts = dr.get("requests?method=POST&path=/fulfillments").await;
+    let posts = dr
+        .control
+        .requests(Some("POST"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    assert_eq!(posts.len(), 1, "DR saw one POST");
     assert_eq!(
-        posts["data"].as_array().unwrap().len(),
-        1,
-        "DR saw one POST"
-    );
-    assert_eq!(
-        posts["data"][0]["fault"], "reset_after_processing",
+        posts[0].fault,
+        Some(FaultKind::ResetAfterProcessing),
         "its answer was lost"
     );
-    let reconciles = dr.get("requests?method=GET&path=/fulfillments").await;
-    assert!(
-        !reconciles["data"].as_array().unwrap().is_empty(),
-        "the gateway reconciled"
-    );
+    let reconciles = dr
+        .control
+        .requests(Some("GET"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    assert!(!reconciles.is_empty(), "the gateway reconciled");
     let order = app
         .fulfillments
         .get_order(pb::GetOrderRequest {

@@ -154,7 +154,7 @@ pub fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     req
 }
 
-/// A fulfillment as DR returns it (seed 000).
+/// A fulfillment as DR returns it (DR's "Capturing and cancelling charges" page).
 pub fn dr_fulfillment(
     id: &str,
     order_id: &str,
@@ -174,51 +174,14 @@ pub fn dr_fulfillment(
 /// A sandbox on an ephemeral port, and a control client for it.
 pub struct TestSandbox {
     pub sandbox: dr_sandbox::Sandbox,
-    pub http: reqwest::Client,
+    /// Typed client of the sandbox's `/sandbox/` control surface (test-mode key).
+    pub control: dr_sandbox::ControlClient,
 }
 
 impl TestSandbox {
     /// The DR base URL the gateway should use.
     pub fn base_url(&self) -> String {
         self.sandbox.base_url()
-    }
-
-    /// `POST /sandbox/<path>` with a JSON body; panics unless 2xx.
-    pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let response = self
-            .http
-            .post(format!("{}/sandbox/{path}", self.base_url()))
-            .bearer_auth("sk_test_control")
-            .json(&body)
-            .send()
-            .await
-            .expect("sandbox answers");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert!(status.is_success(), "sandbox {path}: {status} {text}");
-        if text.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap()
-        }
-    }
-
-    /// `GET /sandbox/<path>`.
-    pub async fn get(&self, path: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/sandbox/{path}", self.base_url()))
-            .bearer_auth("sk_test_control")
-            .send()
-            .await
-            .expect("sandbox answers")
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Creates an order from a compact spec; returns DR's order JSON.
-    pub async fn create_order(&self, spec: serde_json::Value) -> serde_json::Value {
-        self.control("orders", spec).await
     }
 }
 
@@ -232,8 +195,6 @@ pub async fn spawn_sandbox_with(config: dr_sandbox::SandboxConfig) -> TestSandbo
     let sandbox = dr_sandbox::Sandbox::start(config)
         .await
         .expect("sandbox starts");
-    TestSandbox {
-        sandbox,
-        http: reqwest::Client::new(),
-    }
+    let control = sandbox.control_client();
+    TestSandbox { sandbox, control }
 }

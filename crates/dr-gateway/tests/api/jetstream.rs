@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dr_gateway::config::Settings;
 use dr_gateway::bus::BusConfig;
+use dr_gateway::config::Settings;
 use dr_gateway::pb::v1 as pb;
 use dr_gateway::pb::v1::event_stream_client::EventStreamClient;
 use futures::StreamExt as _;
@@ -679,9 +679,9 @@ async fn posts(dr: &MockServer) -> usize {
 #[tokio::test]
 async fn shared_idempotency_records_hand_over_a_dead_owners_key_with_reconcile_first() {
     // Arrange: two replicas' stores on one bucket; a short lease.
+    use dr_gateway::bus::{Bus, KvIdempotencyStore};
     use dr_gateway::digital_river::models::Fulfillment;
     use dr_gateway::domain::idempotency::{Claim, IdempotencyStore};
-    use dr_gateway::bus::{Bus, KvIdempotencyStore};
     let nats = NatsServer::start().await;
     let open = || async {
         let bus = Bus::connect(bus(&nats)).await.expect("bus");

@@ -1,5 +1,5 @@
 //! GetOrder through the gateway against the sandbox: lookup by each key, what is left
-//! to fulfil after partial fulfilments and cancels, and the not-found / ambiguous cases.
+//! to fulfill after partial fulfillments and cancels, and the not-found / ambiguous cases.
 
 use dr_gateway::pb::v1 as pb;
 use dr_gateway::pb::v1::get_order_request::Key;
@@ -24,7 +24,11 @@ fn two_line_order(upstream_id: &str) -> serde_json::Value {
 #[tokio::test]
 async fn get_order_by_dr_id_and_by_upstream_id_returns_the_same_order() {
     let dr = spawn_sandbox().await;
-    let created = dr.create_order(two_line_order("shop-1001")).await;
+    let created = dr
+        .control
+        .create_order(two_line_order("shop-1001"))
+        .await
+        .unwrap();
     let order_id = created["id"].as_str().unwrap().to_owned();
     let mut app = spawn_app(&dr.base_url()).await;
 
@@ -69,15 +73,19 @@ async fn get_order_by_dr_id_and_by_upstream_id_returns_the_same_order() {
 }
 
 #[tokio::test]
-async fn open_quantities_follow_partial_fulfilments_and_cancels() {
+async fn open_quantities_follow_partial_fulfillments_and_cancels() {
     let dr = spawn_sandbox().await;
-    let created = dr.create_order(two_line_order("shop-1002")).await;
+    let created = dr
+        .control
+        .create_order(two_line_order("shop-1002"))
+        .await
+        .unwrap();
     let order_id = created["id"].as_str().unwrap().to_owned();
     let widget = created["items"][0]["id"].as_str().unwrap().to_owned();
     let gadget = created["items"][1]["id"].as_str().unwrap().to_owned();
     let mut app = spawn_app(&dr.base_url()).await;
 
-    let fulfil =
+    let fulfill =
         |items: Vec<pb::CreateFulfillmentItem>, request_id: &str| pb::CreateFulfillmentRequest {
             order_id: order_id.clone(),
             items,
@@ -85,7 +93,7 @@ async fn open_quantities_follow_partial_fulfilments_and_cancels() {
             ..Default::default()
         };
     app.fulfillments
-        .create_fulfillment(fulfil(
+        .create_fulfillment(fulfill(
             vec![pb::CreateFulfillmentItem {
                 item_id: widget.clone(),
                 quantity: 1,
@@ -96,7 +104,7 @@ async fn open_quantities_follow_partial_fulfilments_and_cancels() {
         .await
         .unwrap();
     app.fulfillments
-        .create_fulfillment(fulfil(
+        .create_fulfillment(fulfill(
             vec![
                 pb::CreateFulfillmentItem {
                     item_id: widget.clone(),
@@ -146,7 +154,7 @@ async fn open_quantities_follow_partial_fulfilments_and_cancels() {
         })
         .collect();
     app.fulfillments
-        .create_fulfillment(fulfil(rest, "the-rest"))
+        .create_fulfillment(fulfill(rest, "the-rest"))
         .await
         .unwrap();
     let order = app
@@ -168,8 +176,14 @@ async fn open_quantities_follow_partial_fulfilments_and_cancels() {
 #[tokio::test]
 async fn an_unknown_upstream_id_is_not_found_and_a_shared_one_is_ambiguous() {
     let dr = spawn_sandbox().await;
-    dr.create_order(two_line_order("dup-7")).await;
-    dr.create_order(two_line_order("dup-7")).await;
+    dr.control
+        .create_order(two_line_order("dup-7"))
+        .await
+        .unwrap();
+    dr.control
+        .create_order(two_line_order("dup-7"))
+        .await
+        .unwrap();
     let mut app = spawn_app(&dr.base_url()).await;
 
     let missing = app

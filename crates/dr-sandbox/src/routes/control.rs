@@ -1,4 +1,4 @@
-//! Handlers of the sandbox-only control surface under `/sandbox/` (see `sandbox/mod.rs`
+//! Handlers of the sandbox-only control surface under `/sandbox/` (see the crate docs in `lib.rs`
 //! for the contract).
 
 use std::sync::Arc;
@@ -56,7 +56,10 @@ pub(super) async fn open_dispute(State(app): State<Arc<App>>, Path(id): Path<Str
 }
 
 /// `POST /sandbox/orders/{id}/dispute/resolve`.
-pub(super) async fn resolve_dispute(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn resolve_dispute(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     Ok((StatusCode::OK, Json(app.lock().resolve_dispute(&id)?)))
 }
 
@@ -146,7 +149,7 @@ struct Rotate {
 }
 
 /// `POST /sandbox/webhooks/{id}/rotate`: new secret signs from now on; the old one is
-/// recorded as active for the window (DR: "both secrets work", dr-api.md §4.3).
+/// recorded as active for the window (DR: "both secrets work", docs/digital-river.md §4.3).
 pub(super) async fn rotate_webhook(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -231,7 +234,10 @@ pub(super) async fn list_pending(State(app): State<Arc<App>>) -> ApiResult {
 }
 
 /// `GET /sandbox/requests[?method=&path=]`: DR-surface requests, oldest first.
-pub(super) async fn list_requests(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> ApiResult {
+pub(super) async fn list_requests(
+    State(app): State<Arc<App>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     let params = Params::parse(raw.as_deref());
     let method = params.get("method");
     let path = params.get("path");
@@ -252,7 +258,10 @@ pub(super) async fn clear_requests(State(app): State<Arc<App>>) -> StatusCode {
 }
 
 /// `GET /sandbox/deliveries[?eventId=&webhookId=]`: delivery attempts, oldest first.
-pub(super) async fn list_deliveries(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> ApiResult {
+pub(super) async fn list_deliveries(
+    State(app): State<Arc<App>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     let params = Params::parse(raw.as_deref());
     let event_id = params.get("eventId");
     let webhook_id = params.get("webhookId");

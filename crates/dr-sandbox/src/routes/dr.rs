@@ -41,8 +41,11 @@ pub(super) async fn create_fulfillment(
     Ok((StatusCode::CREATED, Json(json)))
 }
 
-/// `GET /fulfillments/{id}` (with `orderDetails`, dr-api.md §1.3).
-pub(super) async fn get_fulfillment(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+/// `GET /fulfillments/{id}` (with `orderDetails`, docs/digital-river.md §1.3).
+pub(super) async fn get_fulfillment(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let world = app.lock();
     let json = world
         .fulfillment_json(&id)
@@ -50,7 +53,7 @@ pub(super) async fn get_fulfillment(State(app): State<Arc<App>>, Path(id): Path<
     Ok((StatusCode::OK, Json(json)))
 }
 
-/// `POST /fulfillments/{id}`: tracking update (dr-api.md §1.5).
+/// `POST /fulfillments/{id}`: tracking update (docs/digital-river.md §1.5).
 pub(super) async fn update_fulfillment(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -62,7 +65,10 @@ pub(super) async fn update_fulfillment(
 }
 
 /// `GET /fulfillments` with DR's filters, newest first.
-pub(super) async fn list_fulfillments(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> ApiResult {
+pub(super) async fn list_fulfillments(
+    State(app): State<Arc<App>>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     let params = Params::parse(raw.as_deref());
     let page = params.page()?;
     let created = params.created_time()?;
@@ -133,7 +139,7 @@ pub(super) async fn list_orders(State(app): State<Arc<App>>, RawQuery(raw): RawQ
     ))
 }
 
-/// `GET /charges/{id}` — the only charge operation DR has (dr-api.md §2.1).
+/// `GET /charges/{id}` — the only charge operation DR has (docs/digital-river.md §2.1).
 pub(super) async fn get_charge(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
     let world = app.lock();
     let not_found = || ApiError::not_found("id", format!("Charge '{id}' not found."));
@@ -146,7 +152,7 @@ pub(super) async fn get_charge(State(app): State<Arc<App>>, Path(id): Path<Strin
     Ok((StatusCode::OK, Json(order.charge_json(charge, View::Api))))
 }
 
-/// `GET /events` (dr-api.md §3.1): `type` (with `*`) or `types`, not both.
+/// `GET /events` (docs/digital-river.md §3.1): `type` (with `*`) or `types`, not both.
 pub(super) async fn list_events(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> ApiResult {
     let params = Params::parse(raw.as_deref());
     let page = params.page()?;
@@ -154,7 +160,7 @@ pub(super) async fn list_events(State(app): State<Arc<App>>, RawQuery(raw): RawQ
     let single = params.get("type").filter(|s| !s.is_empty());
     let types = params.list("types");
     if single.is_some() && params.has("types") {
-        // why: "either type or types, not both" (dr-api.md §3.1).
+        // why: "either type or types, not both" (docs/digital-river.md §3.1).
         return Err(ApiError::invalid(
             "types",
             "Use either 'type' or 'types', not both.",

@@ -123,7 +123,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-/// `Authorization: Bearer <non-empty key>` or a DR-shaped 401 (dr-api.md §5.4).
+/// `Authorization: Bearer <non-empty key>` or a DR-shaped 401 (docs/digital-river.md §5.4).
 async fn require_bearer(mut req: Request, next: Next) -> Response {
     let key = req
         .headers()
@@ -145,7 +145,7 @@ async fn require_bearer(mut req: Request, next: Next) -> Response {
         )
         .into_response();
     };
-    // why: the key decides test vs live mode (dr-api.md §5.4).
+    // why: the key decides test vs live mode (docs/digital-river.md §5.4).
     req.extensions_mut().insert(KeyMode {
         live: !key.starts_with("sk_test_"),
     });

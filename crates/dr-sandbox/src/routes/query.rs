@@ -1,6 +1,6 @@
 //! Query strings of list endpoints: repeated and comma-separated arrays, `createdTime`
 //! filters (plain or `createdTime[gt|gte|lt|lte]`), and DR cursor pagination
-//! (`limit` 1..100 default 10, `startingAfter` / `endingBefore`, dr-api.md §1.4, §3.1).
+//! (`limit` 1..100 default 10, `startingAfter` / `endingBefore`, docs/digital-river.md §1.4, §3.1).
 
 use chrono::{DateTime, Utc};
 
@@ -75,7 +75,7 @@ impl Params {
     }
 
     /// All values of an array parameter: repeated keys (`ids=a&ids=b`, also `ids[]=`) and
-    /// comma lists (`ids=a,b`) are both accepted — DR's encoding is UNCONFIRMED (dr-api.md §1.4).
+    /// comma lists (`ids=a,b`) are both accepted — DR's encoding is UNCONFIRMED (docs/digital-river.md §1.4).
     pub(crate) fn list(&self, key: &str) -> Vec<String> {
         let bracketed = format!("{key}[]");
         self.0

@@ -1,10 +1,16 @@
-//! Auth, routing errors, the request log, determinism, stepped settlement, order look-ups.
+//! Auth, routing errors, the request log, determinism, stepped settlement, order look-ups,
+//! and the typed control client walked over every control endpoint.
 
-use dr_sandbox::{SandboxConfig, SettleMode};
+use std::time::Duration;
+
+use dr_sandbox::{
+    ControlClient, ControlError, FaultKind, FaultSpec, OperationKind, OperationState, RetryPolicy,
+    Sandbox, SandboxConfig, SecretRotation, SettleMode, WebhookRegistration,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{num, TestSandbox};
+use crate::helpers::{eventually, num, Receiver, TestSandbox};
 
 #[tokio::test]
 async fn requests_without_a_bearer_key_are_401() {
@@ -30,7 +36,7 @@ async fn the_key_prefix_decides_live_mode() {
     sb.key = "sk_live_abc".into();
     let live_order = sb.simple_order(1, "1").await;
     assert_eq!(live_order["liveMode"], true);
-    let (_, ful) = sb.fulfil(json!({"orderId": live_order["id"], "items": [{"itemId": live_order["items"][0]["id"], "quantity": 1}]})).await;
+    let (_, ful) = sb.fulfill(json!({"orderId": live_order["id"], "items": [{"itemId": live_order["items"][0]["id"], "quantity": 1}]})).await;
     assert_eq!(ful["liveMode"], true);
     sb.stop().await;
 }
@@ -63,18 +69,18 @@ async fn the_request_log_records_dr_calls_without_the_key() {
     )
     .await;
     sb.get("/events?type=order.*&limit=5").await;
-    let (_, log) = sb.get("/sandbox/requests").await;
-    let data = log["data"].as_array().unwrap();
-    assert_eq!(data.len(), 2, "control calls are not logged: {log}");
-    assert_eq!(data[0]["method"], "POST");
-    assert_eq!(data[0]["path"], "/fulfillments");
-    assert_eq!(data[0]["body"], body);
-    assert_eq!(data[0]["headers"]["upstream-id"], "req-1");
-    assert!(data[0]["headers"].get("authorization").is_none());
-    assert_eq!(data[1]["query"], "type=order.*&limit=5");
-    assert_eq!(sb.delete("/sandbox/requests").await, StatusCode::NO_CONTENT);
-    let (_, log) = sb.get("/sandbox/requests").await;
-    assert_eq!(log["data"].as_array().unwrap().len(), 0);
+    let control = sb.control();
+    let data = control.requests(None, None).await.unwrap();
+    assert_eq!(data.len(), 2, "control calls are not logged: {data:?}");
+    assert_eq!(data[0].method, "POST");
+    assert_eq!(data[0].path, "/fulfillments");
+    assert_eq!(data[0].body, body);
+    assert_eq!(data[0].headers["upstream-id"], "req-1");
+    assert!(!data[0].headers.contains_key("authorization"));
+    assert_eq!(data[1].query.as_deref(), Some("type=order.*&limit=5"));
+    // 204 No Content: the client accepts nothing else.
+    control.clear_requests().await.unwrap();
+    assert_eq!(control.requests(None, None).await.unwrap().len(), 0);
     sb.stop().await;
 }
 
@@ -88,7 +94,7 @@ async fn the_same_seed_gives_the_same_ids() {
         })
         .await;
         let order = sb.simple_order(2, "10").await;
-        let (_, ful) = sb.fulfil(json!({"orderId": order["id"], "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]})).await;
+        let (_, ful) = sb.fulfill(json!({"orderId": order["id"], "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]})).await;
         let (_, events) = sb.get("/events").await;
         let event_ids: Vec<_> = events["data"]
             .as_array()
@@ -132,7 +138,7 @@ async fn stepped_mode_waits_for_settle() {
     let order = sb.simple_order(1, "12.34").await;
     let oid = order["id"].as_str().unwrap();
     let (_, ful) = sb
-        .fulfil(
+        .fulfill(
             json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]}),
         )
         .await;
@@ -143,20 +149,20 @@ async fn stepped_mode_waits_for_settle() {
         "pending"
     );
     assert_eq!(num(&o["capturedAmount"]), "0.0");
-    let (_, pending) = sb.get("/sandbox/pending").await;
-    assert_eq!(pending["data"].as_array().unwrap().len(), 1);
-    let (status, settled) = sb.post("/sandbox/settle", json!({})).await;
-    assert_eq!(status, StatusCode::OK);
-    let s = &settled["settled"][0];
-    assert_eq!(s["kind"], "capture");
-    assert_eq!(s["state"], "complete");
-    assert_eq!(num(&s["amount"]), "12.34");
-    assert_eq!(s["operationId"], ful["chargeOperationIds"][0]);
+    let control = sb.control();
+    assert_eq!(control.pending().await.unwrap().len(), 1);
+    // 200 OK: the client accepts nothing else.
+    let settled = control.settle().await.unwrap();
+    let s = &settled[0];
+    assert_eq!(s.kind, OperationKind::Capture);
+    assert_eq!(s.state, OperationState::Complete);
+    assert_eq!(s.amount.to_string(), "12.34");
+    assert_eq!(s.operation_id, ful["chargeOperationIds"][0]);
     let (_, o) = sb.get(&format!("/orders/{oid}")).await;
     assert_eq!(o["state"], "complete");
     assert_eq!(num(&o["capturedAmount"]), "12.34");
-    let (_, again) = sb.post("/sandbox/settle", json!({})).await;
-    assert_eq!(again["settled"].as_array().unwrap().len(), 0);
+    let again = control.settle().await.unwrap();
+    assert_eq!(again.len(), 0);
     sb.stop().await;
 }
 
@@ -228,4 +234,261 @@ async fn an_order_has_drs_shape() {
     }
     assert!(order["updatedTime"].is_string() && order["createdTime"].is_string());
     sb.stop().await;
+}
+
+#[tokio::test]
+async fn the_control_client_walks_every_control_endpoint() {
+    // Arrange: stepped settlement so pending operations can be seen, and an endpoint that
+    // receives `order.*` events.
+    let rx = Receiver::start(vec![]).await;
+    let sandbox = Sandbox::start(SandboxConfig {
+        settle: SettleMode::Stepped,
+        webhook_retry: RetryPolicy {
+            attempts: 2,
+            base_delay: Duration::from_millis(20),
+            timeout: Duration::from_millis(3000),
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = sandbox.control_client();
+    let dr = reqwest::Client::new();
+    let base = sandbox.base_url();
+
+    // Clock
+    let clock = c.clock().await.unwrap();
+    assert_eq!(clock.offset_seconds, 0);
+    let advanced = c.advance_clock(60).await.unwrap();
+    assert_eq!(advanced.offset_seconds, 60);
+    assert!(advanced.now >= clock.now + chrono::Duration::seconds(60));
+
+    // Webhooks: register and list
+    let hook = c
+        .add_webhook(
+            &WebhookRegistration::new(rx.url.as_str())
+                .secret("s1")
+                .types(["order.*"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (hook.url.as_str(), hook.address.as_str()),
+        (rx.url.as_str(), rx.url.as_str())
+    );
+    assert_eq!(hook.types, ["order.*"]);
+    assert!(hook.enabled);
+    assert_eq!(hook.api_version, "2021-12-13");
+    assert_eq!(hook.secret, "s1");
+    assert_eq!(hook.secrets.len(), 1);
+    assert!(hook.secrets[0].current && hook.secrets[0].expires_time.is_none());
+    assert_eq!(c.webhooks().await.unwrap(), std::slice::from_ref(&hook));
+
+    // Orders and disputes
+    let order = c
+        .create_order(
+            json!({"upstreamId": "walk-1", "items": [{"quantity": 2, "amount": "24.68"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(order["state"], "accepted");
+    assert_eq!(order["liveMode"], false, "the control key is a test key");
+    let oid = order["id"].as_str().unwrap().to_owned();
+    let item = order["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(c.open_dispute(&oid).await.unwrap()["state"], "dispute");
+    assert_eq!(c.resolve_dispute(&oid).await.unwrap()["state"], "accepted");
+
+    // Faults: arm, list, fire, clear
+    let armed = c
+        .add_fault(
+            &FaultSpec::status("/events", 503)
+                .method("get")
+                .count(2)
+                .retry_after(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (armed.method.as_str(), armed.path.as_str(), armed.kind),
+        ("GET", "/events", FaultKind::Status)
+    );
+    assert_eq!((armed.count, armed.remaining, armed.status), (2, 2, 503));
+    assert_eq!((armed.retry_after, armed.latency_ms), (Some(5), 0));
+    let slow = c
+        .add_fault(
+            &FaultSpec::new(FaultKind::Latency, "/charges/*").latency(Duration::from_millis(1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((slow.method.as_str(), slow.latency_ms), ("*", 1));
+    let resp = dr
+        .get(format!("{base}/events"))
+        .bearer_auth(Sandbox::CONTROL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let faults = c.faults().await.unwrap();
+    assert_eq!(faults.len(), 2);
+    assert_eq!(
+        (faults[0].id.as_str(), faults[0].remaining),
+        (armed.id.as_str(), 1)
+    );
+    assert_eq!(faults[1], slow);
+    c.clear_faults().await.unwrap();
+    assert!(c.faults().await.unwrap().is_empty());
+
+    // Request log, with filters
+    let resp = dr
+        .post(format!("{base}/fulfillments"))
+        .bearer_auth(Sandbox::CONTROL_KEY)
+        .json(&json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let ful: serde_json::Value = resp.json().await.unwrap();
+    let all = c.requests(None, None).await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0].fault, Some(FaultKind::Status));
+    let posts = c
+        .requests(Some("post"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    assert_eq!(posts.len(), 1);
+    assert_eq!((posts[0].seq, posts[0].fault), (all[1].seq, None));
+    assert_eq!(posts[0].body["orderId"], oid.as_str());
+    assert!(c
+        .requests(Some("GET"), Some("/fulfill*"))
+        .await
+        .unwrap()
+        .is_empty());
+    c.clear_requests().await.unwrap();
+    assert!(c.requests(None, None).await.unwrap().is_empty());
+
+    // Stepped settlement
+    let pending = c.pending().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].order_id.as_str(), pending[0].kind),
+        (oid.as_str(), OperationKind::Capture)
+    );
+    assert_eq!(pending[0].operation_id, ful["chargeOperationIds"][0]);
+    let settled = c.settle().await.unwrap();
+    assert_eq!(settled.len(), 1);
+    let s = &settled[0];
+    assert_eq!(
+        (s.order_id.as_str(), s.charge_id.as_str()),
+        (oid.as_str(), pending[0].charge_id.as_str())
+    );
+    assert_eq!(
+        (s.kind, s.state),
+        (OperationKind::Capture, OperationState::Complete)
+    );
+    assert_eq!(s.operation_id, pending[0].operation_id);
+    assert_eq!(s.amount.to_string(), "12.34");
+    assert!(!s.event_id.is_empty());
+    assert!(c.pending().await.unwrap().is_empty());
+
+    // Deliveries and redelivery
+    let accepted = rx
+        .wait_for("order.accepted", 1, |e| e["type"] == "order.accepted")
+        .await;
+    let event_id = accepted[0].json()["id"].as_str().unwrap().to_owned();
+    let first = eventually(5, "the delivery record", || async {
+        let d = c.deliveries(Some(&event_id), Some(&hook.id)).await.unwrap();
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    let d = &first[0];
+    assert_eq!(
+        (d.event_id.as_str(), d.event_type.as_str()),
+        (event_id.as_str(), "order.accepted")
+    );
+    assert_eq!(
+        (d.webhook_id.as_str(), d.url.as_str()),
+        (hook.id.as_str(), rx.url.as_str())
+    );
+    assert_eq!(
+        (d.attempt, d.status, d.success, d.will_retry),
+        (1, Some(200), true, false)
+    );
+    assert_eq!(
+        (d.error.as_deref(), d.signature.as_str()),
+        (None, accepted[0].signature.as_str())
+    );
+    let redelivery = c.redeliver(&event_id).await.unwrap();
+    assert_eq!(redelivery.event_id, event_id);
+    assert_eq!(redelivery.webhook_ids, std::slice::from_ref(&hook.id));
+    rx.wait_for("the redelivery", 2, |e| e["id"] == event_id.as_str())
+        .await;
+    eventually(5, "the redelivery record", || async {
+        let d = c.deliveries(Some(&event_id), None).await.unwrap();
+        (d.len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        c.deliveries(None, Some("no-such-hook"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "filtered by endpoint"
+    );
+    c.clear_deliveries().await.unwrap();
+    assert!(c
+        .deliveries(Some(&event_id), None)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Rotation and deletion
+    let rotated = c
+        .rotate_webhook(
+            &hook.id,
+            &SecretRotation {
+                secret: Some("s2".into()),
+                old_secret_valid_seconds: Some(3600),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rotated.secret, "s2");
+    assert_eq!(rotated.secrets.len(), 2);
+    assert_eq!(
+        (
+            rotated.secrets[1].secret.as_str(),
+            rotated.secrets[1].current
+        ),
+        ("s1", false)
+    );
+    assert!(rotated.secrets[1].expires_time.is_some());
+    c.delete_webhook(&hook.id).await.unwrap();
+    assert!(c.webhooks().await.unwrap().is_empty());
+
+    // Custom events
+    let event = c
+        .post_event(json!({"type": "order.custom", "object": {"id": "obj-1"}}))
+        .await
+        .unwrap();
+    assert_eq!(event["type"], "order.custom");
+    assert_eq!(event["data"]["object"]["id"], "obj-1");
+    assert_eq!(event["liveMode"], false);
+
+    // Errors: a refused call is `Status` with the DR-shaped body, no answer is `Transport`
+    match c.delete_webhook(&hook.id).await {
+        Err(ControlError::Status { status: 404, body }) => {
+            assert!(body.contains("not_found"), "{body}")
+        }
+        other => panic!("expected a 404, got {other:?}"),
+    }
+    match c.advance_clock(-1).await {
+        Err(ControlError::Status { status: 400, .. }) => {}
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    let nowhere = ControlClient::new("http://127.0.0.1:1", Sandbox::CONTROL_KEY);
+    assert!(matches!(
+        nowhere.clock().await,
+        Err(ControlError::Transport(_))
+    ));
+    sandbox.shutdown().await;
 }

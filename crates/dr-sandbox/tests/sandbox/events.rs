@@ -1,5 +1,6 @@
 //! `GET /events[/{id}]`: envelope, filters, pagination, retention.
 
+use chrono::SecondsFormat;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -42,7 +43,7 @@ async fn events_filter_by_type_glob_and_types_list() {
         order["id"].as_str().unwrap(),
         order["items"][0]["id"].as_str().unwrap(),
     );
-    sb.fulfil(
+    sb.fulfill(
         json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1, "cancelQuantity": 1}]}),
     )
     .await;
@@ -114,10 +115,14 @@ async fn events_paginate_and_filter_by_created_time() {
     assert_eq!(before["data"].as_array().unwrap().len(), 3);
     assert_eq!(before["data"][2]["id"], last_id);
 
-    let (_, clock) = sb.get("/sandbox/clock").await;
-    let now = clock["now"].as_str().unwrap().to_owned();
-    sb.post("/sandbox/clock/advance", json!({"seconds": 60}))
-        .await;
+    let control = sb.control();
+    let now = control
+        .clock()
+        .await
+        .unwrap()
+        .now
+        .to_rfc3339_opts(SecondsFormat::Micros, true);
+    control.advance_clock(60).await.unwrap();
     let newer = sb.simple_order(1, "2").await;
     let (_, after) = sb.get(&format!("/events?createdTime[gt]={now}")).await;
     assert_eq!(after["data"].as_array().unwrap().len(), 1);
@@ -135,8 +140,7 @@ async fn events_older_than_30_days_are_gone() {
     sb.simple_order(1, "1").await;
     let (_, list) = sb.get("/events").await;
     let id = list["data"][0]["id"].as_str().unwrap().to_owned();
-    sb.post("/sandbox/clock/advance", json!({"seconds": 31 * 24 * 3600}))
-        .await;
+    sb.control().advance_clock(31 * 24 * 3600).await.unwrap();
     let (_, list) = sb.get("/events").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
     let (status, _) = sb.get(&format!("/events/{id}")).await;
@@ -147,18 +151,16 @@ async fn events_older_than_30_days_are_gone() {
 #[tokio::test]
 async fn custom_events_can_be_emitted() {
     let sb = TestSandbox::start().await;
-    let (status, ev) = sb
-        .post(
-            "/sandbox/events",
-            json!({"type": "fulfillment_order.shipped", "object": {"id": "shp_1"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    let control = sb.control();
+    // 201 Created: the client accepts nothing else.
+    let ev = control
+        .post_event(json!({"type": "fulfillment_order.shipped", "object": {"id": "shp_1"}}))
+        .await
+        .unwrap();
     assert_eq!(ev["type"], "fulfillment_order.shipped");
     assert_eq!(ev["data"]["object"]["id"], "shp_1");
     let raw = json!({"id": "0d6c7a3e-0000-4000-8000-000000000001", "type": "order.chargeback", "data": {"object": {"id": "st_1"}}, "versionIds": ["2021-12-13"]});
-    let (status, ev) = sb.post("/sandbox/events", raw).await;
-    assert_eq!(status, StatusCode::CREATED, "{ev}");
+    let ev = control.post_event(raw).await.unwrap();
     assert_eq!(ev["id"], "0d6c7a3e-0000-4000-8000-000000000001");
     assert_eq!(ev["versionIds"], json!(["2021-12-13"]));
     assert_eq!(ev["digitalriverVersion"], "2021-12-13");

@@ -3,10 +3,16 @@
 
 use std::time::{Duration, Instant};
 
+use dr_sandbox::{FaultKind, FaultSpec};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::TestSandbox;
+
+/// Arms `spec`; panics unless the sandbox answers 201.
+async fn arm(sb: &TestSandbox, spec: FaultSpec) {
+    sb.control().add_fault(&spec).await.unwrap();
+}
 
 async fn fulfillment_count(sb: &TestSandbox, order_id: &str) -> usize {
     let (_, list) = sb.get(&format!("/fulfillments?orderId={order_id}")).await;
@@ -18,8 +24,16 @@ async fn a_status_fault_answers_a_dr_error_with_retry_after_without_processing()
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(2, "10").await;
     let oid = order["id"].as_str().unwrap();
-    let (status, fault) = sb.post("/sandbox/faults", json!({"method": "POST", "path": "/fulfillments", "count": 2, "kind": "status", "status": 429, "retryAfter": 7})).await;
-    assert_eq!(status, StatusCode::CREATED, "{fault}");
+    // 201 Created: the client accepts nothing else.
+    sb.control()
+        .add_fault(
+            &FaultSpec::status("/fulfillments", 429)
+                .method("POST")
+                .count(2)
+                .retry_after(7),
+        )
+        .await
+        .unwrap();
     let body =
         json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]});
     for _ in 0..2 {
@@ -41,19 +55,19 @@ async fn a_status_fault_answers_a_dr_error_with_retry_after_without_processing()
         "faulted calls were not processed"
     );
     // Only the next `count` calls: the third goes through.
-    let (status, _) = sb.fulfil(body).await;
+    let (status, _) = sb.fulfill(body).await;
     assert_eq!(status, StatusCode::CREATED);
     // The request log recorded the faults.
-    let (_, log) = sb
-        .get("/sandbox/requests?method=POST&path=/fulfillments")
-        .await;
-    let faults: Vec<_> = log["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["fault"].clone())
-        .collect();
-    assert_eq!(faults, [json!("status"), json!("status"), json!(null)]);
+    let log = sb
+        .control()
+        .requests(Some("POST"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    let faults: Vec<_> = log.iter().map(|r| r.fault).collect();
+    assert_eq!(
+        faults,
+        [Some(FaultKind::Status), Some(FaultKind::Status), None]
+    );
     sb.stop().await;
 }
 
@@ -62,9 +76,9 @@ async fn a_reset_fault_drops_the_connection_without_processing() {
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(1, "10").await;
     let oid = order["id"].as_str().unwrap();
-    sb.post(
-        "/sandbox/faults",
-        json!({"method": "POST", "path": "/fulfillments", "kind": "reset"}),
+    arm(
+        &sb,
+        FaultSpec::new(FaultKind::Reset, "/fulfillments").method("POST"),
     )
     .await;
     let err = sb
@@ -85,9 +99,9 @@ async fn reset_after_processing_loses_the_response_of_a_call_that_happened() {
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(1, "10").await;
     let oid = order["id"].as_str().unwrap();
-    sb.post(
-        "/sandbox/faults",
-        json!({"method": "POST", "path": "/fulfillments", "kind": "reset_after_processing"}),
+    arm(
+        &sb,
+        FaultSpec::new(FaultKind::ResetAfterProcessing, "/fulfillments").method("POST"),
     )
     .await;
     let body =
@@ -104,7 +118,7 @@ async fn reset_after_processing_loses_the_response_of_a_call_that_happened() {
         "but the fulfillment exists"
     );
     // A blind retry now hits the fulfilled order.
-    let (status, err) = sb.fulfil(body).await;
+    let (status, err) = sb.fulfill(body).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(err["errors"][0]["code"], "order_fulfilled");
     sb.stop().await;
@@ -115,9 +129,10 @@ async fn latency_after_processing_outlasts_a_client_timeout() {
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(1, "10").await;
     let oid = order["id"].as_str().unwrap();
-    sb.post(
-        "/sandbox/faults",
-        json!({"path": "/fulfillments", "kind": "latency_after_processing", "latencyMs": 2000}),
+    arm(
+        &sb,
+        FaultSpec::new(FaultKind::LatencyAfterProcessing, "/fulfillments")
+            .latency(Duration::from_millis(2000)),
     )
     .await;
     let result = sb
@@ -138,9 +153,11 @@ async fn latency_delays_and_malformed_breaks_the_body() {
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(1, "10").await;
     let oid = order["id"].as_str().unwrap();
-    sb.post(
-        "/sandbox/faults",
-        json!({"method": "GET", "path": "/orders/*", "kind": "latency", "latencyMs": 300}),
+    arm(
+        &sb,
+        FaultSpec::new(FaultKind::Latency, "/orders/*")
+            .method("GET")
+            .latency(Duration::from_millis(300)),
     )
     .await;
     let started = Instant::now();
@@ -148,9 +165,9 @@ async fn latency_delays_and_malformed_breaks_the_body() {
     assert_eq!(status, StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(300));
 
-    sb.post(
-        "/sandbox/faults",
-        json!({"method": "GET", "path": "/orders/*", "kind": "malformed"}),
+    arm(
+        &sb,
+        FaultSpec::new(FaultKind::Malformed, "/orders/*").method("GET"),
     )
     .await;
     let resp = sb
@@ -170,14 +187,12 @@ async fn latency_delays_and_malformed_breaks_the_body() {
 #[tokio::test]
 async fn faults_can_be_listed_and_cleared() {
     let sb = TestSandbox::start().await;
-    sb.post(
-        "/sandbox/faults",
-        json!({"path": "/events", "kind": "status", "status": 503, "count": 5}),
-    )
-    .await;
-    let (_, list) = sb.get("/sandbox/faults").await;
-    assert_eq!(list["data"][0]["remaining"], 5);
-    assert_eq!(sb.delete("/sandbox/faults").await, StatusCode::NO_CONTENT);
+    let control = sb.control();
+    arm(&sb, FaultSpec::status("/events", 503).count(5)).await;
+    let list = control.faults().await.unwrap();
+    assert_eq!(list[0].remaining, 5);
+    // 204 No Content: the client accepts nothing else.
+    control.clear_faults().await.unwrap();
     let (status, _) = sb.get("/events").await;
     assert_eq!(status, StatusCode::OK);
     let (status, err) = sb

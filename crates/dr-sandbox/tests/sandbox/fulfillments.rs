@@ -18,7 +18,7 @@ async fn a_fulfillment_is_created_with_ful_id_sku_both_quantities_metadata_and_e
     let order = sb.order(json!({"items": [{"quantity": 3, "amount": "30.00", "skuId": "sku-1"}], "email": "a@b.c"})).await;
     let (oid, item) = ids(&order);
     let (status, ful) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "2"}], "metadata": {"wms": "A1", "rush": true, "box": 3}, "unknownField": 1}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "2"}], "metadata": {"wms": "A1", "rush": true, "box": 3}, "unknownField": 1}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{ful}");
     let id = ful["id"].as_str().unwrap();
@@ -116,7 +116,7 @@ async fn invalid_fulfillment_requests_are_400_naming_the_parameter() {
         ),
     ];
     for (body, code, parameter) in cases {
-        let (status, err) = sb.fulfil(body.clone()).await;
+        let (status, err) = sb.fulfill(body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {err}");
         assert_eq!(err["type"], "bad_request");
         assert_eq!(err["errors"][0]["code"], code, "{body}");
@@ -147,10 +147,10 @@ async fn more_units_than_remain_is_409_and_changes_nothing() {
     let order = sb.simple_order(2, "10").await;
     let (oid, item) = ids(&order);
     let (status, _) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, err) = sb.fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1, "cancelQuantity": 1}]})).await;
+    let (status, err) = sb.fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1, "cancelQuantity": 1}]})).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(err["type"], "conflict");
     assert_eq!(err["errors"][0]["code"], "quantity_too_large");
@@ -163,7 +163,7 @@ async fn more_units_than_remain_is_409_and_changes_nothing() {
 async fn unknown_order_is_404_and_unknown_resources_are_404() {
     let sb = TestSandbox::start().await;
     let (status, err) = sb
-        .fulfil(json!({"orderId": "999999990336", "items": [{"itemId": "1", "quantity": 1}]}))
+        .fulfill(json!({"orderId": "999999990336", "items": [{"itemId": "1", "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(err["type"], "not_found");
@@ -192,18 +192,18 @@ async fn distributed_model_requires_shipment_ids() {
         )
         .await;
     let (oid, item) = ids(&order);
-    let (status, err) = sb.fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1, "shipmentItemId": "s1"}]})).await;
+    let (status, err) = sb.fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1, "shipmentItemId": "s1"}]})).await;
     assert_eq!(
         (status, err["errors"][0]["parameter"].clone()),
         (StatusCode::BAD_REQUEST, json!("shipmentId"))
     );
-    let (status, err) = sb.fulfil(json!({"orderId": oid, "shipmentId": "100002369153", "items": [{"itemId": item, "quantity": 1}]})).await;
+    let (status, err) = sb.fulfill(json!({"orderId": oid, "shipmentId": "100002369153", "items": [{"itemId": item, "quantity": 1}]})).await;
     assert_eq!(
         (status, err["errors"][0]["parameter"].clone()),
         (StatusCode::BAD_REQUEST, json!("shipmentItemId"))
     );
     let (status, ful) = sb
-        .fulfil(json!({"orderId": oid, "shipmentId": "100002369153", "items": [{"itemId": item, "quantity": 1, "shipmentItemId": "s1"}]}))
+        .fulfill(json!({"orderId": oid, "shipmentId": "100002369153", "items": [{"itemId": item, "quantity": 1, "shipmentItemId": "s1"}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(ful["shipmentId"], "100002369153");
@@ -217,7 +217,7 @@ async fn get_fulfillment_includes_order_details_without_payment() {
     let order = sb.simple_order(1, "10").await;
     let (oid, item) = ids(&order);
     let (_, ful) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     let (status, got) = sb
         .get(&format!("/fulfillments/{}", ful["id"].as_str().unwrap()))
@@ -238,10 +238,10 @@ async fn tracking_can_be_added_to_a_fulfillment() {
     let order = sb.simple_order(1, "10").await;
     let (oid, item) = ids(&order);
     let (_, ful) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     let fid = ful["id"].as_str().unwrap();
-    // seed 001 sends the itemId as a number.
+    // DR's "Payment reauthorizations" page sends the itemId as a number.
     let item_num: u64 = item.parse().unwrap();
     let (status, updated) = sb
         .post(&format!("/fulfillments/{fid}"), json!({"trackingCompany": "UPS", "trackingNumber": "Z1", "trackingUrl": "http://ups/Z1", "items": [{"itemId": item_num}]}))
@@ -273,12 +273,12 @@ async fn list_fulfillments_filters_and_paginates_newest_first() {
     let mut made = Vec::new();
     for _ in 0..5 {
         let (_, f) = sb
-            .fulfil(json!({"orderId": oid, "items": [{"itemId": item_a, "quantity": 1}]}))
+            .fulfill(json!({"orderId": oid, "items": [{"itemId": item_a, "quantity": 1}]}))
             .await;
         made.push(f["id"].as_str().unwrap().to_owned());
     }
     let other = sb.simple_order(1, "1").await;
-    let (_, f_other) = sb.fulfil(json!({"orderId": other["id"], "items": [{"itemId": other["items"][0]["id"], "quantity": 1}], "trackingNumber": "T9"})).await;
+    let (_, f_other) = sb.fulfill(json!({"orderId": other["id"], "items": [{"itemId": other["items"][0]["id"], "quantity": 1}], "trackingNumber": "T9"})).await;
 
     let (_, page1) = sb
         .get(&format!("/fulfillments?orderId={oid}&limit=2"))
@@ -370,7 +370,7 @@ async fn cancelling_every_unit_cancels_the_order() {
     let order = sb.simple_order(2, "9.99").await;
     let (oid, item) = ids(&order);
     let (status, _) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 2}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 2}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, o) = sb.get(&format!("/orders/{oid}")).await;
@@ -382,7 +382,7 @@ async fn cancelling_every_unit_cancels_the_order() {
     assert!(types.contains(&"order.cancelled".to_owned()), "{types:?}");
     assert!(types.contains(&"order.charge.cancel.complete".to_owned()));
     let (status, err) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(err["errors"][0]["code"], "invalid_state");
@@ -399,10 +399,10 @@ async fn multi_line_orders_allocate_shipping_and_sum_exactly() {
     let oid = order["id"].as_str().unwrap();
     let a = order["items"][0]["id"].as_str().unwrap();
     let b = order["items"][1]["id"].as_str().unwrap();
-    sb.fulfil(json!({"orderId": oid, "items": [{"itemId": a, "quantity": 1}, {"itemId": b, "quantity": 3}]})).await;
-    sb.fulfil(json!({"orderId": oid, "items": [{"itemId": b, "cancelQuantity": 2}]}))
+    sb.fulfill(json!({"orderId": oid, "items": [{"itemId": a, "quantity": 1}, {"itemId": b, "quantity": 3}]})).await;
+    sb.fulfill(json!({"orderId": oid, "items": [{"itemId": b, "cancelQuantity": 2}]}))
         .await;
-    sb.fulfil(json!({"orderId": oid, "items": [{"itemId": a, "quantity": 2}, {"itemId": b, "quantity": 2}]})).await;
+    sb.fulfill(json!({"orderId": oid, "items": [{"itemId": a, "quantity": 2}, {"itemId": b, "quantity": 2}]})).await;
     let (_, o) = sb.get(&format!("/orders/{oid}")).await;
     assert_eq!(o["state"], "complete");
     let total_cents = |v: &Value| -> i64 {
@@ -425,7 +425,7 @@ async fn zero_decimal_currencies_render_whole_amounts() {
         .await;
     assert_eq!(num(&order["totalAmount"]), "1000.0");
     let (oid, item) = ids(&order);
-    sb.fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+    sb.fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     let (_, o) = sb.get(&format!("/orders/{oid}")).await;
     assert_eq!(num(&o["capturedAmount"]), "333.0");

@@ -1,4 +1,5 @@
-//! Shared test plumbing: start a sandbox, call it, wait on conditions, receive webhooks.
+//! Shared test plumbing: start a sandbox, call it (raw for the DR surface, through
+//! [`ControlClient`] for the control surface), wait on conditions, receive webhooks.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -6,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::{body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post, Router};
-use dr_sandbox::{Sandbox, SandboxConfig};
+use dr_sandbox::{ControlClient, Sandbox, SandboxConfig};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -51,6 +52,11 @@ impl TestSandbox {
         }
     }
 
+    /// The typed control client, calling with the current `key` over the shared pool.
+    pub fn control(&self) -> ControlClient {
+        ControlClient::with_http_client(self.client.clone(), &self.base, &self.key)
+    }
+
     /// A request builder with auth.
     pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.client
@@ -85,9 +91,10 @@ impl TestSandbox {
 
     /// Creates an order via the control surface; panics unless 201.
     pub async fn order(&self, body: Value) -> Value {
-        let (status, order) = self.post("/sandbox/orders", body).await;
-        assert_eq!(status, StatusCode::CREATED, "create order: {order}");
-        order
+        self.control()
+            .create_order(body)
+            .await
+            .unwrap_or_else(|e| panic!("create order: {e}"))
     }
 
     /// A one-line order: `quantity` units for `amount` (line total), no tax or shipping.
@@ -97,7 +104,7 @@ impl TestSandbox {
     }
 
     /// POST /fulfillments.
-    pub async fn fulfil(&self, body: Value) -> (StatusCode, Value) {
+    pub async fn fulfill(&self, body: Value) -> (StatusCode, Value) {
         self.post("/fulfillments", body).await
     }
 

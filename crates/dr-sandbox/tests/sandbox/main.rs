@@ -7,9 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod control;
+mod documented_flows;
 mod events;
 mod faults;
 mod fulfillments;
 mod helpers;
-mod seeds;
 mod webhooks;

@@ -3,11 +3,18 @@
 
 use std::time::Duration;
 
-use dr_sandbox::{RetryPolicy, SandboxConfig, WebhookSpec};
+use dr_sandbox::{
+    RetryPolicy, SandboxConfig, SecretRotation, WebhookEndpoint, WebhookRegistration, WebhookSpec,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{eventually, verify_signature, Receiver, TestSandbox};
+
+/// Registers an endpoint; panics unless the sandbox answers 201.
+async fn register(sb: &TestSandbox, registration: WebhookRegistration) -> WebhookEndpoint {
+    sb.control().add_webhook(&registration).await.unwrap()
+}
 
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
@@ -67,18 +74,19 @@ async fn events_are_delivered_signed_to_registered_endpoints() {
     assert_eq!(stored, event);
     assert_eq!(event["webhookIds"].as_array().unwrap().len(), 1);
 
-    let (_, deliveries) = sb
-        .get(&format!(
-            "/sandbox/deliveries?eventId={}",
-            event["id"].as_str().unwrap()
-        ))
-        .await;
-    let d = &deliveries["data"][0];
-    assert_eq!(d["status"], 200);
-    assert_eq!(d["success"], true);
-    assert_eq!(d["attempt"], 1);
-    assert_eq!(d["url"], rx.url.as_str());
-    assert_eq!(d["signature"], delivery.signature.as_str());
+    // The record is written once the endpoint's answer is in, just after it got the body.
+    let event_id = event["id"].as_str().unwrap();
+    let deliveries = eventually(5, "the delivery record", || async {
+        let d = sb.control().deliveries(Some(event_id), None).await.unwrap();
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    let d = &deliveries[0];
+    assert_eq!(d.status, Some(200));
+    assert!(d.success);
+    assert_eq!(d.attempt, 1);
+    assert_eq!(d.url, rx.url);
+    assert_eq!(d.signature, delivery.signature);
     sb.stop().await;
 }
 
@@ -90,14 +98,17 @@ async fn failed_deliveries_are_retried_with_a_fresh_signature() {
         ..Default::default()
     })
     .await;
-    let (status, hook) = sb
-        .post(
-            "/sandbox/webhooks",
-            json!({"url": rx.url, "secret": "s1", "types": ["order.accepted"]}),
+    // 201 Created: the client accepts nothing else.
+    let hook = sb
+        .control()
+        .add_webhook(
+            &WebhookRegistration::new(rx.url.as_str())
+                .secret("s1")
+                .types(["order.accepted"]),
         )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    assert!(hook["id"].is_string());
+        .await
+        .unwrap();
+    assert!(!hook.id.is_empty());
     sb.simple_order(1, "10").await;
     let got = rx
         .wait_for("three attempts", 3, |e| e["type"] == "order.accepted")
@@ -111,27 +122,20 @@ async fn failed_deliveries_are_retried_with_a_fresh_signature() {
         assert!(verify_signature(&r.signature, "s1", &r.body));
     }
     let deliveries = eventually(5, "3 delivery records", || async {
-        let (_, d) = sb.get("/sandbox/deliveries").await;
-        let data = d["data"].as_array().unwrap().clone();
+        let data = sb.control().deliveries(None, None).await.unwrap();
         (data.len() >= 3).then_some(data)
     })
     .await;
     let statuses: Vec<_> = deliveries
         .iter()
-        .map(|d| {
-            (
-                d["attempt"].clone(),
-                d["status"].clone(),
-                d["success"].clone(),
-            )
-        })
+        .map(|d| (d.attempt, d.status, d.success))
         .collect();
     assert_eq!(
         statuses,
         [
-            (json!(1), json!(500), json!(false)),
-            (json!(2), json!(302), json!(false)),
-            (json!(3), json!(200), json!(true))
+            (1, Some(500), false),
+            (2, Some(302), false),
+            (3, Some(200), true)
         ],
         "3xx counts as failure"
     );
@@ -151,21 +155,19 @@ async fn slow_endpoints_time_out_and_are_retried() {
         ..Default::default()
     })
     .await;
-    sb.post("/sandbox/webhooks", json!({"url": rx.url, "secret": "s"}))
-        .await;
+    register(&sb, WebhookRegistration::new(rx.url.as_str()).secret("s")).await;
     sb.simple_order(1, "10").await;
     let deliveries = eventually(10, "a successful retry after a timeout", || async {
-        let (_, d) = sb.get("/sandbox/deliveries").await;
-        let data = d["data"].as_array().unwrap().clone();
-        data.iter().any(|d| d["success"] == true).then_some(data)
+        let data = sb.control().deliveries(None, None).await.unwrap();
+        data.iter().any(|d| d.success).then_some(data)
     })
     .await;
     assert!(
-        deliveries[0]["error"].as_str().unwrap().contains("timeout"),
+        deliveries[0].error.as_deref().unwrap().contains("timeout"),
         "{:?}",
         deliveries[0]
     );
-    assert_eq!(deliveries[1]["attempt"], 2);
+    assert_eq!(deliveries[1].attempt, 2);
     sb.stop().await;
 }
 
@@ -182,34 +184,29 @@ async fn deliveries_give_up_after_the_configured_attempts() {
         ..Default::default()
     })
     .await;
-    sb.post(
-        "/sandbox/webhooks",
-        json!({"url": rx.url, "secret": "s", "types": ["order.accepted"]}),
+    register(
+        &sb,
+        WebhookRegistration::new(rx.url.as_str())
+            .secret("s")
+            .types(["order.accepted"]),
     )
     .await;
     sb.simple_order(1, "10").await;
     let data = eventually(5, "a final attempt", || async {
-        let (_, d) = sb.get("/sandbox/deliveries").await;
-        let data = d["data"].as_array().unwrap().clone();
-        data.iter().any(|d| d["willRetry"] == false).then_some(data)
+        let data = sb.control().deliveries(None, None).await.unwrap();
+        data.iter().any(|d| !d.will_retry).then_some(data)
     })
     .await;
     let summary: Vec<_> = data
         .iter()
-        .map(|d| {
-            (
-                d["attempt"].clone(),
-                d["status"].clone(),
-                d["willRetry"].clone(),
-            )
-        })
+        .map(|d| (d.attempt, d.status, d.will_retry))
         .collect();
     assert_eq!(
         summary,
         [
-            (json!(1), json!(503), json!(true)),
-            (json!(2), json!(503), json!(true)),
-            (json!(3), json!(503), json!(false))
+            (1, Some(503), true),
+            (2, Some(503), true),
+            (3, Some(503), false)
         ]
     );
     sb.stop().await;
@@ -223,25 +220,31 @@ async fn rotation_signs_with_the_new_secret_and_records_the_old_one() {
         ..Default::default()
     })
     .await;
-    let (_, hook) = sb
-        .post(
-            "/sandbox/webhooks",
-            json!({"url": rx.url, "secret": "old", "types": ["order.*"]}),
+    let control = sb.control();
+    let hook = register(
+        &sb,
+        WebhookRegistration::new(rx.url.as_str())
+            .secret("old")
+            .types(["order.*"]),
+    )
+    .await;
+    let id = hook.id.as_str();
+    // 200 OK: the client accepts nothing else.
+    let rotated = control
+        .rotate_webhook(
+            id,
+            &SecretRotation {
+                secret: Some("new".into()),
+                old_secret_valid_seconds: Some(3600),
+            },
         )
-        .await;
-    let id = hook["id"].as_str().unwrap();
-    let (status, rotated) = sb
-        .post(
-            &format!("/sandbox/webhooks/{id}/rotate"),
-            json!({"secret": "new", "oldSecretValidSeconds": 3600}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(rotated["secret"], "new");
-    let secrets = rotated["secrets"].as_array().unwrap();
+        .await
+        .unwrap();
+    assert_eq!(rotated.secret, "new");
+    let secrets = &rotated.secrets;
     assert_eq!(secrets.len(), 2);
-    assert_eq!(secrets[1]["secret"], "old");
-    assert!(secrets[1]["expiresTime"].is_string());
+    assert_eq!(secrets[1].secret, "old");
+    assert!(secrets[1].expires_time.is_some());
     sb.simple_order(1, "10").await;
     let got = rx
         .wait_for("delivery after rotation", 1, |e| {
@@ -251,14 +254,11 @@ async fn rotation_signs_with_the_new_secret_and_records_the_old_one() {
     assert!(verify_signature(&got[0].signature, "new", &got[0].body));
     assert!(!verify_signature(&got[0].signature, "old", &got[0].body));
     // After the window the old secret is no longer listed.
-    sb.post("/sandbox/clock/advance", json!({"seconds": 3601}))
-        .await;
-    let (_, list) = sb.get("/sandbox/webhooks").await;
-    assert_eq!(list["data"][0]["secrets"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        sb.delete(&format!("/sandbox/webhooks/{id}")).await,
-        StatusCode::NO_CONTENT
-    );
+    control.advance_clock(3601).await.unwrap();
+    let list = control.webhooks().await.unwrap();
+    assert_eq!(list[0].secrets.len(), 1);
+    // 204 No Content: the client accepts nothing else.
+    control.delete_webhook(id).await.unwrap();
     assert_eq!(
         sb.delete(&format!("/sandbox/webhooks/{id}")).await,
         StatusCode::NOT_FOUND
@@ -274,18 +274,15 @@ async fn redelivery_sends_the_same_event_again_resigned() {
         ..Default::default()
     })
     .await;
-    sb.post("/sandbox/webhooks", json!({"url": rx.url, "secret": "k"}))
-        .await;
+    register(&sb, WebhookRegistration::new(rx.url.as_str()).secret("k")).await;
     sb.simple_order(1, "10").await;
     let first = rx
         .wait_for("first delivery", 1, |e| e["type"] == "order.accepted")
         .await;
     let event_id = first[0].json()["id"].as_str().unwrap().to_owned();
-    let (status, body) = sb
-        .post(&format!("/sandbox/events/{event_id}/redeliver"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(body["webhookIds"].as_array().unwrap().len(), 1);
+    // 202 Accepted: the client accepts nothing else.
+    let redelivery = sb.control().redeliver(&event_id).await.unwrap();
+    assert_eq!(redelivery.webhook_ids.len(), 1);
     let both = rx
         .wait_for("redelivery", 2, |e| e["id"] == event_id.as_str())
         .await;
@@ -305,20 +302,23 @@ async fn endpoints_only_get_the_types_they_subscribe_to() {
         ..Default::default()
     })
     .await;
-    sb.post(
-        "/sandbox/webhooks",
-        json!({"url": charges.url, "secret": "a", "types": ["order.charge.*"]}),
+    register(
+        &sb,
+        WebhookRegistration::new(charges.url.as_str())
+            .secret("a")
+            .types(["order.charge.*"]),
     )
     .await;
-    sb.post("/sandbox/webhooks", json!({"url": all.url, "secret": "b"}))
-        .await;
-    sb.post(
-        "/sandbox/webhooks",
-        json!({"url": all.url, "secret": "c", "enabled": false}),
+    register(&sb, WebhookRegistration::new(all.url.as_str()).secret("b")).await;
+    register(
+        &sb,
+        WebhookRegistration::new(all.url.as_str())
+            .secret("c")
+            .enabled(false),
     )
     .await;
     let order = sb.simple_order(1, "10").await;
-    sb.fulfil(json!({"orderId": order["id"], "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]})).await;
+    sb.fulfill(json!({"orderId": order["id"], "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]})).await;
     all.wait_for("order.complete", 1, |e| e["type"] == "order.complete")
         .await;
     charges

@@ -19,7 +19,7 @@ pub const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Longest heartbeat interval; longer requests are lowered to it.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 
-/// Most exact type names DR takes in `types` ("less than 20", dr-api.md §3.1).
+/// Most exact type names DR takes in `types` ("less than 20", docs/digital-river.md §3.1).
 const MAX_LIST_TYPES: usize = 19;
 
 /// The DR query of a ListEvents request, and the filter text page tokens bind to.

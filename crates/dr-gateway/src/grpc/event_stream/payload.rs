@@ -12,7 +12,7 @@ use crate::pb::v1 as pb;
 pub fn decode_payload(env: &Envelope) -> Option<pb::event::Payload> {
     let t = env.event_type.as_str();
     let object = || serde_json::Value::Object(env.object.clone());
-    // why: which object each type carries, dr-api.md §3.2.
+    // why: which object each type carries, docs/digital-river.md §3.2.
     if t == "order.charge.reauth.failed" {
         let order: models::Order = serde_json::from_value(object()).ok()?;
         return Some(pb::event::Payload::Order(convert::order(&order)));

@@ -1,12 +1,14 @@
-//! One test per seed flow (`/work/shared/seeds/000`–`003`), against the HTTP surface.
+//! One test per flow of DR's documentation pages ("Capturing and cancelling charges",
+//! "Payment reauthorizations", "Applying store credit", "Disputes and chargebacks"),
+//! against the HTTP surface.
 
-use dr_sandbox::{SandboxConfig, SettleMode};
+use dr_sandbox::{OperationState, SandboxConfig, SettleMode};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{num, TestSandbox};
 
-/// Seed 000's order: 2 × Widget for 20.00, tax 1.61, shipping 5.00 + 0.40 tax = 27.01.
+/// The "Capturing and cancelling charges" page's order: 2 × Widget for 20.00, tax 1.61, shipping 5.00 + 0.40 tax = 27.01.
 fn seed_000_order() -> serde_json::Value {
     json!({
         "upstreamId": "up-000",
@@ -32,9 +34,9 @@ async fn seed_000_capture_cancel_fulfilled_complete_and_409_afterwards() {
         .unwrap()
         .to_owned();
 
-    // Fulfil one unit: quantity as a string, like the DR docs send it.
+    // Fulfill one unit: quantity as a string, like the DR docs send it.
     let (status, ful) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "1"}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "1"}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{ful}");
     assert_eq!(ful["items"][0]["quantity"], 1);
@@ -54,7 +56,7 @@ async fn seed_000_capture_cancel_fulfilled_complete_and_409_afterwards() {
 
     // Cancel the other: the last unit takes the remainder.
     let (status, _) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, charge) = sb.get(&format!("/charges/{charge_id}")).await;
@@ -84,9 +86,9 @@ async fn seed_000_capture_cancel_fulfilled_complete_and_409_afterwards() {
     ];
     assert_eq!(types, expected);
 
-    // Any further POST: seed 000's exact body.
+    // Any further POST: the "Capturing and cancelling charges" page's exact body.
     let (status, body) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(
@@ -105,7 +107,7 @@ async fn seed_000_failed_capture_shows_failure_message_only_via_get_charge() {
     let oid = order["id"].as_str().unwrap();
     let item = order["items"][0]["id"].as_str().unwrap();
     let (status, ful) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
 
@@ -123,7 +125,7 @@ async fn seed_000_failed_capture_shows_failure_message_only_via_get_charge() {
         "the event carries no failureMessage"
     );
 
-    // Look-up procedure of seed 000: charge id from the event, capture id → failureMessage.
+    // Look-up procedure of DR's "Capturing and cancelling charges" page: charge id from the event, capture id → failureMessage.
     let charge_id = failed["data"]["object"]["id"].as_str().unwrap();
     let capture_id = capture["id"].as_str().unwrap();
     let (status, charge) = sb.get(&format!("/charges/{charge_id}")).await;
@@ -157,7 +159,7 @@ async fn seed_001_risk_tolerant_expired_authorization_still_captures() {
     let oid = order["id"].as_str().unwrap();
     let item = order["items"][0]["id"].as_str().unwrap();
     let (status, ful) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "2"}], "trackingCompany": "Fedex", "trackingNumber": "Z10100002632653", "trackingUrl": "http://www.fedex.com/Tracking?tracknumbers=Z10100002632653"}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "2"}], "trackingCompany": "Fedex", "trackingNumber": "Z10100002632653", "trackingUrl": "http://www.fedex.com/Tracking?tracknumbers=Z10100002632653"}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(ful["trackingCompany"], "Fedex");
@@ -169,7 +171,7 @@ async fn seed_001_risk_tolerant_expired_authorization_still_captures() {
         .expect("capture.pending");
     assert_eq!(
         pending["data"]["object"]["state"], "processing",
-        "seed 001: a full pending capture shows processing"
+        "Payment reauthorizations: a full pending capture shows processing"
     );
     assert_eq!(pending["data"]["object"]["captures"][0]["state"], "pending");
     assert_eq!(
@@ -177,8 +179,8 @@ async fn seed_001_risk_tolerant_expired_authorization_still_captures() {
         "27.01"
     );
 
-    let (_, settled) = sb.post("/sandbox/settle", json!({})).await;
-    assert_eq!(settled["settled"][0]["state"], "complete");
+    let settled = sb.control().settle().await.unwrap();
+    assert_eq!(settled[0].state, OperationState::Complete);
     let types = sb.event_types_for(oid).await;
     assert!(types.contains(&"order.charge.capture.complete".to_owned()));
     assert_eq!(types.last().map(String::as_str), Some("order.complete"));
@@ -192,10 +194,10 @@ async fn seed_001_risk_averse_expired_authorization_is_409_with_reauth_failed_ev
     let oid = order["id"].as_str().unwrap();
     let item = order["items"][0]["id"].as_str().unwrap();
     let (status, body) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "1"}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "1"}]}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    // Seed 001's body exactly: no `type`, `description` instead of `message`.
+    // The "Payment reauthorizations" page's body exactly: no `type`, `description` instead of `message`.
     assert_eq!(
         body,
         json!({"errors": [{"code": "payment_authorization_failed", "description": "Fulfillment cannot be processed because the payment authorization has expired", "parameter": "orderId"}]})
@@ -222,29 +224,27 @@ async fn seed_001_risk_averse_expired_authorization_is_409_with_reauth_failed_ev
 #[tokio::test]
 async fn seed_001_risk_averse_authorization_expires_when_the_clock_passes_it() {
     let sb = TestSandbox::start().await;
-    let (_, clock) = sb.get("/sandbox/clock").await;
-    let now = chrono::DateTime::parse_from_rfc3339(clock["now"].as_str().unwrap()).unwrap();
+    let control = sb.control();
+    let now = control.clock().await.unwrap().now;
     let expires = (now + chrono::Duration::hours(1)).to_rfc3339();
     let order = sb.order(json!({"items": [{"quantity": 2, "amount": "10"}], "riskMode": "averse", "authorizationExpiresAt": expires})).await;
     let oid = order["id"].as_str().unwrap();
     let item = order["items"][0]["id"].as_str().unwrap();
     let (status, _) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "still valid");
-    let (status, clock) = sb
-        .post("/sandbox/clock/advance", json!({"seconds": 7200}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(clock["offsetSeconds"], 7200);
+    // 200 OK: the client accepts nothing else.
+    let clock = control.advance_clock(7200).await.unwrap();
+    assert_eq!(clock.offset_seconds, 7200);
     let (status, body) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["errors"][0]["code"], "payment_authorization_failed");
     // Cancelling needs no authorization.
     let (status, _) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     sb.stop().await;
@@ -271,7 +271,7 @@ async fn seed_002_store_credit_is_captured_first_with_exact_amounts() {
     let item = order["items"][0]["id"].as_str().unwrap();
 
     let (status, ful) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(ful["chargeOperationIds"].as_array().unwrap().len(), 2);
@@ -285,7 +285,7 @@ async fn seed_002_store_credit_is_captured_first_with_exact_amounts() {
     assert_eq!(num(&o["capturedAmount"]), "13.45");
 
     // The second unit takes the remainder: 13.44, all from the card.
-    sb.fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+    sb.fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     let (_, card) = sb.get(&format!("/charges/{card_id}")).await;
     assert_eq!(num(&card["captures"][1]["amount"]), "13.44");
@@ -306,7 +306,7 @@ async fn seed_002_cancel_takes_the_card_before_store_credit() {
     let card_id = order["payment"]["charges"][0]["id"].as_str().unwrap();
     let credit_id = order["payment"]["charges"][1]["id"].as_str().unwrap();
     let (status, _) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, card) = sb.get(&format!("/charges/{card_id}")).await;
@@ -329,15 +329,14 @@ async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
     let order = sb.simple_order(1, "0.32").await;
     let oid = order["id"].as_str().unwrap();
     let item = order["items"][0]["id"].as_str().unwrap();
-    let (status, disputed) = sb
-        .post(&format!("/sandbox/orders/{oid}/dispute"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let control = sb.control();
+    // 200 OK: the client accepts nothing else.
+    let disputed = control.open_dispute(oid).await.unwrap();
     assert_eq!(disputed["state"], "dispute");
     assert!(disputed["stateTransitions"]["dispute"].is_string());
 
     let (status, body) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(
@@ -345,10 +344,7 @@ async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
         json!({"type": "conflict", "errors": [{"code": "order_not_submitted", "parameter": "orderId", "message": format!("Order '{oid}' has not been submitted.")}]})
     );
 
-    let (status, resolved) = sb
-        .post(&format!("/sandbox/orders/{oid}/dispute/resolve"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let resolved = control.resolve_dispute(oid).await.unwrap();
     assert_eq!(
         resolved["state"], "accepted",
         "back to the pre-dispute state"
@@ -362,8 +358,8 @@ async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
     assert_eq!(events[1]["data"]["previousAttributes"]["state"], "accepted");
 
     let (status, _) = sb
-        .fulfil(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
-    assert_eq!(status, StatusCode::CREATED, "fulfilments work again");
+    assert_eq!(status, StatusCode::CREATED, "fulfillments work again");
     sb.stop().await;
 }

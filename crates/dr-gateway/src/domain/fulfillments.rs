@@ -1,7 +1,7 @@
 //! Creating fulfillments exactly once per caller `request_id`.
 //!
 //! why: DR has no idempotency key and a duplicated `POST /fulfillments` captures
-//! money twice (dr-api.md §0.3, §5.3). Every POST carries `metadata.requestId`; a
+//! money twice (docs/digital-river.md §0.3, §5.3). Every POST carries `metadata.requestId`; a
 //! retry with the same id gets the stored result; when a POST's outcome is unknown
 //! (timeout, reset, 5xx) the gateway lists the order's fulfillments and looks for
 //! that `requestId` before answering or posting again.
@@ -24,7 +24,7 @@ pub const REQUEST_ID_METADATA_KEY: &str = "requestId";
 /// Longest accepted `request_id`.
 const MAX_REQUEST_ID_LEN: usize = 255;
 
-/// One item to fulfil and/or cancel.
+/// One item to fulfill and/or cancel.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ItemCommand {
     /// DR line-item id.

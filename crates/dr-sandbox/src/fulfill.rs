@@ -4,9 +4,9 @@
 //!   (and shipping tax) proportional to the line amount, the rounding remainder on the
 //!   last line. The shares add up to `totalAmount` exactly.
 //! - Units of a line take `share / quantity` rounded half up; the unit that empties the
-//!   line takes whatever is left. Seed 002: 1 of 2 units of 26.89 → 13.45, the last 13.44.
+//!   line takes whatever is left. DR's "Applying store credit" page: 1 of 2 units of 26.89 → 13.45, the last 13.44.
 //! - A capture takes store credit first, then the card; a cancel takes the card first,
-//!   then store credit (seed 002, dr-api.md §2.2).
+//!   then store credit (DR's "Applying store credit" page, docs/digital-river.md §2.2).
 
 use super::model::SourceKind;
 
@@ -95,7 +95,7 @@ mod tests {
 
     #[test]
     fn last_unit_takes_the_remainder() {
-        // seed 002: 26.89 over 2 units.
+        // DR's "Applying store credit" page: 26.89 over 2 units.
         assert_eq!(units_amount(2689, 2, 0, 0, 1), 1345);
         assert_eq!(units_amount(2689, 2, 1, 1345, 1), 1344);
         assert_eq!(units_amount(1000, 3, 0, 0, 3), 1000);
