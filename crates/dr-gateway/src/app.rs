@@ -30,8 +30,8 @@ use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog,
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
 use crate::grpc::fulfillment::FulfillmentApi;
+use crate::grpc::reflection;
 use crate::health::{self, HealthGate};
-use crate::pb;
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
 use crate::webhook::{self, Readiness, SignatureVerifier, WebhookConfig, WebhookState};
@@ -162,15 +162,10 @@ impl Application {
         let (health, health_service) = tonic_health::server::health_reporter();
         health::set_all(&health, ServingStatus::NotServing).await;
         let gate = HealthGate::new(health);
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Both serve the API, health and the google.rpc error model (grpc/reflection.rs).
+        let reflection_v1 = reflection::v1()?;
         // why: grpcurl 1.8, grpcui, Postman and Python's reflection client speak only v1alpha.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1alpha = reflection::v1alpha()?;
 
         let router = Server::builder()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())

@@ -1,8 +1,9 @@
-//! The gRPC transport: one file per proto service, conversions to protobuf, and the
-//! one table that turns errors into `tonic::Status`.
+//! The gRPC transport: one file per proto service, conversions to protobuf, the
+//! one table that turns errors into `tonic::Status`, and what reflection serves.
 pub mod charge;
 pub mod convert;
 pub mod event_stream;
 pub mod fulfillment;
+pub mod reflection;
 pub mod request;
 pub mod status;

@@ -147,6 +147,174 @@ async fn reflection_lists_services_over_v1_and_v1alpha() {
     app.stop().await;
 }
 
+/// One v1alpha reflection request (the protocol grpcurl 1.8 speaks) and its answer.
+async fn reflect_v1alpha(
+    channel: &tonic::transport::Channel,
+    request: reflection_v1alpha::server_reflection_request::MessageRequest,
+) -> reflection_v1alpha::server_reflection_response::MessageResponse {
+    let mut client =
+        reflection_v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let req = reflection_v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    stream
+        .next()
+        .await
+        .expect("one answer")
+        .expect("reflection answer")
+        .message_response
+        .expect("a message response")
+}
+
+/// The files of a FileDescriptorResponse, decoded.
+fn reflected_files(
+    response: reflection_v1alpha::server_reflection_response::MessageResponse,
+) -> Vec<prost_types::FileDescriptorProto> {
+    use prost::Message;
+    let reflection_v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(
+        files,
+    ) = response
+    else {
+        panic!("expected file descriptors, got {response:?}");
+    };
+    files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file"))
+        .collect()
+}
+
+#[tokio::test]
+async fn reflection_describes_the_google_rpc_error_details_and_everything_they_import() {
+    use reflection_v1alpha::server_reflection_request::MessageRequest;
+    let dr = MockServer::start().await;
+    let app = spawn_app(&dr.uri()).await;
+
+    for (symbol, file_name, import) in [
+        (
+            "google.rpc.ErrorInfo",
+            "google/rpc/error_details.proto",
+            "google/protobuf/duration.proto",
+        ),
+        (
+            "google.rpc.Status",
+            "google/rpc/status.proto",
+            "google/protobuf/any.proto",
+        ),
+    ] {
+        // `grpcurl describe google.rpc.ErrorInfo` asks for the file holding the symbol…
+        let files = reflected_files(
+            reflect_v1alpha(
+                &app.channel,
+                MessageRequest::FileContainingSymbol(symbol.into()),
+            )
+            .await,
+        );
+        let file = files
+            .iter()
+            .find(|f| f.name() == file_name)
+            .unwrap_or_else(|| panic!("{file_name} for {symbol} among {files:?}"));
+        let message = symbol.rsplit('.').next().expect("a simple name");
+        assert!(
+            file.message_type.iter().any(|m| m.name() == message),
+            "{symbol} in {file_name}"
+        );
+        assert!(
+            file.dependency.iter().any(|d| d == import),
+            "{file_name} imports {import}"
+        );
+
+        // …then for each import by name, and by its canonical name the file is found too.
+        for name in [import, file_name] {
+            let files = reflected_files(
+                reflect_v1alpha(&app.channel, MessageRequest::FileByFilename(name.into())).await,
+            );
+            assert!(
+                files.iter().any(|f| f.name() == name),
+                "{name} by file name"
+            );
+        }
+    }
+
+    // The details the gateway sends are all there.
+    let files = reflected_files(
+        reflect_v1alpha(
+            &app.channel,
+            MessageRequest::FileByFilename("google/rpc/error_details.proto".into()),
+        )
+        .await,
+    );
+    let details: Vec<&str> = files
+        .iter()
+        .find(|f| f.name() == "google/rpc/error_details.proto")
+        .expect("error_details.proto")
+        .message_type
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    for detail in [
+        "ErrorInfo",
+        "BadRequest",
+        "PreconditionFailure",
+        "ResourceInfo",
+        "RetryInfo",
+        "QuotaFailure",
+    ] {
+        assert!(details.contains(&detail), "{detail} in {details:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn v1_reflection_describes_the_google_rpc_error_details_too() {
+    let dr = MockServer::start().await;
+    let app = spawn_app(&dr.uri()).await;
+    let mut v1 =
+        reflection_v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let req = reflection_v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            reflection_v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "google.rpc.RetryInfo".into(),
+            ),
+        ),
+    };
+    let mut stream = v1
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.next().await.unwrap().unwrap();
+    let Some(reflection_v1::server_reflection_response::MessageResponse::FileDescriptorResponse(
+        files,
+    )) = response.message_response
+    else {
+        panic!("expected file descriptors");
+    };
+    use prost::Message;
+    let names: Vec<String> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| {
+            prost_types::FileDescriptorProto::decode(bytes.as_slice())
+                .unwrap()
+                .name()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "google/rpc/error_details.proto"),
+        "{names:?}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_api_key_never_appears_in_logs_errors_or_debug_output() {
     let dr = MockServer::start().await;
