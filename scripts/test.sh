@@ -3,7 +3,7 @@
 # installs what is missing (Debian packages, project-local npm tools, a Python venv),
 # then runs buf lint and buf breaking, the Rust unit + integration tests of every
 # crate, the crate boundaries and the production build, the README examples, the
-# Python and Node client tests and the Helm chart checks.
+# Python, Node and Go client tests and the Helm chart checks.
 #
 # Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
 # something is missing.
@@ -60,6 +60,10 @@ bash scripts/check-clients.sh
 # --- Node clients -----------------------------------------------------------------
 step "Node gRPC clients (@grpc/grpc-js + @grpc/proto-loader: calls, error details, streams, deadlines)"
 bash scripts/check-node-client.sh
+
+# --- Go clients -------------------------------------------------------------------
+step "Go gRPC clients (Debian's Go and grpc-go: generated code, error details, streams)"
+bash scripts/check-go-client.sh
 
 # --- Helm chart ---------------------------------------------------------------
 step "Helm chart checks"
