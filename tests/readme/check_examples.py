@@ -9,9 +9,13 @@ the README says (`serve --sandbox`, default ports), then runs every command in o
 - `grpcurl …` lines are translated to `buf curl` (grpcurl is in no registry this
   project can install from; buf's client speaks the same gRPC and, with
   `--reflect-protocol grpc-v1alpha`, the same reflection protocol grpcurl 1.8 uses),
-  keeping the request JSON, address and method exactly as written.
+  keeping the request JSON, flags, address and method exactly as written.
 
-Any command that fails fails the check. Exit code 0 means every example works.
+A command must exit 0, unless the comment right above it says how grpcurl exits
+(`grpcurl exits 73`): grpcurl exits with 64 + the gRPC status code, buf curl with
+8 × the code, and the check holds the command to that code. Such an error's output
+must carry its `google.rpc.ErrorInfo`; a stream cut by `-max-time` must have
+delivered events first. Exit code 0 means every example works.
 """
 
 import os
@@ -28,26 +32,44 @@ BUF = os.path.join(ROOT, "tools", "node_modules", ".bin", "buf")
 BINARY = os.path.join(ROOT, "target", "debug", "dr-gateway")
 
 
-def example_commands(readme: str) -> list[str]:
-    """Shell commands of the example blocks, continuation lines joined, comments dropped."""
+# grpcurl exits with 64 + the gRPC status code of a failed RPC; buf curl with 8 × it.
+GRPCURL_STATUS_OFFSET = 64
+BUF_STATUS_FACTOR = 8
+
+
+def example_commands(readme: str) -> list[tuple[str, str]]:
+    """(command, the comment lines right above it) of the example blocks, with
+    continuation lines joined."""
     start = readme.index("<!-- examples:start -->")
     end = readme.index("<!-- examples:end -->")
     section = readme[start:end]
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", section, re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
+        comment = []
         for line in joined.splitlines():
             line = line.strip()
-            if line and not line.startswith("#"):
-                commands.append(line)
+            if line.startswith("#"):
+                comment.append(line.lstrip("# "))
+            elif line:
+                commands.append((line, " ".join(comment)))
+                comment = []
+            else:
+                comment = []
     return commands
+
+
+def expected_grpc_status(comment: str) -> int:
+    """The gRPC status code the comment promises (`grpcurl exits 68`), else 0 (OK)."""
+    said = re.search(r"grpcurl exits (\d+)", comment)
+    return int(said.group(1)) - GRPCURL_STATUS_OFFSET if said else 0
 
 
 def grpcurl_to_buf(command: str) -> tuple[list[str], bool, str | None]:
     """Translates one grpcurl command line into (argv, is_stream_with_max_time,
     text the output must contain)."""
     args = shlex.split(command)[1:]
-    data, max_time, target, rest = None, None, None, []
+    data, max_time, target, rest, flags = None, None, None, [], []
     i = 0
     while i < len(args):
         a = args[i]
@@ -59,6 +81,8 @@ def grpcurl_to_buf(command: str) -> tuple[list[str], bool, str | None]:
         elif a == "-max-time":
             max_time = args[i + 1]
             i += 1
+        elif a == "-emit-defaults":
+            flags.append("--emit-defaults")
         elif a.startswith("-"):
             raise SystemExit(f"unsupported grpcurl flag in README example: {a}")
         elif target is None:
@@ -77,7 +101,7 @@ def grpcurl_to_buf(command: str) -> tuple[list[str], bool, str | None]:
         return base + [flag, f"http://{target}"], False, symbol
     if len(rest) != 1:
         raise SystemExit(f"cannot translate README example: {command}")
-    argv = base + (["-d", data] if data is not None else []) + [f"http://{target}/{rest[0]}"]
+    argv = base + flags + (["-d", data] if data is not None else []) + [f"http://{target}/{rest[0]}"]
     return argv, max_time is not None, None
 
 
@@ -94,7 +118,7 @@ def wait_for_port(port: int, deadline: float) -> None:
 def main() -> int:
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         commands = example_commands(f.read())
-    serve = [c for c in commands if "serve --sandbox" in c]
+    serve = [c for c, _ in commands if "serve --sandbox" in c]
     if len(serve) != 1:
         raise SystemExit("the examples must start the gateway with exactly one `serve --sandbox` command")
     serve_args = shlex.split(serve[0].split(" -- ", 1)[1])
@@ -105,14 +129,19 @@ def main() -> int:
         deadline = time.time() + 30
         for port in (50051, 8080, 8090):
             wait_for_port(port, deadline)
-        for command in commands:
+        for command, comment in commands:
             if command is serve[0]:
                 continue
             if command.startswith("grpcurl "):
                 argv, streaming, must_contain = grpcurl_to_buf(command)
+                status = expected_grpc_status(comment)
                 result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-                ok = result.returncode == 0 or (streaming and '"event"' in result.stdout)
-                if must_contain and must_contain not in result.stdout:
+                ok = result.returncode == BUF_STATUS_FACTOR * status
+                if streaming:
+                    must_contain = '"event"'
+                elif status:
+                    must_contain = "google.rpc.ErrorInfo"
+                if must_contain and must_contain not in result.stdout + result.stderr:
                     ok = False
             elif command.startswith("curl "):
                 result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
@@ -120,8 +149,8 @@ def main() -> int:
             else:
                 raise SystemExit(f"README example is neither curl nor grpcurl: {command}")
             ran += 1
-            status = "ok" if ok else "FAILED"
-            print(f"[{status}] {command[:110]}")
+            verdict = "ok" if ok else "FAILED"
+            print(f"[{verdict}] {command[:110]}")
             if not ok:
                 failures += 1
                 print(result.stdout[-2000:], result.stderr[-2000:], sep="\n")
