@@ -3,7 +3,8 @@
 # installs what is missing (Debian packages, project-local npm tools, a Python venv),
 # then runs buf lint and buf breaking, the Rust unit + integration tests of every
 # crate, the crate boundaries and the production build, the README examples, the
-# Python, Node and Go client tests and the Helm chart checks.
+# Python, Node and Go client tests, a compile check of the Java snippet and the
+# Helm chart checks.
 #
 # Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
 # something is missing.
@@ -64,6 +65,10 @@ bash scripts/check-node-client.sh
 # --- Go clients -------------------------------------------------------------------
 step "Go gRPC clients (Debian's Go and grpc-go: generated code, error details, streams)"
 bash scripts/check-go-client.sh
+
+# --- Java snippet ---------------------------------------------------------------
+step "Java: the README's snippet compiles against grpc-java's generated code"
+bash scripts/check-java-client.sh
 
 # --- Helm chart ---------------------------------------------------------------
 step "Helm chart checks"
