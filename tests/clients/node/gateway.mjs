@@ -106,7 +106,8 @@ export class Sandbox {
 
 /** One `dr-gateway serve --sandbox` child process on free loopback ports. */
 export class Gateway {
-  static async start() {
+  /** Starts one; `extraArgs` are more `serve` flags (e.g. `--upstream-timeout 1s`). */
+  static async start(extraArgs = []) {
     if (!fs.existsSync(BINARY)) {
       throw new Error(`${BINARY} is missing: run bash scripts/check-node-client.sh (it builds it)`);
     }
@@ -125,6 +126,7 @@ export class Gateway {
         '--http-addr', `127.0.0.1:${httpPort}`,
         '--sandbox-addr', `127.0.0.1:${sandboxPort}`,
         '--shutdown-grace', `${SHUTDOWN_GRACE_S}s`,
+        ...extraArgs,
       ],
       { stdio: ['ignore', log, log], env: { RUST_LOG: 'info', ...env } },
     );

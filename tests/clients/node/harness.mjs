@@ -10,11 +10,12 @@ import { Gateway } from './gateway.mjs';
 
 const api = loadApi();
 
-/** Registers the file's gateway; its fields are set once `before` ran. */
-export function useGateway() {
+/** Registers the file's gateway (`args`: more `serve` flags); its fields are set once
+ * `before` ran. */
+export function useGateway({ args = [] } = {}) {
   const ctx = {};
   before(async () => {
-    ctx.gateway = await Gateway.start();
+    ctx.gateway = await Gateway.start(args);
     ctx.sandbox = ctx.gateway.sandbox;
     const credentials = grpc.credentials.createInsecure();
     ctx.fulfillments = new api.FulfillmentService(ctx.gateway.target, credentials);
