@@ -47,6 +47,18 @@ pub const IDEMPOTENCY_MAX_ENTRIES: usize = 100_000;
 /// `--reconcile-timeout`.
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(15);
 
+// === deadlines ===
+
+/// Time kept back from a caller's deadline, besides the `grpc-timeout` rounding,
+/// for the request's and the answer's way over the network and for writing the
+/// answer (at most a tenth of the timeout).
+///
+/// why: the gateway answers when its own view of the deadline is near, but that
+/// view starts when the request arrives, after the client started its clock; the
+/// answer then still has to travel back. 200 ms covers a cross-region round trip
+/// and a busy event loop; in-cluster callers lose nothing they would notice.
+pub const DEADLINE_NETWORK_ALLOWANCE: Duration = Duration::from_millis(200);
+
 // === webhooks ===
 
 /// `--webhook-tolerance`: largest gap between a signature's timestamp and now.
