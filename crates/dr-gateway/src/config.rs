@@ -692,6 +692,27 @@ mod tests {
     }
 
     #[test]
+    fn the_startup_hold_follows_the_commit_bound_unless_set() {
+        let resolve = |args: &[&str]| {
+            let argv = [&["x", "--dr-api-key", "sk"], args].concat();
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .serve
+                .resolve(None)
+                .unwrap()
+        };
+        let longer = resolve(&["--fulfillment-commit-bound", "90s"]);
+        assert_eq!(longer.fulfillment_commit_bound, Duration::from_secs(90));
+        assert_eq!(longer.fulfillment_startup_hold, Duration::from_secs(90));
+        let none = resolve(&["--fulfillment-startup-hold", "0s"]);
+        assert_eq!(none.fulfillment_startup_hold, Duration::ZERO);
+        assert_eq!(
+            none.fulfillment_commit_bound,
+            defaults::FULFILLMENT_COMMIT_BOUND
+        );
+    }
+
+    #[test]
     fn a_lookback_beyond_30_days_is_rejected() {
         let cli =
             Cli::try_parse_from(["x", "--dr-api-key", "sk", "--backfill-lookback", "31d"]).unwrap();
