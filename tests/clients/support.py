@@ -81,7 +81,7 @@ class Sandbox:
 class Gateway:
     """One `dr-gateway serve --sandbox` child process on free loopback ports."""
 
-    def __init__(self, log_path: str):
+    def __init__(self, log_path: str, *extra_args: str):
         self.log_path = log_path
         grpc_port, http_port, sandbox_port = free_ports(3)
         self.grpc_target = f"127.0.0.1:{grpc_port}"
@@ -92,6 +92,7 @@ class Gateway:
             "--http-addr", f"127.0.0.1:{http_port}",
             "--sandbox-addr", f"127.0.0.1:{sandbox_port}",
             "--shutdown-grace", f"{SHUTDOWN_GRACE_S}s",
+            *extra_args,
         ]
         self.process = None
 

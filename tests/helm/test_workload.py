@@ -71,6 +71,21 @@ def test_config_comes_from_the_configmap_and_matches_the_ports(default_render):
     assert "DR_GATEWAY_DR_API_VERSION" not in config
 
 
+def test_an_in_memory_pod_holds_unknown_request_ids_until_the_old_pod_cannot_post_any_more(default_render):
+    config = default_render.config
+    assert config["DR_GATEWAY_FULFILLMENT_COMMIT_BOUND"] == "60s"
+    # commit bound 60 + preStop 5 + shutdown grace 20 + 10 s slack
+    assert config["DR_GATEWAY_FULFILLMENT_STARTUP_HOLD"] == "95s"
+    shorter = render("config.fulfillmentCommitBoundSeconds=30", "config.shutdownGraceSeconds=10")
+    assert shorter.config["DR_GATEWAY_FULFILLMENT_STARTUP_HOLD"] == "55s"
+
+
+def test_with_the_shared_bus_there_is_no_startup_hold():
+    rendered = render("replicaCount=3", "bus.url=nats://nats:4222")
+    assert "DR_GATEWAY_FULFILLMENT_STARTUP_HOLD" not in rendered.config
+    assert rendered.config["DR_GATEWAY_FULFILLMENT_COMMIT_BOUND"] == "60s"
+
+
 def test_the_rate_limit_can_be_split_across_replicas():
     rendered = render("replicaCount=5", "bus.url=nats://nats:4222", "config.upstreamRateLimit=50")
     assert rendered.config["DR_GATEWAY_UPSTREAM_RATE_LIMIT"] == "50"

@@ -24,7 +24,7 @@ use crate::bus::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::digital_river::{self, Client, ClientConfig};
-use crate::domain::fulfillments::Fulfiller;
+use crate::domain::fulfillments::{Fulfiller, FulfillerConfig};
 use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
 use crate::grpc::charge::ChargeApi;
@@ -78,6 +78,8 @@ pub struct Application {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http_server: JoinHandle<std::io::Result<()>>,
     event_log: Arc<dyn EventLog>,
+    /// Its fulfillment attempts run apart from the RPCs; shutdown waits for them.
+    fulfiller: Fulfiller,
 }
 
 impl Application {
@@ -124,7 +126,15 @@ impl Application {
             shared,
             max_event_bytes,
         } = build_backends(&settings, encoder.clone(), clock.clone()).await?;
-        let fulfiller = Fulfiller::new(client.clone(), idempotency, settings.reconcile_timeout);
+        let fulfiller = Fulfiller::new(
+            client.clone(),
+            idempotency,
+            FulfillerConfig {
+                reconcile_timeout: settings.reconcile_timeout,
+                post_timeout: settings.upstream_timeout,
+                commit_bound: settings.fulfillment_commit_bound,
+            },
+        );
         if settings.webhook_secrets.is_empty() {
             tracing::warn!("no webhook secret configured: every DR webhook will be rejected (401)");
         }
@@ -181,7 +191,7 @@ impl Application {
                 fulfiller.clone(),
             )))
             .add_service(ChargeServiceServer::new(
-                ChargeApi::new(client.clone(), fulfiller).with_events(event_log.clone()),
+                ChargeApi::new(client.clone(), fulfiller.clone()).with_events(event_log.clone()),
             ))
             .add_service(event_stream);
 
@@ -231,6 +241,7 @@ impl Application {
             server,
             http_server,
             event_log,
+            fulfiller,
         })
     }
 
@@ -254,7 +265,9 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Runs until the shutdown token fires, then drains for at most the grace period.
+    /// Runs until the shutdown token fires, then drains for at most the grace period:
+    /// in-flight RPCs and streams, then the fulfillment attempts still running (they
+    /// outlive the RPCs that started them).
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         let mut server = self.server;
         let mut http_server = self.http_server;
@@ -263,12 +276,13 @@ impl Application {
             result = &mut http_server => return flatten_http(result),
             () = self.shutdown.cancelled() => {}
         }
+        let until = std::time::Instant::now() + self.grace;
         let drain = async {
             let grpc = (&mut server).await;
             let http = (&mut http_server).await;
             flatten(grpc).and(flatten_http(http))
         };
-        match tokio::time::timeout(self.grace, drain).await {
+        let result = match tokio::time::timeout(self.grace, drain).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(grace = ?self.grace, "drain took longer than the grace period; closing the rest");
@@ -276,7 +290,14 @@ impl Application {
                 http_server.abort();
                 Ok(())
             }
+        };
+        // why: an attempt cut off mid-POST leaves an outcome nobody records; let
+        // each one finish and store its result (or its unknown outcome) first.
+        let left = self.fulfiller.wait_for_attempts(until).await;
+        if left > 0 {
+            tracing::warn!(attempts = left, grace = ?self.grace, "fulfillment attempts still running at the end of the grace period; their outcome is not recorded");
         }
+        result
     }
 }
 
@@ -349,20 +370,33 @@ async fn build_backends(
                 encoder,
                 clock,
             )),
-            idempotency: Arc::new(MemoryIdempotencyStore::new(
-                settings.idempotency_ttl,
-                settings.idempotency_max_entries,
-            )),
+            // why: an empty store after a start cannot know what a previous process
+            // posted; until the hold ends such a request_id is not posted again
+            // (README, "Money safety").
+            idempotency: Arc::new(
+                MemoryIdempotencyStore::new(
+                    settings.idempotency_ttl,
+                    settings.idempotency_max_entries,
+                )
+                .with_startup_hold(settings.fulfillment_startup_hold),
+            ),
             shared: false,
             max_event_bytes: None,
         });
     };
     let bus = Bus::connect(bus_config).await?;
     let event_log = JetStreamLog::open(bus.clone(), encoder, clock).await?;
-    // why: an owner holds a key for at most reconcile + POST + reconcile
+    // why: an owner writes its record before it looks DR up and again before it
+    // posts; between two writes it spends at most lookup + POST + lookup
     // (fulfillments.rs); past that, another replica may assume it died.
     let lease = settings.upstream_timeout + settings.reconcile_timeout * 2 + Duration::from_secs(5);
-    let idempotency = KvIdempotencyStore::open(&bus, settings.idempotency_ttl, lease).await?;
+    let idempotency = KvIdempotencyStore::open(
+        &bus,
+        settings.idempotency_ttl,
+        lease,
+        settings.fulfillment_commit_bound,
+    )
+    .await?;
     Ok(Backends {
         event_log: Arc::new(event_log),
         idempotency: Arc::new(idempotency),

@@ -72,6 +72,22 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_RECONCILE_TIMEOUT", default_value = shown_duration!(defaults::RECONCILE_TIMEOUT), value_parser = humantime::parse_duration)]
     pub reconcile_timeout: Duration,
 
+    /// How long after a POST /fulfillments was sent Digital River may still commit it
+    /// (DR documents no bound). Until then a request_id whose outcome is unknown is
+    /// never posted again: retries get UNAVAILABLE (FULFILLMENT_OUTCOME_PENDING)
+    /// unless DR shows the fulfillment.
+    #[arg(long, env = "DR_GATEWAY_FULFILLMENT_COMMIT_BOUND", default_value = shown_duration!(defaults::FULFILLMENT_COMMIT_BOUND), value_parser = humantime::parse_duration)]
+    pub fulfillment_commit_bound: Duration,
+
+    /// Without --bus-url: after start, how long a request_id this process has not
+    /// seen and DR does not show is answered UNAVAILABLE (FULFILLMENT_OUTCOME_PENDING)
+    /// instead of posted, because a previous process may have sent it and DR may
+    /// still commit it. Default: the commit bound. 0s trades that safety for
+    /// availability right after a restart. Ignored with --bus-url (the shared store
+    /// remembers attempts) and with --sandbox (a fresh emulator).
+    #[arg(long, env = "DR_GATEWAY_FULFILLMENT_STARTUP_HOLD", value_parser = humantime::parse_duration)]
+    pub fulfillment_startup_hold: Option<Duration>,
+
     /// After SIGTERM/SIGINT: time for in-flight RPCs and streams to finish.
     #[arg(long, env = "DR_GATEWAY_SHUTDOWN_GRACE", default_value = shown_duration!(defaults::SHUTDOWN_GRACE), value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -135,9 +151,28 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_SANDBOX_ADDR", default_value_t = defaults::SANDBOX_ADDR)]
     pub sandbox_addr: SocketAddr,
 
+    /// When the built-in sandbox (with --sandbox) settles captures and cancels: at
+    /// once, or only on POST /sandbox/settle (to try `wait` on pending outcomes).
+    #[arg(
+        long,
+        env = "DR_GATEWAY_SANDBOX_SETTLE",
+        value_enum,
+        default_value = "immediate"
+    )]
+    pub sandbox_settle: SandboxSettle,
+
     /// Shared event bus (NATS JetStream) for running several replicas.
     #[command(flatten)]
     pub bus: BusArgs,
+}
+
+/// When the built-in sandbox settles pending captures and cancels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxSettle {
+    /// Right after the `POST /fulfillments` that started them.
+    Immediate,
+    /// Only on `POST /sandbox/settle`.
+    Stepped,
 }
 
 /// Flags of the shared event bus. Without `--bus-url` the gateway keeps events and
@@ -331,6 +366,11 @@ pub struct Settings {
     pub idempotency_max_entries: usize,
     /// Reconciliation budget.
     pub reconcile_timeout: Duration,
+    /// How long after a POST DR may still commit it.
+    pub fulfillment_commit_bound: Duration,
+    /// In-memory store only: after start, how long unknown request_ids are not
+    /// posted (a previous process may have sent them).
+    pub fulfillment_startup_hold: Duration,
     /// Drain time.
     pub shutdown_grace: Duration,
     /// Webhook signing secrets (any may match). Empty: every webhook gets 401.
@@ -432,6 +472,10 @@ impl ServeArgs {
             idempotency_ttl: self.idempotency_ttl,
             idempotency_max_entries: self.idempotency_max_entries,
             reconcile_timeout: self.reconcile_timeout,
+            fulfillment_commit_bound: self.fulfillment_commit_bound,
+            fulfillment_startup_hold: self
+                .fulfillment_startup_hold
+                .unwrap_or(self.fulfillment_commit_bound),
             shutdown_grace: self.shutdown_grace,
             webhook_secrets: self.webhook_secrets()?,
             webhook_tolerance: self.webhook_tolerance,
@@ -611,6 +655,14 @@ mod tests {
         assert_eq!(settings.event_log_max_bytes, defaults::EVENT_LOG_MAX_BYTES);
         assert_eq!(settings.webhook_max_body, defaults::WEBHOOK_MAX_BODY);
         assert_eq!(settings.retry, RetryPolicy::default());
+        assert_eq!(
+            settings.fulfillment_commit_bound,
+            defaults::FULFILLMENT_COMMIT_BOUND
+        );
+        assert_eq!(
+            settings.fulfillment_startup_hold, settings.fulfillment_commit_bound,
+            "the start-up hold defaults to the commit bound"
+        );
         assert!(settings.bus.is_none());
         let test = Settings::for_upstream("http://dr", "sk_test_x");
         assert_eq!(test.idempotency_ttl, settings.idempotency_ttl);
@@ -637,6 +689,27 @@ mod tests {
             assert_eq!(format_duration(duration), text);
             assert_eq!(humantime::parse_duration(text), Ok(duration));
         }
+    }
+
+    #[test]
+    fn the_startup_hold_follows_the_commit_bound_unless_set() {
+        let resolve = |args: &[&str]| {
+            let argv = [&["x", "--dr-api-key", "sk"], args].concat();
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .serve
+                .resolve(None)
+                .unwrap()
+        };
+        let longer = resolve(&["--fulfillment-commit-bound", "90s"]);
+        assert_eq!(longer.fulfillment_commit_bound, Duration::from_secs(90));
+        assert_eq!(longer.fulfillment_startup_hold, Duration::from_secs(90));
+        let none = resolve(&["--fulfillment-startup-hold", "0s"]);
+        assert_eq!(none.fulfillment_startup_hold, Duration::ZERO);
+        assert_eq!(
+            none.fulfillment_commit_bound,
+            defaults::FULFILLMENT_COMMIT_BOUND
+        );
     }
 
     #[test]

@@ -46,6 +46,37 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(DAY);
 pub const IDEMPOTENCY_MAX_ENTRIES: usize = 100_000;
 /// `--reconcile-timeout`.
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(15);
+/// `--fulfillment-commit-bound`: how long after a `POST /fulfillments` was sent DR
+/// may still commit it. Until then a retry of a request whose outcome is unknown
+/// never posts again; it looks the request up in DR and otherwise answers
+/// UNAVAILABLE `FULFILLMENT_OUTCOME_PENDING`.
+///
+/// why: DR documents no such bound (an assumption, docs/digital-river.md §5.5). DR
+/// answers 504 `gateway_timeout` and 408 `request_timeout` (§5.1), so something in
+/// front of its services cuts requests off, and the request may still be processed
+/// behind it. 60 s is the longest request time common HTTP front ends allow by
+/// default (load balancers' idle timeouts, proxy read timeouts) and six times the
+/// gateway's own upstream timeout.
+pub const FULFILLMENT_COMMIT_BOUND: Duration = Duration::from_secs(60);
+/// The `RetryInfo` delay of `FULFILLMENT_OUTCOME_PENDING` (shorter when the bound
+/// ends sooner).
+///
+/// why: a late commit usually shows up within seconds; each retry costs one
+/// `GET /fulfillments` listing, so every 2 s finds it soon without a burst on DR's
+/// rate limit (docs/digital-river.md §5.2).
+pub const OUTCOME_PENDING_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+// === deadlines ===
+
+/// Time kept back from a caller's deadline, besides the `grpc-timeout` rounding,
+/// for the request's and the answer's way over the network and for writing the
+/// answer (at most a tenth of the timeout).
+///
+/// why: the gateway answers when its own view of the deadline is near, but that
+/// view starts when the request arrives, after the client started its clock; the
+/// answer then still has to travel back. 200 ms covers a cross-region round trip
+/// and a busy event loop; in-cluster callers lose nothing they would notice.
+pub const DEADLINE_NETWORK_ALLOWANCE: Duration = Duration::from_millis(200);
 
 // === webhooks ===
 

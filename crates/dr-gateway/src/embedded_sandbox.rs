@@ -6,10 +6,10 @@
 
 use std::net::SocketAddr;
 
-use dr_sandbox::{Sandbox, SandboxConfig, WebhookSpec};
+use dr_sandbox::{Sandbox, SandboxConfig, SettleMode, WebhookSpec};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{ConfigError, ServeArgs, Settings};
+use crate::config::{ConfigError, SandboxSettle, ServeArgs, Settings};
 
 /// The key the gateway uses against its in-process sandbox (test mode, like DR's `sk_test_`).
 pub const SANDBOX_API_KEY: &str = "sk_test_sandbox";
@@ -38,6 +38,9 @@ impl EmbeddedSandbox {
     /// pointed at it.
     pub async fn start(args: &ServeArgs) -> Result<(Self, Settings), EmbeddedSandboxError> {
         let mut settings = args.resolve(Some(SANDBOX_API_KEY))?;
+        // why: the emulator starts with this process, empty: no earlier process can
+        // have posted to it, so nothing needs holding after start.
+        settings.fulfillment_startup_hold = std::time::Duration::ZERO;
         // why: the embedded sandbox signs its webhooks like DR; give it a secret the
         // gateway accepts (the configured one, or a fresh one) so events flow end to end.
         if settings.webhook_secrets.is_empty() {
@@ -57,6 +60,10 @@ impl EmbeddedSandbox {
         let sandbox = Sandbox::start(SandboxConfig {
             listen: args.sandbox_addr,
             webhooks,
+            settle: match args.sandbox_settle {
+                SandboxSettle::Immediate => SettleMode::Immediate,
+                SandboxSettle::Stepped => SettleMode::Stepped,
+            },
             ..SandboxConfig::default()
         })
         .await?;

@@ -4,7 +4,10 @@
 //! the next `count` matching calls. Kinds that act before processing (`latency`, `status`,
 //! `reset`) leave the sandbox state untouched except for `latency`; the `*_after_processing`
 //! kinds and `malformed` run the request first, so the caller loses a response to a call
-//! that DID happen ("POST reached DR, response lost").
+//! that DID happen ("POST reached DR, response lost"). The two late-commit kinds
+//! (`delayed_commit`, `status_then_commit`) process the request later in a task of its own,
+//! so it takes effect even when the caller has given up: DR committing a request after the
+//! client's timeout, or after answering 504.
 
 use std::time::Duration;
 
@@ -29,6 +32,12 @@ pub enum FaultKind {
     ResetAfterProcessing,
     /// Process, then wait `latencyMs` before answering.
     LatencyAfterProcessing,
+    /// Process `latencyMs` after arrival, whether or not the caller still waits (it
+    /// commits even if the caller timed out), and answer then if it does.
+    DelayedCommit,
+    /// Answer `status` at once (e.g. 504 `gateway_timeout`), then process the request
+    /// `latencyMs` later: DR's front end gave up, its back end committed anyway.
+    StatusThenCommit,
 }
 
 impl FaultKind {
@@ -41,6 +50,8 @@ impl FaultKind {
             Self::Malformed => "malformed",
             Self::ResetAfterProcessing => "reset_after_processing",
             Self::LatencyAfterProcessing => "latency_after_processing",
+            Self::DelayedCommit => "delayed_commit",
+            Self::StatusThenCommit => "status_then_commit",
         }
     }
 }
@@ -62,7 +73,7 @@ pub struct FaultSpec {
     /// Delay of the latency kinds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
-    /// Status of the `status` kind (required for it; any 4xx/5xx).
+    /// Status of the `status` and `status_then_commit` kinds (required for them; any 4xx/5xx).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// `Retry-After` seconds of the `status` kind.
@@ -89,6 +100,21 @@ impl FaultSpec {
         Self {
             status: Some(status),
             ..Self::new(FaultKind::Status, path)
+        }
+    }
+
+    /// A `delayed_commit` fault: the next call to `path` takes effect `after` its
+    /// arrival, even if its caller has given up by then.
+    pub fn delayed_commit(path: impl Into<String>, after: Duration) -> Self {
+        Self::new(FaultKind::DelayedCommit, path).latency(after)
+    }
+
+    /// A `status_then_commit` fault: the next call to `path` is answered `status` at
+    /// once and takes effect `after` its arrival.
+    pub fn status_then_commit(path: impl Into<String>, status: u16, after: Duration) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::new(FaultKind::StatusThenCommit, path).latency(after)
         }
     }
 
@@ -132,7 +158,7 @@ pub(crate) struct Fault {
     pub kind: FaultKind,
     /// Delay for latency kinds.
     pub latency_ms: u64,
-    /// Status for `status`.
+    /// Status for `status` and `status_then_commit`.
     pub status: u16,
     /// `Retry-After`.
     pub retry_after: Option<u64>,
@@ -166,10 +192,10 @@ impl FaultTable {
     /// Arms a fault from its spec; `Err` names the bad field.
     pub(crate) fn arm(&mut self, spec: FaultSpec) -> Result<Fault, (&'static str, String)> {
         let status = match spec.kind {
-            FaultKind::Status => {
+            FaultKind::Status | FaultKind::StatusThenCommit => {
                 let s = spec.status.ok_or((
                     "status",
-                    "'status' is required for kind 'status'.".to_owned(),
+                    format!("'status' is required for kind '{}'.", spec.kind.as_str()),
                 ))?;
                 if !(400..=599).contains(&s) {
                     return Err(("status", format!("status {s} is not an error status.")));

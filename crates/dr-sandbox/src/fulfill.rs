@@ -10,45 +10,50 @@
 
 use super::model::SourceKind;
 
-/// Each line's share of the order total. `lines` = (amount, tax) per line.
-pub(crate) fn line_shares(lines: &[(i64, i64)], shipping_total: i64) -> Vec<i64> {
-    let amounts: i64 = lines.iter().map(|(a, _)| *a).sum();
+/// Each line's share of the order total. `lines` = (amount, tax) per line (all
+/// non-negative). `None` when a sum does not fit in i64.
+pub(crate) fn line_shares(lines: &[(i64, i64)], shipping_total: i64) -> Option<Vec<i64>> {
+    let amounts = lines
+        .iter()
+        .try_fold(0i64, |sum, (amount, _)| sum.checked_add(*amount))?;
     let mut shares = Vec::with_capacity(lines.len());
     let mut shipping_left = shipping_total;
     for (idx, (amount, tax)) in lines.iter().enumerate() {
         let part = if idx + 1 == lines.len() {
             shipping_left
         } else if amounts > 0 {
-            // i128: amount * shipping may exceed i64 for huge values.
+            // i128: amount * shipping may exceed i64 for huge values; the quotient
+            // is at most `shipping_total`.
             i64::try_from(i128::from(shipping_total) * i128::from(*amount) / i128::from(amounts))
-                .unwrap_or(0)
+                .ok()?
         } else {
             0
         };
-        shipping_left -= part;
-        shares.push(amount + tax + part);
+        shipping_left = shipping_left.checked_sub(part)?;
+        shares.push(amount.checked_add(*tax)?.checked_add(part)?);
     }
-    shares
+    Some(shares)
 }
 
 /// The amount for taking `units` more units of a line with `quantity` units and total
-/// `share`, of which `done_units` are already taken for `done_amount`.
+/// `share`, of which `done_units` are already taken for `done_amount`. `None` when a
+/// step does not fit in i64.
 pub(crate) fn units_amount(
     share: i64,
     quantity: i64,
     done_units: i64,
     done_amount: i64,
     units: i64,
-) -> i64 {
+) -> Option<i64> {
     if units <= 0 || quantity <= 0 {
-        return 0;
+        return Some(0);
     }
-    let left = (share - done_amount).max(0);
-    if done_units + units >= quantity {
-        return left;
+    let left = share.checked_sub(done_amount)?.max(0);
+    if done_units.checked_add(units)? >= quantity {
+        return Some(left);
     }
     let per_unit = super::money::div_round_half_up(share, quantity);
-    (per_unit * units).min(left)
+    Some(per_unit.checked_mul(units)?.min(left))
 }
 
 /// Splits `amount` over charges in priority order. `open` = (charge index, kind, open
@@ -89,18 +94,27 @@ mod tests {
 
     #[test]
     fn shares_add_up_to_total() {
-        let shares = line_shares(&[(2000, 161), (1000, 40)], 500 + 40);
+        let shares = line_shares(&[(2000, 161), (1000, 40)], 500 + 40).unwrap();
         assert_eq!(shares.iter().sum::<i64>(), 2000 + 161 + 1000 + 40 + 540);
     }
 
     #[test]
     fn last_unit_takes_the_remainder() {
         // DR's "Applying store credit" page: 26.89 over 2 units.
-        assert_eq!(units_amount(2689, 2, 0, 0, 1), 1345);
-        assert_eq!(units_amount(2689, 2, 1, 1345, 1), 1344);
-        assert_eq!(units_amount(1000, 3, 0, 0, 3), 1000);
-        assert_eq!(units_amount(1000, 3, 0, 0, 2), 666);
-        assert_eq!(units_amount(1000, 3, 2, 666, 1), 334);
+        assert_eq!(units_amount(2689, 2, 0, 0, 1), Some(1345));
+        assert_eq!(units_amount(2689, 2, 1, 1345, 1), Some(1344));
+        assert_eq!(units_amount(1000, 3, 0, 0, 3), Some(1000));
+        assert_eq!(units_amount(1000, 3, 0, 0, 2), Some(666));
+        assert_eq!(units_amount(1000, 3, 2, 666, 1), Some(334));
+    }
+
+    #[test]
+    fn sums_that_do_not_fit_are_refused_not_wrapped() {
+        assert_eq!(line_shares(&[(i64::MAX, 0), (1, 0)], 0), None);
+        assert_eq!(line_shares(&[(i64::MAX, 1)], 0), None);
+        assert_eq!(units_amount(10, 2, i64::MAX, 0, 1), None);
+        assert_eq!(units_amount(i64::MAX, 3, 0, -1, 1), None);
+        assert_eq!(units_amount(i64::MAX, 2, 0, 0, 1), Some(i64::MAX / 2 + 1));
     }
 
     #[test]

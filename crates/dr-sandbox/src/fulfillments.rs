@@ -7,10 +7,58 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::fulfill::{split, units_amount};
 use super::model::{
-    set_transition, Fulfillment, FulfillmentItem, FulfillmentModel, Op, OpKind, OpState, View,
+    set_transition, Fulfillment, FulfillmentItem, FulfillmentModel, Item, Op, OpKind, OpState, View,
 };
 use super::orders::{int_value, order_not_found};
 use super::state::{PendingOp, World};
+
+/// DR's 400 for quantities whose sums do not fit (the sandbox never wraps around).
+fn too_large() -> ApiError {
+    ApiError::invalid("quantity", "'quantity' or 'cancelQuantity' is too large.")
+}
+
+/// What a fulfillment does to one order line, worked out before anything changes.
+#[derive(Debug, Clone, Copy)]
+struct LinePlan {
+    /// Index of the line in `order.items`.
+    idx: usize,
+    /// Units fulfilled afterwards.
+    fulfilled: i64,
+    /// Units cancelled afterwards.
+    cancelled: i64,
+    /// Share allocated afterwards.
+    allocated: i64,
+    /// Amount to capture for the fulfilled units.
+    capture: i64,
+    /// Amount to cancel for the cancelled units.
+    cancel: i64,
+}
+
+impl LinePlan {
+    /// Fulfils `q` and cancels `cq` more units of `item`; `None` on overflow.
+    /// Fulfilled units go first, then cancelled ones; the unit emptying the line takes
+    /// the remainder.
+    fn for_item(idx: usize, item: &Item, q: i64, cq: i64) -> Option<Self> {
+        let done = item.fulfilled.checked_add(item.cancelled)?;
+        let capture = units_amount(item.share, item.quantity, done, item.allocated, q)?;
+        let allocated = item.allocated.checked_add(capture)?;
+        let cancel = units_amount(
+            item.share,
+            item.quantity,
+            done.checked_add(q)?,
+            allocated,
+            cq,
+        )?;
+        Some(Self {
+            idx,
+            fulfilled: item.fulfilled.checked_add(q)?,
+            cancelled: item.cancelled.checked_add(cq)?,
+            allocated: allocated.checked_add(cancel)?,
+            capture,
+            cancel,
+        })
+    }
+}
 
 /// A validated `POST /fulfillments` body.
 #[derive(Debug, Clone)]
@@ -204,7 +252,8 @@ impl World {
                 return Err(ApiError::missing("shipmentItemId"));
             }
         }
-        // Totals per line (an item may appear more than once).
+        // Totals per line (an item may appear more than once). Every sum is checked:
+        // quantities come from the caller and may be as large as i64 allows.
         let mut wanted: Vec<(usize, i64, i64)> = Vec::new();
         for ri in &req.items {
             let idx = order
@@ -219,29 +268,40 @@ impl World {
                 })?;
             match wanted.iter_mut().find(|(i, _, _)| *i == idx) {
                 Some(w) => {
-                    w.1 += ri.quantity;
-                    w.2 += ri.cancel_quantity;
+                    w.1 = w.1.checked_add(ri.quantity).ok_or_else(too_large)?;
+                    w.2 = w.2.checked_add(ri.cancel_quantity).ok_or_else(too_large)?;
                 }
                 None => wanted.push((idx, ri.quantity, ri.cancel_quantity)),
             }
         }
+        // The whole effect, worked out before anything changes.
+        let mut plan: Vec<LinePlan> = Vec::with_capacity(wanted.len());
         for (idx, q, cq) in &wanted {
             let item = &order.items[*idx];
-            if q + cq > item.remaining() {
+            let units = q.checked_add(*cq).ok_or_else(too_large)?;
+            if units > item.remaining() {
                 let parameter = if *q > 0 { "quantity" } else { "cancelQuantity" };
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "quantity_too_large",
                     Some(parameter),
                     format!(
-                        "Quantity {} exceeds the {} unit(s) of item '{}' left to fulfill or cancel.",
-                        q + cq,
+                        "Quantity {units} exceeds the {} unit(s) of item '{}' left to fulfill or cancel.",
                         item.remaining(),
                         item.id
                     ),
                 ));
             }
+            plan.push(LinePlan::for_item(*idx, item, *q, *cq).ok_or_else(too_large)?);
         }
+        let capture_total = plan
+            .iter()
+            .try_fold(0i64, |sum, p| sum.checked_add(p.capture))
+            .ok_or_else(too_large)?;
+        let cancel_total = plan
+            .iter()
+            .try_fold(0i64, |sum, p| sum.checked_add(p.cancel))
+            .ok_or_else(too_large)?;
         let captures_requested = wanted.iter().any(|(_, q, _)| *q > 0);
         if captures_requested && order.risk_averse && order.auth_is_expired(now) {
             // why: risk-averse accounts never capture on an expired authorization (DR's "Payment reauthorizations" page).
@@ -256,19 +316,11 @@ impl World {
         let Some(order) = self.orders.get_mut(&oid) else {
             return Err(order_not_found(&oid));
         };
-        let (mut capture_total, mut cancel_total) = (0i64, 0i64);
-        for (idx, q, cq) in &wanted {
-            let item = &mut order.items[*idx];
-            // Fulfilled units first, then cancelled ones; the unit emptying the line takes the remainder.
-            let done = item.fulfilled + item.cancelled;
-            let cap = units_amount(item.share, item.quantity, done, item.allocated, *q);
-            item.allocated += cap;
-            let can = units_amount(item.share, item.quantity, done + q, item.allocated, *cq);
-            item.allocated += can;
-            item.fulfilled += q;
-            item.cancelled += cq;
-            capture_total += cap;
-            cancel_total += can;
+        for p in &plan {
+            let item = &mut order.items[p.idx];
+            item.allocated = p.allocated;
+            item.fulfilled = p.fulfilled;
+            item.cancelled = p.cancelled;
             match item.state() {
                 "fulfilled" => set_transition(&mut item.transitions, "fulfilled", now),
                 "cancelled" => set_transition(&mut item.transitions, "cancelled", now),

@@ -35,7 +35,10 @@
 //!   oldSecretValidSeconds?}` → 200 webhook; `DELETE /sandbox/webhooks/{id}` → 204.
 //! - `POST /sandbox/faults {method?, path, count?, kind, latencyMs?, status?, retryAfter?}` → 201
 //!   (kinds: `latency`, `status`, `reset`, `malformed`, `reset_after_processing`,
-//!   `latency_after_processing`); `GET /sandbox/faults`; `DELETE /sandbox/faults` → 204.
+//!   `latency_after_processing`, and the late commits `delayed_commit` — processed
+//!   `latencyMs` after arrival even if the caller gave up — and `status_then_commit` —
+//!   answered `status` at once, processed `latencyMs` later); `GET /sandbox/faults`;
+//!   `DELETE /sandbox/faults` → 204.
 //! - `POST /sandbox/settle` → `{settled: [{orderId, chargeId, kind, operationId, amount, state,
 //!   eventId}]}`; `GET /sandbox/pending` → `{data}`.
 //! - `GET /sandbox/requests[?method=&path=]` → `{data: [{seq, method, path, query, headers, body,

@@ -110,8 +110,12 @@ pub(crate) struct Charge {
     pub cancels: Vec<Op>,
 }
 
+/// why: saturating sums: operations never add up to more than their charge, and
+/// order creation checked that every total fits in i64 (orders.rs).
 fn sum_ops(ops: &[Op], pred: impl Fn(OpState) -> bool) -> i64 {
-    ops.iter().filter(|o| pred(o.state)).map(|o| o.amount).sum()
+    ops.iter()
+        .filter(|o| pred(o.state))
+        .fold(0i64, |sum, o| sum.saturating_add(o.amount))
 }
 
 impl Charge {
@@ -128,8 +132,8 @@ impl Charge {
     /// Amount still free to capture or cancel: failed operations give their amount back.
     pub(crate) fn open_amount(&self) -> i64 {
         let committed = sum_ops(&self.captures, |s| s != OpState::Failed)
-            + sum_ops(&self.cancels, |s| s != OpState::Failed);
-        (self.amount - committed).max(0)
+            .saturating_add(sum_ops(&self.cancels, |s| s != OpState::Failed));
+        self.amount.saturating_sub(committed).max(0)
     }
 
     fn has_pending(&self) -> bool {
@@ -145,7 +149,7 @@ impl Charge {
     pub(crate) fn state(&self) -> &'static str {
         let captured = self.captured();
         let cancelled = self.cancelled();
-        if captured + cancelled >= self.amount {
+        if captured.saturating_add(cancelled) >= self.amount {
             if captured > 0 {
                 "complete"
             } else {
@@ -207,7 +211,10 @@ pub(crate) struct Item {
 impl Item {
     /// Units neither fulfilled nor cancelled.
     pub(crate) fn remaining(&self) -> i64 {
-        self.quantity - self.fulfilled - self.cancelled
+        // why: fulfilled + cancelled never exceed quantity (fulfillments.rs checks).
+        self.quantity
+            .saturating_sub(self.fulfilled)
+            .saturating_sub(self.cancelled)
     }
 
     /// DR item state: `created` until every unit is done, then `fulfilled`
@@ -319,27 +326,35 @@ pub(crate) enum View {
 impl Order {
     /// Total of all lines, shipping and taxes.
     pub(crate) fn subtotal(&self) -> i64 {
-        self.items.iter().map(|i| i.amount).sum::<i64>() + self.shipping
+        self.items
+            .iter()
+            .fold(self.shipping, |sum, i| sum.saturating_add(i.amount))
     }
 
     /// Item taxes plus shipping tax.
     pub(crate) fn total_tax(&self) -> i64 {
-        self.items.iter().map(|i| i.tax).sum::<i64>() + self.shipping_tax
+        self.items
+            .iter()
+            .fold(self.shipping_tax, |sum, i| sum.saturating_add(i.tax))
     }
 
     /// `totalAmount`.
     pub(crate) fn total(&self) -> i64 {
-        self.subtotal() + self.total_tax()
+        self.subtotal().saturating_add(self.total_tax())
     }
 
     /// Completed captures over all charges.
     pub(crate) fn captured(&self) -> i64 {
-        self.charges.iter().map(Charge::captured).sum()
+        self.charges
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(c.captured()))
     }
 
     /// Completed cancels over all charges.
     pub(crate) fn cancelled(&self) -> i64 {
-        self.charges.iter().map(Charge::cancelled).sum()
+        self.charges
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(c.cancelled()))
     }
 
     /// Whether the authorization has expired at `now`.

@@ -119,11 +119,13 @@ pub(crate) fn to_json(minor: i64, exp: u32) -> Value {
 }
 
 /// Rounds `numerator / denominator` half up (both non-negative, denominator > 0).
+/// Works in i128, so no input overflows; the result is at most `numerator`.
 pub(crate) fn div_round_half_up(numerator: i64, denominator: i64) -> i64 {
     if denominator <= 0 {
         return 0;
     }
-    (numerator * 2 + denominator) / (denominator * 2)
+    let (n, d) = (i128::from(numerator), i128::from(denominator));
+    i64::try_from((n * 2 + d) / (d * 2)).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -162,5 +164,7 @@ mod tests {
         assert_eq!(div_round_half_up(2689, 2), 1345);
         assert_eq!(div_round_half_up(10, 3), 3);
         assert_eq!(div_round_half_up(20, 3), 7);
+        assert_eq!(div_round_half_up(i64::MAX, 1), i64::MAX);
+        assert_eq!(div_round_half_up(i64::MAX, 2), i64::MAX / 2 + 1);
     }
 }

@@ -165,15 +165,21 @@ impl World {
             ),
             None => (0, 0),
         };
+        // why: every amount of the order is derived from these sums; checking them
+        // once here keeps every later sum (captured, open, shares) within i64.
+        let total = items
+            .iter()
+            .try_fold(0i64, |sum, i| sum.checked_add(i.amount)?.checked_add(i.tax))
+            .and_then(|sum| sum.checked_add(shipping)?.checked_add(shipping_tax))
+            .ok_or_else(|| ApiError::invalid("amount", "The order total is too large."))?;
         let shares = line_shares(
             &items.iter().map(|i| (i.amount, i.tax)).collect::<Vec<_>>(),
-            shipping + shipping_tax,
-        );
+            shipping.saturating_add(shipping_tax),
+        )
+        .ok_or_else(|| ApiError::invalid("amount", "The order total is too large."))?;
         for (item, share) in items.iter_mut().zip(shares) {
             item.share = share;
         }
-        let total: i64 =
-            items.iter().map(|i| i.amount + i.tax).sum::<i64>() + shipping + shipping_tax;
         let charges = self.build_charges(spec.charges, total, exp, now)?;
         let model = match spec.fulfillment_model.as_deref() {
             None | Some("third_party") => FulfillmentModel::ThirdParty,
@@ -270,7 +276,13 @@ impl World {
             }
             planned.push((kind, amt));
         }
-        let fixed: i64 = planned.iter().filter_map(|(_, a)| *a).sum();
+        let fixed = planned
+            .iter()
+            .filter_map(|(_, a)| *a)
+            .try_fold(0i64, i64::checked_add)
+            .ok_or_else(|| {
+                ApiError::invalid("charges", "Charge amounts must add up to the order total.")
+            })?;
         let open = planned.iter().filter(|(_, a)| a.is_none()).count();
         let rest = total - fixed;
         if rest < 0

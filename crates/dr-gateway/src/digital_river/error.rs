@@ -142,9 +142,10 @@ impl Error {
         match self {
             Error::Timeout { maybe_sent, .. } => *maybe_sent,
             Error::Connection { .. } => true,
-            // why: a gateway error in front of DR (502/503/504) or a 500 may come
-            // after DR processed the request.
-            Error::Api { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+            // why: a gateway error in front of DR (502/503/504), a 500, or DR's own
+            // `request_timeout` (408) may come after DR processed the request
+            // (docs/digital-river.md §5.5).
+            Error::Api { status, .. } => matches!(status, 408 | 500 | 502 | 503 | 504),
             Error::Decode { status, .. } => (200..300).contains(status),
             Error::Connect { .. } | Error::Request { .. } | Error::RateLimited { .. } => false,
         }

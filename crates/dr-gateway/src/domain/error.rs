@@ -53,6 +53,20 @@ pub enum ServiceError {
     /// The caller's deadline passed while the gateway waited (the work may go on).
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// An earlier POST with this `request_id` has an unknown outcome and DR may still
+    /// commit it; DR does not show it yet, so nothing new was sent. Retrying with the
+    /// same `request_id` is safe: it returns the fulfillment once DR shows it, or
+    /// posts once the earlier attempt can no longer land.
+    #[error("the outcome of an earlier attempt with request_id {request_id:?} is still pending")]
+    OutcomePending {
+        /// The caller's idempotency key.
+        request_id: String,
+        /// When to retry.
+        retry_after: std::time::Duration,
+        /// What made the outcome unknown, for the message (no secrets: DR paths and
+        /// statuses only).
+        cause: Option<String>,
+    },
     /// A dependency of the gateway itself (not DR) is down, e.g. the shared
     /// idempotency store; nothing was sent to DR, so retrying is safe.
     #[error("{0}")]

@@ -1,17 +1,19 @@
-//! Creating fulfillments exactly once per caller `request_id`.
+//! Creating fulfillments at most once per caller `request_id`.
 //!
 //! why: DR has no idempotency key and a duplicated `POST /fulfillments` captures
-//! money twice (docs/digital-river.md §0.3, §5.3). Every POST carries `metadata.requestId`; a
-//! retry with the same id gets the stored result; when a POST's outcome is unknown
-//! (timeout, reset, 5xx) the gateway lists the order's fulfillments and looks for
-//! that `requestId` before answering or posting again.
+//! money twice (docs/digital-river.md §0.3, §5.3). Every POST carries
+//! `metadata.requestId`; DR's list of the order's fulfillments is the record, looked
+//! up before the first POST of a key; a POST whose outcome is unknown may still be
+//! committed for the commit bound (§5.5), and no retry posts until then.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde_json::{Map, Value};
+use tokio_util::task::TaskTracker;
 
 use super::idempotency::{Claim, IdempotencyStore};
 use super::{FieldViolation, ServiceError};
@@ -23,6 +25,13 @@ pub const REQUEST_ID_METADATA_KEY: &str = "requestId";
 
 /// Longest accepted `request_id`.
 const MAX_REQUEST_ID_LEN: usize = 255;
+
+/// Largest `quantity` or `cancel_quantity` of one item (the proto documents it).
+///
+/// why: DR documents no maximum (docs/digital-river.md §1.2: JSON integers). A
+/// billion units is far beyond any shipment, fits a 32-bit integer in any DR
+/// component or client, and keeps every sum of quantities far from overflowing.
+pub const MAX_QUANTITY: i64 = 1_000_000_000;
 
 /// One item to fulfill and/or cancel.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -85,17 +94,21 @@ impl FulfillmentCommand {
                     "must not be empty",
                 ));
             }
-            if item.quantity < 0 {
-                v.push(FieldViolation::new(
-                    format!("items[{i}].quantity"),
-                    "must not be negative",
-                ));
-            }
-            if item.cancel_quantity < 0 {
-                v.push(FieldViolation::new(
-                    format!("items[{i}].cancel_quantity"),
-                    "must not be negative",
-                ));
+            for (field, value) in [
+                ("quantity", item.quantity),
+                ("cancel_quantity", item.cancel_quantity),
+            ] {
+                if value < 0 {
+                    v.push(FieldViolation::new(
+                        format!("items[{i}].{field}"),
+                        "must not be negative",
+                    ));
+                } else if value > MAX_QUANTITY {
+                    v.push(FieldViolation::new(
+                        format!("items[{i}].{field}"),
+                        format!("must be at most {MAX_QUANTITY}"),
+                    ));
+                }
             }
             if item.quantity == 0 && item.cancel_quantity == 0 {
                 v.push(FieldViolation::new(
@@ -172,45 +185,95 @@ impl FulfillmentCommand {
     }
 }
 
-/// Creates fulfillments idempotently.
+/// How the [`Fulfiller`] times its DR calls and how long a POST may take to land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FulfillerConfig {
+    /// Budget of one lookup of a request in DR (every page of the order's fulfillments).
+    pub reconcile_timeout: Duration,
+    /// Budget of one `POST /fulfillments` (the upstream timeout), whatever the
+    /// caller's deadline: the attempt runs on when the caller has gone.
+    pub post_timeout: Duration,
+    /// How long after a POST was sent DR may still commit it (docs/digital-river.md §5.5).
+    pub commit_bound: Duration,
+}
+
+impl Default for FulfillerConfig {
+    fn default() -> Self {
+        Self {
+            reconcile_timeout: crate::defaults::RECONCILE_TIMEOUT,
+            post_timeout: crate::defaults::UPSTREAM_TIMEOUT,
+            commit_bound: crate::defaults::FULFILLMENT_COMMIT_BOUND,
+        }
+    }
+}
+
+/// Creates fulfillments, at most one per `request_id`.
+///
+/// # The rule
+/// DR is the record. An owner of a key the store does not hold as done first lists
+/// the order's fulfillments (every page) for its `metadata.requestId`; it posts only
+/// when DR does not show it **and** no earlier POST with the key can still be
+/// committed: the store hands out the time until which one may (`hold_until` of
+/// [`Claim::Owner`]), and only a lookup started after that time allows a POST.
+/// Until then a retry gets [`ServiceError::OutcomePending`]. A POST whose outcome is
+/// unknown (timeout, reset, 408, 5xx) is looked up again at once; if DR does not
+/// show it, the key keeps "may land until now + commit bound".
+///
+/// Requests without a `request_id` get a generated key: nobody can retry them, so
+/// they are posted without a lookup (and a caller's retry may fulfil twice).
+///
+/// Every attempt runs in a task of its own, tracked so a graceful shutdown can wait
+/// for it ([`Fulfiller::wait_for_attempts`]): a caller that gives up does not stop it,
+/// and its result is stored for the retry.
 #[derive(Debug, Clone)]
 pub struct Fulfiller {
     client: Client,
     store: Arc<dyn IdempotencyStore>,
-    reconcile_timeout: Duration,
+    config: FulfillerConfig,
+    attempts: TaskTracker,
 }
 
 impl Fulfiller {
-    /// A fulfiller posting through `client`, remembering results in `store`, and
-    /// giving a reconciliation at most `reconcile_timeout`.
-    pub fn new(
-        client: Client,
-        store: Arc<dyn IdempotencyStore>,
-        reconcile_timeout: Duration,
-    ) -> Self {
+    /// A fulfiller posting through `client` and remembering results in `store`.
+    pub fn new(client: Client, store: Arc<dyn IdempotencyStore>, config: FulfillerConfig) -> Self {
         Self {
             client,
             store,
-            reconcile_timeout,
+            config,
+            attempts: TaskTracker::new(),
         }
+    }
+
+    /// For shutdown: waits until no attempt is running (attempts started meanwhile
+    /// included) or `deadline` passes; returns how many are still running then.
+    pub async fn wait_for_attempts(&self, deadline: Instant) -> usize {
+        // why: closing only lets `wait` finish once the tracker is empty; new
+        // attempts can still start (and are waited for).
+        self.attempts.close();
+        let _ = tokio::time::timeout_at(deadline.into(), self.attempts.wait()).await;
+        self.attempts.len()
     }
 
     /// Validates `command` and creates its fulfillment at most once per request id.
     ///
-    /// The POST and any reconciliation run in their own task: if the caller's
-    /// deadline passes first, they still finish and record the result for the retry.
+    /// Answers before `deadline` (the caller's, already minus the margin to answer
+    /// in): with the fulfillment, with [`ServiceError::OutcomePending`], or with
+    /// [`ServiceError::DeadlineExceeded`] while the attempt goes on.
     pub async fn create(
         &self,
         command: FulfillmentCommand,
         deadline: Option<Instant>,
     ) -> Result<Fulfillment, ServiceError> {
         command.validate()?;
-        let generated = command.request_id.is_empty();
-        let request_id = if generated {
-            uuid::Uuid::new_v4().to_string()
-        } else {
-            command.request_id.clone()
-        };
+        if command.request_id.is_empty() {
+            let key = uuid::Uuid::new_v4().to_string();
+            let this = self.clone();
+            let body = command.to_body(&key);
+            return self
+                .detached(async move { this.post_unkeyed(body, key).await }, deadline)
+                .await;
+        }
+        let request_id = command.request_id.clone();
         let fingerprint = command.fingerprint();
         loop {
             let claim = self
@@ -230,12 +293,7 @@ impl Fulfiller {
                     tracing::info!(%request_id, fulfillment_id = %f.id, "replayed stored fulfillment");
                     return Ok(*f);
                 }
-                Claim::Mismatch => {
-                    return Err(ServiceError::invalid(
-                        "request_id",
-                        "was already used with different parameters",
-                    ))
-                }
+                Claim::Mismatch => return Err(reused_request_id()),
                 Claim::Wait(mut changed) => {
                     let wait = changed.changed();
                     match deadline {
@@ -251,119 +309,201 @@ impl Fulfiller {
                         }
                     }
                 }
-                Claim::Owner { reconcile_first } => {
+                Claim::Owner { hold_until } => {
                     let this = self.clone();
                     let body = command.to_body(&request_id);
                     let key = request_id.clone();
-                    let caller_deadline = deadline;
-                    let task = tokio::spawn(async move {
-                        let store = this.store.clone();
-                        let attempt = this.post_once(
-                            body,
-                            key.clone(),
-                            fingerprint,
-                            reconcile_first,
-                            caller_deadline,
-                        );
-                        // why: a panic must not leave the key "in flight" for ever;
-                        // whether the POST happened is then unknown, so the next
-                        // attempt reconciles first.
-                        match std::panic::AssertUnwindSafe(attempt).catch_unwind().await {
-                            Ok(result) => result,
-                            Err(_) => {
-                                store.mark_unknown(&key, fingerprint).await;
-                                tracing::error!(request_id = %key, "fulfillment task panicked");
-                                Err(ServiceError::Internal(
-                                    "the fulfillment attempt failed unexpectedly; retry with the same request_id"
-                                        .into(),
-                                ))
-                            }
-                        }
-                    });
-                    let joined = match deadline {
-                        Some(d) => match tokio::time::timeout_at(d.into(), task).await {
-                            Ok(joined) => joined,
-                            Err(_) => {
-                                return Err(ServiceError::DeadlineExceeded(
-                                    "Digital River did not confirm the fulfillment before the deadline; \
-                                     retry with the same request_id to get its outcome"
-                                        .into(),
-                                ))
-                            }
-                        },
-                        None => task.await,
-                    };
-                    return joined.unwrap_or_else(|e| {
-                        Err(ServiceError::Internal(format!(
-                            "the fulfillment task ended unexpectedly: {e}"
-                        )))
-                    });
+                    return self
+                        .detached(
+                            async move { this.own(body, key, fingerprint, hold_until).await },
+                            deadline,
+                        )
+                        .await;
                 }
             }
         }
     }
 
-    async fn post_once(
+    /// Runs `attempt` as a tracked task and waits for it until `deadline`.
+    async fn detached(
         &self,
-        body: CreateFulfillment,
-        request_id: String,
-        fingerprint: u64,
-        reconcile_first: bool,
+        attempt: impl Future<Output = Result<Fulfillment, ServiceError>> + Send + 'static,
         deadline: Option<Instant>,
     ) -> Result<Fulfillment, ServiceError> {
-        if reconcile_first {
-            match self.find_by_request_id(&body.order_id, &request_id).await {
-                Ok(Some(found)) => {
-                    self.store
-                        .complete(&request_id, fingerprint, found.clone())
-                        .await;
-                    return Ok(found);
+        let task = self.attempts.spawn(attempt);
+        let joined = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), task).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    return Err(ServiceError::DeadlineExceeded(
+                        "Digital River did not confirm the fulfillment before the deadline; \
+                         retry with the same request_id to get its outcome"
+                            .into(),
+                    ))
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    self.store.mark_unknown(&request_id, fingerprint).await;
-                    return Err(e.into());
-                }
+            },
+            None => task.await,
+        };
+        joined.unwrap_or_else(|e| {
+            Err(ServiceError::Internal(format!(
+                "the fulfillment task ended unexpectedly: {e}"
+            )))
+        })
+    }
+
+    /// The owner's attempt; a panic leaves the key unknown with a POST that may land.
+    async fn own(
+        &self,
+        body: CreateFulfillment,
+        key: String,
+        fingerprint: u64,
+        hold_until: Option<Instant>,
+    ) -> Result<Fulfillment, ServiceError> {
+        let attempt = self.look_up_then_post(body, &key, fingerprint, hold_until);
+        match std::panic::AssertUnwindSafe(attempt).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                // why: a POST this attempt may have sent was sent before now.
+                let may_land_until = Instant::now() + self.config.commit_bound;
+                self.store
+                    .mark_unknown(&key, fingerprint, Some(may_land_until))
+                    .await;
+                tracing::error!(request_id = %key, "fulfillment task panicked");
+                Err(ServiceError::Internal(
+                    "the fulfillment attempt failed unexpectedly; retry with the same request_id"
+                        .into(),
+                ))
             }
         }
+    }
+
+    async fn look_up_then_post(
+        &self,
+        body: CreateFulfillment,
+        key: &str,
+        fingerprint: u64,
+        hold_until: Option<Instant>,
+    ) -> Result<Fulfillment, ServiceError> {
+        // why: DR is the record (docs/digital-river.md §5.3). The store may not hold
+        // this key (a new process, evicted, expired), or an earlier attempt's
+        // outcome is unknown: only DR knows whether a fulfillment exists.
+        let looked_at = Instant::now();
+        match self.find_by_request_id(&body.order_id, key).await {
+            Ok(Some(found)) => {
+                return self
+                    .found(&body, key, fingerprint, found, "before posting")
+                    .await
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(request_id = %key, error = %e, "cannot look the request up in DR; not posting");
+                self.store.mark_unknown(key, fingerprint, None).await;
+                return Err(e.into());
+            }
+        }
+        if let Some(until) = hold_until.filter(|until| looked_at < *until) {
+            tracing::info!(request_id = %key, "an earlier attempt may still land; not posting");
+            self.store.mark_unknown(key, fingerprint, None).await;
+            return Err(pending(key, until, None));
+        }
+        let post_deadline = Instant::now() + self.config.post_timeout;
+        // why: the POST leaves by its deadline at the latest, and DR commits what it
+        // received within the bound (docs/digital-river.md §5.5). Recorded before
+        // sending, so if this process vanishes mid-POST the next owner (another
+        // replica) knows how long it may still land.
+        let provisional = post_deadline + self.config.commit_bound;
+        if let Err(e) = self
+            .store
+            .record_attempt(key, fingerprint, provisional)
+            .await
+        {
+            tracing::warn!(request_id = %key, error = %e, "cannot record the attempt; not posting");
+            self.store.mark_unknown(key, fingerprint, None).await;
+            return Err(ServiceError::Unavailable(
+                "the idempotency store is unavailable; nothing was sent to Digital River, \
+                 retry with the same request_id"
+                    .into(),
+            ));
+        }
         let opts = CallOptions {
-            deadline,
-            request_id: Some(request_id.clone()),
+            deadline: Some(post_deadline),
+            request_id: Some(key.to_owned()),
         };
         match self.client.create_fulfillment(&body, &opts).await {
             Ok(created) => {
-                self.store
-                    .complete(&request_id, fingerprint, created.clone())
-                    .await;
+                self.store.complete(key, fingerprint, created.clone()).await;
                 Ok(created)
             }
             Err(e) if e.outcome_unknown() => {
-                tracing::warn!(%request_id, error = %e, "fulfillment outcome unknown; reconciling");
-                match self.find_by_request_id(&body.order_id, &request_id).await {
+                // why: the POST left before now, so DR commits it within the bound
+                // from now (docs/digital-river.md §5.5).
+                let may_land_until = Instant::now() + self.config.commit_bound;
+                tracing::warn!(request_id = %key, error = %e, "fulfillment outcome unknown; looking it up");
+                match self.find_by_request_id(&body.order_id, key).await {
                     Ok(Some(found)) => {
-                        tracing::info!(%request_id, fulfillment_id = %found.id, "reconciled: DR had created it");
+                        self.found(&body, key, fingerprint, found, "after an unknown outcome")
+                            .await
+                    }
+                    looked => {
+                        if let Err(lookup) = looked {
+                            tracing::warn!(request_id = %key, error = %lookup, "lookup after an unknown outcome failed");
+                        }
                         self.store
-                            .complete(&request_id, fingerprint, found.clone())
+                            .mark_unknown(key, fingerprint, Some(may_land_until))
                             .await;
-                        Ok(found)
-                    }
-                    Ok(None) => {
-                        // why: DR lists what it created; absent means the POST did
-                        // not take effect, so a retry may post again.
-                        self.store.release(&request_id).await;
-                        Err(e.into())
-                    }
-                    Err(reconcile_error) => {
-                        tracing::warn!(%request_id, error = %reconcile_error, "reconciliation failed");
-                        self.store.mark_unknown(&request_id, fingerprint).await;
-                        Err(e.into())
+                        Err(pending(key, may_land_until, Some(e.to_string())))
                     }
                 }
             }
             Err(e) => {
-                self.store.release(&request_id).await;
+                // why: DR answered and refused: nothing of this POST can land, and
+                // no earlier one can either (we only post once those are done).
+                self.store.release(key).await;
                 Err(e.into())
             }
+        }
+    }
+
+    /// DR shows a fulfillment with this request id: it is the result, unless the
+    /// request id was used for other items.
+    async fn found(
+        &self,
+        body: &CreateFulfillment,
+        key: &str,
+        fingerprint: u64,
+        found: Fulfillment,
+        when: &'static str,
+    ) -> Result<Fulfillment, ServiceError> {
+        if !same_items(body, &found) {
+            tracing::warn!(request_id = %key, fulfillment_id = %found.id, "DR holds this request_id for other items");
+            self.store.mark_unknown(key, fingerprint, None).await;
+            return Err(reused_request_id());
+        }
+        tracing::info!(request_id = %key, fulfillment_id = %found.id, when, "DR already holds the fulfillment");
+        self.store.complete(key, fingerprint, found.clone()).await;
+        Ok(found)
+    }
+
+    /// A request without a caller key: post, and look it up only if the outcome is unknown.
+    async fn post_unkeyed(
+        &self,
+        body: CreateFulfillment,
+        key: String,
+    ) -> Result<Fulfillment, ServiceError> {
+        let opts = CallOptions {
+            deadline: Some(Instant::now() + self.config.post_timeout),
+            request_id: Some(key.clone()),
+        };
+        match self.client.create_fulfillment(&body, &opts).await {
+            Ok(created) => Ok(created),
+            Err(e) if e.outcome_unknown() => {
+                tracing::warn!(generated_request_id = %key, error = %e, "fulfillment outcome unknown (no request_id); looking it up once");
+                match self.find_by_request_id(&body.order_id, &key).await {
+                    Ok(Some(found)) => Ok(found),
+                    _ => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -374,7 +514,7 @@ impl Fulfiller {
         request_id: &str,
     ) -> Result<Option<Fulfillment>, crate::digital_river::Error> {
         let opts = CallOptions {
-            deadline: Some(Instant::now() + self.reconcile_timeout),
+            deadline: Some(Instant::now() + self.config.reconcile_timeout),
             request_id: None,
         };
         let mut query = FulfillmentQuery {
@@ -393,6 +533,57 @@ impl Fulfiller {
             }
         }
     }
+}
+
+/// INVALID_ARGUMENT for a request id that already names other work.
+fn reused_request_id() -> ServiceError {
+    ServiceError::invalid("request_id", "was already used with different parameters")
+}
+
+/// The answer while an earlier attempt may land until `until`.
+fn pending(request_id: &str, until: Instant, cause: Option<String>) -> ServiceError {
+    let left = until.saturating_duration_since(Instant::now());
+    ServiceError::OutcomePending {
+        request_id: request_id.to_owned(),
+        retry_after: left
+            .min(crate::defaults::OUTCOME_PENDING_RETRY_DELAY)
+            .max(MIN_RETRY_DELAY),
+        cause,
+    }
+}
+
+/// Shortest `RetryInfo` delay of a pending outcome.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Units fulfilled and cancelled per line item, as the request asks or DR shows them.
+fn units_per_item<'a>(
+    items: impl Iterator<Item = (&'a str, i64, i64)>,
+) -> std::collections::BTreeMap<&'a str, (i64, i64)> {
+    let mut per_item = std::collections::BTreeMap::new();
+    for (item_id, quantity, cancel_quantity) in items {
+        let entry: &mut (i64, i64) = per_item.entry(item_id).or_default();
+        entry.0 = entry.0.saturating_add(quantity);
+        entry.1 = entry.1.saturating_add(cancel_quantity);
+    }
+    per_item
+}
+
+/// Whether DR's fulfillment moved the units the request asks for.
+fn same_items(body: &CreateFulfillment, found: &Fulfillment) -> bool {
+    let asked = units_per_item(body.items.iter().map(|i| {
+        (
+            i.item_id.as_str(),
+            i.quantity.unwrap_or(0),
+            i.cancel_quantity.unwrap_or(0),
+        )
+    }));
+    let held = units_per_item(
+        found
+            .items
+            .iter()
+            .map(|i| (i.item_id.as_str(), i.quantity, i.cancel_quantity)),
+    );
+    asked == held
 }
 
 fn carries_request_id(f: &Fulfillment, request_id: &str) -> bool {
@@ -457,6 +648,54 @@ mod tests {
         let mut empty = cmd();
         empty.items.clear();
         assert_eq!(fields(empty.validate().unwrap_err()), vec!["items"]);
+    }
+
+    #[test]
+    fn quantities_above_the_maximum_are_refused_by_field() {
+        let mut c = cmd();
+        c.items[0].quantity = i64::MAX;
+        c.items[0].cancel_quantity = 1;
+        c.items.push(ItemCommand {
+            item_id: "3".into(),
+            cancel_quantity: MAX_QUANTITY + 1,
+            ..Default::default()
+        });
+        assert_eq!(
+            fields(c.validate().unwrap_err()),
+            vec!["items[0].quantity", "items[1].cancel_quantity"]
+        );
+        let mut at_max = cmd();
+        at_max.items[0].quantity = MAX_QUANTITY;
+        at_max.items[0].cancel_quantity = MAX_QUANTITY;
+        assert!(at_max.validate().is_ok());
+    }
+
+    #[test]
+    fn a_fulfillment_found_in_dr_must_move_the_same_units() {
+        let mut body = cmd().to_body("r");
+        body.items.push(CreateFulfillmentItem {
+            item_id: "2".into(),
+            quantity: None,
+            cancel_quantity: Some(1),
+            shipment_item_id: None,
+        });
+        let found = |lines: &[(&str, i64, i64)]| Fulfillment {
+            items: lines
+                .iter()
+                .map(|(id, q, c)| crate::digital_river::models::FulfillmentItem {
+                    item_id: (*id).into(),
+                    quantity: *q,
+                    cancel_quantity: *c,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // DR may echo one line per item with both quantities.
+        assert!(same_items(&body, &found(&[("2", 1, 1)])));
+        assert!(same_items(&body, &found(&[("2", 1, 0), ("2", 0, 1)])));
+        assert!(!same_items(&body, &found(&[("2", 2, 1)])));
+        assert!(!same_items(&body, &found(&[("2", 1, 1), ("9", 1, 0)])));
     }
 
     #[test]

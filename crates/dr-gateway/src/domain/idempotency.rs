@@ -2,14 +2,22 @@
 //! first result instead of a second POST (DR has none of its own: docs/digital-river.md §5.3).
 //!
 //! Bounded by entry count and by age (TTL). A key is in one of three states:
-//! in flight (a POST or reconciliation is running; retries wait for it), done (the
-//! fulfillment is kept until the TTL passes), or unknown (a POST's outcome could
-//! not be established; the next attempt reconciles with DR before posting).
+//! in flight (a reconciliation or POST is running; retries wait for it), done (the
+//! fulfillment is kept until the TTL passes), or unknown (nothing is running and no
+//! result is known: an attempt's outcome could not be established, or the key may
+//! not be posted yet).
+//!
+//! Besides the state, a key carries the time until which an earlier POST with it may
+//! still be committed by DR ("may land until", docs/digital-river.md §5.5). Owners
+//! record it before they post ([`IdempotencyStore::record_attempt`]) and when an
+//! outcome stays unknown ([`IdempotencyStore::mark_unknown`]); a later owner gets it
+//! back in [`Claim::Owner`] and must not post before it has passed. A key with such
+//! a time still ahead is never evicted or expired.
 //!
 //! [`IdempotencyStore`] is the interface the fulfiller uses; two backends implement
 //! it: [`MemoryIdempotencyStore`] (one process, the default) and, when several
-//! replicas share a NATS JetStream, `events::jetstream::KvIdempotencyStore`, so a
-//! retry that lands on another replica still finds the first result.
+//! replicas share a NATS JetStream, `bus::KvIdempotencyStore`, so a retry that lands
+//! on another replica (or on a restarted one) still finds the first result.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -20,8 +28,8 @@ use tokio::sync::watch;
 
 use crate::digital_river::models::Fulfillment;
 
-/// Why a key could not be claimed; the caller learns nothing about the key and must
-/// not post (the request fails with UNAVAILABLE and may be retried).
+/// Why a key could not be claimed or an attempt not recorded; the caller must not
+/// post (the request fails with UNAVAILABLE and may be retried).
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
     /// The shared store (JetStream key-value bucket) cannot be reached or failed.
@@ -33,19 +41,35 @@ pub enum IdempotencyError {
 ///
 /// The owner of a key (the caller that got [`Claim::Owner`]) must end with exactly
 /// one of [`complete`](Self::complete), [`release`](Self::release) or
-/// [`mark_unknown`](Self::mark_unknown). Those three never fail towards the caller:
-/// a backend that cannot record the outcome leaves the key in a state the next
-/// claimer resolves by reconciling with DR first, which is always safe.
+/// [`mark_unknown`](Self::mark_unknown), and must call
+/// [`record_attempt`](Self::record_attempt) successfully before it posts. The three
+/// endings never fail towards the caller: a backend that cannot record the outcome
+/// leaves the key in a state the next claimer resolves by reconciling with DR first
+/// while honouring the recorded attempt, which is always safe.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     /// Claims `key` for a request whose body hashes to `fingerprint`.
     async fn claim(&self, key: &str, fingerprint: u64) -> Result<Claim, IdempotencyError>;
+    /// The owner is about to post: if it vanishes from here on, its POST may be
+    /// committed by DR until `may_land_until`. Must succeed before the POST is sent.
+    async fn record_attempt(
+        &self,
+        key: &str,
+        fingerprint: u64,
+        may_land_until: Instant,
+    ) -> Result<(), IdempotencyError>;
     /// Stores the result of the owner's POST (or reconciliation).
     async fn complete(&self, key: &str, fingerprint: u64, fulfillment: Fulfillment);
-    /// The owner's POST definitely did not take effect: forget the key.
+    /// No POST with this key can take effect any more (the owner's was refused and
+    /// no earlier one can still land): forget the key.
     async fn release(&self, key: &str);
-    /// The owner could not tell whether its POST took effect.
-    async fn mark_unknown(&self, key: &str, fingerprint: u64);
+    /// No result is known. `own_attempt`: the owner posted, the outcome is unknown, and
+    /// DR may commit it until then; it replaces the time [`record_attempt`] recorded
+    /// (an owner posts only once every earlier attempt can no longer land, so its own
+    /// is the only one left). `None`: the recorded time stands.
+    ///
+    /// [`record_attempt`]: Self::record_attempt
+    async fn mark_unknown(&self, key: &str, fingerprint: u64, own_attempt: Option<Instant>);
 }
 
 /// What a caller must do with its key.
@@ -54,11 +78,13 @@ pub enum Claim {
     /// The key is new (or its last outcome was unknown, or its previous owner
     /// vanished): the caller owns it and must report with
     /// [`IdempotencyStore::complete`], [`IdempotencyStore::release`] or
-    /// [`IdempotencyStore::mark_unknown`]. `reconcile_first` is set when an earlier
-    /// POST with this key may have reached DR.
+    /// [`IdempotencyStore::mark_unknown`]. It looks the request up in DR before
+    /// posting, and posts only if DR does not show it and the lookup started at or
+    /// after `hold_until`.
     Owner {
-        /// Check DR for an earlier POST with this key before posting.
-        reconcile_first: bool,
+        /// An earlier POST with this key (this process's, a predecessor's or another
+        /// replica's) may still be committed by DR until then.
+        hold_until: Option<Instant>,
     },
     /// A result is stored: return it.
     Done(Box<Fulfillment>),
@@ -68,10 +94,19 @@ pub enum Claim {
     Mismatch,
 }
 
+/// The later of two optional instants.
+pub fn later(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 #[derive(Debug)]
 enum Slot {
     InFlight {
         fingerprint: u64,
+        may_land_until: Option<Instant>,
     },
     Done {
         fingerprint: u64,
@@ -79,7 +114,36 @@ enum Slot {
     },
     Unknown {
         fingerprint: u64,
+        may_land_until: Option<Instant>,
     },
+}
+
+impl Slot {
+    /// In flight, or unknown with an attempt that may still land: must be kept.
+    fn pinned(&self, now: Instant) -> bool {
+        match self {
+            Slot::InFlight { .. } => true,
+            Slot::Unknown { may_land_until, .. } => may_land_until.is_some_and(|t| t > now),
+            Slot::Done { .. } => false,
+        }
+    }
+
+    fn fingerprint(&self) -> u64 {
+        match self {
+            Slot::InFlight { fingerprint, .. }
+            | Slot::Done { fingerprint, .. }
+            | Slot::Unknown { fingerprint, .. } => *fingerprint,
+        }
+    }
+
+    fn may_land_until(&self) -> Option<Instant> {
+        match self {
+            Slot::InFlight { may_land_until, .. } | Slot::Unknown { may_land_until, .. } => {
+                *may_land_until
+            }
+            Slot::Done { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -97,18 +161,35 @@ struct Inner {
 }
 
 /// The bounded, TTL'd in-process store. Cheap to share behind an `Arc`.
+///
+/// It starts empty, so it cannot know what a previous process posted just before it
+/// stopped. With a start-up hold, every key it does not hold counts as possibly
+/// posted by that predecessor until the hold ends ([`Self::with_startup_hold`]).
 #[derive(Debug)]
 pub struct MemoryIdempotencyStore {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     ttl: Duration,
     max_entries: usize,
+    /// Until then, a key this process does not hold may have been posted by its
+    /// predecessor.
+    startup_hold_until: Option<Instant>,
 }
 
 #[async_trait]
 impl IdempotencyStore for MemoryIdempotencyStore {
     async fn claim(&self, key: &str, fingerprint: u64) -> Result<Claim, IdempotencyError> {
         Ok(MemoryIdempotencyStore::claim(self, key, fingerprint))
+    }
+
+    async fn record_attempt(
+        &self,
+        key: &str,
+        fingerprint: u64,
+        may_land_until: Instant,
+    ) -> Result<(), IdempotencyError> {
+        MemoryIdempotencyStore::record_attempt(self, key, fingerprint, may_land_until);
+        Ok(())
     }
 
     async fn complete(&self, key: &str, fingerprint: u64, fulfillment: Fulfillment) {
@@ -119,13 +200,14 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         MemoryIdempotencyStore::release(self, key);
     }
 
-    async fn mark_unknown(&self, key: &str, fingerprint: u64) {
-        MemoryIdempotencyStore::mark_unknown(self, key, fingerprint);
+    async fn mark_unknown(&self, key: &str, fingerprint: u64, own_attempt: Option<Instant>) {
+        MemoryIdempotencyStore::mark_unknown(self, key, fingerprint, own_attempt);
     }
 }
 
 impl MemoryIdempotencyStore {
-    /// A store keeping at most `max_entries` keys, each for at most `ttl`.
+    /// A store keeping at most `max_entries` keys, each for at most `ttl` (keys whose
+    /// attempt may still land are kept longer).
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
@@ -136,63 +218,101 @@ impl MemoryIdempotencyStore {
             changed: watch::channel(0).0,
             ttl,
             max_entries: max_entries.max(1),
+            startup_hold_until: None,
         }
+    }
+
+    /// Treats every key this store does not hold as possibly posted by a previous
+    /// process until `hold` from now has passed (zero: no hold).
+    pub fn with_startup_hold(mut self, hold: Duration) -> Self {
+        self.startup_hold_until = (!hold.is_zero()).then(|| Instant::now() + hold);
+        self
     }
 
     /// Claims `key` for a request whose body hashes to `fingerprint`.
     pub fn claim(&self, key: &str, fingerprint: u64) -> Claim {
         let now = Instant::now();
+        let startup = self.startup_hold_until.filter(|t| *t > now);
         let mut inner = self.lock();
         self.expire(&mut inner, now);
         if let Some(entry) = inner.entries.get_mut(key) {
-            let (fp, claim) = match &entry.slot {
-                Slot::Done {
-                    fingerprint,
-                    fulfillment,
-                } => (*fingerprint, Claim::Done(fulfillment.clone())),
-                Slot::InFlight { fingerprint, .. } => {
-                    (*fingerprint, Claim::Wait(self.changed.subscribe()))
-                }
-                Slot::Unknown { fingerprint } => (
-                    *fingerprint,
-                    Claim::Owner {
-                        reconcile_first: true,
-                    },
-                ),
-            };
-            if fp != fingerprint {
+            if entry.slot.fingerprint() != fingerprint {
                 return Claim::Mismatch;
             }
-            if let Claim::Owner { .. } = claim {
-                entry.slot = Slot::InFlight { fingerprint };
-            }
-            return claim;
+            return match &entry.slot {
+                Slot::Done { fulfillment, .. } => Claim::Done(fulfillment.clone()),
+                Slot::InFlight { .. } => Claim::Wait(self.changed.subscribe()),
+                Slot::Unknown { may_land_until, .. } => {
+                    let hold = later(may_land_until.filter(|t| *t > now), startup);
+                    entry.slot = Slot::InFlight {
+                        fingerprint,
+                        may_land_until: *may_land_until,
+                    };
+                    Claim::Owner { hold_until: hold }
+                }
+            };
         }
-        self.insert(&mut inner, key, Slot::InFlight { fingerprint }, now);
+        self.insert(
+            &mut inner,
+            key,
+            Slot::InFlight {
+                fingerprint,
+                may_land_until: None,
+            },
+            now,
+        );
         Claim::Owner {
-            reconcile_first: false,
+            hold_until: startup,
+        }
+    }
+
+    /// The owner is about to post; its POST may land until `may_land_until`.
+    pub fn record_attempt(&self, key: &str, fingerprint: u64, may_land_until: Instant) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.entries.get_mut(key) {
+            let kept = later(entry.slot.may_land_until(), Some(may_land_until));
+            entry.slot = Slot::InFlight {
+                fingerprint,
+                may_land_until: kept,
+            };
+        } else {
+            // The entry vanished (cannot happen while in flight); keep the attempt.
+            self.insert(
+                &mut inner,
+                key,
+                Slot::InFlight {
+                    fingerprint,
+                    may_land_until: Some(may_land_until),
+                },
+                Instant::now(),
+            );
         }
     }
 
     /// Stores the result of the owner's POST (or reconciliation).
     pub fn complete(&self, key: &str, fingerprint: u64, fulfillment: Fulfillment) {
-        self.set(
-            key,
+        self.set(key, |_| {
             Some(Slot::Done {
                 fingerprint,
                 fulfillment: Box::new(fulfillment),
-            }),
-        );
+            })
+        });
     }
 
-    /// The owner's POST definitely did not take effect: forget the key.
+    /// No POST with this key can take effect any more: forget the key.
     pub fn release(&self, key: &str) {
-        self.set(key, None);
+        self.set(key, |_| None);
     }
 
-    /// The owner could not tell whether its POST took effect.
-    pub fn mark_unknown(&self, key: &str, fingerprint: u64) {
-        self.set(key, Some(Slot::Unknown { fingerprint }));
+    /// No result is known; `own_attempt` replaces the recorded landing time (see
+    /// [`IdempotencyStore::mark_unknown`]).
+    pub fn mark_unknown(&self, key: &str, fingerprint: u64, own_attempt: Option<Instant>) {
+        self.set(key, |previous| {
+            Some(Slot::Unknown {
+                fingerprint,
+                may_land_until: own_attempt.or(previous.and_then(Slot::may_land_until)),
+            })
+        });
     }
 
     /// Number of keys held (for tests and metrics).
@@ -205,9 +325,10 @@ impl MemoryIdempotencyStore {
         self.len() == 0
     }
 
-    fn set(&self, key: &str, slot: Option<Slot>) {
+    fn set(&self, key: &str, next: impl FnOnce(Option<&Slot>) -> Option<Slot>) {
         {
             let mut inner = self.lock();
+            let slot = next(inner.entries.get(key).map(|e| &e.slot));
             match slot {
                 Some(slot) => {
                     if let Some(entry) = inner.entries.get_mut(key) {
@@ -226,7 +347,7 @@ impl MemoryIdempotencyStore {
 
     fn insert(&self, inner: &mut Inner, key: &str, slot: Slot, now: Instant) {
         while inner.entries.len() >= self.max_entries {
-            if !Self::evict_oldest_settled(inner) {
+            if !Self::evict_oldest_settled(inner, now) {
                 break;
             }
         }
@@ -243,13 +364,14 @@ impl MemoryIdempotencyStore {
         );
     }
 
-    /// Drops the oldest key that is not in flight; false when none could go.
-    fn evict_oldest_settled(inner: &mut Inner) -> bool {
+    /// Drops the oldest key that is neither in flight nor holding an attempt that
+    /// may still land; false when none could go.
+    fn evict_oldest_settled(inner: &mut Inner, now: Instant) -> bool {
         let position = inner.order.iter().position(|(seq, key)| {
             inner
                 .entries
                 .get(key)
-                .is_some_and(|e| e.seq == *seq && !matches!(e.slot, Slot::InFlight { .. }))
+                .is_some_and(|e| e.seq == *seq && !e.slot.pinned(now))
         });
         match position.and_then(|p| inner.order.remove(p)) {
             Some((_, key)) => {
@@ -265,10 +387,7 @@ impl MemoryIdempotencyStore {
             let stale = match inner.entries.get(key) {
                 None => true,
                 Some(e) if e.seq != *seq => true,
-                Some(e) => {
-                    now.duration_since(e.inserted) >= self.ttl
-                        && !matches!(e.slot, Slot::InFlight { .. })
-                }
+                Some(e) => now.duration_since(e.inserted) >= self.ttl && !e.slot.pinned(now),
             };
             if !stale {
                 break;
@@ -299,15 +418,21 @@ mod tests {
         }
     }
 
+    fn store() -> MemoryIdempotencyStore {
+        MemoryIdempotencyStore::new(Duration::from_secs(60), 10)
+    }
+
+    fn owner_hold(claim: Claim) -> Option<Instant> {
+        match claim {
+            Claim::Owner { hold_until } => hold_until,
+            other => panic!("expected Owner, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_completed_key_returns_the_stored_result() {
-        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
-        assert!(matches!(
-            store.claim("k", 1),
-            Claim::Owner {
-                reconcile_first: false
-            }
-        ));
+        let store = store();
+        assert_eq!(owner_hold(store.claim("k", 1)), None);
         store.complete("k", 1, ful("ful_1"));
         match store.claim("k", 1) {
             Claim::Done(f) => assert_eq!(f.id, "ful_1"),
@@ -317,36 +442,65 @@ mod tests {
 
     #[test]
     fn a_running_key_makes_others_wait_and_a_different_body_is_refused() {
-        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
+        let store = store();
         assert!(matches!(store.claim("k", 1), Claim::Owner { .. }));
         assert!(matches!(store.claim("k", 1), Claim::Wait(_)));
         assert!(matches!(store.claim("k", 2), Claim::Mismatch));
     }
 
     #[test]
-    fn an_unknown_outcome_makes_the_next_owner_reconcile_first() {
-        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
+    fn an_unknown_outcome_hands_the_next_owner_the_time_its_post_may_still_land() {
+        let store = store();
         let _ = store.claim("k", 1);
-        store.mark_unknown("k", 1);
-        assert!(matches!(
-            store.claim("k", 1),
-            Claim::Owner {
-                reconcile_first: true
-            }
-        ));
+        let lands_by = Instant::now() + Duration::from_secs(30);
+        store.record_attempt("k", 1, lands_by);
+        store.mark_unknown("k", 1, None);
+        assert_eq!(owner_hold(store.claim("k", 1)), Some(lands_by));
+        // The next owner only looked DR up (no attempt of its own): the earlier
+        // attempt's time is kept, not forgotten.
+        store.mark_unknown("k", 1, None);
+        assert_eq!(owner_hold(store.claim("k", 1)), Some(lands_by));
+    }
+
+    #[test]
+    fn the_owners_own_unknown_attempt_replaces_the_time_recorded_before_it_posted() {
+        let store = store();
+        let _ = store.claim("k", 1);
+        let provisional = Instant::now() + Duration::from_secs(50);
+        store.record_attempt("k", 1, provisional);
+        let observed = provisional - Duration::from_secs(20);
+        store.mark_unknown("k", 1, Some(observed));
+        assert_eq!(owner_hold(store.claim("k", 1)), Some(observed));
+    }
+
+    #[test]
+    fn an_attempt_that_can_no_longer_land_holds_nothing() {
+        let store = store();
+        let _ = store.claim("k", 1);
+        store.mark_unknown("k", 1, Some(Instant::now()));
+        assert_eq!(owner_hold(store.claim("k", 1)), None);
     }
 
     #[test]
     fn released_keys_can_be_claimed_again() {
-        let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 10);
+        let store = store();
         let _ = store.claim("k", 1);
         store.release("k");
-        assert!(matches!(
-            store.claim("k", 1),
-            Claim::Owner {
-                reconcile_first: false
-            }
-        ));
+        assert_eq!(owner_hold(store.claim("k", 1)), None);
+    }
+
+    #[test]
+    fn after_a_start_every_key_not_held_may_have_been_posted_by_the_predecessor() {
+        let store = store().with_startup_hold(Duration::from_secs(60));
+        let hold = owner_hold(store.claim("new", 1)).expect("held after a start");
+        assert!(hold > Instant::now() + Duration::from_secs(59));
+        // A key whose attempt lands later than the start-up hold keeps its own time.
+        let _ = store.claim("late", 1);
+        let lands_by = Instant::now() + Duration::from_secs(120);
+        store.mark_unknown("late", 1, Some(lands_by));
+        assert_eq!(owner_hold(store.claim("late", 1)), Some(lands_by));
+        let no_hold = self::store().with_startup_hold(Duration::ZERO);
+        assert_eq!(owner_hold(no_hold.claim("new", 1)), None);
     }
 
     #[test]
@@ -361,6 +515,20 @@ mod tests {
         assert_eq!(store.len(), 3);
         assert!(matches!(store.claim("running", 1), Claim::Wait(_)));
         assert!(matches!(store.claim("k9", 1), Claim::Done(_)));
+    }
+
+    #[test]
+    fn a_key_whose_attempt_may_still_land_is_neither_evicted_nor_expired() {
+        let store = MemoryIdempotencyStore::new(Duration::ZERO, 2);
+        let _ = store.claim("pending", 1);
+        let lands_by = Instant::now() + Duration::from_secs(30);
+        store.mark_unknown("pending", 1, Some(lands_by));
+        for i in 0..5 {
+            let key = format!("k{i}");
+            let _ = store.claim(&key, 1);
+            store.complete(&key, 1, ful(&key));
+        }
+        assert_eq!(owner_hold(store.claim("pending", 1)), Some(lands_by));
     }
 
     #[test]

@@ -77,8 +77,9 @@ pub async fn fulfillment_progress(
         let page = client.list_fulfillments(&query, opts).await?;
         for item in page.data.iter().flat_map(|f| f.items.iter()) {
             let entry = progress.entry(item.item_id.clone()).or_default();
-            entry.fulfilled += item.quantity;
-            entry.cancelled += item.cancel_quantity;
+            // why: DR's numbers; saturate rather than wrap on absurd ones.
+            entry.fulfilled = entry.fulfilled.saturating_add(item.quantity);
+            entry.cancelled = entry.cancelled.saturating_add(item.cancel_quantity);
         }
         match (page.has_more, page.data.last()) {
             (true, Some(last)) => query.starting_after = Some(last.id.clone()),

@@ -14,9 +14,9 @@ use super::fulfillment::tracking_command;
 use super::request::{self, required};
 use crate::digital_river::models::Fulfillment;
 use crate::digital_river::Client;
-use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand};
+use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand, MAX_QUANTITY};
 use crate::domain::orders;
-use crate::domain::ServiceError;
+use crate::domain::{FieldViolation, ServiceError};
 use crate::events::outcomes::{self, Correlation, OperationKind, Outcomes};
 use crate::events::{EventLog, Tail};
 use crate::pb::v1 as pb;
@@ -133,11 +133,22 @@ enum Operation {
 }
 
 fn items(items: Vec<pb::ChargeItem>, op: Operation) -> Result<Vec<ItemCommand>, ServiceError> {
-    if let Some(i) = items.iter().position(|i| i.quantity <= 0) {
-        return Err(ServiceError::invalid(
-            format!("items[{i}].quantity"),
-            "must be positive",
-        ));
+    let violations: Vec<_> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let problem = if item.quantity <= 0 {
+                "must be positive".to_owned()
+            } else if item.quantity > MAX_QUANTITY {
+                format!("must be at most {MAX_QUANTITY}")
+            } else {
+                return None;
+            };
+            Some(FieldViolation::new(format!("items[{i}].quantity"), problem))
+        })
+        .collect();
+    if !violations.is_empty() {
+        return Err(ServiceError::InvalidArgument(violations));
     }
     Ok(items
         .into_iter()
@@ -265,7 +276,7 @@ impl ChargeService for ChargeApi {
         let command = FulfillmentCommand {
             order_id: r.order_id,
             items: items(r.items, Operation::Cancel)?,
-            shipment_id: String::new(),
+            shipment_id: r.shipment_id,
             tracking: None,
             metadata: r.metadata,
             request_id: r.request_id,

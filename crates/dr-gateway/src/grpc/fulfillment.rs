@@ -195,7 +195,11 @@ impl FulfillmentService for FulfillmentApi {
             let p = progress.get(&item.id).copied().unwrap_or_default();
             item.fulfilled_quantity = p.fulfilled;
             item.cancelled_quantity = p.cancelled;
-            item.open_quantity = (item.quantity - p.fulfilled - p.cancelled).max(0);
+            item.open_quantity = item
+                .quantity
+                .saturating_sub(p.fulfilled)
+                .saturating_sub(p.cancelled)
+                .max(0);
         }
         Ok(Response::new(pb::GetOrderResponse { order: Some(out) }))
     }

@@ -108,6 +108,29 @@ impl From<ServiceError> for Status {
                 HashMap::new(),
                 |_| {},
             ),
+            ServiceError::OutcomePending {
+                request_id,
+                retry_after,
+                cause,
+            } => {
+                let mut message = format!(
+                    "an earlier attempt with request_id {request_id:?} may still be committed by \
+                     Digital River, which does not show it yet; nothing new was sent: retry with \
+                     the same request_id"
+                );
+                if let Some(cause) = cause {
+                    message.push_str(&format!(" ({cause})"));
+                }
+                status_with_info(
+                    Code::Unavailable,
+                    message,
+                    "FULFILLMENT_OUTCOME_PENDING",
+                    HashMap::from([("request_id".to_owned(), request_id)]),
+                    |d| {
+                        d.set_retry_info(Some(retry_after));
+                    },
+                )
+            }
             ServiceError::Unavailable(message) => status_with_info(
                 Code::Unavailable,
                 message,
@@ -545,6 +568,26 @@ mod tests {
             upper_snake("creditAmount_already_updated"),
             "CREDIT_AMOUNT_ALREADY_UPDATED"
         );
+    }
+
+    #[test]
+    fn a_pending_outcome_is_unavailable_with_retry_info_and_the_request_id() {
+        let status = Status::from(ServiceError::OutcomePending {
+            request_id: "ship-1".into(),
+            retry_after: Duration::from_millis(1500),
+            cause: Some("Digital River did not answer POST /fulfillments".into()),
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        let details = status.get_error_details();
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "FULFILLMENT_OUTCOME_PENDING");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["request_id"], "ship-1");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(1500))
+        );
+        assert!(status.message().contains("did not answer"));
     }
 
     #[test]

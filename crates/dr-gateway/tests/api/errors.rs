@@ -10,7 +10,9 @@ use tonic_types::StatusExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{settings, spawn_app, spawn_app_with, with_deadline, API_KEY};
+use crate::helpers::{
+    dr_lists_no_fulfillments, settings, spawn_app, spawn_app_with, with_deadline, API_KEY,
+};
 
 fn violations(status: &tonic::Status) -> Vec<String> {
     status
@@ -330,6 +332,7 @@ async fn a_409_from_dr_keeps_the_dr_code_for_callers_to_branch_on() {
         .expect(1)
         .mount(&dr)
         .await;
+    dr_lists_no_fulfillments(&dr).await;
     let mut app = spawn_app(&dr.uri()).await;
     let status = app
         .fulfillments

@@ -35,6 +35,17 @@ async fn create_fulfillment_posts_dr_field_names_and_maps_the_result() {
         .expect(1)
         .mount(&dr)
         .await;
+    // Before its first POST a request id is looked up in DR (every page).
+    Mock::given(method("GET"))
+        .and(path("/fulfillments"))
+        .and(query_param("orderId", "231388420336"))
+        .and(query_param("limit", "100"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"hasMore": false, "data": []})),
+        )
+        .expect(1)
+        .mount(&dr)
+        .await;
     let mut app = spawn_app(&dr.uri()).await;
 
     let response = app

@@ -74,7 +74,24 @@ pub fn settings(dr_base_url: &str) -> Settings {
     s.reconcile_timeout = Duration::from_secs(5);
     s.shutdown_grace = Duration::from_secs(5);
     s.webhook_secrets = vec![secrecy::SecretString::from(WEBHOOK_SECRET)];
+    // why: every test's DR stand-in starts empty, so no earlier gateway can have
+    // posted to it; the restart tests set the hold themselves.
+    s.fulfillment_startup_hold = Duration::ZERO;
     s
+}
+
+/// Mounts DR's answer to the lookup a gateway makes before posting a request id it
+/// does not hold: no fulfillment of the order carries it yet.
+pub async fn dr_lists_no_fulfillments(dr: &wiremock::MockServer) {
+    use wiremock::matchers::{method, path};
+    wiremock::Mock::given(method("GET"))
+        .and(path("/fulfillments"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"hasMore": false, "data": []})),
+        )
+        .mount(dr)
+        .await;
 }
 
 /// Starts a gateway against `dr_base_url` with default test settings.

@@ -27,7 +27,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::event_support::{event, next_event, signature, WAIT};
 use crate::helpers::{
-    dr_fulfillment, settings, spawn_app_with, with_deadline, TestApp, API_KEY, WEBHOOK_SECRET,
+    dr_fulfillment, dr_lists_no_fulfillments, settings, spawn_app_with, with_deadline, TestApp,
+    API_KEY, WEBHOOK_SECRET,
 };
 
 // === nats-server ===
@@ -606,6 +607,7 @@ async fn a_create_fulfillment_retried_on_the_other_replica_posts_to_dr_once() {
         )
         .mount(&dr)
         .await;
+    dr_lists_no_fulfillments(&dr).await;
     let nats = NatsServer::start().await;
     let a = gateway(&nats, &dr.uri()).await;
     let b = gateway(&nats, &dr.uri()).await;
@@ -677,7 +679,7 @@ async fn posts(dr: &MockServer) -> usize {
 }
 
 #[tokio::test]
-async fn shared_idempotency_records_hand_over_a_dead_owners_key_with_reconcile_first() {
+async fn shared_idempotency_records_hand_over_a_dead_owners_key_with_its_attempt() {
     // Arrange: two replicas' stores on one bucket; a short lease.
     use dr_gateway::bus::{Bus, KvIdempotencyStore};
     use dr_gateway::digital_river::models::Fulfillment;
@@ -685,36 +687,47 @@ async fn shared_idempotency_records_hand_over_a_dead_owners_key_with_reconcile_f
     let nats = NatsServer::start().await;
     let open = || async {
         let bus = Bus::connect(bus(&nats)).await.expect("bus");
-        KvIdempotencyStore::open(&bus, Duration::from_secs(3600), Duration::from_millis(500))
-            .await
-            .expect("bucket")
+        KvIdempotencyStore::open(
+            &bus,
+            Duration::from_secs(3600),
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("bucket")
     };
     let (a, b) = (open().await, open().await);
     let ful = |id: &str| Fulfillment {
         id: id.into(),
         ..Default::default()
     };
-
-    // Act + Assert: A owns "k" and goes silent; B waits, then takes over after the lease.
-    assert!(matches!(
-        a.claim("k", 1).await,
-        Ok(Claim::Owner {
-            reconcile_first: false
-        })
-    ));
-    let Ok(Claim::Wait(mut changed)) = b.claim("k", 1).await else {
-        panic!("B must wait while A's lease runs");
+    let hold_of = |claim: Result<Claim, _>| match claim {
+        Ok(Claim::Owner { hold_until }) => hold_until,
+        other => panic!("expected Owner, got {other:?}"),
     };
-    tokio::time::timeout(WAIT, changed.changed())
-        .await
-        .expect("woken at the latest when the lease ends")
-        .expect("waiter alive");
-    assert!(matches!(
-        b.claim("k", 1).await,
-        Ok(Claim::Owner {
-            reconcile_first: true
-        })
-    ));
+    async fn take_over(
+        store: &KvIdempotencyStore,
+        key: &str,
+    ) -> Result<Claim, dr_gateway::domain::idempotency::IdempotencyError> {
+        let Ok(Claim::Wait(mut changed)) = store.claim(key, 1).await else {
+            panic!("must wait while the owner's lease runs");
+        };
+        tokio::time::timeout(WAIT, changed.changed())
+            .await
+            .expect("woken at the latest when the lease ends")
+            .expect("waiter alive");
+        store.claim(key, 1).await
+    }
+    let close_to = |got: Option<Instant>, want: Instant| {
+        let got = got.expect("a hold");
+        let gap = if got > want { got - want } else { want - got };
+        assert!(gap < Duration::from_millis(100), "hold off by {gap:?}");
+    };
+
+    // Act + Assert: A owns "k" and goes silent before posting; B takes over after
+    // the lease with nothing to hold.
+    assert_eq!(hold_of(a.claim("k", 1).await), None);
+    assert_eq!(hold_of(take_over(&b, "k").await), None);
     // A's late result loses the compare-and-set; B's wins and everyone sees it.
     a.complete("k", 1, ful("ful_a")).await;
     b.complete("k", 1, ful("ful_b")).await;
@@ -724,23 +737,109 @@ async fn shared_idempotency_records_hand_over_a_dead_owners_key_with_reconcile_f
     }
     assert!(matches!(a.claim("k", 2).await, Ok(Claim::Mismatch)));
 
-    // An unknown outcome makes the next owner (on any replica) reconcile first.
-    assert!(matches!(a.claim("u", 1).await, Ok(Claim::Owner { .. })));
-    a.mark_unknown("u", 1).await;
-    assert!(matches!(
-        b.claim("u", 1).await,
-        Ok(Claim::Owner {
-            reconcile_first: true
-        })
-    ));
+    // A records a POST that may land for 30 s and dies mid-POST: B's take-over
+    // must not post before then.
+    assert_eq!(hold_of(a.claim("p", 1).await), None);
+    let lands_by = Instant::now() + Duration::from_secs(30);
+    a.record_attempt("p", 1, lands_by)
+        .await
+        .expect("attempt recorded");
+    close_to(hold_of(take_over(&b, "p").await), lands_by);
+    // B only looked DR up: the attempt's time stays for the next owner, anywhere.
+    b.mark_unknown("p", 1, None).await;
+    close_to(hold_of(a.claim("p", 1).await), lands_by);
 
-    // A released key is free again, with no reconciliation needed.
+    // A released key is free again, with nothing to hold.
     assert!(matches!(a.claim("r", 1).await, Ok(Claim::Owner { .. })));
     a.release("r").await;
-    assert!(matches!(
-        b.claim("r", 1).await,
-        Ok(Claim::Owner {
-            reconcile_first: false
-        })
-    ));
+    assert_eq!(hold_of(b.claim("r", 1).await), None);
+}
+
+#[tokio::test]
+async fn a_late_commit_retried_on_the_other_replica_is_found_not_posted_again() {
+    // Arrange: DR commits the first POST 3 s after it arrives; replica A stops
+    // waiting after 1 s.
+    use dr_sandbox::FaultSpec;
+    use tonic_types::StatusExt;
+    let dr = crate::helpers::spawn_sandbox().await;
+    let order = dr
+        .control
+        .create_order(json!({"items": [{"quantity": 3, "amount": "30.00"}]}))
+        .await
+        .unwrap();
+    dr.control
+        .add_fault(
+            &FaultSpec::delayed_commit("/fulfillments", Duration::from_secs(3))
+                .method("POST")
+                .count(1),
+        )
+        .await
+        .unwrap();
+    let nats = NatsServer::start().await;
+    let mut slow = bus_settings(&nats, &dr.base_url());
+    slow.upstream_timeout = Duration::from_secs(1);
+    let a = spawn_app_with(slow).await;
+    let b = gateway(&nats, &dr.base_url()).await;
+    let request = pb::CreateFulfillmentRequest {
+        order_id: order["id"].as_str().unwrap().into(),
+        items: vec![pb::CreateFulfillmentItem {
+            item_id: order["items"][0]["id"].as_str().unwrap().into(),
+            quantity: 1,
+            ..Default::default()
+        }],
+        request_id: "js-late".into(),
+        ..Default::default()
+    };
+    let pending = |status: &tonic::Status| {
+        status.code() == Code::Unavailable
+            && status.get_details_error_info().map(|i| i.reason)
+                == Some("FULFILLMENT_OUTCOME_PENDING".into())
+    };
+
+    // Act: the outcome on A is unknown; the client retries on B until answered.
+    let first = a
+        .fulfillments
+        .clone()
+        .create_fulfillment(request.clone())
+        .await
+        .unwrap_err();
+    assert!(pending(&first), "{first:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        match b
+            .fulfillments
+            .clone()
+            .create_fulfillment(request.clone())
+            .await
+        {
+            Ok(r) => break r.into_inner().fulfillment.unwrap(),
+            Err(status) => assert!(pending(&status), "{status:?}"),
+        }
+        assert!(Instant::now() < deadline, "B never found the late commit");
+        // the client's back-off between retries
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Assert: B found A's late commit; DR saw one POST and holds one fulfillment.
+    let posts = dr
+        .control
+        .requests(Some("POST"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    assert_eq!(posts.len(), 1);
+    let order_id = order["id"].as_str().unwrap();
+    let held: Value = reqwest::Client::new()
+        .get(format!("{}/fulfillments?orderId={order_id}", dr.base_url()))
+        .bearer_auth(dr_sandbox::Sandbox::CONTROL_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held["data"].as_array().unwrap().len(), 1);
+    assert_eq!(held["data"][0]["id"], found.id.as_str());
+    a.stop().await;
+    b.stop().await;
+    dr.sandbox.shutdown().await;
 }

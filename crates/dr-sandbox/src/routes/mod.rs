@@ -219,13 +219,23 @@ async fn apply_fault(
             tokio::time::sleep(latency).await;
             next.run(req).await
         }
-        FaultKind::Status => {
-            let status =
-                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let code = super::error::type_for_status(status);
-            ApiError::new(status, code, None, "Injected by the sandbox fault table.")
-                .with_retry_after(fault.retry_after)
-                .into_response()
+        FaultKind::Status => injected_status(&fault),
+        FaultKind::DelayedCommit => {
+            // why: a task of its own, so the request takes effect even when the
+            // caller hangs up (which drops this handler) before `latency`.
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(latency).await;
+                next.run(req).await
+            });
+            late.await
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        FaultKind::StatusThenCommit => {
+            tokio::spawn(async move {
+                tokio::time::sleep(latency).await;
+                let _committed = next.run(req).await;
+            });
+            injected_status(&fault)
         }
         FaultKind::Reset => reset(kill),
         FaultKind::ResetAfterProcessing => {
@@ -256,6 +266,15 @@ async fn apply_fault(
             resp
         }
     }
+}
+
+/// The DR-shaped error a `status` (or `status_then_commit`) fault answers.
+fn injected_status(fault: &Fault) -> Response {
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let code = super::error::type_for_status(status);
+    ApiError::new(status, code, None, "Injected by the sandbox fault table.")
+        .with_retry_after(fault.retry_after)
+        .into_response()
 }
 
 /// Kills the connection; the response returned is never written.

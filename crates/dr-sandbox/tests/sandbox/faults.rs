@@ -7,7 +7,7 @@ use dr_sandbox::{FaultKind, FaultSpec};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::TestSandbox;
+use crate::helpers::{eventually, TestSandbox};
 
 /// Arms `spec`; panics unless the sandbox answers 201.
 async fn arm(sb: &TestSandbox, spec: FaultSpec) {
@@ -145,6 +145,102 @@ async fn latency_after_processing_outlasts_a_client_timeout() {
         .await;
     assert!(result.expect_err("client times out").is_timeout());
     assert_eq!(fulfillment_count(&sb, oid).await, 1);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_delayed_commit_takes_effect_after_the_caller_gave_up() {
+    // Arrange
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "10").await;
+    let oid = order["id"].as_str().unwrap();
+    arm(
+        &sb,
+        // why 2 s: far past the caller's 200 ms, so "not yet" holds on a busy machine.
+        FaultSpec::delayed_commit("/fulfillments", Duration::from_secs(2)).method("POST"),
+    )
+    .await;
+
+    // Act: the caller stops waiting after 200 ms.
+    let result = sb
+        .req(Method::POST, "/fulfillments")
+        .timeout(Duration::from_millis(200))
+        .json(
+            &json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]}),
+        )
+        .send()
+        .await;
+
+    // Assert: nothing yet when it gives up, the fulfillment later.
+    assert!(result.expect_err("client times out").is_timeout());
+    assert_eq!(fulfillment_count(&sb, oid).await, 0, "not committed yet");
+    eventually(10, "the late commit", || async {
+        (fulfillment_count(&sb, oid).await == 1).then_some(())
+    })
+    .await;
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_delayed_commit_answers_a_caller_that_waits() {
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "10").await;
+    arm(
+        &sb,
+        FaultSpec::delayed_commit("/fulfillments", Duration::from_millis(300)).method("POST"),
+    )
+    .await;
+    let started = Instant::now();
+    let (status, ful) = sb
+        .fulfill(json!({"orderId": order["id"], "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(ful["id"].as_str().unwrap().starts_with("ful_"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn status_then_commit_answers_504_and_commits_later() {
+    // Arrange
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(1, "10").await;
+    let oid = order["id"].as_str().unwrap();
+    arm(
+        &sb,
+        FaultSpec::status_then_commit("/fulfillments", 504, Duration::from_secs(2)).method("POST"),
+    )
+    .await;
+
+    // Act
+    let (status, err) = sb
+        .fulfill(
+            json!({"orderId": oid, "items": [{"itemId": order["items"][0]["id"], "quantity": 1}]}),
+        )
+        .await;
+
+    // Assert: DR's gateway timeout at once, the fulfillment later.
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(err["type"], "gateway_timeout");
+    assert_eq!(fulfillment_count(&sb, oid).await, 0, "not committed yet");
+    eventually(10, "the late commit", || async {
+        (fulfillment_count(&sb, oid).await == 1).then_some(())
+    })
+    .await;
+    let log = sb
+        .control()
+        .requests(Some("POST"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    assert_eq!(log[0].fault, Some(FaultKind::StatusThenCommit));
+    // The kind needs a status, like `status`.
+    let (status, err) = sb
+        .post(
+            "/sandbox/faults",
+            json!({"path": "/fulfillments", "kind": "status_then_commit", "latencyMs": 10}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     sb.stop().await;
 }
 

@@ -212,6 +212,56 @@ async fn distributed_model_requires_shipment_ids() {
 }
 
 #[tokio::test]
+async fn quantities_whose_sum_overflows_are_a_400_and_change_nothing() {
+    // Arrange: 2 units; a body whose quantity + cancelQuantity does not fit in i64.
+    let sb = TestSandbox::start().await;
+    let order = sb.simple_order(2, "10").await;
+    let (oid, item) = ids(&order);
+
+    // Act
+    let (status, err) = sb
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": i64::MAX, "cancelQuantity": 1}]}))
+        .await;
+    let (split_status, _) = sb
+        .fulfill(json!({"orderId": oid, "items": [
+            {"itemId": item, "quantity": i64::MAX},
+            {"itemId": item, "quantity": 1}
+        ]}))
+        .await;
+
+    // Assert: DR's 400 naming the parameter; nothing fulfilled or captured.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["type"], "bad_request");
+    assert_eq!(err["errors"][0]["code"], "invalid_parameter");
+    assert_eq!(err["errors"][0]["parameter"], "quantity");
+    assert_eq!(split_status, StatusCode::BAD_REQUEST);
+    let (_, list) = sb.get(&format!("/fulfillments?orderId={oid}")).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+    let (_, order) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(order["items"][0]["state"], "created");
+    assert_eq!(num(&order["capturedAmount"]), "0.0");
+    assert!(order["payment"]["charges"][0]["captures"].is_null());
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_whose_total_does_not_fit_is_a_400() {
+    let sb = TestSandbox::start().await;
+    let (status, err) = sb
+        .post(
+            "/sandbox/orders",
+            json!({"items": [
+                {"quantity": 1, "amount": "92233720368547758.07"},
+                {"quantity": 1, "amount": "0.01"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["errors"][0]["parameter"], "amount");
+    sb.stop().await;
+}
+
+#[tokio::test]
 async fn get_fulfillment_includes_order_details_without_payment() {
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(1, "10").await;
