@@ -110,11 +110,26 @@ impl FulfillmentRequest {
                     "'quantity' or 'cancelQuantity' must be greater than 0.",
                 ));
             }
+            let shipment_item_id = opt_string(item, "shipmentItemId")?.filter(|s| !s.is_empty());
+            if let Some(sid) = &shipment_item_id {
+                // why: "for each item in the shipment, a unique shipmentItemId" (DR's
+                // "Capturing and cancelling charges" page). DR does not document its
+                // refusal; 400 invalid_parameter naming `shipmentItemId` is the sandbox's choice.
+                if items
+                    .iter()
+                    .any(|i: &RequestItem| i.shipment_item_id.as_ref() == Some(sid))
+                {
+                    return Err(ApiError::invalid(
+                        "shipmentItemId",
+                        format!("Shipment item id '{sid}' is used by more than one item; each item needs its own."),
+                    ));
+                }
+            }
             items.push(RequestItem {
                 item_id,
                 quantity,
                 cancel_quantity,
-                shipment_item_id: opt_string(item, "shipmentItemId")?,
+                shipment_item_id,
             });
         }
         let metadata = match obj.get("metadata") {
@@ -161,8 +176,7 @@ impl World {
     ) -> Result<Value, ApiError> {
         let now = self.clock.now();
         let order = self
-            .orders
-            .get(&req.order_id)
+            .order_in_mode(&req.order_id, live_mode)
             .ok_or_else(|| order_not_found(&req.order_id))?;
         let oid = order.id.clone();
         match order.state.as_str() {
@@ -396,12 +410,13 @@ impl World {
         Ok(response)
     }
 
-    /// `GET /fulfillments/{id}` JSON (with `orderDetails`).
-    pub(crate) fn fulfillment_json(&self, id: &str) -> Option<Value> {
+    /// `GET /fulfillments/{id}` JSON (with `orderDetails`) for a key of mode `live`.
+    pub(crate) fn fulfillment_json(&self, id: &str, live: bool) -> Option<Value> {
         let f = self
             .fulfillment_index
             .get(id)
-            .and_then(|&i| self.fulfillments.get(i))?;
+            .and_then(|&i| self.fulfillments.get(i))
+            .filter(|f| f.live_mode == live)?;
         let details = self
             .orders
             .get(&f.order_id)
@@ -415,10 +430,16 @@ impl World {
         &mut self,
         id: &str,
         body: &Map<String, Value>,
+        live: bool,
     ) -> Result<Value, ApiError> {
         let idx = *self
             .fulfillment_index
             .get(id)
+            .filter(|&&i| {
+                self.fulfillments
+                    .get(i)
+                    .is_some_and(|f| f.live_mode == live)
+            })
             .ok_or_else(|| ApiError::not_found("id", format!("Fulfillment '{id}' not found.")))?;
         let company = opt_string(body, "trackingCompany")?;
         let number = opt_string(body, "trackingNumber")?;
@@ -454,7 +475,7 @@ impl World {
         if url.is_some() {
             f.tracking_url = url;
         }
-        self.fulfillment_json(id)
+        self.fulfillment_json(id, live)
             .ok_or_else(|| ApiError::not_found("id", format!("Fulfillment '{id}' not found.")))
     }
 }

@@ -14,10 +14,15 @@
 //! `POST /fulfillments`, `GET /fulfillments[/{id}]`, `POST /fulfillments/{id}` (tracking),
 //! `GET /charges/{id}`, `GET /orders/{id}`, `GET /orders?upstreamIds=…`, `GET /events[/{id}]`.
 //! Every call needs `Authorization: Bearer <key>`; `sk_test_…` keys create `liveMode: false`
-//! objects, any other key `liveMode: true`. Unknown order on `POST /fulfillments` → 404
-//! `not_found` (`parameter: orderId`); unknown line item → 400 `invalid_parameter` (`itemId`);
-//! more units than left → 409 `quantity_too_large`; fully cancelled order → 409
-//! `invalid_state`. These three are our choices: DR does not document them.
+//! objects, any other key `liveMode: true`. A key sees only its own mode's objects
+//! (docs/digital-river.md §5.4): orders, charges, fulfillments and events of the other mode
+//! answer 404 `not_found` as if they did not exist, and lists leave them out; the control
+//! surface's order endpoints follow the same rule. Unknown order on `POST /fulfillments` →
+//! 404 `not_found` (`parameter: orderId`); unknown line item → 400 `invalid_parameter`
+//! (`itemId`); the same `shipmentItemId` on two items → 400 `invalid_parameter`
+//! (`shipmentItemId`; DR asks for "a unique shipmentItemId" per item); more units than left →
+//! 409 `quantity_too_large`; fully cancelled order → 409 `invalid_state`. These four are our
+//! choices: DR does not document them.
 //!
 //! # Control surface (all under the same bearer auth; bodies camelCase, unknown fields ignored)
 //! - `POST /sandbox/orders` → 201 order as `GET /orders/{id}` returns it; emits `order.accepted`.

@@ -309,11 +309,10 @@ impl World {
     }
 
     /// Puts an order in dispute (DR's "Disputes and chargebacks" page): `state: dispute`, event `order.dispute`.
-    pub(crate) fn open_dispute(&mut self, order_id: &str) -> Result<Value, ApiError> {
+    pub(crate) fn open_dispute(&mut self, order_id: &str, live: bool) -> Result<Value, ApiError> {
         let now = self.clock.now();
         let order = self
-            .orders
-            .get_mut(order_id)
+            .order_in_mode_mut(order_id, live)
             .ok_or_else(|| order_not_found(order_id))?;
         if order.state == "dispute" {
             return Err(ApiError::conflict(
@@ -341,11 +340,14 @@ impl World {
     }
 
     /// Ends a dispute: back to the prior state, event `order.dispute.resolved` (DR's "Disputes and chargebacks" page).
-    pub(crate) fn resolve_dispute(&mut self, order_id: &str) -> Result<Value, ApiError> {
+    pub(crate) fn resolve_dispute(
+        &mut self,
+        order_id: &str,
+        live: bool,
+    ) -> Result<Value, ApiError> {
         let now = self.clock.now();
         let order = self
-            .orders
-            .get_mut(order_id)
+            .order_in_mode_mut(order_id, live)
             .ok_or_else(|| order_not_found(order_id))?;
         if order.state != "dispute" {
             return Err(ApiError::conflict(

@@ -309,10 +309,21 @@ impl World {
         self.requests.clear();
     }
 
-    /// The order owning a charge.
-    pub(crate) fn order_of_charge(&self, charge_id: &str) -> Option<&Order> {
+    /// An order as a key of mode `live` sees it: objects of the other mode do not
+    /// exist for it (docs/digital-river.md §5.4).
+    pub(crate) fn order_in_mode(&self, id: &str, live: bool) -> Option<&Order> {
+        self.orders.get(id).filter(|o| o.live_mode == live)
+    }
+
+    /// [`World::order_in_mode`], mutable.
+    pub(crate) fn order_in_mode_mut(&mut self, id: &str, live: bool) -> Option<&mut Order> {
+        self.orders.get_mut(id).filter(|o| o.live_mode == live)
+    }
+
+    /// The order owning a charge, as a key of mode `live` sees it.
+    pub(crate) fn order_of_charge(&self, charge_id: &str, live: bool) -> Option<&Order> {
         self.charge_index
             .get(charge_id)
-            .and_then(|oid| self.orders.get(oid))
+            .and_then(|oid| self.order_in_mode(oid, live))
     }
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{spawn_app, spawn_sandbox};
+use crate::helpers::{fulfillments_held, spawn_app, spawn_sandbox, KeyMode};
 
 fn fulfill(
     order_id: &str,
@@ -271,6 +271,95 @@ async fn a_response_lost_after_dr_processed_the_post_creates_one_fulfillment() {
         order.items[0].fulfilled_quantity, 1,
         "one unit fulfilled, not two"
     );
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn seed_000_a_shipment_item_id_used_twice_is_refused_before_dr_and_moves_no_money() {
+    let dr = spawn_sandbox().await;
+    let order = dr
+        .control
+        .create_order(json!({"fulfillmentModel": "distributed", "items": [
+            {"quantity": 1, "amount": "10.00"}, {"quantity": 1, "amount": "5.00"}]}))
+        .await
+        .unwrap();
+    let order_id = order["id"].as_str().unwrap();
+    let (a, b) = (
+        order["items"][0]["id"].as_str().unwrap(),
+        order["items"][1]["id"].as_str().unwrap(),
+    );
+    let mut app = spawn_app(&dr.base_url()).await;
+    let line = |item_id: &str, sid: &str| pb::CreateFulfillmentItem {
+        item_id: item_id.into(),
+        quantity: 1,
+        shipment_item_id: sid.into(),
+        ..Default::default()
+    };
+
+    let create = app
+        .fulfillments
+        .create_fulfillment(pb::CreateFulfillmentRequest {
+            order_id: order_id.into(),
+            shipment_id: "100002369153".into(),
+            items: vec![line(a, "s1"), line(b, "s1")],
+            request_id: "dup-sid-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let capture = app
+        .charges
+        .capture_items(pb::CaptureItemsRequest {
+            order_id: order_id.into(),
+            shipment_id: "100002369153".into(),
+            items: [a, b]
+                .iter()
+                .map(|id| pb::ChargeItem {
+                    item_id: (*id).into(),
+                    quantity: 1,
+                    shipment_item_id: "s1".into(),
+                })
+                .collect(),
+            request_id: "dup-sid-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+
+    for status in [&create, &capture] {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let fields: Vec<_> = status
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["items[1].shipment_item_id"]);
+    }
+    assert!(
+        dr.control
+            .requests(Some("POST"), Some("/fulfillments"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing reached DR"
+    );
+    assert!(fulfillments_held(&dr, KeyMode::Test).await.is_empty());
+
+    // One shipment item id each: one fulfillment, both lines captured.
+    app.fulfillments
+        .create_fulfillment(pb::CreateFulfillmentRequest {
+            order_id: order_id.into(),
+            shipment_id: "100002369153".into(),
+            items: vec![line(a, "s1"), line(b, "s2")],
+            request_id: "dup-sid-3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(fulfillments_held(&dr, KeyMode::Test).await.len(), 1);
     app.stop().await;
     dr.sandbox.shutdown().await;
 }

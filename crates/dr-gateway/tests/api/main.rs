@@ -14,6 +14,7 @@ mod fulfillments;
 mod helpers;
 mod idempotency;
 mod jetstream;
+mod modes;
 mod orders;
 mod serving;
 mod webhook;

@@ -7,7 +7,7 @@ use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{spawn_app, spawn_sandbox};
+use crate::helpers::{fulfillments_held, spawn_app, spawn_sandbox, KeyMode};
 
 fn two_line_order(upstream_id: &str) -> serde_json::Value {
     json!({
@@ -220,6 +220,96 @@ async fn an_unknown_upstream_id_is_not_found_and_a_shared_one_is_ambiguous() {
         .await
         .unwrap_err();
     assert_eq!(unknown_dr_id.code(), Code::NotFound);
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+/// The `ResourceInfo` of a NOT_FOUND status as (type, name).
+fn missing_resource(status: &tonic::Status) -> (String, String) {
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let info = status
+        .get_details_resource_info()
+        .expect("NOT_FOUND carries ResourceInfo");
+    (info.resource_type, info.resource_name)
+}
+
+#[tokio::test]
+async fn an_unknown_order_is_not_found_naming_the_order_asked_for_and_nothing_is_fulfilled() {
+    let dr = spawn_sandbox().await;
+    let mut app = spawn_app(&dr.base_url()).await;
+    let unknown = "404404404336".to_owned();
+    let item = pb::CreateFulfillmentItem {
+        item_id: "1".into(),
+        quantity: 1,
+        ..Default::default()
+    };
+    let charge_item = pb::ChargeItem {
+        item_id: "1".into(),
+        quantity: 1,
+        ..Default::default()
+    };
+
+    let create = app
+        .fulfillments
+        .create_fulfillment(pb::CreateFulfillmentRequest {
+            order_id: unknown.clone(),
+            items: vec![item],
+            request_id: "unknown-order-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let capture = app
+        .charges
+        .capture_items(pb::CaptureItemsRequest {
+            order_id: unknown.clone(),
+            items: vec![charge_item.clone()],
+            request_id: "unknown-order-2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let cancel = app
+        .charges
+        .cancel_items(pb::CancelItemsRequest {
+            order_id: unknown.clone(),
+            items: vec![charge_item],
+            request_id: "unknown-order-3".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let get = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(Key::OrderId(unknown.clone())),
+        })
+        .await
+        .unwrap_err();
+    let charges = app
+        .charges
+        .list_order_charges(pb::ListOrderChargesRequest {
+            order_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err();
+
+    for status in [&create, &capture, &cancel, &get, &charges] {
+        assert_eq!(
+            missing_resource(status),
+            ("order".to_owned(), unknown.clone()),
+            "{status:?}"
+        );
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "NOT_FOUND",
+            "DR's code stays the reason"
+        );
+    }
+    assert!(
+        fulfillments_held(&dr, KeyMode::Test).await.is_empty(),
+        "no fulfillment exists"
+    );
     app.stop().await;
     dr.sandbox.shutdown().await;
 }

@@ -51,16 +51,27 @@ pub(super) async fn create_order(
 }
 
 /// `POST /sandbox/orders/{id}/dispute`.
-pub(super) async fn open_dispute(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
-    Ok((StatusCode::OK, Json(app.lock().open_dispute(&id)?)))
+pub(super) async fn open_dispute(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    Ok((
+        StatusCode::OK,
+        Json(app.lock().open_dispute(&id, key.live)?),
+    ))
 }
 
 /// `POST /sandbox/orders/{id}/dispute/resolve`.
 pub(super) async fn resolve_dispute(
     State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    Ok((StatusCode::OK, Json(app.lock().resolve_dispute(&id)?)))
+    Ok((
+        StatusCode::OK,
+        Json(app.lock().resolve_dispute(&id, key.live)?),
+    ))
 }
 
 fn clock_json(app: &App) -> Value {

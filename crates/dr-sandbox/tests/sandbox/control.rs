@@ -42,6 +42,93 @@ async fn the_key_prefix_decides_live_mode() {
 }
 
 #[tokio::test]
+async fn a_key_never_sees_the_other_modes_objects_dr_answers_404_as_if_absent() {
+    let mut sb = TestSandbox::start().await;
+    // A live order, fulfilled with a live key.
+    sb.key = "sk_live_abc".into();
+    let order = sb.simple_order(2, "20").await;
+    let oid = order["id"].as_str().unwrap().to_owned();
+    let item = order["items"][0]["id"].as_str().unwrap().to_owned();
+    let charge = order["payment"]["charges"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, ful) = sb
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ful_id = ful["id"].as_str().unwrap().to_owned();
+    let (_, live_events) = sb.get("/events?limit=100").await;
+    let event_id = live_events["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(live_events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["liveMode"] == true));
+
+    // A test key: every one of them is unknown.
+    sb.key = "sk_test_abc".into();
+    for path in [
+        format!("/orders/{oid}"),
+        format!("/charges/{charge}"),
+        format!("/fulfillments/{ful_id}"),
+        format!("/events/{event_id}"),
+    ] {
+        let (status, err) = sb.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {err}");
+        assert_eq!(err["errors"][0]["code"], "not_found", "{path}");
+    }
+    let (status, err) = sb
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(
+        (status, err["errors"][0]["parameter"].clone()),
+        (StatusCode::NOT_FOUND, json!("orderId"))
+    );
+    let (status, _) = sb
+        .post(
+            &format!("/fulfillments/{ful_id}"),
+            json!({"trackingNumber": "1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for list in [
+        "/orders".to_owned(),
+        format!("/fulfillments?orderId={oid}"),
+        "/events?limit=100".to_owned(),
+    ] {
+        let (status, page) = sb.get(&list).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["data"], json!([]), "{list}");
+    }
+    assert!(matches!(
+        sb.control().open_dispute(&oid).await,
+        Err(ControlError::Status { status: 404, .. })
+    ));
+
+    // And the other way round: a test order is invisible to a live key.
+    let test_order = sb.simple_order(1, "1").await;
+    sb.key = "sk_live_abc".into();
+    let (status, _) = sb
+        .get(&format!("/orders/{}", test_order["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, page) = sb.get("/orders").await;
+    assert_eq!(
+        page["data"].as_array().unwrap().len(),
+        1,
+        "only the live order"
+    );
+    let (_, live) = sb.get(&format!("/fulfillments/{ful_id}")).await;
+    assert_eq!(
+        live["id"],
+        ful_id.as_str(),
+        "the live key still reads its own"
+    );
+    sb.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_paths_are_404_and_wrong_methods_405_dr_shaped() {
     let sb = TestSandbox::start().await;
     let (status, body) = sb.get("/nope").await;
