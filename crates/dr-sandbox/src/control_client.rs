@@ -472,6 +472,14 @@ impl ControlClient {
         .await
     }
 
+    /// `POST /sandbox/orders/{id}/accept`: an order created `in_review` or
+    /// `pending_payment` passes review and is authorized (`accepted`, `order.accepted`);
+    /// returns it.
+    pub async fn accept_order(&self, order_id: &str) -> Result<Value, ControlError> {
+        let path = format!("/sandbox/orders/{}/accept", encode(order_id, false));
+        self.call_empty(Method::POST, &path, StatusCode::OK).await
+    }
+
     /// `POST /sandbox/orders/{id}/dispute`: the order goes to `dispute`; returns it.
     pub async fn open_dispute(&self, order_id: &str) -> Result<Value, ControlError> {
         let path = format!("/sandbox/orders/{}/dispute", encode(order_id, false));

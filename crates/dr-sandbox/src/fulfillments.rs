@@ -9,7 +9,7 @@ use super::fulfill::{split, units_amount};
 use super::model::{
     set_transition, Fulfillment, FulfillmentItem, FulfillmentModel, Op, OpKind, OpState, View,
 };
-use super::orders::{int_value, order_not_found};
+use super::orders::{int_value, order_not_found, DEFAULT_AUTH_DAYS};
 use super::state::{PendingOp, World};
 
 /// A validated `POST /fulfillments` body.
@@ -196,11 +196,21 @@ impl World {
                     format!("Resource '{oid}' is fulfilled."),
                 ));
             }
-            "cancelled" => {
+            // The sandbox's choice (DR documents no refusal for these states): an order
+            // not yet accepted answers like a disputed one, DR's code for "not ready to
+            // fulfil"; a blocked or cancelled one is in a state that never will be.
+            "in_review" | "pending_payment" => {
+                return Err(ApiError::conflict(
+                    "order_not_submitted",
+                    Some("orderId"),
+                    format!("Order '{oid}' has not been submitted."),
+                ));
+            }
+            "blocked" | "cancelled" => {
                 return Err(ApiError::conflict(
                     "invalid_state",
                     Some("orderId"),
-                    format!("Order '{oid}' is cancelled."),
+                    format!("Order '{oid}' is {}.", order.state),
                 ));
             }
             _ => {}
@@ -257,7 +267,8 @@ impl World {
             }
         }
         let captures_requested = wanted.iter().any(|(_, q, _)| *q > 0);
-        if captures_requested && order.risk_averse && order.auth_is_expired(now) {
+        let reauthorize = captures_requested && order.risk_averse && order.auth_is_expired(now);
+        if reauthorize && !order.reauth_succeeds {
             // why: risk-averse accounts never capture on an expired authorization (DR's "Payment reauthorizations" page).
             let (object, live) = (order.to_json(true, View::Event), order.live_mode);
             self.emit("order.charge.reauth.failed", object, None, live);
@@ -270,6 +281,13 @@ impl World {
         let Some(order) = self.orders.get_mut(&oid) else {
             return Err(order_not_found(&oid));
         };
+        if reauthorize {
+            // why: the page's second outcome — DR secures a new authorization and the
+            // capture proceeds (201, then order.charge.capture.pending); the new one lasts
+            // as long as a first one would.
+            order.auth_expired = false;
+            order.auth_expires_at = Some(now + chrono::Duration::days(DEFAULT_AUTH_DAYS));
+        }
         let (mut capture_total, mut cancel_total) = (0i64, 0i64);
         for (idx, q, cq) in &wanted {
             let item = &mut order.items[*idx];

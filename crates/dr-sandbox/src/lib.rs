@@ -22,17 +22,42 @@
 //! (`itemId`); the same `shipmentItemId` on two items → 400 `invalid_parameter`
 //! (`shipmentItemId`; DR asks for "a unique shipmentItemId" per item); more units than left →
 //! 409 `quantity_too_large`; fully cancelled order → 409 `invalid_state`. These four are our
-//! choices: DR does not document them.
+//! choices: DR does not document them. Neither does it document what `POST /fulfillments`
+//! answers for an order that is not `accepted`; the sandbox answers 409 with
+//! `parameter: orderId` and the code `order_not_submitted` for `in_review` and
+//! `pending_payment` orders (DR's code for a disputed order, which cannot be fulfilled
+//! either), `invalid_state` for `blocked` and `cancelled` ones.
+//!
+//! A risk-averse order whose authorization has expired (`riskMode: averse` and
+//! `authorizationExpired` or `authorizationExpiresAt` passed) refuses captures with DR's 409
+//! `payment_authorization_failed` and an `order.charge.reauth.failed` event, unless it was
+//! created with `reauthorization: succeeds`: then DR secures a new authorization (valid 7
+//! days) and the capture proceeds like any other — 201, `order.charge.capture.pending`, then
+//! the outcome (DR's "Payment reauthorizations" page, second outcome).
 //!
 //! # Control surface (all under the same bearer auth; bodies camelCase, unknown fields ignored)
-//! - `POST /sandbox/orders` → 201 order as `GET /orders/{id}` returns it; emits `order.accepted`.
-//!   Body: `id?`, `upstreamId?`, `currency?` (USD), `email?`, `shipTo?`, `items[]`
+//! - `POST /sandbox/orders` → 201 order as `GET /orders/{id}` returns it; emits the event of
+//!   its state. Body: `id?`, `upstreamId?`, `currency?` (USD), `email?`, `shipTo?`, `items[]`
 //!   (`id?`, `skuId?`, `productName?`, `quantity`, `amount` = line amount, `tax?`, `taxRate?`,
 //!   `metadata?`), `shipping? {amount, tax?}`, `charges? [{type: creditCard|customerCredit,
 //!   amount?}]`, `fulfillmentModel? third_party|distributed`, `riskMode? tolerant|averse`,
-//!   `authorizationExpired?`, `authorizationExpiresAt?` (default: created + 7 days),
-//!   `failCaptures?`, `failCancels?`, `metadata?`.
+//!   `reauthorization? fails|succeeds` (default `fails`), `authorizationExpired?`,
+//!   `authorizationExpiresAt?` (default: created + 7 days), `failCaptures?`, `failCancels?`,
+//!   `metadata?`, `state?`:
+//!   - `accepted` (default): charges `capturable`, `fraudState: passed`, `order.accepted`;
+//!   - `in_review`: charges `capturable`, `fraudState: review_opened`, `order.review_opened`;
+//!   - `pending_payment`: charges `pending`, `fraudState: passed`, `order.pending_payment`;
+//!   - `blocked`: charges `failed`, `fraudState: blocked`, `order.blocked`;
+//!   - `cancelled`: every unit and every charge cancelled in full, `order.cancelled`.
+//!
+//!   (DR's "The order lifecycle" page; the charge states of `blocked` and `cancelled`
+//!   orders are the sandbox's choice.)
+//! - `POST /sandbox/orders/{id}/accept` → 200 order: an `in_review` or `pending_payment`
+//!   order passes review and is authorized (`accepted`, `fraudState: passed`, charges
+//!   `capturable`, `order.accepted`); 409 `invalid_state` from any other state.
 //! - `POST /sandbox/orders/{id}/dispute`, `POST /sandbox/orders/{id}/dispute/resolve` → 200 order.
+//!   During the dispute `fraudState` is `review_opened`; resolving restores the state and
+//!   the fraud state from before (DR's "Disputes and chargebacks" page).
 //! - `GET /sandbox/clock`, `POST /sandbox/clock/advance {seconds}` → `{now, offsetSeconds}`.
 //! - `POST /sandbox/webhooks {url, secret?, types?, enabled?}` → 201 `{id, url, address, types,
 //!   enabled, apiVersion, createdTime, secret, secrets[{secret, current, expiresTime?}]}`;

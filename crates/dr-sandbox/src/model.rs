@@ -64,7 +64,8 @@ pub(crate) struct Op {
     pub amount: i64,
     /// Current state.
     pub state: OpState,
-    /// The fulfillment that caused it.
+    /// The fulfillment that caused it; empty when the order's own state did (an order
+    /// created `cancelled`).
     pub fulfillment_id: String,
     /// Whether settling it fails (from the order's `failCaptures` / `failCancels`).
     pub will_fail: bool,
@@ -108,6 +109,9 @@ pub(crate) struct Charge {
     pub captures: Vec<Op>,
     /// Cancels in creation order.
     pub cancels: Vec<Op>,
+    /// A state set by the order's own state rather than by operations: `pending` while
+    /// the order awaits payment, `failed` once it is blocked (see `orders`).
+    pub fixed_state: Option<&'static str>,
 }
 
 fn sum_ops(ops: &[Op], pred: impl Fn(OpState) -> bool) -> i64 {
@@ -143,6 +147,9 @@ impl Charge {
     /// `processing` while pending operations cover all of the rest (DR's "Payment reauthorizations" page shows a
     /// charge in `processing` during a full pending capture).
     pub(crate) fn state(&self) -> &'static str {
+        if let Some(state) = self.fixed_state {
+            return state;
+        }
         let captured = self.captured();
         let cancelled = self.cancelled();
         if captured + cancelled >= self.amount {
@@ -160,7 +167,7 @@ impl Charge {
 
     /// Whether no more captures or cancels can happen.
     pub(crate) fn is_terminal(&self) -> bool {
-        matches!(self.state(), "complete" | "cancelled")
+        matches!(self.state(), "complete" | "cancelled" | "failed")
     }
 
     /// Finds an operation by id.
@@ -267,6 +274,9 @@ pub(crate) struct Order {
     pub auth_expired: bool,
     /// When the authorization expires on the sandbox clock.
     pub auth_expires_at: Option<DateTime<Utc>>,
+    /// Whether DR secures a new authorization when a risk-averse capture finds the old
+    /// one expired (DR's "Payment reauthorizations" page, second outcome).
+    pub reauth_succeeds: bool,
     /// Settle captures as failed.
     pub fail_captures: bool,
     /// Settle cancels as failed.
@@ -277,6 +287,12 @@ pub(crate) struct Order {
     pub pre_dispute_state: Option<String>,
     /// `stateTransitions`.
     pub transitions: Vec<(String, DateTime<Utc>)>,
+    /// `fraudState`: `passed`, `review_opened` (in review, or during a dispute) or `blocked`.
+    pub fraud_state: String,
+    /// Fraud state before a dispute (restored on resolution).
+    pub pre_dispute_fraud_state: Option<String>,
+    /// `fraudStateTransitions`.
+    pub fraud_transitions: Vec<(String, DateTime<Utc>)>,
     /// Key mode at creation.
     pub live_mode: bool,
     /// Checkout id.
@@ -369,7 +385,9 @@ impl Order {
                     );
                 }
             }
-            m.insert("fulfillmentId".into(), json!(op.fulfillment_id));
+            if !op.fulfillment_id.is_empty() {
+                m.insert("fulfillmentId".into(), json!(op.fulfillment_id));
+            }
             Value::Object(m)
         };
         let mut m = Map::new();
@@ -510,15 +528,10 @@ impl Order {
             "stateTransitions".into(),
             transitions_json(&self.transitions),
         );
-        m.insert("fraudState".into(), json!("passed"));
-        let accepted = self
-            .transitions
-            .iter()
-            .find(|(n, _)| n == "accepted")
-            .map_or(self.created, |(_, t)| *t);
+        m.insert("fraudState".into(), json!(self.fraud_state));
         m.insert(
             "fraudStateTransitions".into(),
-            json!({"passed": fmt_secs(accepted)}),
+            transitions_json(&self.fraud_transitions),
         );
         m.insert("requestToBeForgotten".into(), json!(false));
         m.insert("capturedAmount".into(), self.m(captured));

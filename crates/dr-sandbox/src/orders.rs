@@ -1,8 +1,10 @@
-//! Order creation (control surface, `POST /sandbox/orders`) and disputes.
+//! Order creation (control surface, `POST /sandbox/orders`), acceptance of orders created
+//! in review or pending payment, and disputes.
 //!
-//! The sandbox has no checkout flow: tests create accepted orders directly, described
-//! in DR terms (line amounts for all units, line tax, shipping), with the account and
-//! payment behaviours to simulate (risk mode, expired authorization, failing captures).
+//! The sandbox has no checkout flow: tests create orders directly, described in DR terms
+//! (line amounts for all units, line tax, shipping), in the state to start from, with the
+//! account and payment behaviours to simulate (risk mode, expired authorization and
+//! whether DR can renew it, failing captures).
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
@@ -11,13 +13,92 @@ use serde_json::{json, Value};
 use super::clock::parse_time;
 use super::error::ApiError;
 use super::fulfill::line_shares;
-use super::model::{set_transition, Charge, FulfillmentModel, Item, Order, SourceKind, View};
+use super::ids::IdGen;
+use super::model::{
+    set_transition, Charge, FulfillmentModel, Item, Op, OpState, Order, SourceKind, View,
+};
 use super::money;
 use super::state::World;
 
 /// How long a card authorization lasts by default ("typically … capturable for 7 days",
 /// docs/digital-river.md §2.2).
-const DEFAULT_AUTH_DAYS: i64 = 7;
+pub(crate) const DEFAULT_AUTH_DAYS: i64 = 7;
+
+/// The states an order can be created in, and what DR shows in each (DR's "The order
+/// lifecycle" page; where it is silent, the sandbox's choice, marked so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitialState {
+    /// Charge capturable, fraud review passed: ready to fulfil.
+    Accepted,
+    /// Charge capturable, "requires further fraud review": `fraudState: review_opened`.
+    InReview,
+    /// "Fraud review … completed but the payment charge is not yet authorized": the
+    /// charge is `pending`.
+    PendingPayment,
+    /// "Blocked by fraud review": `fraudState: blocked`; the charges `failed` (the
+    /// sandbox's choice: DR does not say what becomes of them).
+    Blocked,
+    /// "Fully cancelled": every unit cancelled, every charge cancelled in full.
+    Cancelled,
+}
+
+impl InitialState {
+    fn parse(text: Option<&str>) -> Result<Self, ApiError> {
+        Ok(match text {
+            None | Some("accepted") => Self::Accepted,
+            Some("in_review") => Self::InReview,
+            Some("pending_payment") => Self::PendingPayment,
+            Some("blocked") => Self::Blocked,
+            Some("cancelled") => Self::Cancelled,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "state",
+                    format!("An order cannot be created in state '{other}' (accepted, in_review, pending_payment, blocked, cancelled)."),
+                ))
+            }
+        })
+    }
+
+    /// DR's `state`.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::InReview => "in_review",
+            Self::PendingPayment => "pending_payment",
+            Self::Blocked => "blocked",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The event DR emits on entering the state (docs/digital-river.md §3.3).
+    fn event(self) -> &'static str {
+        match self {
+            Self::Accepted => "order.accepted",
+            Self::InReview => "order.review_opened",
+            Self::PendingPayment => "order.pending_payment",
+            Self::Blocked => "order.blocked",
+            Self::Cancelled => "order.cancelled",
+        }
+    }
+
+    /// DR's `fraudState`.
+    fn fraud_state(self) -> &'static str {
+        match self {
+            Self::InReview => "review_opened",
+            Self::Blocked => "blocked",
+            Self::Accepted | Self::PendingPayment | Self::Cancelled => "passed",
+        }
+    }
+
+    /// A charge state the order's state imposes.
+    fn charge_state(self) -> Option<&'static str> {
+        match self {
+            Self::PendingPayment => Some("pending"),
+            Self::Blocked => Some("failed"),
+            Self::Accepted | Self::InReview | Self::Cancelled => None,
+        }
+    }
+}
 
 /// `POST /sandbox/orders` body. Unknown fields are ignored.
 #[derive(Debug, Deserialize)]
@@ -34,6 +115,8 @@ pub(crate) struct CreateOrder {
     charges: Option<Vec<ChargeSpec>>,
     fulfillment_model: Option<String>,
     risk_mode: Option<String>,
+    reauthorization: Option<String>,
+    state: Option<String>,
     authorization_expired: Option<bool>,
     authorization_expires_at: Option<String>,
     fail_captures: Option<bool>,
@@ -87,13 +170,15 @@ pub(crate) fn int_value(value: &Value) -> Option<i64> {
 }
 
 impl World {
-    /// Creates an accepted order and emits `order.accepted`.
+    /// Creates an order in the state the spec names (default `accepted`) and emits that
+    /// state's event (`order.accepted`, `order.review_opened`, …).
     pub(crate) fn create_order(
         &mut self,
         spec: CreateOrder,
         live_mode: bool,
     ) -> Result<Value, ApiError> {
         let now = self.clock.now();
+        let initial = InitialState::parse(spec.state.as_deref())?;
         let currency = spec
             .currency
             .unwrap_or_else(|| "USD".to_owned())
@@ -195,6 +280,23 @@ impl World {
                 ))
             }
         };
+        let reauth_succeeds = match spec.reauthorization.as_deref() {
+            None | Some("fails") => false,
+            Some("succeeds") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    "reauthorization",
+                    format!("Unknown reauthorization outcome '{other}' (succeeds, fails)."),
+                ))
+            }
+        };
+        let mut charges = charges;
+        for charge in &mut charges {
+            charge.fixed_state = initial.charge_state();
+        }
+        if initial == InitialState::Cancelled {
+            cancel_in_full(&mut items, &mut charges, now, &mut self.ids);
+        }
         let auth_expires_at: Option<DateTime<Utc>> = match spec.authorization_expires_at.as_deref()
         {
             Some(text) => Some(parse_time(text).ok_or_else(|| {
@@ -219,11 +321,15 @@ impl World {
             risk_averse,
             auth_expired: spec.authorization_expired.unwrap_or(false),
             auth_expires_at,
+            reauth_succeeds,
             fail_captures: spec.fail_captures.unwrap_or(false),
             fail_cancels: spec.fail_cancels.unwrap_or(false),
-            state: "accepted".to_owned(),
+            state: initial.name().to_owned(),
             pre_dispute_state: None,
-            transitions: vec![("accepted".to_owned(), now)],
+            transitions: vec![(initial.name().to_owned(), now)],
+            fraud_state: initial.fraud_state().to_owned(),
+            pre_dispute_fraud_state: None,
+            fraud_transitions: vec![(initial.fraud_state().to_owned(), now)],
             live_mode,
             checkout_id: self.ids.uuid(),
             metadata: spec.metadata,
@@ -235,7 +341,49 @@ impl World {
         let event_object = order.to_json(true, View::Event);
         self.orders.insert(id.clone(), order);
         self.order_seq.push(id);
-        self.emit("order.accepted", event_object, None, live_mode);
+        self.emit(initial.event(), event_object, None, live_mode);
+        Ok(json)
+    }
+
+    /// Accepts an order created `in_review` or `pending_payment`: the review passed and
+    /// the charge is authorized (capturable), so it can be fulfilled; emits
+    /// `order.accepted`.
+    pub(crate) fn accept_order(&mut self, order_id: &str, live: bool) -> Result<Value, ApiError> {
+        let now = self.clock.now();
+        let order = self
+            .order_in_mode_mut(order_id, live)
+            .ok_or_else(|| order_not_found(order_id))?;
+        if !matches!(order.state.as_str(), "in_review" | "pending_payment") {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                Some("orderId"),
+                format!(
+                    "Order '{order_id}' is {}; only in_review and pending_payment orders can be accepted.",
+                    order.state
+                ),
+            ));
+        }
+        let previous = std::mem::replace(&mut order.state, "accepted".to_owned());
+        set_transition(&mut order.transitions, "accepted", now);
+        if order.fraud_state != "passed" {
+            order.fraud_state = "passed".to_owned();
+            set_transition(&mut order.fraud_transitions, "passed", now);
+        }
+        for charge in &mut order.charges {
+            charge.fixed_state = None;
+        }
+        order.updated = now;
+        let (json, object, live) = (
+            order.to_json(true, View::Api),
+            order.to_json(true, View::Event),
+            order.live_mode,
+        );
+        self.emit(
+            "order.accepted",
+            object,
+            Some(json!({"state": previous})),
+            live,
+        );
         Ok(json)
     }
 
@@ -303,6 +451,7 @@ impl World {
                 payment_session_id: self.ids.uuid(),
                 captures: Vec::new(),
                 cancels: Vec::new(),
+                fixed_state: None,
             });
         }
         Ok(charges)
@@ -324,6 +473,11 @@ impl World {
         let previous = std::mem::replace(&mut order.state, "dispute".to_owned());
         order.pre_dispute_state = Some(previous.clone());
         set_transition(&mut order.transitions, "dispute", now);
+        // why: the "Disputes and chargebacks" page's order.dispute shows
+        // `fraudState: review_opened` with its transition, `passed` restored afterwards.
+        let fraud = std::mem::replace(&mut order.fraud_state, "review_opened".to_owned());
+        order.pre_dispute_fraud_state = Some(fraud);
+        set_transition(&mut order.fraud_transitions, "review_opened", now);
         order.updated = now;
         let (json, object, live) = (
             order.to_json(true, View::Api),
@@ -361,6 +515,10 @@ impl World {
             .take()
             .unwrap_or_else(|| "accepted".to_owned());
         order.state = restored;
+        order.fraud_state = order
+            .pre_dispute_fraud_state
+            .take()
+            .unwrap_or_else(|| "passed".to_owned());
         order.updated = now;
         let (object, live) = (order.to_json(true, View::Event), order.live_mode);
         self.emit(
@@ -375,6 +533,27 @@ impl World {
             .get(order_id)
             .map(|o| o.to_json(true, View::Api))
             .ok_or_else(|| order_not_found(order_id))
+    }
+}
+
+/// Cancels every unit and each charge in full: an order created `cancelled`.
+fn cancel_in_full(items: &mut [Item], charges: &mut [Charge], now: DateTime<Utc>, ids: &mut IdGen) {
+    for item in items {
+        item.cancelled = item.quantity;
+        item.allocated = item.share;
+        set_transition(&mut item.transitions, "cancelled", now);
+    }
+    for charge in charges {
+        let op = Op {
+            id: ids.uuid(),
+            created: now,
+            updated: now,
+            amount: charge.amount,
+            state: OpState::Complete,
+            fulfillment_id: String::new(),
+            will_fail: false,
+        };
+        charge.cancels.push(op);
     }
 }
 

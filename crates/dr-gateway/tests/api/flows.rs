@@ -363,3 +363,144 @@ async fn seed_000_a_shipment_item_id_used_twice_is_refused_before_dr_and_moves_n
     app.stop().await;
     dr.sandbox.shutdown().await;
 }
+
+/// GetOrder through the gateway.
+async fn get_order(app: &mut crate::helpers::TestApp, order_id: &str) -> pb::Order {
+    app.fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(pb::get_order_request::Key::OrderId(order_id.into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap()
+}
+
+#[tokio::test]
+async fn orders_in_review_pending_payment_blocked_or_cancelled_refuse_fulfillment_and_move_no_money(
+) {
+    let dr = spawn_sandbox().await;
+    let mut app = spawn_app(&dr.base_url()).await;
+    // (state, DR code → ErrorInfo reason, fraud state, charge state)
+    let cases = [
+        (
+            "in_review",
+            "ORDER_NOT_SUBMITTED",
+            "review_opened",
+            "capturable",
+        ),
+        (
+            "pending_payment",
+            "ORDER_NOT_SUBMITTED",
+            "passed",
+            "pending",
+        ),
+        ("blocked", "INVALID_STATE", "blocked", "failed"),
+        ("cancelled", "INVALID_STATE", "passed", "cancelled"),
+    ];
+    let mut in_review = None;
+    for (state, reason, fraud_state, charge_state) in cases {
+        let order = dr
+            .control
+            .create_order(json!({"state": state, "items": [{"quantity": 2, "amount": "20.00"}]}))
+            .await
+            .unwrap();
+        let (order_id, item_id) = (
+            order["id"].as_str().unwrap().to_owned(),
+            order["items"][0]["id"].as_str().unwrap().to_owned(),
+        );
+        let read = get_order(&mut app, &order_id).await;
+        assert_eq!(
+            (read.state.as_str(), read.fraud_state.as_str()),
+            (state, fraud_state)
+        );
+        assert_eq!(read.charges[0].state, charge_state, "{state}");
+
+        let capture = app
+            .fulfillments
+            .create_fulfillment(fulfill(&order_id, &item_id, 1, &format!("{state}-1")))
+            .await
+            .unwrap_err();
+        let cancel = app
+            .charges
+            .cancel_items(pb::CancelItemsRequest {
+                order_id: order_id.clone(),
+                items: vec![pb::ChargeItem {
+                    item_id: item_id.clone(),
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                request_id: format!("{state}-2"),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        for status in [capture, cancel] {
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "{state}: {status:?}"
+            );
+            assert_eq!(status.get_details_error_info().unwrap().reason, reason);
+            let violation = &status
+                .get_details_precondition_failure()
+                .unwrap()
+                .violations[0];
+            assert_eq!(violation.subject, "orderId");
+        }
+        if state == "in_review" {
+            in_review = Some((order_id, item_id));
+        }
+    }
+    assert!(
+        fulfillments_held(&dr, KeyMode::Test).await.is_empty(),
+        "no state let money move"
+    );
+
+    // Once the review passes the order is accepted and fulfils once.
+    let (order_id, item_id) = in_review.unwrap();
+    dr.control.accept_order(&order_id).await.unwrap();
+    app.fulfillments
+        .create_fulfillment(fulfill(&order_id, &item_id, 1, "in_review-accepted"))
+        .await
+        .unwrap();
+    let read = get_order(&mut app, &order_id).await;
+    assert_eq!(
+        (read.state.as_str(), read.fraud_state.as_str()),
+        ("accepted", "passed")
+    );
+    assert_eq!(read.items[0].fulfilled_quantity, 1);
+    assert_eq!(fulfillments_held(&dr, KeyMode::Test).await.len(), 1);
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn seed_003_get_order_shows_fraud_state_review_opened_during_a_dispute_and_passed_after() {
+    let dr = spawn_sandbox().await;
+    let order = dr
+        .control
+        .create_order(json!({"items": [{"quantity": 1, "amount": "0.32"}]}))
+        .await
+        .unwrap();
+    let order_id = order["id"].as_str().unwrap();
+    let mut app = spawn_app(&dr.base_url()).await;
+    assert_eq!(get_order(&mut app, order_id).await.fraud_state, "passed");
+
+    dr.control.open_dispute(order_id).await.unwrap();
+    let disputed = get_order(&mut app, order_id).await;
+    assert_eq!(
+        (disputed.state.as_str(), disputed.fraud_state.as_str()),
+        ("dispute", "review_opened")
+    );
+
+    dr.control.resolve_dispute(order_id).await.unwrap();
+    let resolved = get_order(&mut app, order_id).await;
+    assert_eq!(
+        (resolved.state.as_str(), resolved.fraud_state.as_str()),
+        ("accepted", "passed")
+    );
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}

@@ -50,6 +50,18 @@ pub(super) async fn create_order(
     Ok((StatusCode::CREATED, Json(json)))
 }
 
+/// `POST /sandbox/orders/{id}/accept`.
+pub(super) async fn accept_order(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    Ok((
+        StatusCode::OK,
+        Json(app.lock().accept_order(&id, key.live)?),
+    ))
+}
+
 /// `POST /sandbox/orders/{id}/dispute`.
 pub(super) async fn open_dispute(
     State(app): State<Arc<App>>,

@@ -54,6 +54,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), dr_surface));
     let control = Router::new()
         .route("/sandbox/orders", post(control::create_order))
+        .route("/sandbox/orders/{id}/accept", post(control::accept_order))
         .route("/sandbox/orders/{id}/dispute", post(control::open_dispute))
         .route(
             "/sandbox/orders/{id}/dispute/resolve",

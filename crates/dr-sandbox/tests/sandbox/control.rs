@@ -384,6 +384,16 @@ async fn the_control_client_walks_every_control_endpoint() {
     let item = order["items"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(c.open_dispute(&oid).await.unwrap()["state"], "dispute");
     assert_eq!(c.resolve_dispute(&oid).await.unwrap()["state"], "accepted");
+    let in_review = c
+        .create_order(json!({"state": "in_review", "items": [{"quantity": 1, "amount": "1"}]}))
+        .await
+        .unwrap();
+    assert_eq!(in_review["state"], "in_review");
+    let accepted = c
+        .accept_order(in_review["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(accepted["state"], "accepted");
 
     // Faults: arm, list, fire, clear
     let armed = c

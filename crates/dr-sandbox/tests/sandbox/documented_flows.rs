@@ -344,10 +344,27 @@ async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
         json!({"type": "conflict", "errors": [{"code": "order_not_submitted", "parameter": "orderId", "message": format!("Order '{oid}' has not been submitted.")}]})
     );
 
+    assert_eq!(disputed["fraudState"], "review_opened");
+    assert!(disputed["fraudStateTransitions"]["review_opened"].is_string());
+    assert!(disputed["fraudStateTransitions"]["passed"].is_string());
+    let events = sb.events_for(oid).await;
+    assert_eq!(
+        events[1]["data"]["object"]["fraudState"], "review_opened",
+        "order.dispute shows the review"
+    );
+
     let resolved = control.resolve_dispute(oid).await.unwrap();
     assert_eq!(
         resolved["state"], "accepted",
         "back to the pre-dispute state"
+    );
+    assert_eq!(
+        resolved["fraudState"], "passed",
+        "and the fraud state with it"
+    );
+    assert!(
+        resolved["fraudStateTransitions"]["review_opened"].is_string(),
+        "the review stays in the history"
     );
     let types = sb.event_types_for(oid).await;
     assert_eq!(
@@ -361,5 +378,170 @@ async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
         .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "fulfillments work again");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn seed_001_risk_averse_expired_authorization_that_dr_renews_captures_as_the_page_shows() {
+    let sb = TestSandbox::start_with(SandboxConfig {
+        settle: SettleMode::Stepped,
+        ..Default::default()
+    })
+    .await;
+    let order = sb
+        .order(
+            json!({"items": [{"quantity": 2, "amount": "510.0"}], "riskMode": "averse",
+            "authorizationExpired": true, "reauthorization": "succeeds"}),
+        )
+        .await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+
+    let (status, ful) = sb
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": "1"}]}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the new authorization lets it through: {ful}"
+    );
+    let types = sb.event_types_for(oid).await;
+    assert_eq!(
+        types,
+        [
+            "order.accepted",
+            "fulfillment.created",
+            "order.charge.capture.pending"
+        ]
+    );
+    let pending = &sb.events_for(oid).await[2]["data"]["object"];
+    assert_eq!(pending["captures"][0]["state"], "pending");
+    assert_eq!(num(&pending["captures"][0]["amount"]), "255.0");
+    assert_eq!(pending["captures"][0]["fulfillmentId"], ful["id"]);
+    let settled = sb.control().settle().await.unwrap();
+    assert_eq!(settled[0].state, OperationState::Complete);
+    assert!(sb
+        .event_types_for(oid)
+        .await
+        .contains(&"order.charge.capture.complete".to_owned()));
+
+    // Six days on, the second unit captures as well, with no reauthorization failure.
+    sb.control().advance_clock(6 * 24 * 3600).await.unwrap();
+    let (status, _) = sb
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!sb
+        .event_types_for(oid)
+        .await
+        .contains(&"order.charge.reauth.failed".to_owned()));
+    sb.control().settle().await.unwrap();
+    let (_, o) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(num(&o["capturedAmount"]), "510.0");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn orders_created_in_review_pending_payment_blocked_or_cancelled_refuse_fulfillments() {
+    let sb = TestSandbox::start().await;
+    // (state, event, fraudState, charge state, refusal code)
+    let cases = [
+        (
+            "in_review",
+            "order.review_opened",
+            "review_opened",
+            "capturable",
+            "order_not_submitted",
+        ),
+        (
+            "pending_payment",
+            "order.pending_payment",
+            "passed",
+            "pending",
+            "order_not_submitted",
+        ),
+        (
+            "blocked",
+            "order.blocked",
+            "blocked",
+            "failed",
+            "invalid_state",
+        ),
+        (
+            "cancelled",
+            "order.cancelled",
+            "passed",
+            "cancelled",
+            "invalid_state",
+        ),
+    ];
+    for (state, event, fraud, charge_state, code) in cases {
+        let order = sb
+            .order(json!({"state": state, "items": [{"quantity": 2, "amount": "20.00"}]}))
+            .await;
+        let oid = order["id"].as_str().unwrap();
+        let item = order["items"][0]["id"].as_str().unwrap();
+        assert_eq!(order["state"], state);
+        assert!(order["stateTransitions"][state].is_string(), "{state}");
+        assert_eq!(order["fraudState"], fraud, "{state}");
+        assert_eq!(
+            order["payment"]["charges"][0]["state"], charge_state,
+            "{state}"
+        );
+        assert_eq!(sb.event_types_for(oid).await, [event], "{state}");
+        for body in [
+            json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}),
+            json!({"orderId": oid, "items": [{"itemId": item, "cancelQuantity": 1}]}),
+        ] {
+            let (status, err) = sb.fulfill(body).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{state}: {err}");
+            assert_eq!(err["type"], "conflict");
+            assert_eq!(err["errors"][0]["code"], code, "{state}");
+            assert_eq!(err["errors"][0]["parameter"], "orderId");
+        }
+        let (_, list) = sb.get(&format!("/fulfillments?orderId={oid}")).await;
+        assert_eq!(list["data"], json!([]), "{state}: nothing fulfilled");
+    }
+    // A cancelled order is cancelled in full.
+    let cancelled = sb
+        .order(json!({"state": "cancelled", "items": [{"quantity": 2, "amount": "20.00"}]}))
+        .await;
+    assert_eq!(num(&cancelled["cancelledAmount"]), "20.0");
+    assert_eq!(cancelled["items"][0]["state"], "cancelled");
+    assert!(cancelled["payment"]["charges"][0]["cancels"][0]
+        .get("fulfillmentId")
+        .is_none());
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_in_review_or_pending_payment_can_be_accepted_and_then_fulfilled() {
+    let sb = TestSandbox::start().await;
+    let control = sb.control();
+    for state in ["in_review", "pending_payment"] {
+        let order = sb
+            .order(json!({"state": state, "items": [{"quantity": 1, "amount": "9.99"}]}))
+            .await;
+        let oid = order["id"].as_str().unwrap();
+        let item = order["items"][0]["id"].as_str().unwrap();
+        let accepted = control.accept_order(oid).await.unwrap();
+        assert_eq!(accepted["state"], "accepted");
+        assert_eq!(accepted["fraudState"], "passed");
+        assert_eq!(accepted["payment"]["charges"][0]["state"], "capturable");
+        let events = sb.events_for(oid).await;
+        assert_eq!(events.last().unwrap()["type"], "order.accepted");
+        assert_eq!(
+            events.last().unwrap()["data"]["previousAttributes"]["state"],
+            state
+        );
+        let (status, _) = sb
+            .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{state}");
+        assert!(matches!(
+            control.accept_order(oid).await,
+            Err(dr_sandbox::ControlError::Status { status: 409, .. })
+        ));
+    }
     sb.stop().await;
 }
