@@ -12,7 +12,11 @@
 //!
 //! # DR surface
 //! `POST /fulfillments`, `GET /fulfillments[/{id}]`, `POST /fulfillments/{id}` (tracking),
-//! `GET /charges/{id}`, `GET /orders/{id}`, `GET /orders?upstreamIds=…`, `GET /events[/{id}]`.
+//! `GET /charges/{id}`, `GET /sources/{id}`, `GET /orders/{id}`, `GET /orders?upstreamIds=…`,
+//! `GET /events[/{id}]`. An order's `payment.sources[]` has one source per charge (`type`,
+//! `amount`, `creditCard {brand, lastFourDigits, expirationMonth, expirationYear}` or
+//! `customerCredit {}`, `owner` from the order's `billTo`); `GET /sources/{id}` adds
+//! `createdTime`, `currency`, `liveMode` and the `clientSecret` DR returns there.
 //! Every call needs `Authorization: Bearer <key>`; `sk_test_…` keys create `liveMode: false`
 //! objects, any other key `liveMode: true`. A key sees only its own mode's objects
 //! (docs/digital-river.md §5.4): orders, charges, fulfillments and events of the other mode
@@ -39,9 +43,13 @@
 //! - `POST /sandbox/orders` → 201 order as `GET /orders/{id}` returns it; emits the event of
 //!   its state. Body: `id?`, `upstreamId?`, `currency?` (USD), `email?`, `shipTo?`, `items[]`
 //!   (`id?`, `skuId?`, `productName?`, `quantity`, `amount` = line amount, `tax?`, `taxRate?`,
-//!   `metadata?`), `shipping? {amount, tax?}`, `charges? [{type: creditCard|customerCredit,
-//!   amount?}]`, `fulfillmentModel? third_party|distributed`, `riskMode? tolerant|averse`,
-//!   `reauthorization? fails|succeeds` (default `fails`), `authorizationExpired?`,
+//!   `fees?`, `duties?` (line totals, charged like tax), `productDetails?` (more
+//!   `productDetails` fields, echoed), `metadata?`), `billTo?` (echoed), `shipping? {amount,
+//!   tax?}`, `charges? [{type: creditCard|customerCredit, amount?, creditCard? {brand,
+//!   lastFourDigits, expirationMonth, expirationYear, fundingSource?}}]` (a card defaults
+//!   to Visa 1111, 7/2030), `fulfillmentModel? third_party|distributed`,
+//!   `riskMode? tolerant|averse`, `reauthorization? fails|succeeds` (default `fails`),
+//!   `authorizationExpired?`,
 //!   `authorizationExpiresAt?` (default: created + 7 days), `failCaptures?`, `failCancels?`,
 //!   `metadata?`, `state?`:
 //!   - `accepted` (default): charges `capturable`, `fraudState: passed`, `order.accepted`;

@@ -29,6 +29,34 @@ impl SourceKind {
     }
 }
 
+/// The card behind a credit-card source (never a card number: DR does not return one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Card {
+    /// Brand, e.g. `Visa`.
+    pub brand: String,
+    /// Last four digits.
+    pub last_four_digits: String,
+    /// Expiry month.
+    pub expiration_month: u32,
+    /// Expiry year.
+    pub expiration_year: u32,
+    /// `credit`, `debit`, `prepaid`, when given.
+    pub funding_source: Option<String>,
+}
+
+impl Default for Card {
+    /// DR's test Visa of the "Capturing and cancelling charges" page.
+    fn default() -> Self {
+        Self {
+            brand: "Visa".to_owned(),
+            last_four_digits: "1111".to_owned(),
+            expiration_month: 7,
+            expiration_year: 2030,
+            funding_source: None,
+        }
+    }
+}
+
 /// State of a capture or cancel operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OpState {
@@ -103,6 +131,11 @@ pub(crate) struct Charge {
     pub kind: SourceKind,
     /// The source's id.
     pub source_id: String,
+    /// The card, for a credit-card source.
+    pub card: Option<Card>,
+    /// The source's client secret (DR returns it on `GET /sources/{id}`; it lets a
+    /// browser use the source).
+    pub client_secret: String,
     /// Payment session id.
     pub payment_session_id: String,
     /// Captures in creation order.
@@ -195,6 +228,12 @@ pub(crate) struct Item {
     pub amount: i64,
     /// Line tax.
     pub tax: i64,
+    /// Line regulatory fees (`fees.amount`).
+    pub fees: i64,
+    /// Line duties (`duties.amount`).
+    pub duties: i64,
+    /// `productDetails` beyond `id` and `name`, echoed.
+    pub product_details: Option<Map<String, Value>>,
     /// Optional tax rate, echoed as given.
     pub tax_rate: Option<Value>,
     /// Item metadata, echoed.
@@ -258,6 +297,8 @@ pub(crate) struct Order {
     pub email: Option<String>,
     /// `shipTo`, echoed.
     pub ship_to: Option<Value>,
+    /// `billTo`, echoed; also the owner of the order's sources.
+    pub bill_to: Option<Value>,
     /// Line items.
     pub items: Vec<Item>,
     /// Shipping amount.
@@ -343,9 +384,19 @@ impl Order {
         self.items.iter().map(|i| i.tax).sum::<i64>() + self.shipping_tax
     }
 
-    /// `totalAmount`.
+    /// `totalFees`.
+    pub(crate) fn total_fees(&self) -> i64 {
+        self.items.iter().map(|i| i.fees).sum()
+    }
+
+    /// `totalDuty`.
+    pub(crate) fn total_duty(&self) -> i64 {
+        self.items.iter().map(|i| i.duties).sum()
+    }
+
+    /// `totalAmount`: subtotal (lines and shipping), taxes, fees and duties.
     pub(crate) fn total(&self) -> i64 {
-        self.subtotal() + self.total_tax()
+        self.subtotal() + self.total_tax() + self.total_fees() + self.total_duty()
     }
 
     /// Completed captures over all charges.
@@ -420,24 +471,64 @@ impl Order {
         Value::Object(m)
     }
 
-    fn source_json(&self, charge: &Charge) -> Value {
+    /// `owner` of the order's sources: the payer of `billTo` (name split at the first space).
+    fn owner_json(&self) -> Option<Value> {
+        let bill_to = self.bill_to.as_ref()?.as_object()?;
+        let mut m = Map::new();
+        if let Some(name) = bill_to.get("name").and_then(Value::as_str) {
+            let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+            m.insert("firstName".into(), json!(first));
+            m.insert("lastName".into(), json!(last));
+        }
+        for key in ["email", "phone", "organization", "address"] {
+            if let Some(v) = bill_to.get(key) {
+                m.insert(key.into(), v.clone());
+            }
+        }
+        Some(Value::Object(m))
+    }
+
+    /// A source as `payment.sources[]` shows it; `full` adds what only
+    /// `GET /sources/{id}` returns (creation time, currency, client secret, mode).
+    pub(crate) fn source_json(&self, charge: &Charge, full: bool) -> Value {
         let mut m = Map::new();
         m.insert("id".into(), json!(charge.source_id));
+        if full {
+            m.insert("createdTime".into(), json!(fmt_secs(charge.created)));
+        }
         m.insert("type".into(), json!(charge.kind.as_str()));
+        if full {
+            m.insert("currency".into(), json!(self.currency));
+        }
         m.insert("amount".into(), self.m(charge.amount));
         m.insert("reusable".into(), json!(false));
         m.insert("state".into(), json!("consumed"));
-        match charge.kind {
-            SourceKind::CreditCard => {
-                m.insert(
-                    "creditCard".into(),
-                    json!({"brand": "Visa", "expirationMonth": 7, "expirationYear": 2030, "lastFourDigits": "1111"}),
-                );
+        if let Some(owner) = self.owner_json() {
+            m.insert("owner".into(), owner);
+        }
+        if full {
+            m.insert("clientSecret".into(), json!(charge.client_secret));
+        }
+        match (&charge.kind, &charge.card) {
+            (SourceKind::CreditCard, card) => {
+                let card = card.clone().unwrap_or_default();
+                let mut c = Map::new();
+                c.insert("brand".into(), json!(card.brand));
+                c.insert("expirationMonth".into(), json!(card.expiration_month));
+                c.insert("expirationYear".into(), json!(card.expiration_year));
+                c.insert("lastFourDigits".into(), json!(card.last_four_digits));
+                if let Some(f) = &card.funding_source {
+                    c.insert("fundingSource".into(), json!(f));
+                }
+                m.insert("creditCard".into(), Value::Object(c));
                 m.insert("paymentSessionId".into(), json!(charge.payment_session_id));
             }
-            SourceKind::CustomerCredit => {
+            (SourceKind::CustomerCredit, _) => {
                 m.insert("customerCredit".into(), json!({}));
             }
+        }
+        if full {
+            m.insert("liveMode".into(), json!(self.live_mode));
         }
         Value::Object(m)
     }
@@ -451,10 +542,15 @@ impl Order {
         let mut m = Map::new();
         m.insert("id".into(), json!(item.id));
         m.insert("skuId".into(), json!(item.sku_id));
-        m.insert(
-            "productDetails".into(),
-            json!({"id": item.sku_id, "name": item.product_name}),
-        );
+        let mut details = Map::new();
+        details.insert("id".into(), json!(item.sku_id));
+        details.insert("name".into(), json!(item.product_name));
+        if let Some(extra) = &item.product_details {
+            for (k, v) in extra {
+                details.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        m.insert("productDetails".into(), Value::Object(details));
         m.insert("amount".into(), self.m(item.amount));
         m.insert("quantity".into(), json!(item.quantity));
         if let Some(md) = &item.metadata {
@@ -467,10 +563,10 @@ impl Order {
         );
         m.insert("tax".into(), Value::Object(tax));
         m.insert("importerTax".into(), json!({"amount": self.m(0)}));
-        m.insert("duties".into(), json!({"amount": self.m(0)}));
+        m.insert("duties".into(), json!({"amount": self.m(item.duties)}));
         m.insert(
             "fees".into(),
-            json!({"amount": self.m(0), "taxAmount": self.m(0)}),
+            json!({"amount": self.m(item.fees), "taxAmount": self.m(0)}),
         );
         Value::Object(m)
     }
@@ -493,12 +589,15 @@ impl Order {
         if let Some(s) = &self.ship_to {
             m.insert("shipTo".into(), s.clone());
         }
+        if let Some(b) = &self.bill_to {
+            m.insert("billTo".into(), b.clone());
+        }
         m.insert("totalAmount".into(), self.m(self.total()));
         m.insert("subtotal".into(), self.m(self.subtotal()));
-        m.insert("totalFees".into(), self.m(0));
+        m.insert("totalFees".into(), self.m(self.total_fees()));
         m.insert("totalTax".into(), self.m(self.total_tax()));
         m.insert("totalImporterTax".into(), self.m(0));
-        m.insert("totalDuty".into(), self.m(0));
+        m.insert("totalDuty".into(), self.m(self.total_duty()));
         m.insert("totalDiscount".into(), self.m(0));
         m.insert("totalShipping".into(), self.m(self.shipping));
         m.insert(
@@ -519,7 +618,7 @@ impl Order {
                 "payment".into(),
                 json!({
                     "charges": self.charges.iter().map(|c| self.charge_json(c, view)).collect::<Vec<_>>(),
-                    "sources": self.charges.iter().map(|c| self.source_json(c)).collect::<Vec<_>>(),
+                    "sources": self.charges.iter().map(|c| self.source_json(c, false)).collect::<Vec<_>>(),
                 }),
             );
         }

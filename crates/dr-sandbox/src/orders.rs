@@ -8,14 +8,14 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::clock::parse_time;
 use super::error::ApiError;
 use super::fulfill::line_shares;
 use super::ids::IdGen;
 use super::model::{
-    set_transition, Charge, FulfillmentModel, Item, Op, OpState, Order, SourceKind, View,
+    set_transition, Card, Charge, FulfillmentModel, Item, Op, OpState, Order, SourceKind, View,
 };
 use super::money;
 use super::state::World;
@@ -109,6 +109,7 @@ pub(crate) struct CreateOrder {
     currency: Option<String>,
     email: Option<String>,
     ship_to: Option<Value>,
+    bill_to: Option<Value>,
     #[serde(default)]
     items: Vec<ItemSpec>,
     shipping: Option<ShippingSpec>,
@@ -134,6 +135,9 @@ struct ItemSpec {
     amount: Option<Value>,
     tax: Option<Value>,
     tax_rate: Option<Value>,
+    fees: Option<Value>,
+    duties: Option<Value>,
+    product_details: Option<Map<String, Value>>,
     metadata: Option<Value>,
 }
 
@@ -150,6 +154,45 @@ struct ChargeSpec {
     #[serde(rename = "type")]
     kind: Option<String>,
     amount: Option<Value>,
+    credit_card: Option<CardSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CardSpec {
+    brand: Option<String>,
+    last_four_digits: Option<String>,
+    expiration_month: Option<u32>,
+    expiration_year: Option<u32>,
+    funding_source: Option<String>,
+}
+
+impl CardSpec {
+    /// The card, defaults filled in; only the last four digits, as DR shows a card.
+    fn into_card(self) -> Result<Card, ApiError> {
+        let default = Card::default();
+        let last_four_digits = self.last_four_digits.unwrap_or(default.last_four_digits);
+        if last_four_digits.len() != 4 || !last_four_digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::invalid(
+                "charges.creditCard.lastFourDigits",
+                "'lastFourDigits' must be four digits.",
+            ));
+        }
+        let expiration_month = self.expiration_month.unwrap_or(default.expiration_month);
+        if !(1..=12).contains(&expiration_month) {
+            return Err(ApiError::invalid(
+                "charges.creditCard.expirationMonth",
+                "'expirationMonth' must be 1 to 12.",
+            ));
+        }
+        Ok(Card {
+            brand: self.brand.unwrap_or(default.brand),
+            last_four_digits,
+            expiration_month,
+            expiration_year: self.expiration_year.unwrap_or(default.expiration_year),
+            funding_source: self.funding_source,
+        })
+    }
 }
 
 fn amount(value: Option<&Value>, exp: u32, parameter: &str) -> Result<i64, ApiError> {
@@ -213,6 +256,8 @@ impl World {
             }
             let line_amount = amount(item.amount.as_ref(), exp, "amount")?;
             let tax = amount(item.tax.as_ref(), exp, "tax")?;
+            let fees = amount(item.fees.as_ref(), exp, "fees")?;
+            let duties = amount(item.duties.as_ref(), exp, "duties")?;
             let item_id = item
                 .id
                 .filter(|s| !s.is_empty())
@@ -234,6 +279,9 @@ impl World {
                 quantity,
                 amount: line_amount,
                 tax,
+                fees,
+                duties,
+                product_details: item.product_details,
                 tax_rate: item.tax_rate,
                 metadata: item.metadata,
                 share: 0,
@@ -250,15 +298,23 @@ impl World {
             ),
             None => (0, 0),
         };
+        // A line's fees and duties are charged with it, like its tax.
         let shares = line_shares(
-            &items.iter().map(|i| (i.amount, i.tax)).collect::<Vec<_>>(),
+            &items
+                .iter()
+                .map(|i| (i.amount, i.tax + i.fees + i.duties))
+                .collect::<Vec<_>>(),
             shipping + shipping_tax,
         );
         for (item, share) in items.iter_mut().zip(shares) {
             item.share = share;
         }
-        let total: i64 =
-            items.iter().map(|i| i.amount + i.tax).sum::<i64>() + shipping + shipping_tax;
+        let total: i64 = items
+            .iter()
+            .map(|i| i.amount + i.tax + i.fees + i.duties)
+            .sum::<i64>()
+            + shipping
+            + shipping_tax;
         let charges = self.build_charges(spec.charges, total, exp, now)?;
         let model = match spec.fulfillment_model.as_deref() {
             None | Some("third_party") => FulfillmentModel::ThirdParty,
@@ -313,6 +369,7 @@ impl World {
             exp,
             email: spec.email,
             ship_to: spec.ship_to,
+            bill_to: spec.bill_to,
             items,
             shipping,
             shipping_tax,
@@ -336,6 +393,7 @@ impl World {
         };
         for c in &order.charges {
             self.charge_index.insert(c.id.clone(), id.clone());
+            self.source_index.insert(c.source_id.clone(), id.clone());
         }
         let json = order.to_json(true, View::Api);
         let event_object = order.to_json(true, View::Event);
@@ -397,8 +455,8 @@ impl World {
         now: DateTime<Utc>,
     ) -> Result<Vec<Charge>, ApiError> {
         let specs = specs.unwrap_or_default();
-        let mut planned: Vec<(SourceKind, Option<i64>)> = Vec::new();
-        for spec in &specs {
+        let mut planned: Vec<(SourceKind, Option<i64>, Option<Card>)> = Vec::new();
+        for spec in specs {
             let kind = match spec.kind.as_deref() {
                 Some("creditCard") | None => SourceKind::CreditCard,
                 Some("customerCredit") => SourceKind::CustomerCredit,
@@ -416,14 +474,28 @@ impl World {
             if kind == SourceKind::CustomerCredit && amt.is_none() {
                 return Err(ApiError::missing("charges.amount"));
             }
-            planned.push((kind, amt));
+            let card = match (kind, spec.credit_card) {
+                (SourceKind::CreditCard, card) => {
+                    Some(card.map_or_else(|| Ok(Card::default()), CardSpec::into_card)?)
+                }
+                (SourceKind::CustomerCredit, None) => None,
+                (SourceKind::CustomerCredit, Some(_)) => {
+                    return Err(ApiError::invalid(
+                        "charges.creditCard",
+                        "Store credit has no card.",
+                    ))
+                }
+            };
+            planned.push((kind, amt, card));
         }
-        let fixed: i64 = planned.iter().filter_map(|(_, a)| *a).sum();
-        let open = planned.iter().filter(|(_, a)| a.is_none()).count();
+        let fixed: i64 = planned.iter().filter_map(|(_, a, _)| *a).sum();
+        let open = planned.iter().filter(|(_, a, _)| a.is_none()).count();
         let rest = total - fixed;
         if rest < 0
             || open > 1
-            || (open == 0 && rest > 0 && planned.iter().any(|(k, _)| *k == SourceKind::CreditCard))
+            || (open == 0
+                && rest > 0
+                && planned.iter().any(|(k, _, _)| *k == SourceKind::CreditCard))
         {
             return Err(ApiError::invalid(
                 "charges",
@@ -434,20 +506,24 @@ impl World {
             ));
         }
         if open == 0 && rest > 0 {
-            planned.push((SourceKind::CreditCard, Some(rest)));
+            planned.push((SourceKind::CreditCard, Some(rest), Some(Card::default())));
         }
         let mut charges = Vec::new();
-        for (kind, amt) in planned {
+        for (kind, amt, card) in planned {
             let amt = amt.unwrap_or(rest);
             if amt == 0 {
                 continue;
             }
+            let source_id = self.ids.uuid();
+            let client_secret = format!("{source_id}_{}", self.ids.uuid());
             charges.push(Charge {
                 id: self.ids.uuid(),
                 created: now,
                 amount: amt,
                 kind,
-                source_id: self.ids.uuid(),
+                source_id,
+                card,
+                client_secret,
                 payment_session_id: self.ids.uuid(),
                 captures: Vec::new(),
                 cancels: Vec::new(),

@@ -8,9 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::{field, Instrument};
 
-use super::models::Charge;
 use super::models::{
-    CreateFulfillment, Event, Fulfillment, ListResponse, Order, UpdateFulfillment,
+    Charge, CreateFulfillment, Event, Fulfillment, ListResponse, Order, Source, UpdateFulfillment,
 };
 use super::{Error, ErrorBody, RateLimiter, Resource, RetryPolicy};
 
@@ -203,6 +202,15 @@ impl Client {
     pub async fn get_charge(&self, id: &str, opts: &CallOptions) -> Result<Charge, Error> {
         self.send(
             Call::get(&["charges", id], Vec::new()).about("charge", id),
+            opts,
+        )
+        .await
+    }
+
+    /// `GET /sources/{id}`: a payment source (type, card brand, last four digits, expiry).
+    pub async fn get_source(&self, id: &str, opts: &CallOptions) -> Result<Source, Error> {
+        self.send(
+            Call::get(&["sources", id], Vec::new()).about("source", id),
             opts,
         )
         .await

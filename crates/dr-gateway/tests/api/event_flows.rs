@@ -343,3 +343,130 @@ async fn capture_items_with_wait_replayed_by_request_id_still_reports_the_outcom
     app.stop().await;
     sb.shutdown().await;
 }
+
+/// A risk-averse order (2 × 15.00) whose authorization has expired; DR can renew it or
+/// not. Returns (order id, item id).
+async fn expired_averse_order(sb: &Sandbox, reauthorization: &str) -> (String, String) {
+    let order = sb
+        .control_client()
+        .create_order(json!({
+            "riskMode": "averse", "authorizationExpired": true, "reauthorization": reauthorization,
+            "billTo": {"name": "Guy Incognito", "email": "aa@fraud.com", "phone": "123456789",
+                       "address": {"line1": "1234 Fake St.", "city": "Minnetonka", "postalCode": "55341", "state": "MN", "country": "US"}},
+            "items": [{"quantity": 2, "amount": "30.00"}],
+            "charges": [{"type": "creditCard", "creditCard": {"brand": "Visa", "lastFourDigits": "3676", "expirationMonth": 10, "expirationYear": 2022}}]
+        }))
+        .await
+        .expect("order created");
+    (
+        order["id"].as_str().unwrap().to_owned(),
+        order["items"][0]["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn seed_001_an_expired_authorization_dr_renews_is_captured_and_capture_items_waits_for_it() {
+    let sb = sandbox(SettleMode::Stepped).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = expired_averse_order(&sb, "succeeds").await;
+    let mut stream = subscribe(&app, filtered(&["order.charge.*"], &[&order_id], None)).await;
+
+    let call = tokio::spawn(capture_and_wait(
+        app.charges.clone(),
+        order_id.clone(),
+        item_id,
+    ));
+    // The page's second outcome: 201, then order.charge.capture.pending — no reauth.failed.
+    let first = next_event(&mut stream).await;
+    assert_eq!(first.r#type, "order.charge.capture.pending");
+    sb.control_client().settle().await.expect("sandbox settles");
+    let resp = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("RPC returns")
+        .unwrap();
+
+    assert!(resp.settled);
+    let op = resp.outcomes[0].operation.clone().unwrap();
+    assert_eq!(op.state, "complete");
+    let amount = op.amount.unwrap();
+    assert_eq!((amount.units, amount.nanos), (15, 0));
+    assert_eq!(
+        next_event(&mut stream).await.r#type,
+        "order.charge.capture.complete"
+    );
+    let held = sb
+        .control_client()
+        .requests(Some("POST"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1, "one POST, one fulfillment");
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn seed_001_reauth_failed_carries_the_bill_to_and_payment_sources_the_page_says_to_read() {
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = expired_averse_order(&sb, "fails").await;
+    let mut stream = subscribe(
+        &app,
+        filtered(&["order.charge.reauth.failed"], &[&order_id], None),
+    )
+    .await;
+
+    let status = app
+        .charges
+        .clone()
+        .capture_items(with_deadline(
+            pb::CaptureItemsRequest {
+                order_id: order_id.clone(),
+                items: vec![pb::ChargeItem {
+                    item_id,
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            WAIT,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+
+    // "From the event, you could retrieve billTo, payment.sources[] … to populate a
+    // payment failed notification": both arrive typed.
+    let event = next_event(&mut stream).await;
+    let Some(pb::event::Payload::Order(order)) = event.payload else {
+        panic!("the event's object is the order: {event:?}");
+    };
+    assert_eq!(order.id, order_id);
+    let bill_to = order.bill_to.expect("billTo");
+    assert_eq!(
+        (bill_to.name.as_str(), bill_to.email.as_str()),
+        ("Guy Incognito", "aa@fraud.com")
+    );
+    assert_eq!(bill_to.address.unwrap().city, "Minnetonka");
+    let source = &order.payment_sources[0];
+    assert_eq!(source.r#type, "creditCard");
+    let card = source.credit_card.as_ref().unwrap();
+    assert_eq!(
+        (card.last_four_digits.as_str(), card.expiration_year),
+        ("3676", 2022)
+    );
+    assert_eq!(order.charges[0].source.as_ref(), Some(source));
+    assert!(
+        sb.control_client()
+            .requests(Some("POST"), Some("/fulfillments"))
+            .await
+            .unwrap()
+            .len()
+            == 1
+            && sb.control_client().pending().await.unwrap().is_empty(),
+        "DR refused the one POST: nothing is captured"
+    );
+    app.stop().await;
+    sb.shutdown().await;
+}

@@ -494,6 +494,12 @@ async fn seed_003_get_order_shows_fraud_state_review_opened_during_a_dispute_and
         (disputed.state.as_str(), disputed.fraud_state.as_str()),
         ("dispute", "review_opened")
     );
+    let review_opened = disputed.fraud_state_transitions["review_opened"];
+    assert_eq!(
+        Some(review_opened),
+        disputed.state_transitions.get("dispute").copied(),
+        "the review opens with the dispute"
+    );
 
     dr.control.resolve_dispute(order_id).await.unwrap();
     let resolved = get_order(&mut app, order_id).await;
@@ -501,6 +507,11 @@ async fn seed_003_get_order_shows_fraud_state_review_opened_during_a_dispute_and
         (resolved.state.as_str(), resolved.fraud_state.as_str()),
         ("accepted", "passed")
     );
+    assert_eq!(
+        resolved.fraud_state_transitions["review_opened"], review_opened,
+        "the review stays in the history"
+    );
+    assert!(resolved.fraud_state_transitions.contains_key("passed"));
     app.stop().await;
     dr.sandbox.shutdown().await;
 }

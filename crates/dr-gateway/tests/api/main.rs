@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod charges;
 mod errors;
 mod event_flows;
 mod event_support;

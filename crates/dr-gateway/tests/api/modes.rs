@@ -52,7 +52,7 @@ async fn fulfilled_order(dr: &TestSandbox, mode: KeyMode) -> [String; 5] {
 #[tokio::test]
 async fn a_test_key_gateway_cannot_read_or_fulfil_live_objects_and_a_live_key_not_test_ones() {
     let dr = spawn_sandbox().await;
-    let [live_order, live_item, live_charge, _live_source, live_ful] =
+    let [live_order, live_item, live_charge, live_source, live_ful] =
         fulfilled_order(&dr, KeyMode::Live).await;
     let [test_order, _, test_charge, _, _] = fulfilled_order(&dr, KeyMode::Test).await;
     let mut app = spawn_app(&dr.base_url()).await; // an sk_test_ key
@@ -81,7 +81,14 @@ async fn a_test_key_gateway_cannot_read_or_fulfil_live_objects_and_a_live_key_no
         .await
         .unwrap_err();
     assert_eq!(missing(charge), ("charge".into(), live_charge.clone()));
-    // SOURCE-CHECK
+    let source = app
+        .charges
+        .get_payment_source(pb::GetPaymentSourceRequest {
+            source_id: live_source.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing(source), ("source".into(), live_source.clone()));
     let ful = app
         .fulfillments
         .get_fulfillment(pb::GetFulfillmentRequest {

@@ -170,6 +170,20 @@ pub(super) async fn get_charge(
     Ok((StatusCode::OK, Json(order.charge_json(charge, View::Api))))
 }
 
+/// `GET /sources/{id}`: a payment source (docs/digital-river.md §2.3), with its client
+/// secret as DR returns it.
+pub(super) async fn get_source(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let json = app
+        .lock()
+        .source_json(&id, key.live)
+        .ok_or_else(|| ApiError::not_found("id", format!("Source '{id}' not found.")))?;
+    Ok((StatusCode::OK, Json(json)))
+}
+
 /// `GET /events` (docs/digital-river.md §3.1): `type` (with `*`) or `types`, not both.
 pub(super) async fn list_events(
     State(app): State<Arc<App>>,

@@ -49,6 +49,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/orders", get(dr::list_orders))
         .route("/orders/{id}", get(dr::get_order))
         .route("/charges/{id}", get(dr::get_charge))
+        .route("/sources/{id}", get(dr::get_source))
         .route("/events", get(dr::list_events))
         .route("/events/{id}", get(dr::get_event))
         .route_layer(middleware::from_fn_with_state(app.clone(), dr_surface));

@@ -68,9 +68,14 @@ async fn a_key_never_sees_the_other_modes_objects_dr_answers_404_as_if_absent() 
 
     // A test key: every one of them is unknown.
     sb.key = "sk_test_abc".into();
+    let source = order["payment"]["sources"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for path in [
         format!("/orders/{oid}"),
         format!("/charges/{charge}"),
+        format!("/sources/{source}"),
         format!("/fulfillments/{ful_id}"),
         format!("/events/{event_id}"),
     ] {
@@ -320,6 +325,78 @@ async fn an_order_has_drs_shape() {
         assert_eq!(num(&order[key]), "0.0", "{key}");
     }
     assert!(order["updatedTime"].is_string() && order["createdTime"].is_string());
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_carries_bill_to_fees_duties_product_details_and_its_sources() {
+    let sb = TestSandbox::start().await;
+    let order = sb
+        .order(json!({
+            "billTo": {"name": "Guy Incognito", "email": "guy@example.com", "phone": "123456789",
+                       "address": {"line1": "1234 Fake St.", "city": "Minnetonka", "postalCode": "55341", "state": "MN", "country": "US"}},
+            "items": [{"quantity": 2, "amount": "20.00", "tax": "1.61", "fees": "0.50", "duties": "1.25",
+                       "productName": "Widget", "metadata": {"key11": "value"},
+                       "productDetails": {"description": "A small gadget", "image": "https://img.example/w.png", "weight": 10, "weightUnit": "g"}}],
+            "charges": [{"type": "customerCredit", "amount": "5.00"},
+                        {"type": "creditCard", "creditCard": {"brand": "Mastercard", "lastFourDigits": "4444", "expirationMonth": 12, "expirationYear": 2031}}]
+        }))
+        .await;
+    assert_eq!(order["billTo"]["name"], "Guy Incognito");
+    assert_eq!(num(&order["totalFees"]), "0.5");
+    assert_eq!(num(&order["totalDuty"]), "1.25");
+    assert_eq!(
+        num(&order["totalAmount"]),
+        "23.36",
+        "20.00 + 1.61 + 0.50 + 1.25"
+    );
+    let item = &order["items"][0];
+    assert_eq!(item["productDetails"]["name"], "Widget");
+    assert_eq!(item["productDetails"]["description"], "A small gadget");
+    assert_eq!(num(&item["productDetails"]["weight"]), "10");
+    assert_eq!(num(&item["fees"]["amount"]), "0.5");
+    assert_eq!(num(&item["duties"]["amount"]), "1.25");
+    assert_eq!(item["metadata"]["key11"], "value");
+    let sources = order["payment"]["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["type"], "customerCredit");
+    assert_eq!(sources[1]["type"], "creditCard");
+    assert_eq!(num(&sources[1]["amount"]), "18.36");
+    assert_eq!(
+        sources[1]["creditCard"],
+        json!({"brand": "Mastercard", "expirationMonth": 12, "expirationYear": 2031, "lastFourDigits": "4444"})
+    );
+    assert_eq!(sources[1]["owner"]["firstName"], "Guy");
+    assert_eq!(sources[1]["owner"]["lastName"], "Incognito");
+    assert_eq!(sources[1]["owner"]["address"]["city"], "Minnetonka");
+    assert!(
+        sources[1].get("clientSecret").is_none(),
+        "only GET /sources shows it"
+    );
+
+    // GET /sources/{id}: the source with what only it carries.
+    let card_id = sources[1]["id"].as_str().unwrap();
+    let (status, source) = sb.get(&format!("/sources/{card_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(source["id"], card_id);
+    assert_eq!(source["creditCard"]["lastFourDigits"], "4444");
+    assert_eq!(source["currency"], "USD");
+    assert_eq!(source["liveMode"], false);
+    assert!(source["createdTime"].is_string());
+    assert!(source["clientSecret"]
+        .as_str()
+        .unwrap()
+        .starts_with(card_id));
+    let (status, credit) = sb
+        .get(&format!("/sources/{}", sources[0]["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(credit["customerCredit"], json!({}));
+    assert!(credit.get("creditCard").is_none());
+    let (status, err) = sb.get("/sources/nope").await;
+    assert_eq!(
+        (status, err["errors"][0]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
     sb.stop().await;
 }
 
