@@ -16,7 +16,10 @@
 //! `GET /events[/{id}]`. An order's `payment.sources[]` has one source per charge (`type`,
 //! `amount`, `creditCard {brand, lastFourDigits, expirationMonth, expirationYear}` or
 //! `customerCredit {}`, `owner` from the order's `billTo`); `GET /sources/{id}` adds
-//! `createdTime`, `currency`, `liveMode` and the `clientSecret` DR returns there.
+//! `createdTime`, `currency`, `liveMode` and the `clientSecret` DR returns there. A request
+//! with `digitalriver-version` 2021-02-23 or earlier gets orders in the legacy shape of DR's
+//! "Applying store credit (legacy)" page: `creditAmount`, `sources[]` and `charges[]` at the
+//! top level, no `payment`; events keep the 2021-12-13 shape of the sandbox's webhooks.
 //! Every call needs `Authorization: Bearer <key>`; `sk_test_…` keys create `liveMode: false`
 //! objects, any other key `liveMode: true`. A key sees only its own mode's objects
 //! (docs/digital-river.md §5.4): orders, charges, fulfillments and events of the other mode

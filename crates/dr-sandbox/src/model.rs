@@ -645,6 +645,71 @@ impl Order {
     }
 }
 
+/// How an order is laid out, by the API version of the request (`digitalriver-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OrderShape {
+    /// `payment.charges[]` and `payment.sources[]` (2021-03-23 and later).
+    Current,
+    /// Top-level `charges[]`, `sources[]` and `creditAmount`, no `payment`: versions up to
+    /// 2021-02-23 (DR's "Applying store credit (legacy)" page).
+    Legacy,
+}
+
+impl OrderShape {
+    /// The last API version with the legacy shape.
+    const LAST_LEGACY_VERSION: &'static str = "2021-02-23";
+
+    /// The shape for a `digitalriver-version` header value; no (or an unreadable)
+    /// version means the account's default, which the sandbox takes to be current.
+    pub(crate) fn for_version(version: Option<&str>) -> Self {
+        let dated = version.map(str::trim).filter(|v| {
+            v.len() == 10
+                && v.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+        });
+        match dated {
+            // why: ISO dates compare correctly as text.
+            Some(v) if v <= Self::LAST_LEGACY_VERSION => Self::Legacy,
+            _ => Self::Current,
+        }
+    }
+}
+
+impl Order {
+    /// The order as `GET /orders` answers it in `shape`.
+    pub(crate) fn to_json_shaped(&self, shape: OrderShape) -> Value {
+        let mut json = self.to_json(true, View::Api);
+        if shape == OrderShape::Current {
+            return json;
+        }
+        if let Some(m) = json.as_object_mut() {
+            let payment = m.remove("payment");
+            let credit: i64 = self
+                .charges
+                .iter()
+                .filter(|c| c.kind == SourceKind::CustomerCredit)
+                .map(|c| c.amount)
+                .sum();
+            if credit > 0 {
+                m.insert("creditAmount".into(), self.m(credit));
+            }
+            if let Some(Value::Object(mut p)) = payment {
+                for key in ["sources", "charges"] {
+                    if let Some(v) = p.remove(key) {
+                        m.insert(key.into(), v);
+                    }
+                }
+            }
+        }
+        json
+    }
+}
+
 /// One line of a fulfillment.
 #[derive(Debug, Clone)]
 pub(crate) struct FulfillmentItem {

@@ -7,8 +7,10 @@ use prost::Message as _;
 use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{spawn_app, spawn_sandbox, KeyMode, TestSandbox};
+use crate::helpers::{settings, spawn_app, spawn_app_with, spawn_sandbox, KeyMode, TestSandbox};
 
 /// Exact (units, nanos) of a USD amount.
 fn usd(money: &Option<pb::Money>) -> (i64, i32) {
@@ -204,6 +206,265 @@ async fn get_payment_source_needs_an_id_and_names_an_unknown_one() {
         (info.resource_type.as_str(), info.resource_name.as_str()),
         ("source", "src-missing")
     );
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+/// The "Applying store credit (legacy)" page's capture example, as printed: an order of
+/// API version 2021-02-23 with top-level `creditAmount`, `sources[]` and `charges[]`.
+/// Only the page's `...` elisions are gone; `currency` and `state`, which they hide, are
+/// filled in.
+fn legacy_capture_example() -> serde_json::Value {
+    json!({
+        "id": "185326550336",
+        "currency": "USD",
+        "state": "accepted",
+        "totalAmount": 26.89,
+        "subtotal": 25.0,
+        "totalTax": 1.89,
+        "items": [{"id": "106494910336", "skuId": "6b04ac06-0858-456c-90aa-235772dea9e2", "amount": 20.0, "quantity": 2}],
+        "creditAmount": 11.0,
+        "sources": [
+            {"id": "21216ef6-d153-445a-8c81-3d912dfcf63a", "type": "customerCredit", "amount": 11.0, "customerCredit": {}},
+            {"id": "10103f7f-ce6f-47f2-b064-47931779ebea", "type": "creditCard", "amount": 15.89,
+             "paymentSessionId": "cac4fac7-8c54-46d8-86b1-c595a963d719",
+             "creditCard": {"brand": "Visa", "expirationMonth": 7, "expirationYear": 2027, "lastFourDigits": "1111"}}
+        ],
+        "charges": [
+            {"id": "84cdf3e6-f70e-49ca-8847-248d039f66d9", "amount": 11.0, "state": "complete", "captured": true,
+             "captures": [{"id": "a57b0805-4b57-46ec-a963-124ada0b536a", "createdTime": "2021-03-08T21:14:51Z", "amount": 11.0, "state": "complete"}],
+             "sourceId": "21216ef6-d153-445a-8c81-3d912dfcf63a"},
+            {"id": "60bbc0e7-affc-46ed-a3e8-3171d4de01cb", "amount": 15.89, "state": "capturable", "captured": true,
+             "captures": [{"id": "42253229-ad78-4c64-8096-9bb4138b4433", "createdTime": "2021-03-08T21:14:51Z", "amount": 2.45, "state": "complete"}],
+             "sourceId": "10103f7f-ce6f-47f2-b064-47931779ebea"}
+        ],
+        "checkoutId": "9d92cc87-0e22-4dbe-bc76-e9d8eba1435f"
+    })
+}
+
+/// The same page's refund example: both charges captured, then a 50% refund that went
+/// to the card first (6.89), then store credit (6.56).
+fn legacy_refund_example() -> serde_json::Value {
+    json!({
+        "id": "185317330336", "currency": "USD",
+        "totalAmount": 26.89, "subtotal": 25.0, "totalTax": 1.89, "totalShipping": 5.0,
+        "items": [{"id": "106484310336", "skuId": "6b04ac06-0858-456c-90aa-235772dea9e2", "amount": 20.0, "quantity": 2,
+                   "tax": {"rate": 0.07525, "amount": 1.51}, "availableToRefundAmount": 13.44}],
+        "creditAmount": 20.0,
+        "sources": [
+            {"id": "b77fec60-590b-4330-8d6b-bb069cf5545e", "type": "customerCredit", "amount": 20.0, "state": "consumed", "customerCredit": {}},
+            {"id": "b73d759c-eff0-4327-960f-75b86dd87764", "type": "creditCard", "amount": 6.89, "state": "consumed",
+             "creditCard": {"brand": "Visa", "expirationMonth": 7, "expirationYear": 2027, "lastFourDigits": "1111"}}
+        ],
+        "refundedAmount": 13.45,
+        "state": "complete",
+        "charges": [
+            {"id": "b80d59ee-546d-4f04-8fc9-8c4f630594aa", "amount": 20.0, "state": "complete", "captured": true,
+             "captures": [{"id": "012d0a54-8e34-48a5-b5e0-5d6735901d95", "createdTime": "2021-03-08T20:01:34Z", "amount": 20.0, "state": "complete"}],
+             "refunded": true,
+             "refunds": [{"createdTime": "2021-03-08T20:06:44Z", "amount": 6.56, "state": "complete"}],
+             "sourceId": "b77fec60-590b-4330-8d6b-bb069cf5545e"},
+            {"id": "c7464db6-33c8-45f6-9cb6-4fa5a2a658c9", "amount": 6.89, "state": "complete", "captured": true,
+             "captures": [{"id": "191c66ac-7713-49f3-a605-ec9fae84fbf9", "createdTime": "2021-03-08T20:01:34Z", "amount": 6.89, "state": "complete"}],
+             "refunded": true,
+             "refunds": [{"createdTime": "2021-03-08T20:06:44Z", "amount": 6.89, "state": "complete"}],
+             "sourceId": "b73d759c-eff0-4327-960f-75b86dd87764"}
+        ],
+        "capturedAmount": 26.89,
+        "availableToRefundAmount": 13.44,
+        "checkoutId": "dc16d13b-d379-45bc-9be1-f3bd798410d2"
+    })
+}
+
+/// A wiremock DR serving `order` on `GET /orders/{id}` (and no fulfillments).
+async fn dr_serving(order: &serde_json::Value) -> MockServer {
+    let dr = MockServer::start().await;
+    let id = order["id"].as_str().unwrap();
+    Mock::given(method("GET"))
+        .and(path(format!("/orders/{id}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(order))
+        .mount(&dr)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fulfillments"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"hasMore": false, "data": []})),
+        )
+        .mount(&dr)
+        .await;
+    dr
+}
+
+#[tokio::test]
+async fn seed_002_legacy_orders_top_level_charges_and_sources_are_read_by_list_order_charges_and_get_order(
+) {
+    let dr = dr_serving(&legacy_capture_example()).await;
+    let mut app = spawn_app(&dr.uri()).await;
+
+    let listed = app
+        .charges
+        .list_order_charges(pb::ListOrderChargesRequest {
+            order_id: "185326550336".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.charges.len(),
+        2,
+        "not zero: the legacy charges[] is read"
+    );
+    let (credit, card) = (&listed.charges[0], &listed.charges[1]);
+    assert_eq!(
+        (credit.state.as_str(), usd(&credit.amount)),
+        ("complete", (11, 0))
+    );
+    assert_eq!(usd(&credit.captures[0].amount), (11, 0));
+    assert_eq!(credit.source.as_ref().unwrap().r#type, "customerCredit");
+    assert_eq!(
+        (card.state.as_str(), usd(&card.amount)),
+        ("capturable", (15, 890_000_000))
+    );
+    assert_eq!(usd(&card.captures[0].amount), (2, 450_000_000));
+    let card_source = card.source.as_ref().unwrap();
+    assert_eq!(card_source.r#type, "creditCard");
+    assert_eq!(
+        card_source.credit_card.as_ref().unwrap().last_four_digits,
+        "1111"
+    );
+    assert_eq!(usd(&listed.total_amount), (26, 890_000_000));
+
+    let order = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(pb::get_order_request::Key::OrderId("185326550336".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(order.charges, listed.charges);
+    let kinds: Vec<_> = order
+        .payment_sources
+        .iter()
+        .map(|s| s.r#type.as_str())
+        .collect();
+    assert_eq!(kinds, ["customerCredit", "creditCard"]);
+    assert_eq!(usd(&order.payment_sources[1].amount), (15, 890_000_000));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn seed_002_legacy_refunds_go_to_the_card_first_and_the_totals_stay_exact() {
+    let dr = dr_serving(&legacy_refund_example()).await;
+    let mut app = spawn_app(&dr.uri()).await;
+    let listed = app
+        .charges
+        .list_order_charges(pb::ListOrderChargesRequest {
+            order_id: "185317330336".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let by_kind = |kind: &str| {
+        listed
+            .charges
+            .iter()
+            .find(|c| c.source.as_ref().is_some_and(|s| s.r#type == kind))
+            .unwrap()
+    };
+    let (credit, card) = (by_kind("customerCredit"), by_kind("creditCard"));
+    assert!(credit.refunded && card.refunded);
+    assert_eq!(
+        usd(&card.refunds[0].amount),
+        (6, 890_000_000),
+        "the card in full"
+    );
+    assert_eq!(
+        usd(&credit.refunds[0].amount),
+        (6, 560_000_000),
+        "then store credit"
+    );
+    assert_eq!(card.refunds[0].state, "complete");
+    assert!(
+        card.refunds[0].refund.is_some(),
+        "a refund carries refund details"
+    );
+    assert_eq!(usd(&listed.refunded_amount), (13, 450_000_000));
+    assert_eq!(usd(&listed.available_to_refund_amount), (13, 440_000_000));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn seed_002_a_gateway_pinned_to_2021_02_23_reads_the_sandboxs_legacy_orders_and_captures_through_them(
+) {
+    let dr = spawn_sandbox().await;
+    let order = dr.control.create_order(store_credit_order()).await.unwrap();
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let item_id = order["items"][0]["id"].as_str().unwrap().to_owned();
+    let mut s = settings(&dr.base_url());
+    s.dr_api_version = Some("2021-02-23".into());
+    let mut app = spawn_app_with(s).await;
+
+    app.charges
+        .capture_items(pb::CaptureItemsRequest {
+            order_id: order_id.clone(),
+            items: vec![pb::ChargeItem {
+                item_id,
+                quantity: 1,
+                ..Default::default()
+            }],
+            request_id: "legacy-capture".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed = app
+        .charges
+        .list_order_charges(pb::ListOrderChargesRequest {
+            order_id: order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kinds: Vec<_> = listed
+        .charges
+        .iter()
+        .map(|c| {
+            (
+                c.source.as_ref().unwrap().r#type.as_str(),
+                usd(&c.captures[0].amount),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("customerCredit", (11, 0)),
+            ("creditCard", (2, 450_000_000))
+        ]
+    );
+    // The sandbox really answered in the legacy shape.
+    let reads = dr
+        .control
+        .requests(Some("GET"), Some(&format!("/orders/{order_id}")))
+        .await
+        .unwrap();
+    assert!(reads
+        .iter()
+        .all(|r| r.headers.get("digitalriver-version").map(String::as_str) == Some("2021-02-23")));
+    let legacy: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/orders/{order_id}", dr.base_url()))
+        .bearer_auth(KeyMode::Test.key())
+        .header("digitalriver-version", "2021-02-23")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(legacy.get("payment").is_none() && legacy["charges"].is_array());
     app.stop().await;
     dr.sandbox.shutdown().await;
 }

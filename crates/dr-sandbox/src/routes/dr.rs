@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     body::Bytes,
     extract::{Path, RawQuery, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     Extension, Json,
 };
 use serde_json::{json, Value};
@@ -15,7 +15,7 @@ use super::KeyMode;
 use crate::error::ApiError;
 use crate::fulfillments::{parse_object, FulfillmentRequest};
 use crate::glob::glob_match;
-use crate::model::View;
+use crate::model::{OrderShape, View};
 use crate::orders::order_not_found;
 use crate::state::App;
 use crate::SettleMode;
@@ -103,25 +103,40 @@ pub(super) async fn list_fulfillments(
     ))
 }
 
+/// The order layout the request's `digitalriver-version` asks for (docs/digital-river.md §7).
+fn order_shape(headers: &HeaderMap) -> OrderShape {
+    OrderShape::for_version(
+        headers
+            .get("digitalriver-version")
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// `GET /orders/{id}`.
 pub(super) async fn get_order(
     State(app): State<Arc<App>>,
     Extension(key): Extension<KeyMode>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
     let world = app.lock();
     let order = world
         .order_in_mode(&id, key.live)
         .ok_or_else(|| order_not_found(&id))?;
-    Ok((StatusCode::OK, Json(order.to_json(true, View::Api))))
+    Ok((
+        StatusCode::OK,
+        Json(order.to_json_shaped(order_shape(&headers))),
+    ))
 }
 
 /// `GET /orders` with `upstreamIds`, `ids`, `state`, `createdTime`, newest first.
 pub(super) async fn list_orders(
     State(app): State<Arc<App>>,
     Extension(key): Extension<KeyMode>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
+    let shape = order_shape(&headers);
     let params = Params::parse(raw.as_deref());
     let page = params.page()?;
     let created = params.created_time()?;
@@ -145,9 +160,7 @@ pub(super) async fn list_orders(
     Ok((
         StatusCode::OK,
         list_body(
-            page.into_iter()
-                .map(|o| o.to_json(true, View::Api))
-                .collect(),
+            page.into_iter().map(|o| o.to_json_shaped(shape)).collect(),
             has_more,
         ),
     ))

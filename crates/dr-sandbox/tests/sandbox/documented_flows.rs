@@ -545,3 +545,53 @@ async fn an_order_in_review_or_pending_payment_can_be_accepted_and_then_fulfille
     }
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn seed_002_an_order_read_with_a_version_up_to_2021_02_23_has_the_legacy_shape() {
+    let sb = TestSandbox::start().await;
+    let order = sb
+        .order(json!({"upstreamId": "legacy-1", "items": [{"quantity": 2, "amount": "20.0", "tax": "1.51"}],
+            "shipping": {"amount": "5.0", "tax": "0.38"},
+            "charges": [{"type": "customerCredit", "amount": "11.0"}, {"type": "creditCard"}]}))
+        .await;
+    let oid = order["id"].as_str().unwrap();
+
+    for version in ["2020-09-30", "2020-12-17", "2021-02-23"] {
+        let (status, legacy) = read_versioned(&sb, version, &format!("/orders/{oid}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            legacy.get("payment").is_none(),
+            "{version}: no payment object"
+        );
+        assert_eq!(num(&legacy["creditAmount"]), "11.0");
+        assert_eq!(legacy["sources"][0]["type"], "customerCredit");
+        assert_eq!(legacy["sources"][1]["type"], "creditCard");
+        assert_eq!(num(&legacy["charges"][0]["amount"]), "11.0");
+        assert_eq!(num(&legacy["charges"][1]["amount"]), "15.89");
+        assert_eq!(legacy["charges"][1]["sourceId"], legacy["sources"][1]["id"]);
+        let (_, list) = read_versioned(&sb, version, "/orders?upstreamIds=legacy-1").await;
+        assert!(
+            list["data"][0]["charges"].is_array(),
+            "{version}: lists too"
+        );
+    }
+    for version in ["2021-03-23", "2021-12-13", "not-a-date"] {
+        let (_, current) = read_versioned(&sb, version, &format!("/orders/{oid}")).await;
+        assert!(current.get("charges").is_none(), "{version}");
+        assert_eq!(current["payment"]["charges"].as_array().unwrap().len(), 2);
+    }
+    sb.stop().await;
+}
+
+/// A GET with `digitalriver-version: version`.
+async fn read_versioned(
+    sb: &TestSandbox,
+    version: &str,
+    path: &str,
+) -> (StatusCode, serde_json::Value) {
+    sb.send(
+        sb.req(reqwest::Method::GET, path)
+            .header("digitalriver-version", version),
+    )
+    .await
+}
