@@ -69,6 +69,23 @@
 //! - `POST /sandbox/orders/{id}/dispute`, `POST /sandbox/orders/{id}/dispute/resolve` → 200 order.
 //!   During the dispute `fraudState` is `review_opened`; resolving restores the state and
 //!   the fraud state from before (DR's "Disputes and chargebacks" page).
+//! - `POST /sandbox/orders/{id}/chargeback {amount?, type? fraud_chargeback|non_fraud_chargeback,
+//!   fee?}` → 201 `{salesTransaction, order}`: grants a chargeback on a disputed order (409
+//!   `invalid_state` otherwise). The dispute is resolved (`order.dispute.resolved`), a sales
+//!   transaction is created and sent as `sales_transaction.created` and `order.chargeback`,
+//!   and `availableToRefundAmount` drops by `amount` (default: all of it). The transaction
+//!   has the fields of the page's example; its `amount` is the amount charged back and
+//!   `payoutAmounts.payoutAmount` = −(amount + fee) — the sandbox's choice, as DR's only
+//!   example is a fee line. The charges' `refunds[]` do not change (DR does not say how a
+//!   chargeback shows there).
+//! - `POST /sandbox/charges/{id}/refunds {amount?, reason?, type?, items? [{type?, skuId?,
+//!   itemId?, quantity, amount}], failureReason?}` → 201 charge: records a refund made
+//!   outside the emulated API (e.g. in DR's Dashboard; `POST /refunds` is not emulated) with
+//!   the fields of DR's Charges API reference (`id` `ref_…`, `invoiceId`, `refundedAmount`, …).
+//!   Complete unless `failureReason` is given; emits `order.charge.refund.complete` /
+//!   `.failed`; a complete one raises `refundedAmount` and lowers `availableToRefundAmount`.
+//!   `amount` (default: all that is left) must not exceed what the charge captured less
+//!   what was refunded or charged back (400 `invalid_parameter` otherwise).
 //! - `GET /sandbox/clock`, `POST /sandbox/clock/advance {seconds}` → `{now, offsetSeconds}`.
 //! - `POST /sandbox/webhooks {url, secret?, types?, enabled?}` → 201 `{id, url, address, types,
 //!   enabled, apiVersion, createdTime, secret, secrets[{secret, current, expiresTime?}]}`;
@@ -99,7 +116,8 @@
 //! - `ids` — (seeded) id generation
 //! - `model` — orders, items, charges, fulfillments and their JSON
 //! - `money` — integer minor units ↔ exact decimal JSON
-//! - `orders` — order creation and disputes
+//! - `orders` — order creation, acceptance and disputes
+//! - `reversals` — refunds recorded on charges, granted chargebacks
 //! - `routes` — axum handlers, auth, request log, fault application
 //! - `settle` — settlement of pending captures/cancels, order completion
 //! - `state` — the world behind one mutex, event emission
@@ -120,6 +138,7 @@ mod ids;
 mod model;
 mod money;
 mod orders;
+mod reversals;
 mod routes;
 mod settle;
 mod state;
@@ -135,9 +154,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use control_client::{
-    ArmedFault, ClockState, ControlClient, ControlError, DeliveryRecord, OperationKind,
-    OperationState, PendingOperation, RecordedRequest, Redelivery, SecretRotation, Settled,
-    WebhookEndpoint, WebhookRegistration, WebhookSecret, DEFAULT_CONTROL_TIMEOUT,
+    ArmedFault, Chargeback, ChargebackSpec, ChargebackType, ClockState, ControlClient,
+    ControlError, DeliveryRecord, OperationKind, OperationState, PendingOperation, RecordedRequest,
+    Redelivery, RefundLineSpec, RefundSpec, SecretRotation, Settled, WebhookEndpoint,
+    WebhookRegistration, WebhookSecret, DEFAULT_CONTROL_TIMEOUT,
 };
 pub use error::SandboxError;
 pub use faults::{FaultKind, FaultSpec};

@@ -118,6 +118,56 @@ impl OpKind {
     }
 }
 
+/// A refund recorded on a charge (`refunds[]`): the sandbox does not refund through an API,
+/// it records refunds made elsewhere, e.g. in DR's Dashboard (`POST /sandbox/charges/{id}/refunds`).
+#[derive(Debug, Clone)]
+pub(crate) struct Refund {
+    /// `ref_` + UUID.
+    pub id: String,
+    /// When it was made.
+    pub created: DateTime<Utc>,
+    /// Minor units asked for.
+    pub amount: i64,
+    /// `Complete` or `Failed`.
+    pub state: OpState,
+    /// Why it was made.
+    pub reason: Option<String>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// What was refunded (`product`, `shipping`, …).
+    pub kind: Option<String>,
+    /// The refunded lines.
+    pub items: Vec<RefundLine>,
+    /// Credit memo id.
+    pub invoice_id: String,
+}
+
+/// One line of a [`Refund`].
+#[derive(Debug, Clone)]
+pub(crate) struct RefundLine {
+    /// `product`, `shipping`, …
+    pub kind: Option<String>,
+    /// SKU id.
+    pub sku_id: Option<String>,
+    /// Line item id.
+    pub item_id: Option<String>,
+    /// Units.
+    pub quantity: i64,
+    /// Minor units.
+    pub amount: i64,
+}
+
+impl Refund {
+    /// What the refund gave back: its amount once complete, nothing when it failed.
+    pub(crate) fn refunded(&self) -> i64 {
+        if self.state == OpState::Complete {
+            self.amount
+        } else {
+            0
+        }
+    }
+}
+
 /// One charge of an order.
 #[derive(Debug, Clone)]
 pub(crate) struct Charge {
@@ -142,6 +192,8 @@ pub(crate) struct Charge {
     pub captures: Vec<Op>,
     /// Cancels in creation order.
     pub cancels: Vec<Op>,
+    /// Refunds recorded on the charge, in creation order.
+    pub refunds: Vec<Refund>,
     /// A state set by the order's own state rather than by operations: `pending` while
     /// the order awaits payment, `failed` once it is blocked (see `orders`).
     pub fixed_state: Option<&'static str>,
@@ -160,6 +212,11 @@ impl Charge {
     /// Completed cancels.
     pub(crate) fn cancelled(&self) -> i64 {
         sum_ops(&self.cancels, |s| s == OpState::Complete)
+    }
+
+    /// Completed refunds.
+    pub(crate) fn refunded(&self) -> i64 {
+        self.refunds.iter().map(Refund::refunded).sum()
     }
 
     /// Amount still free to capture or cancel: failed operations give their amount back.
@@ -334,6 +391,8 @@ pub(crate) struct Order {
     pub pre_dispute_fraud_state: Option<String>,
     /// `fraudStateTransitions`.
     pub fraud_transitions: Vec<(String, DateTime<Utc>)>,
+    /// Amount charged back (granted chargebacks), off `availableToRefundAmount`.
+    pub charged_back: i64,
     /// Key mode at creation.
     pub live_mode: bool,
     /// Checkout id.
@@ -465,10 +524,74 @@ impl Order {
                 Value::Array(charge.cancels.iter().map(op_json).collect()),
             );
         }
-        m.insert("refunded".into(), json!(false));
+        m.insert("refunded".into(), json!(charge.refunded() > 0));
+        if !charge.refunds.is_empty() {
+            m.insert(
+                "refunds".into(),
+                Value::Array(charge.refunds.iter().map(|r| self.refund_json(r)).collect()),
+            );
+        }
         m.insert("type".into(), json!("customer_initiated"));
         m.insert("liveMode".into(), json!(self.live_mode));
         Value::Object(m)
+    }
+
+    /// A refund as the Charges API reference shows one (`items` as a flat list: the
+    /// page's array of arrays looks like an artefact of its generator, and the gateway
+    /// reads both).
+    fn refund_json(&self, r: &Refund) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(r.id));
+        m.insert("createdTime".into(), json!(fmt_secs(r.created)));
+        m.insert("orderId".into(), json!(self.id));
+        m.insert("invoiceId".into(), json!(r.invoice_id));
+        m.insert("currency".into(), json!(self.currency));
+        if let Some(kind) = &r.kind {
+            m.insert("type".into(), json!(kind));
+        }
+        m.insert("amount".into(), self.m(r.amount));
+        m.insert("refundedAmount".into(), self.m(r.refunded()));
+        if !r.items.is_empty() {
+            let items: Vec<Value> = r
+                .items
+                .iter()
+                .map(|i| {
+                    let mut im = Map::new();
+                    if let Some(kind) = &i.kind {
+                        im.insert("type".into(), json!(kind));
+                    }
+                    if let Some(sku) = &i.sku_id {
+                        im.insert("skuId".into(), json!(sku));
+                    }
+                    if let Some(item) = &i.item_id {
+                        im.insert("itemId".into(), json!(item));
+                    }
+                    im.insert("quantity".into(), json!(i.quantity));
+                    im.insert("amount".into(), self.m(i.amount));
+                    Value::Object(im)
+                })
+                .collect();
+            m.insert("items".into(), Value::Array(items));
+        }
+        if let Some(reason) = &r.reason {
+            m.insert("reason".into(), json!(reason));
+        }
+        if let Some(reason) = &r.failure_reason {
+            m.insert("failureReason".into(), json!(reason));
+        }
+        m.insert("state".into(), json!(r.state.as_str()));
+        m.insert("liveMode".into(), json!(self.live_mode));
+        Value::Object(m)
+    }
+
+    /// Completed refunds over all charges.
+    pub(crate) fn refunded(&self) -> i64 {
+        self.charges.iter().map(Charge::refunded).sum()
+    }
+
+    /// `availableToRefundAmount`: captured, less what was refunded or charged back.
+    pub(crate) fn available_to_refund(&self) -> i64 {
+        (self.captured() - self.refunded() - self.charged_back).max(0)
     }
 
     /// `owner` of the order's sources: the payer of `billTo` (name split at the first space).
@@ -635,8 +758,11 @@ impl Order {
         m.insert("requestToBeForgotten".into(), json!(false));
         m.insert("capturedAmount".into(), self.m(captured));
         m.insert("cancelledAmount".into(), self.m(self.cancelled()));
-        m.insert("refundedAmount".into(), self.m(0));
-        m.insert("availableToRefundAmount".into(), self.m(captured));
+        m.insert("refundedAmount".into(), self.m(self.refunded()));
+        m.insert(
+            "availableToRefundAmount".into(),
+            self.m(self.available_to_refund()),
+        );
         if let Some(md) = &self.metadata {
             m.insert("metadata".into(), md.clone());
         }

@@ -387,6 +387,7 @@ impl World {
             fraud_state: initial.fraud_state().to_owned(),
             pre_dispute_fraud_state: None,
             fraud_transitions: vec![(initial.fraud_state().to_owned(), now)],
+            charged_back: 0,
             live_mode,
             checkout_id: self.ids.uuid(),
             metadata: spec.metadata,
@@ -527,6 +528,7 @@ impl World {
                 payment_session_id: self.ids.uuid(),
                 captures: Vec::new(),
                 cancels: Vec::new(),
+                refunds: Vec::new(),
                 fixed_state: None,
             });
         }

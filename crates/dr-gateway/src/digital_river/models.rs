@@ -514,6 +514,59 @@ pub struct RefundItem {
     pub amount: Option<Number>,
 }
 
+/// A sales transaction (`order.chargeback` / `sales_transaction.created` objects,
+/// docs/digital-river.md §2.5).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SalesTransaction {
+    /// Id, e.g. `1117116275_000010_3700100415`.
+    #[serde(deserialize_with = "lenient::string")]
+    pub id: String,
+    /// `fraud_chargeback`, `non_fraud_chargeback`, …
+    #[serde(rename = "type")]
+    pub transaction_type: Option<String>,
+    /// DR order id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub order_id: Option<String>,
+    /// The merchant's order id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub order_upstream_id: Option<String>,
+    /// Line item id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub line_item_id: Option<String>,
+    /// SKU id.
+    pub sku_id: Option<String>,
+    /// Units.
+    #[serde(deserialize_with = "lenient::int")]
+    pub quantity: i64,
+    /// ISO 4217 currency of `amount`.
+    pub currency: Option<String>,
+    /// Amount.
+    pub amount: Option<Number>,
+    /// What DR pays out.
+    pub payout_amounts: Option<PayoutAmounts>,
+    /// Payment type.
+    pub payment_type: Option<String>,
+    /// RFC 3339 sale time.
+    pub sale_time: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_time: Option<String>,
+    /// Live or test mode.
+    pub live_mode: bool,
+}
+
+/// `salesTransaction.payoutAmounts` (the fields the gateway reads).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PayoutAmounts {
+    /// Payout currency.
+    pub currency: Option<String>,
+    /// Fees (negative when charged).
+    pub transaction_fees: Option<Number>,
+    /// Amount paid out (negative when money goes back).
+    pub payout_amount: Option<Number>,
+}
+
 /// A DR event envelope (docs/digital-river.md §3.2).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]

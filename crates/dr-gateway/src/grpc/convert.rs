@@ -315,6 +315,31 @@ pub fn refund(r: &models::Refund, fallback_currency: &str) -> pb::ChargeOperatio
     }
 }
 
+/// A sales transaction; payout figures are in the payout currency.
+pub fn sales_transaction(t: &models::SalesTransaction) -> pb::SalesTransaction {
+    let currency = t.currency.as_deref().unwrap_or_default();
+    let payout = t.payout_amounts.as_ref();
+    let payout_currency = payout
+        .and_then(|p| p.currency.as_deref())
+        .unwrap_or(currency);
+    pb::SalesTransaction {
+        id: t.id.clone(),
+        r#type: t.transaction_type.clone().unwrap_or_default(),
+        order_id: t.order_id.clone().unwrap_or_default(),
+        order_upstream_id: t.order_upstream_id.clone().unwrap_or_default(),
+        line_item_id: t.line_item_id.clone().unwrap_or_default(),
+        sku_id: t.sku_id.clone().unwrap_or_default(),
+        quantity: t.quantity,
+        amount: amount(currency, &t.amount),
+        payout_amount: payout.and_then(|p| amount(payout_currency, &p.payout_amount)),
+        transaction_fees: payout.and_then(|p| amount(payout_currency, &p.transaction_fees)),
+        payment_type: t.payment_type.clone().unwrap_or_default(),
+        sale_time: opt_timestamp(&t.sale_time),
+        create_time: opt_timestamp(&t.created_time),
+        live_mode: t.live_mode,
+    }
+}
+
 /// A capture or cancel.
 pub fn charge_operation(op: &models::ChargeOperation, currency: &str) -> pb::ChargeOperation {
     pb::ChargeOperation {

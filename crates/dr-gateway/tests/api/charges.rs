@@ -3,6 +3,7 @@
 //! and orders of API versions up to 2021-02-23 (top-level `charges[]` / `sources[]`).
 
 use dr_gateway::pb::v1 as pb;
+use dr_sandbox::{RefundLineSpec, RefundSpec};
 use prost::Message as _;
 use serde_json::json;
 use tonic::Code;
@@ -46,7 +47,7 @@ fn store_credit_order() -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn seed_002_each_charge_says_whether_it_is_on_the_card_or_on_store_credit() {
+async fn with_store_credit_each_charge_says_whether_it_is_on_the_card_or_on_store_credit() {
     let dr = spawn_sandbox().await;
     let order = dr.control.create_order(store_credit_order()).await.unwrap();
     let order_id = order["id"].as_str().unwrap().to_owned();
@@ -296,8 +297,8 @@ async fn dr_serving(order: &serde_json::Value) -> MockServer {
 }
 
 #[tokio::test]
-async fn seed_002_legacy_orders_top_level_charges_and_sources_are_read_by_list_order_charges_and_get_order(
-) {
+async fn legacy_orders_top_level_charges_and_sources_are_read_by_list_order_charges_and_get_order()
+{
     let dr = dr_serving(&legacy_capture_example()).await;
     let mut app = spawn_app(&dr.uri()).await;
 
@@ -356,7 +357,7 @@ async fn seed_002_legacy_orders_top_level_charges_and_sources_are_read_by_list_o
 }
 
 #[tokio::test]
-async fn seed_002_legacy_refunds_go_to_the_card_first_and_the_totals_stay_exact() {
+async fn legacy_store_credit_refunds_go_to_the_card_first_and_the_totals_stay_exact() {
     let dr = dr_serving(&legacy_refund_example()).await;
     let mut app = spawn_app(&dr.uri()).await;
     let listed = app
@@ -397,8 +398,8 @@ async fn seed_002_legacy_refunds_go_to_the_card_first_and_the_totals_stay_exact(
 }
 
 #[tokio::test]
-async fn seed_002_a_gateway_pinned_to_2021_02_23_reads_the_sandboxs_legacy_orders_and_captures_through_them(
-) {
+async fn a_gateway_pinned_to_2021_02_23_reads_the_sandboxs_legacy_orders_and_captures_through_them()
+{
     let dr = spawn_sandbox().await;
     let order = dr.control.create_order(store_credit_order()).await.unwrap();
     let order_id = order["id"].as_str().unwrap().to_owned();
@@ -465,6 +466,224 @@ async fn seed_002_a_gateway_pinned_to_2021_02_23_reads_the_sandboxs_legacy_order
         .await
         .unwrap();
     assert!(legacy.get("payment").is_none() && legacy["charges"].is_array());
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+/// The Charges API reference's `GET /charges/{id}` example, exactly as the page prints it.
+fn charges_api_reference_example() -> serde_json::Value {
+    json!({
+      "id": "a6809a63-e6a9-4016-abbc-f33d19fccb5b",
+      "createdTime": "2025-05-09T05:15:57.968Z",
+      "currency": "USD",
+      "amount": 1180.26,
+      "state": "pending",
+      "orderId": "9986340012",
+      "sourceId": "9986340012",
+      "failureCode": "a failure code",
+      "failureMessage": "a failure message",
+      "paymentSessionId": "8cecaa32-f692-44cc-b103-4cf24dc93913",
+      "cancels": [{"id": "a6809a63-e6a9-4016-abbc-f33d19fccb5b", "createdTime": "2025-05-09T05:15:57.968Z",
+                   "updatedTime": "2025-05-09T05:15:57.968Z", "amount": 1180.26, "state": "pending",
+                   "failureCode": "text", "failureMessage": "text"}],
+      "captures": [{"id": "a6809a63-e6a9-4016-abbc-f33d19fccb5b", "createdTime": "2025-05-09T05:15:57.968Z",
+                    "updatedTime": "2025-05-09T05:15:57.968Z", "amount": 1180.26, "state": "pending",
+                    "failureCode": "text", "failureMessage": "text"}],
+      "captured": false,
+      "refunds": [{
+          "id": "ref_5823594809",
+          "createdTime": "2025-05-09T05:15:57.968Z",
+          "orderId": "ord_6645940010",
+          "invoiceId": "5823594809",
+          "currency": "USD",
+          "type": "shipping",
+          "amount": 9.99,
+          "refundedAmount": 9.99,
+          "items": [[{"type": "shipping", "skuId": "sku_9234276173", "quantity": 1, "amount": 5.95}]],
+          "reason": "requested_by_customer",
+          "failureReason": "expired_or_canceled_card",
+          "state": "created",
+          "tokenInformation": {"token": "bb3f0f17-567a-4c87-8cbd-76d93a750709", "expiresTime": "2025-05-09T05:15:57.968Z"},
+          "expiresTime": "2025-05-09T05:15:57.968Z",
+          "liveMode": false,
+          "metadata": {"coupon": "iOS"}
+      }],
+      "refunded": false,
+      "type": "customer_initiated",
+      "liveMode": true
+    })
+}
+
+#[tokio::test]
+async fn get_charge_keeps_every_refund_field_of_the_charges_api_reference() {
+    let dr = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/charges/a6809a63-e6a9-4016-abbc-f33d19fccb5b"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(charges_api_reference_example()))
+        .mount(&dr)
+        .await;
+    // The example's sourceId names no source DR still has: the charge comes back without one.
+    Mock::given(method("GET"))
+        .and(path("/sources/9986340012"))
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"type": "not_found",
+            "errors": [{"code": "not_found", "parameter": "id", "message": "Source '9986340012' not found."}]})))
+        .mount(&dr)
+        .await;
+    let mut app = spawn_app(&dr.uri()).await;
+
+    let charge = app
+        .charges
+        .get_charge(pb::GetChargeRequest {
+            charge_id: "a6809a63-e6a9-4016-abbc-f33d19fccb5b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .charge
+        .unwrap();
+
+    assert!(charge.source.is_none());
+    let refund = &charge.refunds[0];
+    assert_eq!(refund.id, "ref_5823594809");
+    assert_eq!(refund.state, "created");
+    assert_eq!(usd(&refund.amount), (9, 990_000_000));
+    assert!(refund.create_time.is_some());
+    let details = refund.refund.as_ref().expect("refund details");
+    assert_eq!(usd(&details.refunded_amount), (9, 990_000_000));
+    assert_eq!(details.reason, "requested_by_customer");
+    assert_eq!(details.failure_reason, "expired_or_canceled_card");
+    assert_eq!(details.r#type, "shipping");
+    assert_eq!(details.invoice_id, "5823594809");
+    assert_eq!(
+        details.items.len(),
+        1,
+        "the page's array of arrays, flattened"
+    );
+    let item = &details.items[0];
+    assert_eq!(
+        (
+            item.r#type.as_str(),
+            item.sku_id.as_str(),
+            item.quantity,
+            usd(&item.amount)
+        ),
+        ("shipping", "sku_9234276173", 1, (5, 950_000_000))
+    );
+    // Captures and cancels carry no refund details.
+    assert!(charge.captures[0].refund.is_none() && charge.cancels[0].refund.is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refunds_made_outside_the_gateway_reach_list_order_charges_and_get_charge_with_every_field()
+{
+    let dr = spawn_sandbox().await;
+    let order = dr
+        .control
+        .create_order(
+            json!({"items": [{"skuId": "sku_9234276173", "quantity": 2, "amount": "20.00"}],
+                             "shipping": {"amount": "5.95"}}),
+        )
+        .await
+        .unwrap();
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let item_id = order["items"][0]["id"].as_str().unwrap().to_owned();
+    let charge_id = order["payment"]["charges"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut app = spawn_app(&dr.base_url()).await;
+    app.charges
+        .capture_items(pb::CaptureItemsRequest {
+            order_id: order_id.clone(),
+            items: vec![pb::ChargeItem {
+                item_id,
+                quantity: 2,
+                ..Default::default()
+            }],
+            request_id: "all".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Refunds issued elsewhere (e.g. DR's Dashboard): one for shipping, one that failed.
+    dr.control
+        .record_refund(
+            &charge_id,
+            &RefundSpec::of("5.95")
+                .reason("requested_by_customer")
+                .kind("shipping")
+                .item(RefundLineSpec {
+                    kind: Some("shipping".into()),
+                    sku_id: Some("sku_9234276173".into()),
+                    item_id: None,
+                    quantity: 1,
+                    amount: "5.95".into(),
+                }),
+        )
+        .await
+        .unwrap();
+    dr.control
+        .record_refund(
+            &charge_id,
+            &RefundSpec::of("3.00").failing("expired_or_canceled_card"),
+        )
+        .await
+        .unwrap();
+
+    let listed = app
+        .charges
+        .list_order_charges(pb::ListOrderChargesRequest {
+            order_id: order_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(usd(&listed.refunded_amount), (5, 950_000_000));
+    assert_eq!(
+        usd(&listed.available_to_refund_amount),
+        (20, 0),
+        "25.95 captured − 5.95"
+    );
+    let charge = &listed.charges[0];
+    assert!(charge.refunded);
+    let (done, failed) = (&charge.refunds[0], &charge.refunds[1]);
+    assert!(done.id.starts_with("ref_"));
+    assert_eq!(
+        (done.state.as_str(), usd(&done.amount)),
+        ("complete", (5, 950_000_000))
+    );
+    let d = done.refund.as_ref().unwrap();
+    assert_eq!(usd(&d.refunded_amount), (5, 950_000_000));
+    assert_eq!(
+        (d.reason.as_str(), d.r#type.as_str()),
+        ("requested_by_customer", "shipping")
+    );
+    assert!(!d.invoice_id.is_empty());
+    assert_eq!(
+        (
+            d.items[0].sku_id.as_str(),
+            d.items[0].quantity,
+            usd(&d.items[0].amount)
+        ),
+        ("sku_9234276173", 1, (5, 950_000_000))
+    );
+    let f = failed.refund.as_ref().unwrap();
+    assert_eq!(
+        (failed.state.as_str(), f.failure_reason.as_str()),
+        ("failed", "expired_or_canceled_card")
+    );
+    assert_eq!(usd(&f.refunded_amount), (0, 0));
+
+    let read = app
+        .charges
+        .get_charge(pb::GetChargeRequest { charge_id })
+        .await
+        .unwrap()
+        .into_inner()
+        .charge
+        .unwrap();
+    assert_eq!(read.refunds, charge.refunds);
     app.stop().await;
     dr.sandbox.shutdown().await;
 }

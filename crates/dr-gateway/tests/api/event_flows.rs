@@ -365,7 +365,7 @@ async fn expired_averse_order(sb: &Sandbox, reauthorization: &str) -> (String, S
 }
 
 #[tokio::test]
-async fn seed_001_an_expired_authorization_dr_renews_is_captured_and_capture_items_waits_for_it() {
+async fn an_expired_authorization_dr_renews_is_captured_and_capture_items_waits_for_it() {
     let sb = sandbox(SettleMode::Stepped).await;
     let app = spawn_app_with(settings(&sb.base_url())).await;
     register_webhook(&sb, &app).await;
@@ -406,7 +406,8 @@ async fn seed_001_an_expired_authorization_dr_renews_is_captured_and_capture_ite
 }
 
 #[tokio::test]
-async fn seed_001_reauth_failed_carries_the_bill_to_and_payment_sources_the_page_says_to_read() {
+async fn reauth_failed_carries_the_bill_to_and_payment_sources_the_reauthorizations_page_says_to_read(
+) {
     let sb = sandbox(SettleMode::Immediate).await;
     let app = spawn_app_with(settings(&sb.base_url())).await;
     register_webhook(&sb, &app).await;
@@ -467,6 +468,101 @@ async fn seed_001_reauth_failed_carries_the_bill_to_and_payment_sources_the_page
             && sb.control_client().pending().await.unwrap().is_empty(),
         "DR refused the one POST: nothing is captured"
     );
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_granted_chargeback_streams_its_sales_transaction_typed_and_cuts_available_to_refund() {
+    let sb = sandbox(SettleMode::Immediate).await;
+    let mut app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let control = sb.control_client();
+    let order = control
+        .create_order(json!({"upstreamId": "221000297718", "items": [{"skuId": "AF01", "quantity": 1, "amount": "0.30", "tax": "0.02"}]}))
+        .await
+        .unwrap();
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let item_id = order["items"][0]["id"].as_str().unwrap().to_owned();
+    capture_and_wait(app.charges.clone(), order_id.clone(), item_id).await;
+    let mut stream = subscribe(
+        &app,
+        filtered(
+            &["order.dispute*", "order.chargeback", "sales_transaction.*"],
+            &[&order_id],
+            None,
+        ),
+    )
+    .await;
+
+    control.open_dispute(&order_id).await.unwrap();
+    control
+        .grant_chargeback(
+            &order_id,
+            &dr_sandbox::ChargebackSpec {
+                amount: Some("0.11".into()),
+                kind: dr_sandbox::ChargebackType::FraudChargeback,
+                fee: Some("15.0".into()),
+            },
+        )
+        .await
+        .unwrap();
+
+    let types = types_until(&mut stream, "order.chargeback").await;
+    assert_eq!(
+        types,
+        [
+            "order.dispute",
+            "order.dispute.resolved",
+            "sales_transaction.created",
+            "order.chargeback"
+        ]
+    );
+    // Both chargeback events carry the transaction, exact.
+    let mut replay = subscribe(
+        &app,
+        pb::SubscribeRequest {
+            filter: Some(pb::EventFilter {
+                types: vec!["order.chargeback".into()],
+                ..Default::default()
+            }),
+            start: Some(pb::subscribe_request::Start::Position(
+                pb::StartPosition::Oldest as i32,
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let event = next_event(&mut replay).await;
+    let Some(pb::event::Payload::SalesTransaction(t)) = event.payload else {
+        panic!("order.chargeback carries a sales transaction: {event:?}");
+    };
+    assert_eq!(
+        (t.r#type.as_str(), t.order_id.as_str()),
+        ("fraud_chargeback", order_id.as_str())
+    );
+    assert_eq!(t.order_upstream_id, "221000297718");
+    let amount = t.amount.unwrap();
+    assert_eq!((amount.units, amount.nanos), (0, 110_000_000));
+    let fees = t.transaction_fees.unwrap();
+    assert_eq!((fees.units, fees.nanos), (-15, 0));
+    let payout = t.payout_amount.unwrap();
+    assert_eq!((payout.units, payout.nanos), (-15, -110_000_000));
+
+    // availableToRefundAmount reduced: 0.32 captured, 0.21 left (the page's numbers).
+    let read = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(pb::get_order_request::Key::OrderId(order_id.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let available = read.available_to_refund_amount.unwrap();
+    assert_eq!((available.units, available.nanos), (0, 210_000_000));
+    assert_eq!(read.state, "complete", "the dispute is over");
     app.stop().await;
     sb.shutdown().await;
 }

@@ -276,7 +276,7 @@ async fn a_response_lost_after_dr_processed_the_post_creates_one_fulfillment() {
 }
 
 #[tokio::test]
-async fn seed_000_a_shipment_item_id_used_twice_is_refused_before_dr_and_moves_no_money() {
+async fn a_shipment_item_id_used_twice_is_refused_before_dr_and_moves_no_money() {
     let dr = spawn_sandbox().await;
     let order = dr
         .control
@@ -477,7 +477,7 @@ async fn orders_in_review_pending_payment_blocked_or_cancelled_refuse_fulfillmen
 }
 
 #[tokio::test]
-async fn seed_003_get_order_shows_fraud_state_review_opened_during_a_dispute_and_passed_after() {
+async fn get_order_shows_fraud_state_review_opened_during_a_dispute_and_passed_after() {
     let dr = spawn_sandbox().await;
     let order = dr
         .control

@@ -322,7 +322,8 @@ fn exact(money: &Option<pb::Money>) -> (i64, i32) {
 }
 
 #[tokio::test]
-async fn get_order_gives_everything_the_customer_notice_table_of_seed_000_needs() {
+async fn get_order_gives_everything_the_customer_notice_table_of_capturing_and_cancelling_charges_needs(
+) {
     // The "Capturing and cancelling charges" page's order-details table: addresses,
     // totals (fees, taxes, duties, shipping), product details, payment methods, billing
     // and cancellation dates and amounts.

@@ -56,6 +56,14 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     let control = Router::new()
         .route("/sandbox/orders", post(control::create_order))
         .route("/sandbox/orders/{id}/accept", post(control::accept_order))
+        .route(
+            "/sandbox/orders/{id}/chargeback",
+            post(control::grant_chargeback),
+        )
+        .route(
+            "/sandbox/charges/{id}/refunds",
+            post(control::record_refund),
+        )
         .route("/sandbox/orders/{id}/dispute", post(control::open_dispute))
         .route(
             "/sandbox/orders/{id}/dispute/resolve",

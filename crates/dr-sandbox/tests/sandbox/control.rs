@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use dr_sandbox::{
-    ControlClient, ControlError, FaultKind, FaultSpec, OperationKind, OperationState, RetryPolicy,
-    Sandbox, SandboxConfig, SecretRotation, SettleMode, WebhookRegistration,
+    ChargebackSpec, ChargebackType, ControlClient, ControlError, FaultKind, FaultSpec,
+    OperationKind, OperationState, RefundSpec, RetryPolicy, Sandbox, SandboxConfig, SecretRotation,
+    SettleMode, WebhookRegistration,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -563,6 +564,34 @@ async fn the_control_client_walks_every_control_endpoint() {
     assert_eq!(s.amount.to_string(), "12.34");
     assert!(!s.event_id.is_empty());
     assert!(c.pending().await.unwrap().is_empty());
+
+    // Refunds recorded on a charge, and chargebacks (on the now captured order)
+    let charge = c
+        .record_refund(
+            &pending[0].charge_id,
+            &RefundSpec::of("1.00").reason("duplicate"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(charge["refunds"][0]["reason"], "duplicate");
+    c.open_dispute(&oid).await.unwrap();
+    let chargeback = c
+        .grant_chargeback(
+            &oid,
+            &ChargebackSpec {
+                kind: ChargebackType::NonFraudChargeback,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(chargeback.sales_transaction["type"], "non_fraud_chargeback");
+    assert_eq!(
+        num(&chargeback.sales_transaction["amount"]),
+        "11.34",
+        "12.34 less the refund"
+    );
+    assert_eq!(num(&chargeback.order["availableToRefundAmount"]), "0.0");
 
     // Deliveries and redelivery
     let accepted = rx

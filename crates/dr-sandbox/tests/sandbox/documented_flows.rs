@@ -2,7 +2,10 @@
 //! "Payment reauthorizations", "Applying store credit", "Disputes and chargebacks"),
 //! against the HTTP surface.
 
-use dr_sandbox::{OperationState, SandboxConfig, SettleMode};
+use dr_sandbox::{
+    ChargebackSpec, ChargebackType, ControlError, OperationState, RefundLineSpec, RefundSpec,
+    SandboxConfig, SettleMode,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -382,7 +385,8 @@ async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
 }
 
 #[tokio::test]
-async fn seed_001_risk_averse_expired_authorization_that_dr_renews_captures_as_the_page_shows() {
+async fn a_risk_averse_expired_authorization_that_dr_renews_captures_as_the_reauthorizations_page_shows(
+) {
     let sb = TestSandbox::start_with(SandboxConfig {
         settle: SettleMode::Stepped,
         ..Default::default()
@@ -547,7 +551,7 @@ async fn an_order_in_review_or_pending_payment_can_be_accepted_and_then_fulfille
 }
 
 #[tokio::test]
-async fn seed_002_an_order_read_with_a_version_up_to_2021_02_23_has_the_legacy_shape() {
+async fn an_order_read_with_a_version_up_to_2021_02_23_has_the_legacy_store_credit_shape() {
     let sb = TestSandbox::start().await;
     let order = sb
         .order(json!({"upstreamId": "legacy-1", "items": [{"quantity": 2, "amount": "20.0", "tax": "1.51"}],
@@ -594,4 +598,182 @@ async fn read_versioned(
             .header("digitalriver-version", version),
     )
     .await
+}
+
+#[tokio::test]
+async fn a_granted_chargeback_ends_the_dispute_and_cuts_available_to_refund() {
+    let sb = TestSandbox::start().await;
+    let control = sb.control();
+    let order = sb
+        .order(json!({"upstreamId": "221000297718", "items": [{"quantity": 1, "amount": "0.30", "tax": "0.02"}],
+                      "billTo": {"name": "Jane Doe", "address": {"country": "US"}}}))
+        .await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    sb.fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    let not_disputed = control
+        .grant_chargeback(oid, &ChargebackSpec::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(not_disputed, ControlError::Status { status: 409, .. }),
+        "{not_disputed}"
+    );
+    control.open_dispute(oid).await.unwrap();
+    let too_much = control
+        .grant_chargeback(
+            oid,
+            &ChargebackSpec {
+                amount: Some("0.33".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(too_much, ControlError::Status { status: 400, .. }));
+
+    // The page's numbers: 0.32 captured, 0.21 still refundable after the chargeback.
+    let granted = control
+        .grant_chargeback(
+            oid,
+            &ChargebackSpec {
+                amount: Some("0.11".into()),
+                kind: ChargebackType::FraudChargeback,
+                fee: Some("15.0".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(granted.order["state"], "complete", "the dispute ended");
+    assert_eq!(granted.order["fraudState"], "passed");
+    assert_eq!(num(&granted.order["availableToRefundAmount"]), "0.21");
+    assert_eq!(num(&granted.order["capturedAmount"]), "0.32");
+    let t = &granted.sales_transaction;
+    assert_eq!(t["type"], "fraud_chargeback");
+    assert_eq!(t["orderId"], oid);
+    assert_eq!(t["orderUpstreamId"], "221000297718");
+    assert_eq!(num(&t["amount"]), "0.11");
+    assert_eq!(num(&t["payoutAmounts"]["transactionFees"]), "-15.0");
+    assert_eq!(num(&t["payoutAmounts"]["payoutAmount"]), "-15.11");
+    assert_eq!(t["paymentType"], "creditCard");
+    assert_eq!(t["lineItemId"], item);
+    let id = t["id"].as_str().unwrap();
+    assert_eq!(id.split('_').map(str::len).collect::<Vec<_>>(), [10, 6, 10]);
+
+    let (_, list) = sb.get("/events?limit=100").await;
+    let mut events: Vec<_> = list["data"].as_array().unwrap().clone();
+    events.reverse();
+    let types: Vec<_> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let tail = &types[types.len() - 4..];
+    assert_eq!(
+        tail,
+        [
+            "order.dispute",
+            "order.dispute.resolved",
+            "sales_transaction.created",
+            "order.chargeback"
+        ]
+    );
+    let objects: Vec<_> = events[events.len() - 2..]
+        .iter()
+        .map(|e| e["data"]["object"].clone())
+        .collect();
+    assert_eq!(
+        objects[0], *t,
+        "sales_transaction.created carries the transaction"
+    );
+    assert_eq!(objects[1], *t, "and so does order.chargeback");
+    let (_, o) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(num(&o["availableToRefundAmount"]), "0.21");
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_refund_recorded_on_a_charge_carries_the_charges_api_reference_fields() {
+    let sb = TestSandbox::start().await;
+    let control = sb.control();
+    let order = sb
+        .order(
+            json!({"items": [{"skuId": "sku_9234276173", "quantity": 2, "amount": "20.00"}],
+                      "shipping": {"amount": "5.95"}}),
+        )
+        .await;
+    let oid = order["id"].as_str().unwrap();
+    let item = order["items"][0]["id"].as_str().unwrap();
+    let charge_id = order["payment"]["charges"][0]["id"].as_str().unwrap();
+    let nothing_captured = control
+        .record_refund(charge_id, &RefundSpec::of("1.00"))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        nothing_captured,
+        ControlError::Status { status: 400, .. }
+    ));
+    sb.fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 2}]}))
+        .await;
+
+    let charge = control
+        .record_refund(
+            charge_id,
+            &RefundSpec::of("5.95")
+                .reason("requested_by_customer")
+                .kind("shipping")
+                .item(RefundLineSpec {
+                    kind: Some("shipping".into()),
+                    sku_id: Some("sku_9234276173".into()),
+                    item_id: None,
+                    quantity: 1,
+                    amount: "5.95".into(),
+                }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(charge["refunded"], true);
+    let refund = &charge["refunds"][0];
+    assert!(refund["id"].as_str().unwrap().starts_with("ref_"));
+    assert!(refund["invoiceId"].is_string());
+    assert_eq!(refund["orderId"], oid);
+    assert_eq!(
+        (refund["type"].clone(), refund["state"].clone()),
+        (json!("shipping"), json!("complete"))
+    );
+    assert_eq!(num(&refund["amount"]), "5.95");
+    assert_eq!(num(&refund["refundedAmount"]), "5.95");
+    assert_eq!(refund["reason"], "requested_by_customer");
+    assert_eq!(num(&refund["items"][0]["amount"]), "5.95");
+    assert_eq!(refund["items"][0]["skuId"], "sku_9234276173");
+
+    let charge = control
+        .record_refund(
+            charge_id,
+            &RefundSpec::of("10.00").failing("expired_or_canceled_card"),
+        )
+        .await
+        .unwrap();
+    let failed = &charge["refunds"][1];
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["failureReason"], "expired_or_canceled_card");
+    assert_eq!(num(&failed["refundedAmount"]), "0.0");
+    let (_, o) = sb.get(&format!("/orders/{oid}")).await;
+    assert_eq!(num(&o["refundedAmount"]), "5.95");
+    assert_eq!(
+        num(&o["availableToRefundAmount"]),
+        "20.0",
+        "25.95 captured, 5.95 refunded"
+    );
+    let too_much = control
+        .record_refund(charge_id, &RefundSpec::of("20.01"))
+        .await
+        .unwrap_err();
+    assert!(matches!(too_much, ControlError::Status { status: 400, .. }));
+    let types = sb.event_types_for(oid).await;
+    assert!(
+        types.ends_with(&[
+            "order.charge.refund.complete".to_owned(),
+            "order.charge.refund.failed".to_owned()
+        ]),
+        "{types:?}"
+    );
+    sb.stop().await;
 }
