@@ -202,11 +202,16 @@ pub async fn spawn_sandbox_with(config: dr_sandbox::SandboxConfig) -> TestSandbo
 /// The fulfillments the sandbox holds (`GET /fulfillments`, every page), seen with a key
 /// of `mode`: how tests check that money moved exactly as often as they expect.
 pub async fn fulfillments_held(dr: &TestSandbox, mode: KeyMode) -> Vec<serde_json::Value> {
+    fulfillments_held_at(&dr.base_url(), mode).await
+}
+
+/// [`fulfillments_held`] by a sandbox's base URL.
+pub async fn fulfillments_held_at(base_url: &str, mode: KeyMode) -> Vec<serde_json::Value> {
     let http = reqwest::Client::new();
     let mut held = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let mut url = format!("{}/fulfillments?limit=100", dr.base_url());
+        let mut url = format!("{base_url}/fulfillments?limit=100");
         if let Some(a) = &after {
             url.push_str(&format!("&startingAfter={a}"));
         }
