@@ -71,3 +71,22 @@ def test_list_order_charges_totals_what_was_captured(channel, sandbox):
     assert reply.available_to_refund_amount == usd(13, 450000000)
     [charge] = reply.charges
     assert [c.amount for c in charge.captures] == [usd(13, 450000000)]
+
+
+def test_a_charge_names_its_card_and_get_payment_source_reads_it(channel, sandbox):
+    order = sandbox.create_order([LINE])
+    stub = charge_service_pb2_grpc.ChargeServiceStub(channel)
+
+    [charge] = stub.ListOrderCharges(
+        charge_service_pb2.ListOrderChargesRequest(order_id=order["id"]), timeout=10
+    ).charges
+    source = stub.GetPaymentSource(
+        charge_service_pb2.GetPaymentSourceRequest(source_id=charge.source_id), timeout=10
+    ).source
+
+    # The order's source entry and GET /sources/{id} agree; the latter adds its creation time.
+    assert (charge.source.id, charge.source.type) == (source.id, "creditCard")
+    assert charge.source.credit_card == source.credit_card
+    assert source.HasField("create_time")
+    assert (source.credit_card.brand, source.credit_card.last_four_digits) == ("Visa", "1111")
+    assert source.amount == usd(26, 890000000)

@@ -7,7 +7,8 @@
 //! - [`clock`]: wall-clock time behind a trait, for tests.
 //! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
 //! - [`webhook`]: DR webhook intake (HTTP): signature check → event log → 2xx.
-//! - [`domain`]: validation, idempotent fulfillment with reconciliation, order progress.
+//! - [`domain`]: validation, idempotent fulfillment with reconciliation, order progress,
+//!   the payment source of a charge.
 //! - [`events`]: DR event envelope, the event log (trait + in-memory), subscriptions,
 //!   filters, backfill, capture/cancel outcome correlation.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.

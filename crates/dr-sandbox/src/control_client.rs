@@ -1,7 +1,8 @@
 //! The typed client of the sandbox's `/sandbox/` control surface: [`ControlClient`], its
-//! request bodies ([`FaultSpec`], [`WebhookRegistration`], [`SecretRotation`]), its typed
-//! answers ([`ClockState`], [`WebhookEndpoint`], [`ArmedFault`], [`Settled`],
-//! [`PendingOperation`], [`RecordedRequest`], [`DeliveryRecord`], [`Redelivery`]) and
+//! request bodies ([`FaultSpec`], [`WebhookRegistration`], [`SecretRotation`],
+//! [`RefundSpec`], [`ChargebackSpec`]), its typed answers ([`ClockState`],
+//! [`WebhookEndpoint`], [`ArmedFault`], [`Settled`], [`PendingOperation`],
+//! [`RecordedRequest`], [`DeliveryRecord`], [`Redelivery`], [`Chargeback`]) and
 //! [`ControlError`].
 //!
 //! It owns only the control surface. Orders and events are DR-shaped JSON and come back as
@@ -125,6 +126,120 @@ pub struct SecretRotation {
     /// How long the old secret stays listed as valid (default 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_secret_valid_seconds: Option<i64>,
+}
+
+/// `POST /sandbox/charges/{id}/refunds` body: a refund made outside the emulated API (e.g.
+/// in DR's Dashboard), recorded on a charge. The default refunds everything left to refund
+/// on the charge, successfully.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundSpec {
+    /// Amount as exact decimal text (e.g. `"9.99"`); default: all that is left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// Why it was made, e.g. `requested_by_customer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What was refunded, e.g. `product` or `shipping` (DR `type`).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The refunded lines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<RefundLineSpec>,
+    /// When set, the refund fails with this reason (e.g. `expired_or_canceled_card`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+impl RefundSpec {
+    /// A complete refund of `amount` (exact decimal text).
+    pub fn of(amount: impl Into<String>) -> Self {
+        Self {
+            amount: Some(amount.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Gives the reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Says what was refunded (`product`, `shipping`, …).
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = Some(kind.into());
+        self
+    }
+
+    /// Adds a refunded line.
+    pub fn item(mut self, item: RefundLineSpec) -> Self {
+        self.items.push(item);
+        self
+    }
+
+    /// Makes the refund fail with `reason`.
+    pub fn failing(mut self, reason: impl Into<String>) -> Self {
+        self.failure_reason = Some(reason.into());
+        self
+    }
+}
+
+/// One refunded line of a [`RefundSpec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundLineSpec {
+    /// What the line refunds, e.g. `shipping`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// SKU id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sku_id: Option<String>,
+    /// Line item id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_id: Option<String>,
+    /// Units.
+    pub quantity: i64,
+    /// Amount as exact decimal text.
+    pub amount: String,
+}
+
+/// The two kinds of chargeback sales transactions (DR's "Disputes and chargebacks" page).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargebackType {
+    /// `fraud_chargeback` (the default).
+    #[default]
+    FraudChargeback,
+    /// `non_fraud_chargeback`.
+    NonFraudChargeback,
+}
+
+/// `POST /sandbox/orders/{id}/chargeback` body. The default charges back everything
+/// available to refund, as a fraud chargeback without fee.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChargebackSpec {
+    /// Amount charged back, exact decimal text; default: all available to refund.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// Fraud or non-fraud.
+    #[serde(rename = "type")]
+    pub kind: ChargebackType,
+    /// Chargeback fee, exact decimal text (the page's example shows 15.0); default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fee: Option<String>,
+}
+
+/// Answer of [`ControlClient::grant_chargeback`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Chargeback {
+    /// The sales transaction, DR-shaped, as `sales_transaction.created` and
+    /// `order.chargeback` carry it.
+    pub sales_transaction: Value,
+    /// The order afterwards, as `GET /orders/{id}` returns it.
+    pub order: Value,
 }
 
 /// A registered webhook endpoint.
@@ -470,6 +585,40 @@ impl ControlClient {
             StatusCode::CREATED,
         )
         .await
+    }
+
+    /// `POST /sandbox/orders/{id}/accept`: an order created `in_review` or
+    /// `pending_payment` passes review and is authorized (`accepted`, `order.accepted`);
+    /// returns it.
+    pub async fn accept_order(&self, order_id: &str) -> Result<Value, ControlError> {
+        let path = format!("/sandbox/orders/{}/accept", encode(order_id, false));
+        self.call_empty(Method::POST, &path, StatusCode::OK).await
+    }
+
+    /// `POST /sandbox/orders/{id}/chargeback`: grants a chargeback on a disputed order —
+    /// the dispute ends, a sales transaction is created (`sales_transaction.created`,
+    /// `order.chargeback`) and `availableToRefundAmount` drops by its amount.
+    pub async fn grant_chargeback(
+        &self,
+        order_id: &str,
+        spec: &ChargebackSpec,
+    ) -> Result<Chargeback, ControlError> {
+        let path = format!("/sandbox/orders/{}/chargeback", encode(order_id, false));
+        self.call(Method::POST, &path, Some(spec), StatusCode::CREATED)
+            .await
+    }
+
+    /// `POST /sandbox/charges/{id}/refunds`: records a refund on a charge (emitting
+    /// `order.charge.refund.complete` or `.failed`); returns the charge as `GET
+    /// /charges/{id}` would.
+    pub async fn record_refund(
+        &self,
+        charge_id: &str,
+        spec: &RefundSpec,
+    ) -> Result<Value, ControlError> {
+        let path = format!("/sandbox/charges/{}/refunds", encode(charge_id, false));
+        self.call(Method::POST, &path, Some(spec), StatusCode::CREATED)
+            .await
     }
 
     /// `POST /sandbox/orders/{id}/dispute`: the order goes to `dispute`; returns it.

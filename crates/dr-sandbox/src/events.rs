@@ -26,6 +26,8 @@ pub(crate) struct StoredEvent {
     pub event_type: String,
     /// Creation time on the sandbox clock.
     pub created: DateTime<Utc>,
+    /// The envelope's `liveMode`: only keys of the same mode list or read it.
+    pub live_mode: bool,
     /// The full envelope as served and delivered.
     pub json: Value,
 }
@@ -81,10 +83,15 @@ impl EventStore {
         }
         self.prune(now);
         self.index.insert(id.clone(), self.events.len());
+        let live_mode = json
+            .get("liveMode")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         self.events.push(StoredEvent {
             id,
             event_type,
             created,
+            live_mode,
             json,
         });
     }

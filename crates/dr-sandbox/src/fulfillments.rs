@@ -9,7 +9,7 @@ use super::fulfill::{split, units_amount};
 use super::model::{
     set_transition, Fulfillment, FulfillmentItem, FulfillmentModel, Item, Op, OpKind, OpState, View,
 };
-use super::orders::{int_value, order_not_found};
+use super::orders::{int_value, order_not_found, DEFAULT_AUTH_DAYS};
 use super::state::{PendingOp, World};
 
 /// DR's 400 for quantities whose sums do not fit (the sandbox never wraps around).
@@ -158,11 +158,26 @@ impl FulfillmentRequest {
                     "'quantity' or 'cancelQuantity' must be greater than 0.",
                 ));
             }
+            let shipment_item_id = opt_string(item, "shipmentItemId")?.filter(|s| !s.is_empty());
+            if let Some(sid) = &shipment_item_id {
+                // why: "for each item in the shipment, a unique shipmentItemId" (DR's
+                // "Capturing and cancelling charges" page). DR does not document its
+                // refusal; 400 invalid_parameter naming `shipmentItemId` is the sandbox's choice.
+                if items
+                    .iter()
+                    .any(|i: &RequestItem| i.shipment_item_id.as_ref() == Some(sid))
+                {
+                    return Err(ApiError::invalid(
+                        "shipmentItemId",
+                        format!("Shipment item id '{sid}' is used by more than one item; each item needs its own."),
+                    ));
+                }
+            }
             items.push(RequestItem {
                 item_id,
                 quantity,
                 cancel_quantity,
-                shipment_item_id: opt_string(item, "shipmentItemId")?,
+                shipment_item_id,
             });
         }
         let metadata = match obj.get("metadata") {
@@ -209,8 +224,7 @@ impl World {
     ) -> Result<Value, ApiError> {
         let now = self.clock.now();
         let order = self
-            .orders
-            .get(&req.order_id)
+            .order_in_mode(&req.order_id, live_mode)
             .ok_or_else(|| order_not_found(&req.order_id))?;
         let oid = order.id.clone();
         match order.state.as_str() {
@@ -230,11 +244,21 @@ impl World {
                     format!("Resource '{oid}' is fulfilled."),
                 ));
             }
-            "cancelled" => {
+            // The sandbox's choice (DR documents no refusal for these states): an order
+            // not yet accepted answers like a disputed one, DR's code for "not ready to
+            // fulfil"; a blocked or cancelled one is in a state that never will be.
+            "in_review" | "pending_payment" => {
+                return Err(ApiError::conflict(
+                    "order_not_submitted",
+                    Some("orderId"),
+                    format!("Order '{oid}' has not been submitted."),
+                ));
+            }
+            "blocked" | "cancelled" => {
                 return Err(ApiError::conflict(
                     "invalid_state",
                     Some("orderId"),
-                    format!("Order '{oid}' is cancelled."),
+                    format!("Order '{oid}' is {}.", order.state),
                 ));
             }
             _ => {}
@@ -303,7 +327,8 @@ impl World {
             .try_fold(0i64, |sum, p| sum.checked_add(p.cancel))
             .ok_or_else(too_large)?;
         let captures_requested = wanted.iter().any(|(_, q, _)| *q > 0);
-        if captures_requested && order.risk_averse && order.auth_is_expired(now) {
+        let reauthorize = captures_requested && order.risk_averse && order.auth_is_expired(now);
+        if reauthorize && !order.reauth_succeeds {
             // why: risk-averse accounts never capture on an expired authorization (DR's "Payment reauthorizations" page).
             let (object, live) = (order.to_json(true, View::Event), order.live_mode);
             self.emit("order.charge.reauth.failed", object, None, live);
@@ -316,6 +341,13 @@ impl World {
         let Some(order) = self.orders.get_mut(&oid) else {
             return Err(order_not_found(&oid));
         };
+        if reauthorize {
+            // why: the page's second outcome — DR secures a new authorization and the
+            // capture proceeds (201, then order.charge.capture.pending); the new one lasts
+            // as long as a first one would.
+            order.auth_expired = false;
+            order.auth_expires_at = Some(now + chrono::Duration::days(DEFAULT_AUTH_DAYS));
+        }
         for p in &plan {
             let item = &mut order.items[p.idx];
             item.allocated = p.allocated;
@@ -448,12 +480,13 @@ impl World {
         Ok(response)
     }
 
-    /// `GET /fulfillments/{id}` JSON (with `orderDetails`).
-    pub(crate) fn fulfillment_json(&self, id: &str) -> Option<Value> {
+    /// `GET /fulfillments/{id}` JSON (with `orderDetails`) for a key of mode `live`.
+    pub(crate) fn fulfillment_json(&self, id: &str, live: bool) -> Option<Value> {
         let f = self
             .fulfillment_index
             .get(id)
-            .and_then(|&i| self.fulfillments.get(i))?;
+            .and_then(|&i| self.fulfillments.get(i))
+            .filter(|f| f.live_mode == live)?;
         let details = self
             .orders
             .get(&f.order_id)
@@ -467,10 +500,16 @@ impl World {
         &mut self,
         id: &str,
         body: &Map<String, Value>,
+        live: bool,
     ) -> Result<Value, ApiError> {
         let idx = *self
             .fulfillment_index
             .get(id)
+            .filter(|&&i| {
+                self.fulfillments
+                    .get(i)
+                    .is_some_and(|f| f.live_mode == live)
+            })
             .ok_or_else(|| ApiError::not_found("id", format!("Fulfillment '{id}' not found.")))?;
         let company = opt_string(body, "trackingCompany")?;
         let number = opt_string(body, "trackingNumber")?;
@@ -506,7 +545,7 @@ impl World {
         if url.is_some() {
             f.tracking_url = url;
         }
-        self.fulfillment_json(id)
+        self.fulfillment_json(id, live)
             .ok_or_else(|| ApiError::not_found("id", format!("Fulfillment '{id}' not found.")))
     }
 }

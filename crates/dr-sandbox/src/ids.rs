@@ -38,6 +38,14 @@ impl IdGen {
         format!("{n}0336")
     }
 
+    /// A sales transaction id shaped like DR's (`1117116275_000010_3700100415`).
+    pub(crate) fn sales_transaction(&mut self) -> String {
+        let a: u64 = self.rng.random_range(1_000_000_000..10_000_000_000);
+        let b: u32 = self.rng.random_range(1..1_000_000);
+        let c: u64 = self.rng.random_range(1_000_000_000..10_000_000_000);
+        format!("{a}_{b:06}_{c}")
+    }
+
     /// A fulfillment id.
     pub(crate) fn fulfillment(&mut self) -> String {
         format!("ful_{}", self.uuid())

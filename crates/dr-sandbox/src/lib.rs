@@ -12,22 +12,80 @@
 //!
 //! # DR surface
 //! `POST /fulfillments`, `GET /fulfillments[/{id}]`, `POST /fulfillments/{id}` (tracking),
-//! `GET /charges/{id}`, `GET /orders/{id}`, `GET /orders?upstreamIds=…`, `GET /events[/{id}]`.
+//! `GET /charges/{id}`, `GET /sources/{id}`, `GET /orders/{id}`, `GET /orders?upstreamIds=…`,
+//! `GET /events[/{id}]`. An order's `payment.sources[]` has one source per charge (`type`,
+//! `amount`, `creditCard {brand, lastFourDigits, expirationMonth, expirationYear}` or
+//! `customerCredit {}`, `owner` from the order's `billTo`); `GET /sources/{id}` adds
+//! `createdTime`, `currency`, `liveMode` and the `clientSecret` DR returns there. A request
+//! with `digitalriver-version` 2021-02-23 or earlier gets orders in the legacy shape of DR's
+//! "Applying store credit (legacy)" page: `creditAmount`, `sources[]` and `charges[]` at the
+//! top level, no `payment`; events keep the 2021-12-13 shape of the sandbox's webhooks.
 //! Every call needs `Authorization: Bearer <key>`; `sk_test_…` keys create `liveMode: false`
-//! objects, any other key `liveMode: true`. Unknown order on `POST /fulfillments` → 404
-//! `not_found` (`parameter: orderId`); unknown line item → 400 `invalid_parameter` (`itemId`);
-//! more units than left → 409 `quantity_too_large`; fully cancelled order → 409
-//! `invalid_state`. These three are our choices: DR does not document them.
+//! objects, any other key `liveMode: true`. A key sees only its own mode's objects
+//! (docs/digital-river.md §5.4): orders, charges, fulfillments and events of the other mode
+//! answer 404 `not_found` as if they did not exist, and lists leave them out; the control
+//! surface's order endpoints follow the same rule. Unknown order on `POST /fulfillments` →
+//! 404 `not_found` (`parameter: orderId`); unknown line item → 400 `invalid_parameter`
+//! (`itemId`); the same `shipmentItemId` on two items → 400 `invalid_parameter`
+//! (`shipmentItemId`; DR asks for "a unique shipmentItemId" per item); more units than left →
+//! 409 `quantity_too_large`; fully cancelled order → 409 `invalid_state`. These four are our
+//! choices: DR does not document them. Neither does it document what `POST /fulfillments`
+//! answers for an order that is not `accepted`; the sandbox answers 409 with
+//! `parameter: orderId` and the code `order_not_submitted` for `in_review` and
+//! `pending_payment` orders (DR's code for a disputed order, which cannot be fulfilled
+//! either), `invalid_state` for `blocked` and `cancelled` ones.
+//!
+//! A risk-averse order whose authorization has expired (`riskMode: averse` and
+//! `authorizationExpired` or `authorizationExpiresAt` passed) refuses captures with DR's 409
+//! `payment_authorization_failed` and an `order.charge.reauth.failed` event, unless it was
+//! created with `reauthorization: succeeds`: then DR secures a new authorization (valid 7
+//! days) and the capture proceeds like any other — 201, `order.charge.capture.pending`, then
+//! the outcome (DR's "Payment reauthorizations" page, second outcome).
 //!
 //! # Control surface (all under the same bearer auth; bodies camelCase, unknown fields ignored)
-//! - `POST /sandbox/orders` → 201 order as `GET /orders/{id}` returns it; emits `order.accepted`.
-//!   Body: `id?`, `upstreamId?`, `currency?` (USD), `email?`, `shipTo?`, `items[]`
+//! - `POST /sandbox/orders` → 201 order as `GET /orders/{id}` returns it; emits the event of
+//!   its state. Body: `id?`, `upstreamId?`, `currency?` (USD), `email?`, `shipTo?`, `items[]`
 //!   (`id?`, `skuId?`, `productName?`, `quantity`, `amount` = line amount, `tax?`, `taxRate?`,
-//!   `metadata?`), `shipping? {amount, tax?}`, `charges? [{type: creditCard|customerCredit,
-//!   amount?}]`, `fulfillmentModel? third_party|distributed`, `riskMode? tolerant|averse`,
-//!   `authorizationExpired?`, `authorizationExpiresAt?` (default: created + 7 days),
-//!   `failCaptures?`, `failCancels?`, `metadata?`.
+//!   `fees?`, `duties?` (line totals, charged like tax), `productDetails?` (more
+//!   `productDetails` fields, echoed), `metadata?`), `billTo?` (echoed), `shipping? {amount,
+//!   tax?}`, `charges? [{type: creditCard|customerCredit, amount?, creditCard? {brand,
+//!   lastFourDigits, expirationMonth, expirationYear, fundingSource?}}]` (a card defaults
+//!   to Visa 1111, 7/2030), `fulfillmentModel? third_party|distributed`,
+//!   `riskMode? tolerant|averse`, `reauthorization? fails|succeeds` (default `fails`),
+//!   `authorizationExpired?`,
+//!   `authorizationExpiresAt?` (default: created + 7 days), `failCaptures?`, `failCancels?`,
+//!   `metadata?`, `state?`:
+//!   - `accepted` (default): charges `capturable`, `fraudState: passed`, `order.accepted`;
+//!   - `in_review`: charges `capturable`, `fraudState: review_opened`, `order.review_opened`;
+//!   - `pending_payment`: charges `pending`, `fraudState: passed`, `order.pending_payment`;
+//!   - `blocked`: charges `failed`, `fraudState: blocked`, `order.blocked`;
+//!   - `cancelled`: every unit and every charge cancelled in full, `order.cancelled`.
+//!
+//!   (DR's "The order lifecycle" page; the charge states of `blocked` and `cancelled`
+//!   orders are the sandbox's choice.)
+//! - `POST /sandbox/orders/{id}/accept` → 200 order: an `in_review` or `pending_payment`
+//!   order passes review and is authorized (`accepted`, `fraudState: passed`, charges
+//!   `capturable`, `order.accepted`); 409 `invalid_state` from any other state.
 //! - `POST /sandbox/orders/{id}/dispute`, `POST /sandbox/orders/{id}/dispute/resolve` → 200 order.
+//!   During the dispute `fraudState` is `review_opened`; resolving restores the state and
+//!   the fraud state from before (DR's "Disputes and chargebacks" page).
+//! - `POST /sandbox/orders/{id}/chargeback {amount?, type? fraud_chargeback|non_fraud_chargeback,
+//!   fee?}` → 201 `{salesTransaction, order}`: grants a chargeback on a disputed order (409
+//!   `invalid_state` otherwise). The dispute is resolved (`order.dispute.resolved`), a sales
+//!   transaction is created and sent as `sales_transaction.created` and `order.chargeback`,
+//!   and `availableToRefundAmount` drops by `amount` (default: all of it). The transaction
+//!   has the fields of the page's example; its `amount` is the amount charged back and
+//!   `payoutAmounts.payoutAmount` = −(amount + fee) — the sandbox's choice, as DR's only
+//!   example is a fee line. The charges' `refunds[]` do not change (DR does not say how a
+//!   chargeback shows there).
+//! - `POST /sandbox/charges/{id}/refunds {amount?, reason?, type?, items? [{type?, skuId?,
+//!   itemId?, quantity, amount}], failureReason?}` → 201 charge: records a refund made
+//!   outside the emulated API (e.g. in DR's Dashboard; `POST /refunds` is not emulated) with
+//!   the fields of DR's Charges API reference (`id` `ref_…`, `invoiceId`, `refundedAmount`, …).
+//!   Complete unless `failureReason` is given; emits `order.charge.refund.complete` /
+//!   `.failed`; a complete one raises `refundedAmount` and lowers `availableToRefundAmount`.
+//!   `amount` (default: all that is left) must not exceed what the charge captured less
+//!   what was refunded or charged back (400 `invalid_parameter` otherwise).
 //! - `GET /sandbox/clock`, `POST /sandbox/clock/advance {seconds}` → `{now, offsetSeconds}`.
 //! - `POST /sandbox/webhooks {url, secret?, types?, enabled?}` → 201 `{id, url, address, types,
 //!   enabled, apiVersion, createdTime, secret, secrets[{secret, current, expiresTime?}]}`;
@@ -61,7 +119,8 @@
 //! - `ids` — (seeded) id generation
 //! - `model` — orders, items, charges, fulfillments and their JSON
 //! - `money` — integer minor units ↔ exact decimal JSON
-//! - `orders` — order creation and disputes
+//! - `orders` — order creation, acceptance and disputes
+//! - `reversals` — refunds recorded on charges, granted chargebacks
 //! - `routes` — axum handlers, auth, request log, fault application
 //! - `settle` — settlement of pending captures/cancels, order completion
 //! - `state` — the world behind one mutex, event emission
@@ -82,6 +141,7 @@ mod ids;
 mod model;
 mod money;
 mod orders;
+mod reversals;
 mod routes;
 mod settle;
 mod state;
@@ -97,9 +157,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use control_client::{
-    ArmedFault, ClockState, ControlClient, ControlError, DeliveryRecord, OperationKind,
-    OperationState, PendingOperation, RecordedRequest, Redelivery, SecretRotation, Settled,
-    WebhookEndpoint, WebhookRegistration, WebhookSecret, DEFAULT_CONTROL_TIMEOUT,
+    ArmedFault, Chargeback, ChargebackSpec, ChargebackType, ClockState, ControlClient,
+    ControlError, DeliveryRecord, OperationKind, OperationState, PendingOperation, RecordedRequest,
+    Redelivery, RefundLineSpec, RefundSpec, SecretRotation, Settled, WebhookEndpoint,
+    WebhookRegistration, WebhookSecret, DEFAULT_CONTROL_TIMEOUT,
 };
 pub use error::SandboxError;
 pub use faults::{FaultKind, FaultSpec};

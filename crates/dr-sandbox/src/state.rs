@@ -119,6 +119,8 @@ pub(crate) struct World {
     pub order_seq: Vec<String>,
     /// Charge id → order id.
     pub charge_index: HashMap<String, String>,
+    /// Source id → order id.
+    pub source_index: HashMap<String, String>,
     /// Fulfillments in creation order.
     pub fulfillments: Vec<Fulfillment>,
     /// Fulfillment id → index.
@@ -151,6 +153,7 @@ impl World {
             orders: HashMap::new(),
             order_seq: Vec::new(),
             charge_index: HashMap::new(),
+            source_index: HashMap::new(),
             fulfillments: Vec::new(),
             fulfillment_index: HashMap::new(),
             events: EventStore::default(),
@@ -309,10 +312,31 @@ impl World {
         self.requests.clear();
     }
 
-    /// The order owning a charge.
-    pub(crate) fn order_of_charge(&self, charge_id: &str) -> Option<&Order> {
+    /// An order as a key of mode `live` sees it: objects of the other mode do not
+    /// exist for it (docs/digital-river.md §5.4).
+    pub(crate) fn order_in_mode(&self, id: &str, live: bool) -> Option<&Order> {
+        self.orders.get(id).filter(|o| o.live_mode == live)
+    }
+
+    /// [`World::order_in_mode`], mutable.
+    pub(crate) fn order_in_mode_mut(&mut self, id: &str, live: bool) -> Option<&mut Order> {
+        self.orders.get_mut(id).filter(|o| o.live_mode == live)
+    }
+
+    /// `GET /sources/{id}` JSON for a key of mode `live`.
+    pub(crate) fn source_json(&self, source_id: &str, live: bool) -> Option<Value> {
+        let order = self
+            .source_index
+            .get(source_id)
+            .and_then(|oid| self.order_in_mode(oid, live))?;
+        let charge = order.charges.iter().find(|c| c.source_id == source_id)?;
+        Some(order.source_json(charge, true))
+    }
+
+    /// The order owning a charge, as a key of mode `live` sees it.
+    pub(crate) fn order_of_charge(&self, charge_id: &str, live: bool) -> Option<&Order> {
         self.charge_index
             .get(charge_id)
-            .and_then(|oid| self.orders.get(oid))
+            .and_then(|oid| self.order_in_mode(oid, live))
     }
 }

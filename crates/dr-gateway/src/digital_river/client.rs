@@ -8,11 +8,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::{field, Instrument};
 
-use super::models::Charge;
 use super::models::{
-    CreateFulfillment, Event, Fulfillment, ListResponse, Order, UpdateFulfillment,
+    Charge, CreateFulfillment, Event, Fulfillment, ListResponse, Order, Source, UpdateFulfillment,
 };
-use super::{Error, ErrorBody, RateLimiter, RetryPolicy};
+use super::{Error, ErrorBody, RateLimiter, Resource, RetryPolicy};
 
 /// A page of DR results.
 pub type Page<T> = ListResponse<T>;
@@ -102,6 +101,8 @@ struct Call<'a> {
     query: Vec<(&'static str, String)>,
     body: Option<Vec<u8>>,
     retry: bool,
+    /// What the call addresses; a 404 names it.
+    resource: Option<Box<Resource>>,
 }
 
 impl Client {
@@ -143,7 +144,10 @@ impl Client {
         body: &CreateFulfillment,
         opts: &CallOptions,
     ) -> Result<Fulfillment, Error> {
-        self.send(Call::post(&["fulfillments"], body)?, opts).await
+        // why: an unknown order is DR's 404 here (`parameter: orderId`); the order is
+        // what the POST addresses (docs/digital-river.md §1.6).
+        let call = Call::post(&["fulfillments"], body)?.about("order", &body.order_id);
+        self.send(call, opts).await
     }
 
     /// `GET /fulfillments/{id}`.
@@ -152,8 +156,11 @@ impl Client {
         id: &str,
         opts: &CallOptions,
     ) -> Result<Fulfillment, Error> {
-        self.send(Call::get(&["fulfillments", id], Vec::new()), opts)
-            .await
+        self.send(
+            Call::get(&["fulfillments", id], Vec::new()).about("fulfillment", id),
+            opts,
+        )
+        .await
     }
 
     /// `GET /fulfillments` with filters.
@@ -184,20 +191,38 @@ impl Client {
         body: &UpdateFulfillment,
         opts: &CallOptions,
     ) -> Result<Fulfillment, Error> {
-        self.send(Call::post(&["fulfillments", id], body)?, opts)
-            .await
+        self.send(
+            Call::post(&["fulfillments", id], body)?.about("fulfillment", id),
+            opts,
+        )
+        .await
     }
 
     /// `GET /charges/{id}`.
     pub async fn get_charge(&self, id: &str, opts: &CallOptions) -> Result<Charge, Error> {
-        self.send(Call::get(&["charges", id], Vec::new()), opts)
-            .await
+        self.send(
+            Call::get(&["charges", id], Vec::new()).about("charge", id),
+            opts,
+        )
+        .await
+    }
+
+    /// `GET /sources/{id}`: a payment source (type, card brand, last four digits, expiry).
+    pub async fn get_source(&self, id: &str, opts: &CallOptions) -> Result<Source, Error> {
+        self.send(
+            Call::get(&["sources", id], Vec::new()).about("source", id),
+            opts,
+        )
+        .await
     }
 
     /// `GET /orders/{id}`.
     pub async fn get_order(&self, id: &str, opts: &CallOptions) -> Result<Order, Error> {
-        self.send(Call::get(&["orders", id], Vec::new()), opts)
-            .await
+        self.send(
+            Call::get(&["orders", id], Vec::new()).about("order", id),
+            opts,
+        )
+        .await
     }
 
     /// `GET /orders?upstreamIds=<id>`: orders carrying the merchant's own id.
@@ -212,8 +237,11 @@ impl Client {
 
     /// `GET /events/{id}`.
     pub async fn get_event(&self, id: &str, opts: &CallOptions) -> Result<Event, Error> {
-        self.send(Call::get(&["events", id], Vec::new()), opts)
-            .await
+        self.send(
+            Call::get(&["events", id], Vec::new()).about("event", id),
+            opts,
+        )
+        .await
     }
 
     /// `GET /events` with filters; DR keeps 30 days.
@@ -394,6 +422,7 @@ impl Client {
             body,
             retry_after,
             request_id: Some(request_id.to_owned()),
+            resource: call.resource.clone(),
         })
     }
 
@@ -424,6 +453,7 @@ impl<'a> Call<'a> {
             query,
             body: None,
             retry: true,
+            resource: None,
         }
     }
 
@@ -438,7 +468,14 @@ impl<'a> Call<'a> {
             query: Vec::new(),
             body: Some(body),
             retry: false,
+            resource: None,
         })
+    }
+
+    /// Names the resource the call addresses.
+    fn about(mut self, kind: &'static str, id: &str) -> Self {
+        self.resource = Some(Box::new(Resource::new(kind, id)));
+        self
     }
 }
 

@@ -46,6 +46,29 @@ impl ErrorBody {
     }
 }
 
+/// The DR resource a call addressed, so a 404 can say which one was missing.
+///
+/// why: a path does not always name it — `POST /fulfillments` addresses the order in
+/// its body, and DR answers 404 `parameter: orderId` for an unknown one
+/// (docs/digital-river.md §1.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Resource type in the singular, as DR names it: `order`, `charge`, `source`, …
+    pub kind: &'static str,
+    /// The id the caller asked for.
+    pub id: String,
+}
+
+impl Resource {
+    /// The resource `kind` with id `id`.
+    pub fn new(kind: &'static str, id: impl Into<String>) -> Self {
+        Self {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
 /// An upstream failure. Causes are kept as sources, never stringified into the message,
 /// and no variant carries the API key.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +88,9 @@ pub enum Error {
         retry_after: Option<Duration>,
         /// DR's request id header, when sent.
         request_id: Option<String>,
+        /// The resource the call addressed, when the client knows it (boxed: errors
+        /// stay small).
+        resource: Option<Box<Resource>>,
     },
     /// DR answered, but the body is not JSON of the expected shape. The first bytes
     /// are logged by the client, never returned to callers.

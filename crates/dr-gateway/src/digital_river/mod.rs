@@ -11,6 +11,6 @@ mod rate_limit;
 mod retry;
 
 pub use client::{CallOptions, Client, ClientConfig, EventQuery, FulfillmentQuery, Page};
-pub use error::{Error, ErrorBody, ErrorEntry};
+pub use error::{Error, ErrorBody, ErrorEntry, Resource};
 pub use rate_limit::RateLimiter;
 pub use retry::RetryPolicy;

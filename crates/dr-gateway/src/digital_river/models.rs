@@ -163,6 +163,14 @@ pub struct Order {
     pub total_tax: Option<Number>,
     /// Total shipping.
     pub total_shipping: Option<Number>,
+    /// Total regulatory fees.
+    pub total_fees: Option<Number>,
+    /// Total duties.
+    pub total_duty: Option<Number>,
+    /// Total importer tax.
+    pub total_importer_tax: Option<Number>,
+    /// Total discount.
+    pub total_discount: Option<Number>,
     /// Captured so far.
     pub captured_amount: Option<Number>,
     /// Cancelled so far.
@@ -172,13 +180,23 @@ pub struct Order {
     /// Refunded so far.
     pub refunded_amount: Option<Number>,
     /// Recipient.
-    pub ship_to: Option<ShipTo>,
+    pub ship_to: Option<Contact>,
+    /// Payer and billing address.
+    pub bill_to: Option<Contact>,
     /// Customer email.
     pub email: Option<String>,
     /// Line items.
     pub items: Vec<OrderItem>,
-    /// Payment (absent from `orderDetails`).
+    /// Payment (absent from `orderDetails`, and from orders of API versions up to
+    /// 2021-02-23, which carry `charges` and `sources` at the top level).
     pub payment: Option<Payment>,
+    /// Charges of the legacy shape (API versions up to 2021-02-23, DR's "Applying store
+    /// credit (legacy)" page); read them through [`Order::charges`].
+    pub charges: Vec<Charge>,
+    /// Sources of the legacy shape; read them through [`Order::sources`].
+    pub sources: Vec<Source>,
+    /// Order metadata.
+    pub metadata: Option<Map<String, Value>>,
     /// Live or test mode.
     pub live_mode: bool,
     /// RFC 3339 creation time.
@@ -187,6 +205,27 @@ pub struct Order {
     pub updated_time: Option<String>,
     /// Fraud review state.
     pub fraud_state: Option<String>,
+    /// Fraud state → RFC 3339 time.
+    pub fraud_state_transitions: Map<String, Value>,
+}
+
+impl Order {
+    /// The order's charges in either shape: `payment.charges[]`, or the top-level
+    /// `charges[]` of API versions up to 2021-02-23 (docs/digital-river.md §7).
+    pub fn charges(&self) -> &[Charge] {
+        match &self.payment {
+            Some(p) if !p.charges.is_empty() => &p.charges,
+            _ => &self.charges,
+        }
+    }
+
+    /// The order's payment sources in either shape (see [`Order::charges`]).
+    pub fn sources(&self) -> &[Source] {
+        match &self.payment {
+            Some(p) if !p.sources.is_empty() => &p.sources,
+            _ => &self.sources,
+        }
+    }
 }
 
 /// `order.payment`.
@@ -195,20 +234,95 @@ pub struct Order {
 pub struct Payment {
     /// The order's charges.
     pub charges: Vec<Charge>,
+    /// The sources funding them.
+    pub sources: Vec<Source>,
 }
 
-/// `order.shipTo`.
+/// `order.shipTo` and `order.billTo`: a person, how to reach them, an address.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct ShipTo {
-    /// Recipient name.
+pub struct Contact {
+    /// Name.
     pub name: Option<String>,
-    /// Recipient email.
+    /// Email.
     pub email: Option<String>,
-    /// Recipient phone.
+    /// Phone.
     pub phone: Option<String>,
+    /// Organization.
+    pub organization: Option<String>,
     /// Address.
     pub address: Option<Address>,
+}
+
+/// A payment source (`GET /sources/{id}`, `payment.sources[]`).
+///
+/// why: DR also sends `clientSecret`, which lets a browser use the source; it is left
+/// out here so it can never reach a caller or a log.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Source {
+    /// Source id.
+    pub id: String,
+    /// RFC 3339 creation time.
+    pub created_time: Option<String>,
+    /// `creditCard`, `customerCredit`, `payPal`, …
+    #[serde(rename = "type")]
+    pub source_type: Option<String>,
+    /// ISO 4217 currency (absent on an order's sources).
+    pub currency: Option<String>,
+    /// Amount the source contributes.
+    pub amount: Option<Number>,
+    /// Saved to a customer.
+    pub reusable: bool,
+    /// Source state.
+    pub state: Option<String>,
+    /// Account holder.
+    pub owner: Option<Owner>,
+    /// Card details, for credit cards.
+    pub credit_card: Option<CreditCard>,
+    /// Customer id, for saved sources.
+    pub customer_id: Option<String>,
+    /// Payment session id.
+    pub payment_session_id: Option<String>,
+    /// Live or test mode.
+    pub live_mode: bool,
+}
+
+/// `source.owner`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Owner {
+    /// Given name.
+    pub first_name: Option<String>,
+    /// Family name.
+    pub last_name: Option<String>,
+    /// Email.
+    pub email: Option<String>,
+    /// Phone.
+    pub phone: Option<String>,
+    /// Organization.
+    pub organization: Option<String>,
+    /// Address.
+    pub address: Option<Address>,
+}
+
+/// `source.creditCard`: never the card number.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CreditCard {
+    /// Brand, e.g. `Visa`.
+    pub brand: Option<String>,
+    /// Last four digits (text: leading zeros matter).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub last_four_digits: Option<String>,
+    /// Expiry month.
+    #[serde(deserialize_with = "lenient::int")]
+    pub expiration_month: i64,
+    /// Expiry year.
+    #[serde(deserialize_with = "lenient::int")]
+    pub expiration_year: i64,
+    /// `credit`, `debit`, `prepaid`, …
+    pub funding_source: Option<String>,
 }
 
 /// A postal address.
@@ -250,14 +364,38 @@ pub struct OrderItem {
     /// Shipment item id, when DR sets one.
     #[serde(deserialize_with = "lenient::opt_string")]
     pub shipment_item_id: Option<String>,
+    /// Item metadata.
+    pub metadata: Option<Map<String, Value>>,
 }
 
 /// `items[].productDetails`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ProductDetails {
+    /// Product (SKU) id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub id: Option<String>,
     /// Product name.
     pub name: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Image URL.
+    pub image: Option<String>,
+    /// Product page URL.
+    pub url: Option<String>,
+    /// Country of origin.
+    pub country_of_origin: Option<String>,
+    /// Weight: a JSON number, kept as its exact text.
+    pub weight: Option<Number>,
+    /// Unit of the weight.
+    pub weight_unit: Option<String>,
+    /// Part number.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub part_number: Option<String>,
+    /// SKU group id.
+    pub sku_group_id: Option<String>,
+    /// Product metadata.
+    pub metadata: Option<Map<String, Value>>,
 }
 
 /// A DR charge (docs/digital-river.md §2.2).
@@ -294,7 +432,7 @@ pub struct Charge {
     /// Cancels.
     pub cancels: Vec<ChargeOperation>,
     /// Refunds.
-    pub refunds: Vec<ChargeOperation>,
+    pub refunds: Vec<Refund>,
     /// customer_initiated | merchant_initiated | moto.
     #[serde(rename = "type")]
     pub charge_type: Option<String>,
@@ -322,6 +460,111 @@ pub struct ChargeOperation {
     pub failure_message: Option<String>,
     /// Fulfillment that started it (since 2022).
     pub fulfillment_id: Option<String>,
+}
+
+/// A refund inside a charge (DR's Charges API reference; not the `/refunds` resource).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Refund {
+    /// Refund id (`ref_…`); DR's store-credit examples leave it out.
+    pub id: String,
+    /// RFC 3339 creation time.
+    pub created_time: Option<String>,
+    /// RFC 3339 last update.
+    pub updated_time: Option<String>,
+    /// ISO 4217 currency.
+    pub currency: Option<String>,
+    /// Amount asked for.
+    pub amount: Option<Number>,
+    /// Amount refunded so far.
+    pub refunded_amount: Option<Number>,
+    /// pending | complete | failed | …
+    pub state: Option<String>,
+    /// Why it was made.
+    pub reason: Option<String>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// What was refunded (`product`, `shipping`, …).
+    #[serde(rename = "type")]
+    pub refund_type: Option<String>,
+    /// Refunded lines.
+    #[serde(deserialize_with = "lenient::flat_list")]
+    pub items: Vec<RefundItem>,
+    /// Invoice (credit memo) id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub invoice_id: Option<String>,
+}
+
+/// One line of a refund.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RefundItem {
+    /// `product`, `shipping`, …
+    #[serde(rename = "type")]
+    pub item_type: Option<String>,
+    /// SKU id.
+    pub sku_id: Option<String>,
+    /// Line item id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub item_id: Option<String>,
+    /// Units.
+    #[serde(deserialize_with = "lenient::int")]
+    pub quantity: i64,
+    /// Amount.
+    pub amount: Option<Number>,
+}
+
+/// A sales transaction (`order.chargeback` / `sales_transaction.created` objects,
+/// docs/digital-river.md §2.5).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SalesTransaction {
+    /// Id, e.g. `1117116275_000010_3700100415`.
+    #[serde(deserialize_with = "lenient::string")]
+    pub id: String,
+    /// `fraud_chargeback`, `non_fraud_chargeback`, …
+    #[serde(rename = "type")]
+    pub transaction_type: Option<String>,
+    /// DR order id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub order_id: Option<String>,
+    /// The merchant's order id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub order_upstream_id: Option<String>,
+    /// Line item id.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub line_item_id: Option<String>,
+    /// SKU id.
+    pub sku_id: Option<String>,
+    /// Units.
+    #[serde(deserialize_with = "lenient::int")]
+    pub quantity: i64,
+    /// ISO 4217 currency of `amount`.
+    pub currency: Option<String>,
+    /// Amount.
+    pub amount: Option<Number>,
+    /// What DR pays out.
+    pub payout_amounts: Option<PayoutAmounts>,
+    /// Payment type.
+    pub payment_type: Option<String>,
+    /// RFC 3339 sale time.
+    pub sale_time: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_time: Option<String>,
+    /// Live or test mode.
+    pub live_mode: bool,
+}
+
+/// `salesTransaction.payoutAmounts` (the fields the gateway reads).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PayoutAmounts {
+    /// Payout currency.
+    pub currency: Option<String>,
+    /// Fees (negative when charged).
+    pub transaction_fees: Option<Number>,
+    /// Amount paid out (negative when money goes back).
+    pub payout_amount: Option<Number>,
 }
 
 /// A DR event envelope (docs/digital-river.md §3.2).
@@ -375,6 +618,36 @@ pub(crate) mod lenient {
                 "expected a string or number, got {other}"
             ))),
         }
+    }
+
+    /// A list of objects, also when DR nests it one level deeper: the Charges API
+    /// reference prints a refund's `items` as an array of arrays.
+    pub(crate) fn flat_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: serde::de::DeserializeOwned,
+    {
+        let values = match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Array(values)) => values,
+            Some(other) => {
+                return Err(serde::de::Error::custom(format!(
+                    "expected a list, got {other}"
+                )))
+            }
+        };
+        let mut out = Vec::with_capacity(values.len());
+        for value in values {
+            match value {
+                Value::Array(inner) => {
+                    for v in inner {
+                        out.push(serde_json::from_value(v).map_err(serde::de::Error::custom)?);
+                    }
+                }
+                v => out.push(serde_json::from_value(v).map_err(serde::de::Error::custom)?),
+            }
+        }
+        Ok(out)
     }
 
     /// An integer, or a numeric string (the DR docs' curl examples quote quantities).

@@ -73,6 +73,7 @@ mod tests {
             body: None,
             retry_after,
             request_id: None,
+            resource: None,
         }
     }
 

@@ -116,6 +116,19 @@ impl FulfillmentCommand {
                     "set quantity or cancel_quantity (or both) to a positive number",
                 ));
             }
+            // why: DR wants "for each item in the shipment, a unique shipmentItemId"
+            // (DR's "Capturing and cancelling charges" page); refusing here keeps a bad
+            // shipment from ever reaching DR.
+            let sid = item.shipment_item_id.as_str();
+            if let Some(first) = self.items[..i]
+                .iter()
+                .position(|earlier| !sid.is_empty() && earlier.shipment_item_id == sid)
+            {
+                v.push(FieldViolation::new(
+                    format!("items[{i}].shipment_item_id"),
+                    format!("repeats items[{first}].shipment_item_id; each item needs its own"),
+                ));
+            }
         }
         if self.request_id.len() > MAX_REQUEST_ID_LEN {
             v.push(FieldViolation::new(
@@ -696,6 +709,24 @@ mod tests {
         assert!(same_items(&body, &found(&[("2", 1, 0), ("2", 0, 1)])));
         assert!(!same_items(&body, &found(&[("2", 2, 1)])));
         assert!(!same_items(&body, &found(&[("2", 1, 1), ("9", 1, 0)])));
+    }
+
+    #[test]
+    fn a_shipment_item_id_may_not_repeat_within_a_request() {
+        let mut c = cmd();
+        c.items[0].shipment_item_id = "s1".into();
+        for sid in ["s2", "s1", ""] {
+            c.items.push(ItemCommand {
+                item_id: "3".into(),
+                quantity: 1,
+                shipment_item_id: sid.into(),
+                ..Default::default()
+            });
+        }
+        assert_eq!(
+            fields(c.validate().unwrap_err()),
+            vec!["items[2].shipment_item_id"]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the gateway does between the gRPC edge and DR: validation, idempotent
-//! fulfillment with reconciliation, order progress and capture-failure lookups.
+//! fulfillment with reconciliation, order progress, capture-failure lookups and the
+//! payment source of a charge.
 //!
 //! It speaks in DR models and [`ServiceError`]; the transport converts both.
 
@@ -7,5 +8,6 @@ mod error;
 pub mod fulfillments;
 pub mod idempotency;
 pub mod orders;
+pub mod payments;
 
 pub use error::{FieldViolation, ServiceError};

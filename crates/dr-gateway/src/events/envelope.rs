@@ -153,12 +153,14 @@ pub fn order_id_of(event_type: &str, object: &Map<String, Value>) -> Option<Stri
     if let Some(id) = object.get("orderId").and_then(id_text) {
         return Some(id);
     }
-    // why: `order.charge.*` objects are charges (they carry orderId, handled above);
-    // `order.chargeback` is a sales transaction; any other `order.*` object is the
-    // order (docs/digital-river.md §3.2).
-    let object_is_order = event_type.starts_with("order.")
-        && !event_type.starts_with("order.charge.")
-        && event_type != "order.chargeback";
+    // why: `order.charge.*` objects are charges (they carry orderId, handled above),
+    // except `order.charge.reauth.failed`, whose object is the order; `order.chargeback`
+    // is a sales transaction; any other `order.*` object is the order
+    // (docs/digital-river.md §3.2).
+    let object_is_order = event_type == "order.charge.reauth.failed"
+        || (event_type.starts_with("order.")
+            && !event_type.starts_with("order.charge.")
+            && event_type != "order.chargeback");
     if object_is_order {
         object.get("id").and_then(id_text)
     } else {
@@ -219,6 +221,15 @@ mod tests {
                        "data":{"object":{"id":"1234"}}}"#;
         let env = Envelope::parse(Bytes::from_static(body.as_bytes())).unwrap();
         assert_eq!(env.order_id.as_deref(), Some("1234"));
+    }
+
+    #[test]
+    fn a_reauth_failed_event_is_about_the_order_it_carries() {
+        // DR's "Payment reauthorizations" page: `data.object` is the order itself.
+        let body = r#"{"id":"e1","type":"order.charge.reauth.failed","createdTime":"2022-12-30T18:03:23.12606Z",
+                       "data":{"object":{"id":"1066128630082","payment":{"charges":[]}}}}"#;
+        let env = Envelope::parse(Bytes::from_static(body.as_bytes())).unwrap();
+        assert_eq!(env.order_id.as_deref(), Some("1066128630082"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::request::{self, required};
 use crate::digital_river::models::Fulfillment;
 use crate::digital_river::Client;
 use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand, MAX_QUANTITY};
-use crate::domain::orders;
+use crate::domain::{orders, payments};
 use crate::domain::{FieldViolation, ServiceError};
 use crate::events::outcomes::{self, Correlation, OperationKind, Outcomes};
 use crate::events::{EventLog, Tail};
@@ -89,10 +89,7 @@ async fn wait_outcomes(
         request_id: None,
     };
     let (known, currency) = match client.get_order(&created.order_id, &opts).await {
-        Ok(order) => (
-            order.payment.map(|p| p.charges).unwrap_or_default(),
-            order.currency.unwrap_or_default(),
-        ),
+        Ok(order) => (order.charges().to_vec(), order.currency.unwrap_or_default()),
         Err(e) => {
             tracing::warn!(error = %e, "could not read the order's charges; waiting on events only");
             (Vec::new(), String::new())
@@ -184,8 +181,32 @@ impl ChargeService for ChargeApi {
             .get_charge(&id, &opts)
             .await
             .map_err(ServiceError::from)?;
-        Ok(Response::new(pb::GetChargeResponse {
-            charge: Some(convert::charge(&charge, "")),
+        let mut out = convert::charge(&charge, "");
+        // why: a charge names only its source's id; which kind it is (card or store
+        // credit) is what a customer notice needs (DR's "Capturing and cancelling
+        // charges" page reads GET /sources/{sourceId} for it).
+        let currency = charge.currency.as_deref().unwrap_or_default();
+        out.source = payments::source_of(&self.client, &charge, &opts)
+            .await?
+            .map(|source| convert::payment_source(&source, currency));
+        Ok(Response::new(pb::GetChargeResponse { charge: Some(out) }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetPaymentSource", source_id = %req.get_ref().source_id))]
+    async fn get_payment_source(
+        &self,
+        req: Request<pb::GetPaymentSourceRequest>,
+    ) -> Result<Response<pb::GetPaymentSourceResponse>, Status> {
+        let opts = request::call_options(&req);
+        let id = req.into_inner().source_id;
+        required("source_id", &id)?;
+        let source = self
+            .client
+            .get_source(&id, &opts)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::GetPaymentSourceResponse {
+            source: Some(convert::payment_source(&source, "")),
         }))
     }
 
@@ -211,6 +232,7 @@ impl ChargeService for ChargeApi {
             cancelled_amount: o.cancelled_amount,
             available_to_refund_amount: o.available_to_refund_amount,
             order_state: o.state,
+            refunded_amount: o.refunded_amount,
         }))
     }
 

@@ -95,23 +95,100 @@ fn metadata(map: Option<&serde_json::Map<String, Value>>) -> HashMap<String, Str
         .collect()
 }
 
-/// A DR order (items without progress quantities; see `fulfillment_progress`).
+/// A postal address.
+fn address(a: &models::Address) -> pb::Address {
+    pb::Address {
+        line1: a.line1.clone().unwrap_or_default(),
+        line2: a.line2.clone().unwrap_or_default(),
+        city: a.city.clone().unwrap_or_default(),
+        postal_code: a.postal_code.clone().unwrap_or_default(),
+        state: a.state.clone().unwrap_or_default(),
+        country: a.country.clone().unwrap_or_default(),
+    }
+}
+
+/// State name → time, for `stateTransitions` and `fraudStateTransitions`.
+fn transitions(map: &serde_json::Map<String, Value>) -> HashMap<String, Timestamp> {
+    map.iter()
+        .filter_map(|(state, t)| Some((state.clone(), timestamp(t.as_str()?)?)))
+        .collect()
+}
+
+/// A line item's product details; the weight keeps DR's exact decimal text.
+fn product_details(p: &models::ProductDetails) -> pb::ProductDetails {
+    pb::ProductDetails {
+        id: p.id.clone().unwrap_or_default(),
+        name: p.name.clone().unwrap_or_default(),
+        description: p.description.clone().unwrap_or_default(),
+        image: p.image.clone().unwrap_or_default(),
+        url: p.url.clone().unwrap_or_default(),
+        country_of_origin: p.country_of_origin.clone().unwrap_or_default(),
+        weight: p.weight.as_ref().map(Number::to_string).unwrap_or_default(),
+        weight_unit: p.weight_unit.clone().unwrap_or_default(),
+        part_number: p.part_number.clone().unwrap_or_default(),
+        sku_group_id: p.sku_group_id.clone().unwrap_or_default(),
+        metadata: metadata(p.metadata.as_ref()),
+    }
+}
+
+/// A payment source; `fallback_currency` prices it when the source names no currency
+/// (an order's sources do not).
+pub fn payment_source(src: &models::Source, fallback_currency: &str) -> pb::PaymentSource {
+    let currency = src.currency.as_deref().unwrap_or(fallback_currency);
+    pb::PaymentSource {
+        id: src.id.clone(),
+        r#type: src.source_type.clone().unwrap_or_default(),
+        amount: amount(currency, &src.amount),
+        state: src.state.clone().unwrap_or_default(),
+        reusable: src.reusable,
+        credit_card: src.credit_card.as_ref().map(|c| pb::CreditCard {
+            brand: c.brand.clone().unwrap_or_default(),
+            last_four_digits: c.last_four_digits.clone().unwrap_or_default(),
+            expiration_month: i32::try_from(c.expiration_month).unwrap_or_default(),
+            expiration_year: i32::try_from(c.expiration_year).unwrap_or_default(),
+            funding_source: c.funding_source.clone().unwrap_or_default(),
+        }),
+        owner: src.owner.as_ref().map(|o| pb::SourceOwner {
+            first_name: o.first_name.clone().unwrap_or_default(),
+            last_name: o.last_name.clone().unwrap_or_default(),
+            email: o.email.clone().unwrap_or_default(),
+            phone: o.phone.clone().unwrap_or_default(),
+            organization: o.organization.clone().unwrap_or_default(),
+            address: o.address.as_ref().map(address),
+        }),
+        customer_id: src.customer_id.clone().unwrap_or_default(),
+        payment_session_id: src.payment_session_id.clone().unwrap_or_default(),
+        live_mode: src.live_mode,
+        create_time: opt_timestamp(&src.created_time),
+    }
+}
+
+/// A DR order (items without progress quantities; see `fulfillment_progress`). Each
+/// charge gets the source its `sourceId` names among the order's sources.
 pub fn order(o: &models::Order) -> pb::Order {
     let currency = o.currency.clone().unwrap_or_default();
+    let payment_sources: Vec<pb::PaymentSource> = o
+        .sources()
+        .iter()
+        .map(|s| payment_source(s, &currency))
+        .collect();
     let charges = o
-        .payment
-        .as_ref()
-        .map(|p| p.charges.iter().map(|c| charge(c, &currency)).collect())
-        .unwrap_or_default();
+        .charges()
+        .iter()
+        .map(|c| {
+            let mut out = charge(c, &currency);
+            out.source = payment_sources
+                .iter()
+                .find(|s| !out.source_id.is_empty() && s.id == out.source_id)
+                .cloned();
+            out
+        })
+        .collect();
     pb::Order {
         id: o.id.clone(),
         upstream_id: o.upstream_id.clone().unwrap_or_default(),
         state: o.state.clone().unwrap_or_default(),
-        state_transitions: o
-            .state_transitions
-            .iter()
-            .filter_map(|(state, t)| Some((state.clone(), timestamp(t.as_str()?)?)))
-            .collect(),
+        state_transitions: transitions(&o.state_transitions),
         currency_code: currency.clone(),
         total_amount: amount(&currency, &o.total_amount),
         subtotal: amount(&currency, &o.subtotal),
@@ -129,15 +206,23 @@ pub fn order(o: &models::Order) -> pb::Order {
                 .or_else(|| o.email.clone())
                 .unwrap_or_default(),
             phone: s.phone.clone().unwrap_or_default(),
-            address: s.address.as_ref().map(|a| pb::Address {
-                line1: a.line1.clone().unwrap_or_default(),
-                line2: a.line2.clone().unwrap_or_default(),
-                city: a.city.clone().unwrap_or_default(),
-                postal_code: a.postal_code.clone().unwrap_or_default(),
-                state: a.state.clone().unwrap_or_default(),
-                country: a.country.clone().unwrap_or_default(),
-            }),
+            address: s.address.as_ref().map(address),
         }),
+        bill_to: o.bill_to.as_ref().map(|b| pb::BillTo {
+            name: b.name.clone().unwrap_or_default(),
+            email: b.email.clone().unwrap_or_default(),
+            phone: b.phone.clone().unwrap_or_default(),
+            address: b.address.as_ref().map(address),
+            organization: b.organization.clone().unwrap_or_default(),
+        }),
+        email: o.email.clone().unwrap_or_default(),
+        total_fees: amount(&currency, &o.total_fees),
+        total_duty: amount(&currency, &o.total_duty),
+        total_importer_tax: amount(&currency, &o.total_importer_tax),
+        total_discount: amount(&currency, &o.total_discount),
+        payment_sources,
+        fraud_state_transitions: transitions(&o.fraud_state_transitions),
+        metadata: metadata(o.metadata.as_ref()),
         items: o
             .items
             .iter()
@@ -156,6 +241,8 @@ pub fn order(o: &models::Order) -> pb::Order {
                 cancelled_quantity: 0,
                 open_quantity: 0,
                 shipment_item_id: i.shipment_item_id.clone().unwrap_or_default(),
+                metadata: metadata(i.metadata.as_ref()),
+                product_details: i.product_details.as_ref().map(product_details),
             })
             .collect(),
         charges,
@@ -184,17 +271,76 @@ pub fn charge(c: &models::Charge, fallback_currency: &str) -> pb::Charge {
         refunded: c.refunded,
         captures: ops(&c.captures),
         cancels: ops(&c.cancels),
-        refunds: ops(&c.refunds),
+        refunds: c.refunds.iter().map(|r| refund(r, currency)).collect(),
         failure_code: c.failure_code.clone().unwrap_or_default(),
         failure_message: c.failure_message.clone().unwrap_or_default(),
         r#type: c.charge_type.clone().unwrap_or_default(),
         payment_session_id: c.payment_session_id.clone().unwrap_or_default(),
         live_mode: c.live_mode,
         create_time: opt_timestamp(&c.created_time),
+        source: None,
     }
 }
 
-/// A capture, cancel or refund.
+/// A refund of a charge: a `ChargeOperation` with its refund-only fields.
+pub fn refund(r: &models::Refund, fallback_currency: &str) -> pb::ChargeOperation {
+    let currency = r.currency.as_deref().unwrap_or(fallback_currency);
+    pb::ChargeOperation {
+        id: r.id.clone(),
+        amount: amount(currency, &r.amount),
+        state: r.state.clone().unwrap_or_default(),
+        failure_code: String::new(),
+        failure_message: String::new(),
+        fulfillment_id: String::new(),
+        create_time: opt_timestamp(&r.created_time),
+        update_time: opt_timestamp(&r.updated_time),
+        refund: Some(pb::RefundDetails {
+            refunded_amount: amount(currency, &r.refunded_amount),
+            reason: r.reason.clone().unwrap_or_default(),
+            failure_reason: r.failure_reason.clone().unwrap_or_default(),
+            r#type: r.refund_type.clone().unwrap_or_default(),
+            items: r
+                .items
+                .iter()
+                .map(|i| pb::RefundItem {
+                    r#type: i.item_type.clone().unwrap_or_default(),
+                    sku_id: i.sku_id.clone().unwrap_or_default(),
+                    item_id: i.item_id.clone().unwrap_or_default(),
+                    quantity: i.quantity,
+                    amount: amount(currency, &i.amount),
+                })
+                .collect(),
+            invoice_id: r.invoice_id.clone().unwrap_or_default(),
+        }),
+    }
+}
+
+/// A sales transaction; payout figures are in the payout currency.
+pub fn sales_transaction(t: &models::SalesTransaction) -> pb::SalesTransaction {
+    let currency = t.currency.as_deref().unwrap_or_default();
+    let payout = t.payout_amounts.as_ref();
+    let payout_currency = payout
+        .and_then(|p| p.currency.as_deref())
+        .unwrap_or(currency);
+    pb::SalesTransaction {
+        id: t.id.clone(),
+        r#type: t.transaction_type.clone().unwrap_or_default(),
+        order_id: t.order_id.clone().unwrap_or_default(),
+        order_upstream_id: t.order_upstream_id.clone().unwrap_or_default(),
+        line_item_id: t.line_item_id.clone().unwrap_or_default(),
+        sku_id: t.sku_id.clone().unwrap_or_default(),
+        quantity: t.quantity,
+        amount: amount(currency, &t.amount),
+        payout_amount: payout.and_then(|p| amount(payout_currency, &p.payout_amount)),
+        transaction_fees: payout.and_then(|p| amount(payout_currency, &p.transaction_fees)),
+        payment_type: t.payment_type.clone().unwrap_or_default(),
+        sale_time: opt_timestamp(&t.sale_time),
+        create_time: opt_timestamp(&t.created_time),
+        live_mode: t.live_mode,
+    }
+}
+
+/// A capture or cancel.
 pub fn charge_operation(op: &models::ChargeOperation, currency: &str) -> pb::ChargeOperation {
     pb::ChargeOperation {
         id: op.id.clone(),
@@ -205,6 +351,7 @@ pub fn charge_operation(op: &models::ChargeOperation, currency: &str) -> pb::Cha
         fulfillment_id: op.fulfillment_id.clone().unwrap_or_default(),
         create_time: opt_timestamp(&op.created_time),
         update_time: opt_timestamp(&op.updated_time),
+        refund: None,
     }
 }
 

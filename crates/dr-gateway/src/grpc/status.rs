@@ -10,7 +10,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::digital_river::{Error as DrError, ErrorBody};
+use crate::digital_river::{Error as DrError, ErrorBody, Resource};
 use crate::domain::ServiceError;
 use crate::events::SubscribeError;
 use crate::grpc::event_stream::StreamEnd;
@@ -230,6 +230,7 @@ pub fn from_dr_error(error: &DrError) -> Status {
             body,
             retry_after,
             request_id,
+            resource,
         } => api_status(
             *status,
             method,
@@ -237,6 +238,7 @@ pub fn from_dr_error(error: &DrError) -> Status {
             body.as_deref(),
             *retry_after,
             request_id.as_deref(),
+            resource.as_deref(),
         ),
         DrError::Timeout { budget, .. } => {
             let mut meta = HashMap::new();
@@ -312,7 +314,15 @@ fn api_status(
     body: Option<&ErrorBody>,
     retry_after: Option<Duration>,
     request_id: Option<&str>,
+    resource: Option<&Resource>,
 ) -> Status {
+    // why: the resource the call addressed, not the path's first segment: an
+    // unknown order on `POST /fulfillments` is a missing *order*, named by the id the
+    // caller asked for.
+    let (resource_type, resource_name) = match resource {
+        Some(r) => (r.kind.to_owned(), r.id.clone()),
+        None => resource_of(path),
+    };
     let first = body.and_then(ErrorBody::first);
     let dr_code = first.and_then(|e| e.code.clone()).unwrap_or_default();
     let dr_type = body.and_then(|b| b.error_type.clone()).unwrap_or_default();
@@ -358,12 +368,9 @@ fn api_status(
             )
         }
         403 => status_with_info(Code::PermissionDenied, message, &reason, meta, |_| {}),
-        404 => {
-            let (resource_type, id) = resource_of(path);
-            status_with_info(Code::NotFound, message.clone(), &reason, meta, |d| {
-                d.set_resource_info(resource_type, id, "", message);
-            })
-        }
+        404 => status_with_info(Code::NotFound, message.clone(), &reason, meta, |d| {
+            d.set_resource_info(resource_type, resource_name, "", message);
+        }),
         405 | 406 => {
             tracing::error!(status, %path, "DR refused the request's method or format: a gateway bug");
             status_with_info(Code::Internal, message, &reason, meta, |_| {})
@@ -371,7 +378,7 @@ fn api_status(
         408 | 504 => status_with_info(Code::DeadlineExceeded, message, &reason, meta, |_| {}),
         409 => {
             let subject = if parameter.is_empty() {
-                resource_of(path).1
+                resource_name
             } else {
                 parameter.clone()
             };
@@ -435,6 +442,7 @@ mod tests {
             })),
             retry_after: retry_after.map(Duration::from_secs),
             request_id: Some("req-1".into()),
+            resource: None,
         }
     }
 
@@ -519,6 +527,7 @@ mod tests {
             })),
             retry_after: None,
             request_id: None,
+            resource: None,
         };
         let status = from_dr_error(&error);
         assert_eq!(status.message(), "The authorization failed.");
@@ -534,6 +543,7 @@ mod tests {
             body: None,
             retry_after: None,
             request_id: None,
+            resource: None,
         };
         let status = from_dr_error(&empty);
         assert_eq!(status.code(), Code::Unavailable);
@@ -552,11 +562,31 @@ mod tests {
             body: None,
             retry_after: None,
             request_id: None,
+            resource: None,
         };
         let info = from_dr_error(&error).get_details_resource_info().unwrap();
         assert_eq!(
             (info.resource_type.as_str(), info.resource_name.as_str()),
             ("charge", "ch_9")
+        );
+    }
+
+    #[test]
+    fn not_found_names_the_resource_the_call_addressed_over_the_path() {
+        // DR's 404 for an unknown order on `POST /fulfillments`: the path names no order.
+        let error = DrError::Api {
+            status: 404,
+            method: "POST",
+            path: "/fulfillments".into(),
+            body: None,
+            retry_after: None,
+            request_id: None,
+            resource: Some(Box::new(Resource::new("order", "999"))),
+        };
+        let info = from_dr_error(&error).get_details_resource_info().unwrap();
+        assert_eq!(
+            (info.resource_type.as_str(), info.resource_name.as_str()),
+            ("order", "999")
         );
     }
 

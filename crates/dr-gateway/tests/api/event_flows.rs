@@ -9,7 +9,10 @@ use dr_sandbox::{Sandbox, SandboxConfig, SettleMode, WebhookRegistration};
 use serde_json::json;
 
 use crate::event_support::*;
-use crate::helpers::{settings, spawn_app_with, with_deadline, TestApp, API_KEY, WEBHOOK_SECRET};
+use crate::helpers::{
+    fulfillments_held_at, settings, spawn_app_with, with_deadline, KeyMode, TestApp, API_KEY,
+    WEBHOOK_SECRET,
+};
 
 /// A sandbox with fast webhook retries.
 async fn sandbox(settle: SettleMode) -> Sandbox {
@@ -340,6 +343,230 @@ async fn capture_items_with_wait_replayed_by_request_id_still_reports_the_outcom
         started.elapsed() < WAIT / 2,
         "answered without waiting out the deadline"
     );
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+/// A risk-averse order (2 × 15.00) whose authorization has expired; DR can renew it or
+/// not. Returns (order id, item id).
+async fn expired_averse_order(sb: &Sandbox, reauthorization: &str) -> (String, String) {
+    let order = sb
+        .control_client()
+        .create_order(json!({
+            "riskMode": "averse", "authorizationExpired": true, "reauthorization": reauthorization,
+            "billTo": {"name": "Guy Incognito", "email": "aa@fraud.com", "phone": "123456789",
+                       "address": {"line1": "1234 Fake St.", "city": "Minnetonka", "postalCode": "55341", "state": "MN", "country": "US"}},
+            "items": [{"quantity": 2, "amount": "30.00"}],
+            "charges": [{"type": "creditCard", "creditCard": {"brand": "Visa", "lastFourDigits": "3676", "expirationMonth": 10, "expirationYear": 2022}}]
+        }))
+        .await
+        .expect("order created");
+    (
+        order["id"].as_str().unwrap().to_owned(),
+        order["items"][0]["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_expired_authorization_dr_renews_is_captured_and_capture_items_waits_for_it() {
+    let sb = sandbox(SettleMode::Stepped).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = expired_averse_order(&sb, "succeeds").await;
+    let mut stream = subscribe(&app, filtered(&["order.charge.*"], &[&order_id], None)).await;
+
+    let call = tokio::spawn(capture_and_wait(
+        app.charges.clone(),
+        order_id.clone(),
+        item_id,
+    ));
+    // The page's second outcome: 201, then order.charge.capture.pending — no reauth.failed.
+    let first = next_event(&mut stream).await;
+    assert_eq!(first.r#type, "order.charge.capture.pending");
+    sb.control_client().settle().await.expect("sandbox settles");
+    let resp = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("RPC returns")
+        .unwrap();
+
+    assert!(resp.settled);
+    let op = resp.outcomes[0].operation.clone().unwrap();
+    assert_eq!(op.state, "complete");
+    let amount = op.amount.unwrap();
+    assert_eq!((amount.units, amount.nanos), (15, 0));
+    assert_eq!(
+        next_event(&mut stream).await.r#type,
+        "order.charge.capture.complete"
+    );
+    let held = fulfillments_held_at(&sb.base_url(), KeyMode::Test).await;
+    assert_eq!(held.len(), 1, "one fulfillment, the money moved once");
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn reauth_failed_carries_the_bill_to_and_payment_sources_the_reauthorizations_page_says_to_read(
+) {
+    let sb = sandbox(SettleMode::Immediate).await;
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let (order_id, item_id) = expired_averse_order(&sb, "fails").await;
+    let mut stream = subscribe(
+        &app,
+        filtered(&["order.charge.reauth.failed"], &[&order_id], None),
+    )
+    .await;
+
+    let status = app
+        .charges
+        .clone()
+        .capture_items(with_deadline(
+            pb::CaptureItemsRequest {
+                order_id: order_id.clone(),
+                items: vec![pb::ChargeItem {
+                    item_id,
+                    quantity: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            WAIT,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+
+    // "From the event, you could retrieve billTo, payment.sources[] … to populate a
+    // payment failed notification": both arrive typed.
+    let event = next_event(&mut stream).await;
+    let Some(pb::event::Payload::Order(order)) = event.payload else {
+        panic!("the event's object is the order: {event:?}");
+    };
+    assert_eq!(order.id, order_id);
+    let bill_to = order.bill_to.expect("billTo");
+    assert_eq!(
+        (bill_to.name.as_str(), bill_to.email.as_str()),
+        ("Guy Incognito", "aa@fraud.com")
+    );
+    assert_eq!(bill_to.address.unwrap().city, "Minnetonka");
+    let source = &order.payment_sources[0];
+    assert_eq!(source.r#type, "creditCard");
+    let card = source.credit_card.as_ref().unwrap();
+    assert_eq!(
+        (card.last_four_digits.as_str(), card.expiration_year),
+        ("3676", 2022)
+    );
+    assert_eq!(order.charges[0].source.as_ref(), Some(source));
+    assert_eq!(
+        sb.control_client()
+            .requests(Some("POST"), Some("/fulfillments"))
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "one POST, refused"
+    );
+    assert!(
+        fulfillments_held_at(&sb.base_url(), KeyMode::Test)
+            .await
+            .is_empty(),
+        "DR holds no fulfillment: nothing is captured"
+    );
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_granted_chargeback_streams_its_sales_transaction_typed_and_cuts_available_to_refund() {
+    let sb = sandbox(SettleMode::Immediate).await;
+    let mut app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let control = sb.control_client();
+    let order = control
+        .create_order(json!({"upstreamId": "221000297718", "items": [{"skuId": "AF01", "quantity": 1, "amount": "0.30", "tax": "0.02"}]}))
+        .await
+        .unwrap();
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let item_id = order["items"][0]["id"].as_str().unwrap().to_owned();
+    capture_and_wait(app.charges.clone(), order_id.clone(), item_id).await;
+    let mut stream = subscribe(
+        &app,
+        filtered(
+            &["order.dispute*", "order.chargeback", "sales_transaction.*"],
+            &[&order_id],
+            None,
+        ),
+    )
+    .await;
+
+    control.open_dispute(&order_id).await.unwrap();
+    control
+        .grant_chargeback(
+            &order_id,
+            &dr_sandbox::ChargebackSpec {
+                amount: Some("0.11".into()),
+                kind: dr_sandbox::ChargebackType::FraudChargeback,
+                fee: Some("15.0".into()),
+            },
+        )
+        .await
+        .unwrap();
+
+    let types = types_until(&mut stream, "order.chargeback").await;
+    assert_eq!(
+        types,
+        [
+            "order.dispute",
+            "order.dispute.resolved",
+            "sales_transaction.created",
+            "order.chargeback"
+        ]
+    );
+    // Both chargeback events carry the transaction, exact.
+    let mut replay = subscribe(
+        &app,
+        pb::SubscribeRequest {
+            filter: Some(pb::EventFilter {
+                types: vec!["order.chargeback".into()],
+                ..Default::default()
+            }),
+            start: Some(pb::subscribe_request::Start::Position(
+                pb::StartPosition::Oldest as i32,
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let event = next_event(&mut replay).await;
+    let Some(pb::event::Payload::SalesTransaction(t)) = event.payload else {
+        panic!("order.chargeback carries a sales transaction: {event:?}");
+    };
+    assert_eq!(
+        (t.r#type.as_str(), t.order_id.as_str()),
+        ("fraud_chargeback", order_id.as_str())
+    );
+    assert_eq!(t.order_upstream_id, "221000297718");
+    let amount = t.amount.unwrap();
+    assert_eq!((amount.units, amount.nanos), (0, 110_000_000));
+    let fees = t.transaction_fees.unwrap();
+    assert_eq!((fees.units, fees.nanos), (-15, 0));
+    let payout = t.payout_amount.unwrap();
+    assert_eq!((payout.units, payout.nanos), (-15, -110_000_000));
+
+    // availableToRefundAmount reduced: 0.32 captured, 0.21 left (the page's numbers).
+    let read = app
+        .fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(pb::get_order_request::Key::OrderId(order_id.clone())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .order
+        .unwrap();
+    let available = read.available_to_refund_amount.unwrap();
+    assert_eq!((available.units, available.nanos), (0, 210_000_000));
+    assert_eq!(read.state, "complete", "the dispute is over");
     app.stop().await;
     sb.shutdown().await;
 }

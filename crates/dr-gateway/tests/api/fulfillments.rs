@@ -287,6 +287,20 @@ async fn get_charge_maps_operations_with_exact_money() {
         .respond_with(ResponseTemplate::new(200).set_body_json(seed_004_charge()))
         .mount(&dr)
         .await;
+    // The charge's source, as the "Capturing and cancelling charges" page prints one.
+    Mock::given(method("GET"))
+        .and(path("/sources/9986340012"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "9986340012", "createdTime": "2021-10-05T09:06:58Z", "type": "creditCard",
+            "reusable": false, "state": "consumed",
+            "owner": {"firstName": "Guy", "lastName": "Incognito", "email": "guy@example.com",
+                      "address": {"line1": "1234 St.", "city": "Minnetonka", "postalCode": "55341", "state": "MN", "country": "US"}},
+            "clientSecret": "9986340012_caa2ec51-SECRET",
+            "creditCard": {"brand": "Visa", "expirationMonth": 10, "expirationYear": 2022, "lastFourDigits": "1111"},
+            "liveMode": false
+        })))
+        .mount(&dr)
+        .await;
     let mut app = spawn_app(&dr.uri()).await;
     let c = app
         .charges
@@ -298,6 +312,27 @@ async fn get_charge_maps_operations_with_exact_money() {
         .into_inner()
         .charge
         .unwrap();
+    let source = c
+        .source
+        .as_ref()
+        .expect("GetCharge reads GET /sources/{sourceId}");
+    assert_eq!(
+        (source.id.as_str(), source.r#type.as_str()),
+        ("9986340012", "creditCard")
+    );
+    let card = source.credit_card.as_ref().unwrap();
+    assert_eq!(
+        (
+            card.brand.as_str(),
+            card.last_four_digits.as_str(),
+            card.expiration_month,
+            card.expiration_year
+        ),
+        ("Visa", "1111", 10, 2022)
+    );
+    assert_eq!(source.owner.as_ref().unwrap().first_name, "Guy");
+    assert!(!format!("{c:?}").contains("SECRET"), "no client secret");
+    assert_eq!(dr.received_requests().await.unwrap().len(), 2);
     let amount = c.amount.unwrap();
     assert_eq!((amount.units, amount.nanos), (1180, 260_000_000));
     assert_eq!(c.state, "capturable");

@@ -215,3 +215,64 @@ pub async fn spawn_sandbox_with(config: dr_sandbox::SandboxConfig) -> TestSandbo
     let control = sandbox.control_client();
     TestSandbox { sandbox, control }
 }
+
+/// The fulfillments the sandbox holds (`GET /fulfillments`, every page), seen with a key
+/// of `mode`: how tests check that money moved exactly as often as they expect.
+pub async fn fulfillments_held(dr: &TestSandbox, mode: KeyMode) -> Vec<serde_json::Value> {
+    fulfillments_held_at(&dr.base_url(), mode).await
+}
+
+/// [`fulfillments_held`] by a sandbox's base URL.
+pub async fn fulfillments_held_at(base_url: &str, mode: KeyMode) -> Vec<serde_json::Value> {
+    let http = reqwest::Client::new();
+    let mut held = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base_url}/fulfillments?limit=100");
+        if let Some(a) = &after {
+            url.push_str(&format!("&startingAfter={a}"));
+        }
+        let page: serde_json::Value = http
+            .get(url)
+            .bearer_auth(mode.key())
+            .send()
+            .await
+            .expect("sandbox answers")
+            .json()
+            .await
+            .expect("a JSON list");
+        let data = page["data"].as_array().cloned().unwrap_or_default();
+        after = data
+            .last()
+            .and_then(|f| f["id"].as_str())
+            .map(str::to_owned);
+        held.extend(data);
+        if page["hasMore"] != true || after.is_none() {
+            return held;
+        }
+    }
+}
+
+/// Which of DR's two modes a sandbox key speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMode {
+    /// `sk_test_…` keys.
+    Test,
+    /// Any other key.
+    Live,
+}
+
+impl KeyMode {
+    /// A sandbox key of this mode (never the gateway's [`API_KEY`]).
+    pub fn key(self) -> &'static str {
+        match self {
+            KeyMode::Test => dr_sandbox::Sandbox::CONTROL_KEY,
+            KeyMode::Live => "sk_live_control",
+        }
+    }
+
+    /// A control client of `dr` calling with this mode's key.
+    pub fn control(self, dr: &TestSandbox) -> dr_sandbox::ControlClient {
+        dr_sandbox::ControlClient::new(dr.base_url(), self.key())
+    }
+}

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod charges;
 mod errors;
 mod event_flows;
 mod event_support;
@@ -14,6 +15,7 @@ mod fulfillments;
 mod helpers;
 mod idempotency;
 mod jetstream;
+mod modes;
 mod money_safety;
 mod orders;
 mod serving;

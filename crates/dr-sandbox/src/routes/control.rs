@@ -23,6 +23,7 @@ use crate::events::DR_VERSION;
 use crate::faults::FaultSpec;
 use crate::fulfillments::parse_object;
 use crate::orders::CreateOrder;
+use crate::reversals::{GrantChargeback, RecordRefund};
 use crate::state::App;
 use crate::webhooks::Webhook;
 
@@ -33,6 +34,14 @@ fn body_as<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let obj = parse_object(body)?;
     serde_json::from_value(Value::Object(obj))
         .map_err(|e| ApiError::bad_body(format!("Invalid request body: {e}.")))
+}
+
+/// Like [`body_as`], with an empty body read as `{}` (every field optional).
+fn body_as_or_empty<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return body_as(b"{}");
+    }
+    body_as(body)
 }
 
 fn webhook_not_found(id: &str) -> ApiError {
@@ -50,17 +59,64 @@ pub(super) async fn create_order(
     Ok((StatusCode::CREATED, Json(json)))
 }
 
+/// `POST /sandbox/orders/{id}/accept`.
+pub(super) async fn accept_order(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    Ok((
+        StatusCode::OK,
+        Json(app.lock().accept_order(&id, key.live)?),
+    ))
+}
+
+/// `POST /sandbox/orders/{id}/chargeback`.
+pub(super) async fn grant_chargeback(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let spec: GrantChargeback = body_as_or_empty(&body)?;
+    let json = app.lock().grant_chargeback(&id, spec, key.live)?;
+    Ok((StatusCode::CREATED, Json(json)))
+}
+
+/// `POST /sandbox/charges/{id}/refunds`.
+pub(super) async fn record_refund(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let spec: RecordRefund = body_as_or_empty(&body)?;
+    let json = app.lock().record_refund(&id, spec, key.live)?;
+    Ok((StatusCode::CREATED, Json(json)))
+}
+
 /// `POST /sandbox/orders/{id}/dispute`.
-pub(super) async fn open_dispute(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
-    Ok((StatusCode::OK, Json(app.lock().open_dispute(&id)?)))
+pub(super) async fn open_dispute(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    Ok((
+        StatusCode::OK,
+        Json(app.lock().open_dispute(&id, key.live)?),
+    ))
 }
 
 /// `POST /sandbox/orders/{id}/dispute/resolve`.
 pub(super) async fn resolve_dispute(
     State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
     Path(id): Path<String>,
 ) -> ApiResult {
-    Ok((StatusCode::OK, Json(app.lock().resolve_dispute(&id)?)))
+    Ok((
+        StatusCode::OK,
+        Json(app.lock().resolve_dispute(&id, key.live)?),
+    ))
 }
 
 fn clock_json(app: &App) -> Value {

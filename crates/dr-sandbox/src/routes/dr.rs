@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     body::Bytes,
     extract::{Path, RawQuery, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     Extension, Json,
 };
 use serde_json::{json, Value};
@@ -15,7 +15,7 @@ use super::KeyMode;
 use crate::error::ApiError;
 use crate::fulfillments::{parse_object, FulfillmentRequest};
 use crate::glob::glob_match;
-use crate::model::View;
+use crate::model::{OrderShape, View};
 use crate::orders::order_not_found;
 use crate::state::App;
 use crate::SettleMode;
@@ -44,11 +44,12 @@ pub(super) async fn create_fulfillment(
 /// `GET /fulfillments/{id}` (with `orderDetails`, docs/digital-river.md §1.3).
 pub(super) async fn get_fulfillment(
     State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
     Path(id): Path<String>,
 ) -> ApiResult {
     let world = app.lock();
     let json = world
-        .fulfillment_json(&id)
+        .fulfillment_json(&id, key.live)
         .ok_or_else(|| ApiError::not_found("id", format!("Fulfillment '{id}' not found.")))?;
     Ok((StatusCode::OK, Json(json)))
 }
@@ -56,17 +57,19 @@ pub(super) async fn get_fulfillment(
 /// `POST /fulfillments/{id}`: tracking update (docs/digital-river.md §1.5).
 pub(super) async fn update_fulfillment(
     State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
     let obj = parse_object(&body)?;
-    let json = app.lock().update_tracking(&id, &obj)?;
+    let json = app.lock().update_tracking(&id, &obj, key.live)?;
     Ok((StatusCode::OK, Json(json)))
 }
 
 /// `GET /fulfillments` with DR's filters, newest first.
 pub(super) async fn list_fulfillments(
     State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let params = Params::parse(raw.as_deref());
@@ -82,6 +85,7 @@ pub(super) async fn list_fulfillments(
         .fulfillments
         .iter()
         .rev()
+        .filter(|f| f.live_mode == key.live)
         .filter(|f| ids.is_empty() || ids.contains(&f.id))
         .filter(|f| order_id.is_none_or(|o| f.order_id == o))
         .filter(|f| sku_id.is_none_or(|s| f.items.iter().any(|i| i.sku_id == s)))
@@ -99,15 +103,40 @@ pub(super) async fn list_fulfillments(
     ))
 }
 
+/// The order layout the request's `digitalriver-version` asks for (docs/digital-river.md §7).
+fn order_shape(headers: &HeaderMap) -> OrderShape {
+    OrderShape::for_version(
+        headers
+            .get("digitalriver-version")
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// `GET /orders/{id}`.
-pub(super) async fn get_order(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn get_order(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
     let world = app.lock();
-    let order = world.orders.get(&id).ok_or_else(|| order_not_found(&id))?;
-    Ok((StatusCode::OK, Json(order.to_json(true, View::Api))))
+    let order = world
+        .order_in_mode(&id, key.live)
+        .ok_or_else(|| order_not_found(&id))?;
+    Ok((
+        StatusCode::OK,
+        Json(order.to_json_shaped(order_shape(&headers))),
+    ))
 }
 
 /// `GET /orders` with `upstreamIds`, `ids`, `state`, `createdTime`, newest first.
-pub(super) async fn list_orders(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> ApiResult {
+pub(super) async fn list_orders(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let shape = order_shape(&headers);
     let params = Params::parse(raw.as_deref());
     let page = params.page()?;
     let created = params.created_time()?;
@@ -119,7 +148,7 @@ pub(super) async fn list_orders(State(app): State<Arc<App>>, RawQuery(raw): RawQ
         .order_seq
         .iter()
         .rev()
-        .filter_map(|id| world.orders.get(id))
+        .filter_map(|id| world.order_in_mode(id, key.live))
         .filter(|o| {
             upstream.is_empty() || o.upstream_id.as_ref().is_some_and(|u| upstream.contains(u))
         })
@@ -131,19 +160,21 @@ pub(super) async fn list_orders(State(app): State<Arc<App>>, RawQuery(raw): RawQ
     Ok((
         StatusCode::OK,
         list_body(
-            page.into_iter()
-                .map(|o| o.to_json(true, View::Api))
-                .collect(),
+            page.into_iter().map(|o| o.to_json_shaped(shape)).collect(),
             has_more,
         ),
     ))
 }
 
 /// `GET /charges/{id}` — the only charge operation DR has (docs/digital-river.md §2.1).
-pub(super) async fn get_charge(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn get_charge(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let world = app.lock();
     let not_found = || ApiError::not_found("id", format!("Charge '{id}' not found."));
-    let order = world.order_of_charge(&id).ok_or_else(not_found)?;
+    let order = world.order_of_charge(&id, key.live).ok_or_else(not_found)?;
     let charge = order
         .charges
         .iter()
@@ -152,8 +183,26 @@ pub(super) async fn get_charge(State(app): State<Arc<App>>, Path(id): Path<Strin
     Ok((StatusCode::OK, Json(order.charge_json(charge, View::Api))))
 }
 
+/// `GET /sources/{id}`: a payment source (docs/digital-river.md §2.3), with its client
+/// secret as DR returns it.
+pub(super) async fn get_source(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let json = app
+        .lock()
+        .source_json(&id, key.live)
+        .ok_or_else(|| ApiError::not_found("id", format!("Source '{id}' not found.")))?;
+    Ok((StatusCode::OK, Json(json)))
+}
+
 /// `GET /events` (docs/digital-river.md §3.1): `type` (with `*`) or `types`, not both.
-pub(super) async fn list_events(State(app): State<Arc<App>>, RawQuery(raw): RawQuery) -> ApiResult {
+pub(super) async fn list_events(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
     let params = Params::parse(raw.as_deref());
     let page = params.page()?;
     let created = params.created_time()?;
@@ -171,6 +220,7 @@ pub(super) async fn list_events(State(app): State<Arc<App>>, RawQuery(raw): RawQ
     let matching: Vec<_> = world
         .events
         .newest_first(now)
+        .filter(|e| e.live_mode == key.live)
         .filter(|e| single.is_none_or(|p| glob_match(p, &e.event_type)))
         .filter(|e| types.is_empty() || types.iter().any(|t| glob_match(t, &e.event_type)))
         .filter(|e| created.accepts(e.created))
@@ -183,12 +233,17 @@ pub(super) async fn list_events(State(app): State<Arc<App>>, RawQuery(raw): RawQ
 }
 
 /// `GET /events/{id}`.
-pub(super) async fn get_event(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+pub(super) async fn get_event(
+    State(app): State<Arc<App>>,
+    Extension(key): Extension<KeyMode>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let world = app.lock();
     let now = world.clock.now();
     let event = world
         .events
         .get(&id, now)
+        .filter(|e| e.live_mode == key.live)
         .ok_or_else(|| ApiError::not_found("id", format!("Event '{id}' not found.")))?;
     Ok((StatusCode::OK, Json(event.json.clone())))
 }

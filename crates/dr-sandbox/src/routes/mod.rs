@@ -49,11 +49,21 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/orders", get(dr::list_orders))
         .route("/orders/{id}", get(dr::get_order))
         .route("/charges/{id}", get(dr::get_charge))
+        .route("/sources/{id}", get(dr::get_source))
         .route("/events", get(dr::list_events))
         .route("/events/{id}", get(dr::get_event))
         .route_layer(middleware::from_fn_with_state(app.clone(), dr_surface));
     let control = Router::new()
         .route("/sandbox/orders", post(control::create_order))
+        .route("/sandbox/orders/{id}/accept", post(control::accept_order))
+        .route(
+            "/sandbox/orders/{id}/chargeback",
+            post(control::grant_chargeback),
+        )
+        .route(
+            "/sandbox/charges/{id}/refunds",
+            post(control::record_refund),
+        )
         .route("/sandbox/orders/{id}/dispute", post(control::open_dispute))
         .route(
             "/sandbox/orders/{id}/dispute/resolve",

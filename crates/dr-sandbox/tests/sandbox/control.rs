@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use dr_sandbox::{
-    ControlClient, ControlError, FaultKind, FaultSpec, OperationKind, OperationState, RetryPolicy,
-    Sandbox, SandboxConfig, SecretRotation, SettleMode, WebhookRegistration,
+    ChargebackSpec, ChargebackType, ControlClient, ControlError, FaultKind, FaultSpec,
+    OperationKind, OperationState, RefundSpec, RetryPolicy, Sandbox, SandboxConfig, SecretRotation,
+    SettleMode, WebhookRegistration,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -38,6 +39,98 @@ async fn the_key_prefix_decides_live_mode() {
     assert_eq!(live_order["liveMode"], true);
     let (_, ful) = sb.fulfill(json!({"orderId": live_order["id"], "items": [{"itemId": live_order["items"][0]["id"], "quantity": 1}]})).await;
     assert_eq!(ful["liveMode"], true);
+    sb.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_never_sees_the_other_modes_objects_dr_answers_404_as_if_absent() {
+    let mut sb = TestSandbox::start().await;
+    // A live order, fulfilled with a live key.
+    sb.key = "sk_live_abc".into();
+    let order = sb.simple_order(2, "20").await;
+    let oid = order["id"].as_str().unwrap().to_owned();
+    let item = order["items"][0]["id"].as_str().unwrap().to_owned();
+    let charge = order["payment"]["charges"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, ful) = sb
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ful_id = ful["id"].as_str().unwrap().to_owned();
+    let (_, live_events) = sb.get("/events?limit=100").await;
+    let event_id = live_events["data"][0]["id"].as_str().unwrap().to_owned();
+    assert!(live_events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["liveMode"] == true));
+
+    // A test key: every one of them is unknown.
+    sb.key = "sk_test_abc".into();
+    let source = order["payment"]["sources"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for path in [
+        format!("/orders/{oid}"),
+        format!("/charges/{charge}"),
+        format!("/sources/{source}"),
+        format!("/fulfillments/{ful_id}"),
+        format!("/events/{event_id}"),
+    ] {
+        let (status, err) = sb.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {err}");
+        assert_eq!(err["errors"][0]["code"], "not_found", "{path}");
+    }
+    let (status, err) = sb
+        .fulfill(json!({"orderId": oid, "items": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(
+        (status, err["errors"][0]["parameter"].clone()),
+        (StatusCode::NOT_FOUND, json!("orderId"))
+    );
+    let (status, _) = sb
+        .post(
+            &format!("/fulfillments/{ful_id}"),
+            json!({"trackingNumber": "1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for list in [
+        "/orders".to_owned(),
+        format!("/fulfillments?orderId={oid}"),
+        "/events?limit=100".to_owned(),
+    ] {
+        let (status, page) = sb.get(&list).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["data"], json!([]), "{list}");
+    }
+    assert!(matches!(
+        sb.control().open_dispute(&oid).await,
+        Err(ControlError::Status { status: 404, .. })
+    ));
+
+    // And the other way round: a test order is invisible to a live key.
+    let test_order = sb.simple_order(1, "1").await;
+    sb.key = "sk_live_abc".into();
+    let (status, _) = sb
+        .get(&format!("/orders/{}", test_order["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, page) = sb.get("/orders").await;
+    assert_eq!(
+        page["data"].as_array().unwrap().len(),
+        1,
+        "only the live order"
+    );
+    let (_, live) = sb.get(&format!("/fulfillments/{ful_id}")).await;
+    assert_eq!(
+        live["id"],
+        ful_id.as_str(),
+        "the live key still reads its own"
+    );
     sb.stop().await;
 }
 
@@ -237,6 +330,78 @@ async fn an_order_has_drs_shape() {
 }
 
 #[tokio::test]
+async fn an_order_carries_bill_to_fees_duties_product_details_and_its_sources() {
+    let sb = TestSandbox::start().await;
+    let order = sb
+        .order(json!({
+            "billTo": {"name": "Guy Incognito", "email": "guy@example.com", "phone": "123456789",
+                       "address": {"line1": "1234 Fake St.", "city": "Minnetonka", "postalCode": "55341", "state": "MN", "country": "US"}},
+            "items": [{"quantity": 2, "amount": "20.00", "tax": "1.61", "fees": "0.50", "duties": "1.25",
+                       "productName": "Widget", "metadata": {"key11": "value"},
+                       "productDetails": {"description": "A small gadget", "image": "https://img.example/w.png", "weight": 10, "weightUnit": "g"}}],
+            "charges": [{"type": "customerCredit", "amount": "5.00"},
+                        {"type": "creditCard", "creditCard": {"brand": "Mastercard", "lastFourDigits": "4444", "expirationMonth": 12, "expirationYear": 2031}}]
+        }))
+        .await;
+    assert_eq!(order["billTo"]["name"], "Guy Incognito");
+    assert_eq!(num(&order["totalFees"]), "0.5");
+    assert_eq!(num(&order["totalDuty"]), "1.25");
+    assert_eq!(
+        num(&order["totalAmount"]),
+        "23.36",
+        "20.00 + 1.61 + 0.50 + 1.25"
+    );
+    let item = &order["items"][0];
+    assert_eq!(item["productDetails"]["name"], "Widget");
+    assert_eq!(item["productDetails"]["description"], "A small gadget");
+    assert_eq!(num(&item["productDetails"]["weight"]), "10");
+    assert_eq!(num(&item["fees"]["amount"]), "0.5");
+    assert_eq!(num(&item["duties"]["amount"]), "1.25");
+    assert_eq!(item["metadata"]["key11"], "value");
+    let sources = order["payment"]["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["type"], "customerCredit");
+    assert_eq!(sources[1]["type"], "creditCard");
+    assert_eq!(num(&sources[1]["amount"]), "18.36");
+    assert_eq!(
+        sources[1]["creditCard"],
+        json!({"brand": "Mastercard", "expirationMonth": 12, "expirationYear": 2031, "lastFourDigits": "4444"})
+    );
+    assert_eq!(sources[1]["owner"]["firstName"], "Guy");
+    assert_eq!(sources[1]["owner"]["lastName"], "Incognito");
+    assert_eq!(sources[1]["owner"]["address"]["city"], "Minnetonka");
+    assert!(
+        sources[1].get("clientSecret").is_none(),
+        "only GET /sources shows it"
+    );
+
+    // GET /sources/{id}: the source with what only it carries.
+    let card_id = sources[1]["id"].as_str().unwrap();
+    let (status, source) = sb.get(&format!("/sources/{card_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(source["id"], card_id);
+    assert_eq!(source["creditCard"]["lastFourDigits"], "4444");
+    assert_eq!(source["currency"], "USD");
+    assert_eq!(source["liveMode"], false);
+    assert!(source["createdTime"].is_string());
+    assert!(source["clientSecret"]
+        .as_str()
+        .unwrap()
+        .starts_with(card_id));
+    let (status, credit) = sb
+        .get(&format!("/sources/{}", sources[0]["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(credit["customerCredit"], json!({}));
+    assert!(credit.get("creditCard").is_none());
+    let (status, err) = sb.get("/sources/nope").await;
+    assert_eq!(
+        (status, err["errors"][0]["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+    sb.stop().await;
+}
+
+#[tokio::test]
 async fn the_control_client_walks_every_control_endpoint() {
     // Arrange: stepped settlement so pending operations can be seen, and an endpoint that
     // receives `order.*` events.
@@ -297,6 +462,16 @@ async fn the_control_client_walks_every_control_endpoint() {
     let item = order["items"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(c.open_dispute(&oid).await.unwrap()["state"], "dispute");
     assert_eq!(c.resolve_dispute(&oid).await.unwrap()["state"], "accepted");
+    let in_review = c
+        .create_order(json!({"state": "in_review", "items": [{"quantity": 1, "amount": "1"}]}))
+        .await
+        .unwrap();
+    assert_eq!(in_review["state"], "in_review");
+    let accepted = c
+        .accept_order(in_review["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(accepted["state"], "accepted");
 
     // Faults: arm, list, fire, clear
     let armed = c
@@ -389,6 +564,34 @@ async fn the_control_client_walks_every_control_endpoint() {
     assert_eq!(s.amount.to_string(), "12.34");
     assert!(!s.event_id.is_empty());
     assert!(c.pending().await.unwrap().is_empty());
+
+    // Refunds recorded on a charge, and chargebacks (on the now captured order)
+    let charge = c
+        .record_refund(
+            &pending[0].charge_id,
+            &RefundSpec::of("1.00").reason("duplicate"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(charge["refunds"][0]["reason"], "duplicate");
+    c.open_dispute(&oid).await.unwrap();
+    let chargeback = c
+        .grant_chargeback(
+            &oid,
+            &ChargebackSpec {
+                kind: ChargebackType::NonFraudChargeback,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(chargeback.sales_transaction["type"], "non_fraud_chargeback");
+    assert_eq!(
+        num(&chargeback.sales_transaction["amount"]),
+        "11.34",
+        "12.34 less the refund"
+    );
+    assert_eq!(num(&chargeback.order["availableToRefundAmount"]), "0.0");
 
     // Deliveries and redelivery
     let accepted = rx

@@ -262,6 +262,49 @@ async fn an_order_whose_total_does_not_fit_is_a_400() {
 }
 
 #[tokio::test]
+async fn the_same_shipment_item_id_on_two_items_is_400_and_creates_nothing() {
+    let sb = TestSandbox::start().await;
+    let order = sb
+        .order(json!({"fulfillmentModel": "distributed", "items": [
+            {"quantity": 1, "amount": "10"}, {"quantity": 1, "amount": "5"}]}))
+        .await;
+    let oid = order["id"].as_str().unwrap();
+    let (a, b) = (&order["items"][0]["id"], &order["items"][1]["id"]);
+    let (status, err) = sb
+        .fulfill(
+            json!({"orderId": oid, "shipmentId": "100002369153", "items": [
+            {"itemId": a, "quantity": 1, "shipmentItemId": "s1"},
+            {"itemId": b, "quantity": 1, "shipmentItemId": "s1"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["type"], "bad_request");
+    assert_eq!(err["errors"][0]["code"], "invalid_parameter");
+    assert_eq!(err["errors"][0]["parameter"], "shipmentItemId");
+    let (_, list) = sb.get(&format!("/fulfillments?orderId={oid}")).await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        0,
+        "nothing fulfilled"
+    );
+    assert_eq!(
+        sb.event_types_for(oid).await,
+        ["order.accepted"],
+        "no capture was started"
+    );
+    // Distinct ids go through.
+    let (status, _) = sb
+        .fulfill(
+            json!({"orderId": oid, "shipmentId": "100002369153", "items": [
+            {"itemId": a, "quantity": 1, "shipmentItemId": "s1"},
+            {"itemId": b, "quantity": 1, "shipmentItemId": "s2"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    sb.stop().await;
+}
+
+#[tokio::test]
 async fn get_fulfillment_includes_order_details_without_payment() {
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(1, "10").await;
