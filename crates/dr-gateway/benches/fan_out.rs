@@ -104,8 +104,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The seed's `order.charge.capture.complete` event (docs/digital-river.md S0), ~1 KB, with `id`.
-fn seed_event(id: &str) -> Vec<u8> {
+/// An `order.charge.capture.complete` event as DR's "Capturing and cancelling charges"
+/// page prints it, ~1 KB, with `id`.
+fn capture_complete_event(id: &str) -> Vec<u8> {
     let event = json!({
         "id": id,
         "type": "order.charge.capture.complete",
@@ -142,10 +143,12 @@ struct Encoding {
 }
 
 fn bench_encoding() -> Encoding {
-    let body = Bytes::from(seed_event("f275be0a-45fd-4160-8a31-b3274b6a4f8b"));
+    let body = Bytes::from(capture_complete_event(
+        "f275be0a-45fd-4160-8a31-b3274b6a4f8b",
+    ));
     let encoder = EventEncoder::with_payload_decoder(Arc::new(decode_payload));
     let build = || {
-        let env = Envelope::parse(body.clone()).expect("the seed event parses");
+        let env = Envelope::parse(body.clone()).expect("the event parses");
         StoredEvent::build(1, 1, Utc::now(), env, &encoder)
     };
     let stored = build();
@@ -288,7 +291,7 @@ async fn post_events(
 ) -> Result<Vec<Duration>, String> {
     futures::stream::iter(0..n)
         .map(|i| async move {
-            let body = seed_event(&format!("{prefix}-{i}"));
+            let body = capture_complete_event(&format!("{prefix}-{i}"));
             let ts = Utc::now().timestamp().to_string();
             let signature = format!("{ts}, {}", sign(WEBHOOK_SECRET, &ts, &body));
             let sent = Instant::now();

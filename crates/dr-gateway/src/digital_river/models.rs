@@ -673,7 +673,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fulfillment_from_seed_000_keeps_quantities_and_ignores_unknown_fields() {
+    fn fulfillment_from_the_capturing_page_keeps_quantities_and_ignores_unknown_fields() {
         let json = r#"{"id":"ful_14776912-d0ff-4f11-974f-17b0f2830ea2","createdTime":"2022-07-01T17:55:58Z",
           "items":[{"quantity":2,"cancelQuantity":0,"skuId":"b0fd","itemId":"158140150336","newField":1}],
           "orderId":"231388420336","liveMode":false,"somethingNew":{"a":1}}"#;

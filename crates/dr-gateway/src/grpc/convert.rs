@@ -360,7 +360,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn charge_from_seed_004_keeps_exact_amounts_and_operations() {
+    fn charge_from_the_charges_reference_page_keeps_exact_amounts_and_operations() {
         let json = r#"{"id":"a68","createdTime":"2025-05-09T05:15:57.968Z","currency":"USD","amount":1180.26,
           "state":"capturable","orderId":"9986340012","sourceId":"s1",
           "captures":[{"id":"cap1","amount":13.45,"state":"failed","failureCode":"failed-request",

@@ -27,7 +27,7 @@ fn fulfill(
 }
 
 #[tokio::test]
-async fn seed_000_a_fulfilled_order_answers_order_fulfilled_as_failed_precondition() {
+async fn capturing_page_a_fulfilled_order_answers_order_fulfilled_as_failed_precondition() {
     let dr = spawn_sandbox().await;
     let order = dr
         .control
@@ -74,7 +74,7 @@ async fn seed_000_a_fulfilled_order_answers_order_fulfilled_as_failed_preconditi
 }
 
 #[tokio::test]
-async fn seed_000_a_failed_capture_is_found_through_get_capture_failure() {
+async fn capturing_page_a_failed_capture_is_found_through_get_capture_failure() {
     let dr = spawn_sandbox().await;
     let order = dr
         .control
@@ -137,7 +137,7 @@ async fn seed_000_a_failed_capture_is_found_through_get_capture_failure() {
 }
 
 #[tokio::test]
-async fn seed_001_risk_averse_expired_authorization_is_payment_authorization_failed() {
+async fn reauthorizations_page_risk_averse_expired_authorization_is_payment_authorization_failed() {
     let dr = spawn_sandbox().await;
     let order = dr
         .control
@@ -168,7 +168,7 @@ async fn seed_001_risk_averse_expired_authorization_is_payment_authorization_fai
 }
 
 #[tokio::test]
-async fn seed_003_a_disputed_order_refuses_fulfillment_until_resolved() {
+async fn disputes_page_a_disputed_order_refuses_fulfillment_until_resolved() {
     let dr = spawn_sandbox().await;
     let order = dr
         .control

@@ -264,7 +264,7 @@ async fn update_tracking_posts_to_the_fulfillment() {
     app.stop().await;
 }
 
-fn seed_004_charge() -> serde_json::Value {
+fn charges_reference_page_charge() -> serde_json::Value {
     json!({
         "id": "a6809a63-e6a9-4016-abbc-f33d19fccb5b", "createdTime": "2025-05-09T05:15:57.968Z",
         "currency": "USD", "amount": 1180.26, "state": "capturable", "orderId": "9986340012",
@@ -284,7 +284,7 @@ async fn get_charge_maps_operations_with_exact_money() {
     let dr = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/charges/a6809a63-e6a9-4016-abbc-f33d19fccb5b"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(seed_004_charge()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(charges_reference_page_charge()))
         .mount(&dr)
         .await;
     // The charge's source, as the "Capturing and cancelling charges" page prints one.
@@ -352,7 +352,7 @@ async fn capture_failure_lookup_finds_the_failed_capture_or_says_not_found() {
     let dr = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/charges/ch1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(seed_004_charge()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(charges_reference_page_charge()))
         .mount(&dr)
         .await;
     let mut app = spawn_app(&dr.uri()).await;

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::helpers::{num, TestSandbox};
 
 /// The "Capturing and cancelling charges" page's order: 2 × Widget for 20.00, tax 1.61, shipping 5.00 + 0.40 tax = 27.01.
-fn seed_000_order() -> serde_json::Value {
+fn capturing_page_order() -> serde_json::Value {
     json!({
         "upstreamId": "up-000",
         "email": "jdoe@example.com",
@@ -23,9 +23,9 @@ fn seed_000_order() -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn seed_000_capture_cancel_fulfilled_complete_and_409_afterwards() {
+async fn capturing_page_capture_cancel_fulfilled_complete_and_409_afterwards() {
     let sb = TestSandbox::start().await;
-    let order = sb.order(seed_000_order()).await;
+    let order = sb.order(capturing_page_order()).await;
     assert_eq!(num(&order["totalAmount"]), "27.01");
     assert_eq!(num(&order["subtotal"]), "25.0");
     assert_eq!(num(&order["totalTax"]), "2.01");
@@ -102,7 +102,7 @@ async fn seed_000_capture_cancel_fulfilled_complete_and_409_afterwards() {
 }
 
 #[tokio::test]
-async fn seed_000_failed_capture_shows_failure_message_only_via_get_charge() {
+async fn capturing_page_failed_capture_shows_failure_message_only_via_get_charge() {
     let sb = TestSandbox::start().await;
     let order = sb
         .order(json!({"items": [{"quantity": 1, "amount": "37.81"}], "failCaptures": true}))
@@ -152,7 +152,7 @@ async fn seed_000_failed_capture_shows_failure_message_only_via_get_charge() {
 }
 
 #[tokio::test]
-async fn seed_001_risk_tolerant_expired_authorization_still_captures() {
+async fn reauthorizations_page_risk_tolerant_expired_authorization_still_captures() {
     let sb = TestSandbox::start_with(SandboxConfig {
         settle: SettleMode::Stepped,
         ..Default::default()
@@ -191,7 +191,7 @@ async fn seed_001_risk_tolerant_expired_authorization_still_captures() {
 }
 
 #[tokio::test]
-async fn seed_001_risk_averse_expired_authorization_is_409_with_reauth_failed_event() {
+async fn reauthorizations_page_risk_averse_expired_authorization_is_409_with_reauth_failed_event() {
     let sb = TestSandbox::start().await;
     let order = sb.order(json!({"items": [{"quantity": 1, "amount": "5.0", "tax": "0.37"}], "riskMode": "averse", "authorizationExpired": true})).await;
     let oid = order["id"].as_str().unwrap();
@@ -225,7 +225,7 @@ async fn seed_001_risk_averse_expired_authorization_is_409_with_reauth_failed_ev
 }
 
 #[tokio::test]
-async fn seed_001_risk_averse_authorization_expires_when_the_clock_passes_it() {
+async fn reauthorizations_page_risk_averse_authorization_expires_when_the_clock_passes_it() {
     let sb = TestSandbox::start().await;
     let control = sb.control();
     let now = control.clock().await.unwrap().now;
@@ -254,7 +254,7 @@ async fn seed_001_risk_averse_authorization_expires_when_the_clock_passes_it() {
 }
 
 #[tokio::test]
-async fn seed_002_store_credit_is_captured_first_with_exact_amounts() {
+async fn store_credit_page_store_credit_is_captured_first_with_exact_amounts() {
     let sb = TestSandbox::start().await;
     // 2 units for 20.00, shipping 5.00, tax 1.89 → 26.89; store credit 11.00, card 15.89.
     let order = sb
@@ -301,7 +301,7 @@ async fn seed_002_store_credit_is_captured_first_with_exact_amounts() {
 }
 
 #[tokio::test]
-async fn seed_002_cancel_takes_the_card_before_store_credit() {
+async fn store_credit_page_cancel_takes_the_card_before_store_credit() {
     let sb = TestSandbox::start().await;
     let order = sb.order(json!({"items": [{"quantity": 2, "amount": "20.0"}], "charges": [{"type": "creditCard", "amount": "15.0"}, {"type": "customerCredit", "amount": "5.0"}]})).await;
     let oid = order["id"].as_str().unwrap();
@@ -327,7 +327,7 @@ async fn seed_002_cancel_takes_the_card_before_store_credit() {
 }
 
 #[tokio::test]
-async fn seed_003_dispute_blocks_fulfillments_until_resolved() {
+async fn disputes_page_dispute_blocks_fulfillments_until_resolved() {
     let sb = TestSandbox::start().await;
     let order = sb.simple_order(1, "0.32").await;
     let oid = order["id"].as_str().unwrap();
