@@ -21,6 +21,10 @@ use crate::digital_river::{CallOptions, Client, FulfillmentQuery};
 /// The metadata key that carries the idempotency key to DR.
 pub const REQUEST_ID_METADATA_KEY: &str = "requestId";
 
+/// The metadata key that records on DR's fulfillment who asked for it: the caller's
+/// identity (`spiffe://…`, `dns:…`, `token:…`) when the call was authenticated.
+pub const CALLER_METADATA_KEY: &str = "caller";
+
 /// Longest accepted `request_id`.
 const MAX_REQUEST_ID_LEN: usize = 255;
 
@@ -63,6 +67,14 @@ pub struct FulfillmentCommand {
     pub metadata: HashMap<String, String>,
     /// Caller idempotency key; empty → generated.
     pub request_id: String,
+    /// The authenticated caller's identity, recorded as `metadata.caller` on DR's
+    /// fulfillment; `None` for an anonymous call (no key is sent).
+    ///
+    /// It is part of the request's fingerprint: a retry by the same caller matches,
+    /// while another caller reusing the `request_id` gets INVALID_ARGUMENT (the id was
+    /// used with different parameters) and neither the stored result nor a second
+    /// fulfillment.
+    pub caller: Option<String>,
 }
 
 impl FulfillmentCommand {
@@ -118,6 +130,14 @@ impl FulfillmentCommand {
                 ));
             }
         }
+        if let Some(value) = self.metadata.get(CALLER_METADATA_KEY) {
+            if Some(value) != self.caller.as_ref() {
+                v.push(FieldViolation::new(
+                    format!("metadata[{CALLER_METADATA_KEY}]"),
+                    "is reserved for the caller's identity, which the gateway records",
+                ));
+            }
+        }
         if v.is_empty() {
             Ok(())
         } else {
@@ -136,6 +156,12 @@ impl FulfillmentCommand {
             REQUEST_ID_METADATA_KEY.to_owned(),
             Value::String(request_id.to_owned()),
         );
+        if let Some(caller) = &self.caller {
+            metadata.insert(
+                CALLER_METADATA_KEY.to_owned(),
+                Value::String(caller.clone()),
+            );
+        }
         let tracking = self.tracking.clone().unwrap_or_default();
         CreateFulfillment {
             order_id: self.order_id.clone(),
@@ -233,7 +259,7 @@ impl Fulfiller {
                 Claim::Mismatch => {
                     return Err(ServiceError::invalid(
                         "request_id",
-                        "was already used with different parameters",
+                        "was already used with different parameters (or by another caller)",
                     ))
                 }
                 Claim::Wait(mut changed) => {
@@ -466,6 +492,39 @@ mod tests {
         assert_eq!(
             fields(c.validate().unwrap_err()),
             vec!["metadata[requestId]"]
+        );
+    }
+
+    #[test]
+    fn caller_metadata_is_the_gateways_to_write() {
+        let mut c = cmd();
+        c.metadata
+            .insert("caller".into(), "token:someone-else".into());
+        assert_eq!(fields(c.validate().unwrap_err()), vec!["metadata[caller]"]);
+        c.caller = Some("token:someone-else".into());
+        assert!(c.validate().is_ok(), "repeating one's own identity is fine");
+    }
+
+    #[test]
+    fn the_caller_is_recorded_and_part_of_the_fingerprint() {
+        let mut a = cmd();
+        a.caller = Some("spiffe://cluster.local/ns/shipping/sa/fulfiller".into());
+        let body = serde_json::to_value(a.to_body("req-1")).unwrap();
+        assert_eq!(
+            body["metadata"],
+            serde_json::json!({"requestId": "req-1", "caller": "spiffe://cluster.local/ns/shipping/sa/fulfiller"})
+        );
+        let same_caller = a.clone();
+        assert_eq!(a.fingerprint(), same_caller.fingerprint());
+        let mut other = a.clone();
+        other.caller = Some("token:other".into());
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        let anonymous = cmd();
+        assert_ne!(a.fingerprint(), anonymous.fingerprint());
+        assert!(
+            serde_json::to_value(anonymous.to_body("r")).unwrap()["metadata"]
+                .get("caller")
+                .is_none()
         );
     }
 

@@ -32,6 +32,9 @@ pub struct TestApp {
     /// The gateway's bound webhook / health HTTP address.
     #[allow(dead_code)]
     pub http_addr: SocketAddr,
+    /// The plaintext health-only gRPC listener, when the settings ask for one.
+    #[allow(dead_code)]
+    pub grpc_health_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -88,15 +91,16 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("gateway starts");
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
+    let grpc_health_addr = app.grpc_health_addr();
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(async move {
         app.run_until_stopped().await.expect("gateway runs");
     });
+    // why: lazily, so a gateway serving TLS (which this plaintext channel cannot
+    // reach) starts too; the listener is bound before `build` returns.
     let channel = Channel::from_shared(format!("http://{grpc_addr}"))
         .unwrap()
-        .connect()
-        .await
-        .expect("connect to gateway");
+        .connect_lazy();
     TestApp {
         grpc_addr,
         fulfillments: FulfillmentServiceClient::new(channel.clone()),
@@ -104,6 +108,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         events: EventStreamClient::new(channel.clone()),
         channel,
         http_addr,
+        grpc_health_addr,
         shutdown,
         task: Some(task),
     }

@@ -15,5 +15,7 @@ mod helpers;
 mod idempotency;
 mod jetstream;
 mod orders;
+mod security;
 mod serving;
+mod tls_support;
 mod webhook;
