@@ -5,6 +5,10 @@
 //! `/healthz`, `/readyz`). Both share one event log: the webhook appends, the
 //! EventStream and ChargeService read.
 //!
+//! The gRPC listener speaks TLS when configured ([`crate::tls`], reloaded on change)
+//! and every call passes the authorization layer ([`crate::auth`]) first; an optional
+//! plaintext listener serves only health, for probes that cannot speak TLS.
+//!
 //! State replicas must share — the event log and the CreateFulfillment idempotency
 //! records — is chosen in one place, [`build_backends`]: in memory for one process,
 //! or NATS JetStream when `--bus-url` is set. In JetStream mode a watcher task

@@ -121,10 +121,18 @@ pub enum TlsError {
 }
 
 /// The listener's TLS configuration, replaced as a whole on reload.
-#[derive(Debug)]
 pub struct ServerTls {
     settings: TlsSettings,
     config: Reloadable<Arc<ServerConfig>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // why: the files' paths only; the loaded configuration holds the private key.
+        f.debug_struct("ServerTls")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerTls {

@@ -108,3 +108,83 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthSettings, Authorizer};
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    const CAPTURE: &str = "/digitalriver.gateway.v1.ChargeService/CaptureItems";
+
+    fn layer(policy: &str, tokens: &str) -> AuthLayer {
+        let dir = std::env::temp_dir().join(format!(
+            "drgw-layer-{}-{}",
+            std::process::id(),
+            policy.len() + tokens.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("policy.toml"), policy).unwrap();
+        std::fs::write(dir.join("tokens.txt"), tokens).unwrap();
+        let authorizer = Authorizer::load(AuthSettings {
+            tokens_file: Some(dir.join("tokens.txt")),
+            policy_file: Some(dir.join("policy.toml")),
+            required: true,
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+        AuthLayer::new(Arc::new(authorizer))
+    }
+
+    /// What the wrapped service saw: the caller and whether a token reached it.
+    fn inner() -> impl Service<
+        http::Request<()>,
+        Response = http::Response<String>,
+        Error = Infallible,
+        Future = impl Send + 'static,
+    > + Clone {
+        tower::service_fn(|request: http::Request<()>| async move {
+            let caller = Caller::from_extensions(request.extensions()).cloned();
+            let token_seen = request.headers().contains_key(AUTHORIZATION);
+            Ok::<_, Infallible>(http::Response::new(format!(
+                "{:?} {token_seen}",
+                caller.map(|c| c.policy_name().to_owned())
+            )))
+        })
+    }
+
+    fn request(token: Option<&str>) -> http::Request<()> {
+        let mut builder = http::Request::builder().uri(CAPTURE);
+        if let Some(token) = token {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_allowed_call_reaches_the_service_with_its_caller_and_without_the_token() {
+        let entry =
+            "shipping sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let policy =
+            "[[rules]]\nname = 'shipping'\nidentities = ['token:shipping']\nallow = ['capture']\n";
+        let service = layer(policy, entry).layer(inner());
+        // sha256("test") is the digest above.
+        let response = service.oneshot(request(Some("test"))).await.unwrap();
+        assert_eq!(response.body(), "Some(\"shipping\") false");
+        let caller = Caller::from_extensions(response.extensions()).unwrap();
+        assert_eq!(caller.identity().unwrap().as_str(), "token:shipping");
+        assert_eq!(caller.policy_name(), "shipping");
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_is_answered_here_with_the_status_and_the_caller() {
+        let service = layer("", "").layer(inner());
+        let response = service.oneshot(request(None)).await.unwrap();
+        assert_eq!(response.body(), "", "the service was not called");
+        let status = tonic::Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let caller = Caller::from_extensions(response.extensions()).unwrap();
+        assert_eq!(caller.policy_name(), "anonymous");
+    }
+}
