@@ -88,6 +88,7 @@ pub async fn spawn_app(dr_base_url: &str) -> TestApp {
 /// Starts a gateway with `settings`.
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
     capture_logs();
+    let tls = settings.security.tls.is_some();
     let app = Application::build(settings).await.expect("gateway starts");
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
@@ -96,11 +97,14 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let task = tokio::spawn(async move {
         app.run_until_stopped().await.expect("gateway runs");
     });
-    // why: lazily, so a gateway serving TLS (which this plaintext channel cannot
-    // reach) starts too; the listener is bound before `build` returns.
-    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
-        .unwrap()
-        .connect_lazy();
+    // why: lazily for a gateway serving TLS, which this plaintext channel cannot
+    // reach (the security tests make their own channels).
+    let endpoint = Channel::from_shared(format!("http://{grpc_addr}")).unwrap();
+    let channel = if tls {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("connect to gateway")
+    };
     TestApp {
         grpc_addr,
         fulfillments: FulfillmentServiceClient::new(channel.clone()),
