@@ -17,13 +17,14 @@ cd "$ROOT"
 
 CHART=helm/dr-gateway
 ALL_FEATURES="$CHART/ci/all-features-values.yaml"
+SECURED="$CHART/ci/secured-values.yaml"
 KUBE_VERSIONS="${KUBE_VERSIONS:-1.30 1.37}"
 HELM="$ROOT/tools/node_modules/.bin/helm"
 VENV="$ROOT/.venv-tools"
 REQUIREMENTS=tests/helm/requirements.txt
 # Custom resources have no schema in kubernetes-validate: skipped explicitly
 # (anything else without a schema fails the check).
-SKIP_KINDS="monitoring.coreos.com/v1/ServiceMonitor"
+SKIP_KINDS="monitoring.coreos.com/v1/ServiceMonitor cert-manager.io/v1/Certificate"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -51,6 +52,8 @@ step "helm lint --strict (default values)"
 "$HELM" lint --strict "$CHART"
 step "helm lint --strict (all features)"
 "$HELM" lint --strict "$CHART" -f "$ALL_FEATURES"
+step "helm lint --strict (secured: TLS, mTLS, tokens, policy)"
+"$HELM" lint --strict "$CHART" -f "$SECURED"
 
 # --- render + validate ------------------------------------------------------
 
@@ -76,10 +79,11 @@ PYEOF
 }
 
 for version in $KUBE_VERSIONS; do
-  for values in default all-features; do
+  for values in default all-features secured; do
     step "render ($values) and validate against Kubernetes $version"
     args=(template dr-gateway "$CHART" --namespace dr-gateway --kube-version "$version.0")
     [[ $values == all-features ]] && args+=(-f "$ALL_FEATURES")
+    [[ $values == secured ]] && args+=(-f "$SECURED")
     "$HELM" "${args[@]}" > "$work/$values-$version.yaml"
     filter_manifests "$work/$values-$version.yaml" "$work/$values-$version.checked.yaml"
     out="$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" \

@@ -18,6 +18,8 @@ step() { printf '\n==> %s\n' "$*"; }
 # nats-server: the JetStream tests start a real one.
 missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+# openssl: the README's "Securing the gateway" examples make their certificates with it.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
   step "installing Debian packages: ${missing[*]}"
   if [[ "$(id -u)" == 0 ]]; then SUDO=(); else SUDO=(sudo); fi
@@ -51,7 +53,7 @@ step "crate boundaries and the production build (no sandbox)"
 bash scripts/check-crates.sh
 
 # --- README examples ------------------------------------------------------------
-step "README examples, as written (gateway + sandbox on the default ports)"
+step "README examples, as written (gateway + sandbox on the default ports; then secured: TLS, mTLS, tokens)"
 python3 tests/readme/check_examples.py
 
 # --- Python clients ---------------------------------------------------------------

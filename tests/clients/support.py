@@ -81,10 +81,14 @@ class Sandbox:
 class Gateway:
     """One `dr-gateway serve --sandbox` child process on free loopback ports."""
 
-    def __init__(self, log_path: str, *extra_args: str):
+    def __init__(self, log_path: str, *extra_args: str, plaintext_health: bool = False):
+        """`extra_args`: more `serve` flags. `plaintext_health`: also serve health alone
+        in plaintext (`--grpc-health-addr`), which start-up then polls (for a gateway
+        whose API port speaks TLS)."""
         self.log_path = log_path
-        grpc_port, http_port, sandbox_port = free_ports(3)
+        grpc_port, http_port, sandbox_port, health_port = free_ports(4)
         self.grpc_target = f"127.0.0.1:{grpc_port}"
+        self.health_target = f"127.0.0.1:{health_port}" if plaintext_health else self.grpc_target
         self.sandbox = Sandbox(f"http://127.0.0.1:{sandbox_port}")
         self.argv = [
             BINARY, "serve", "--sandbox",
@@ -92,6 +96,7 @@ class Gateway:
             "--http-addr", f"127.0.0.1:{http_port}",
             "--sandbox-addr", f"127.0.0.1:{sandbox_port}",
             "--shutdown-grace", f"{SHUTDOWN_GRACE_S}s",
+            *(["--grpc-health-addr", self.health_target] if plaintext_health else []),
             *extra_args,
         ]
         self.process = None
@@ -128,7 +133,7 @@ class Gateway:
             ("grpc.min_reconnect_backoff_ms", 20),
             ("grpc.max_reconnect_backoff_ms", 100),
         ]
-        with grpc.insecure_channel(self.grpc_target, options=quick_reconnect) as channel:
+        with grpc.insecure_channel(self.health_target, options=quick_reconnect) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 self._check_alive()

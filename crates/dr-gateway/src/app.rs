@@ -5,6 +5,10 @@
 //! `/healthz`, `/readyz`). Both share one event log: the webhook appends, the
 //! EventStream and ChargeService read.
 //!
+//! The gRPC listener speaks TLS when configured ([`crate::tls`], reloaded on change)
+//! and every call passes the authorization layer ([`crate::auth`]) first; an optional
+//! plaintext listener serves only health, for probes that cannot speak TLS.
+//!
 //! State replicas must share — the event log and the CreateFulfillment idempotency
 //! records — is chosen in one place, [`build_backends`]: in memory for one process,
 //! or NATS JetStream when `--bus-url` is set. In JetStream mode a watcher task
@@ -20,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{server::TcpIncoming, Server};
 use tonic_health::ServingStatus;
 
+use crate::auth::{AuthError, AuthLayer, Authorizer};
 use crate::bus::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -34,6 +39,7 @@ use crate::grpc::reflection;
 use crate::health::{self, HealthGate};
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
+use crate::tls::{ServerTls, TlsError};
 use crate::webhook::{self, Readiness, SignatureVerifier, WebhookConfig, WebhookState};
 
 /// Why the gateway could not start or stopped abnormally.
@@ -63,6 +69,12 @@ pub enum AppError {
     /// The shared event bus could not be set up.
     #[error("event bus: {0}")]
     Bus(#[from] BusError),
+    /// The gRPC listener's TLS certificate, key or client CA cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The token file or the authorization policy cannot be used.
+    #[error("authorization: {0}")]
+    Auth(#[from] AuthError),
 }
 
 /// Most concurrent RPCs (Subscribe streams included) on one client connection.
@@ -72,6 +84,7 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 #[derive(Debug)]
 pub struct Application {
     grpc_addr: SocketAddr,
+    grpc_health_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
     shutdown: CancellationToken,
     grace: Duration,
@@ -85,6 +98,12 @@ pub struct Application {
 impl Application {
     /// Binds the listeners and starts serving; health reports SERVING once all is up.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        // why: unusable TLS or policy files stop start-up before anything listens.
+        let tls = match settings.security.tls.clone() {
+            Some(tls) => Some(Arc::new(ServerTls::load(tls)?)),
+            None => None,
+        };
+        let authorizer = Arc::new(Authorizer::load(settings.security.auth.clone())?);
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .map_err(|source| AppError::Bind {
@@ -177,8 +196,12 @@ impl Application {
         // why: grpcurl 1.8, grpcui, Postman and Python's reflection client speak only v1alpha.
         let reflection_v1alpha = reflection::v1alpha()?;
 
+        let health_only = health_service.clone();
         let router = Server::builder()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())
+            // why: before any service: callers are identified and checked against the
+            // policy first (auth/), and the caller rides in the request extensions.
+            .layer(AuthLayer::new(authorizer.clone()))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // why: tonic otherwise lifts hyper's cap, letting one client open unbounded
             // streams (each Subscribe holds a task and buffers) on a single connection.
@@ -210,7 +233,21 @@ impl Application {
         // while the previous one is unacknowledged waits for the client's delayed
         // ACK (~40 ms on Linux).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop));
+        let server = match &tls {
+            Some(tls) => tokio::spawn(
+                router.serve_with_incoming_shutdown(tls.incoming(incoming, shutdown.clone()), stop),
+            ),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop)),
+        };
+        if let Some(tls) = &tls {
+            tls.watch(settings.security.reload_interval, shutdown.clone());
+        }
+        authorizer.watch(settings.security.reload_interval, shutdown.clone());
+        authorizer.log_startup(tls.as_ref().is_some_and(|t| t.verifies_clients()));
+        let grpc_health_addr = match settings.security.grpc_health_addr {
+            Some(addr) => Some(serve_health_only(addr, health_only, shutdown.clone()).await?),
+            None => None,
+        };
         let http_stop = {
             let shutdown = shutdown.clone();
             async move {
@@ -232,9 +269,10 @@ impl Application {
             ));
         }
         gate.set_bus_ok(true).await;
-        tracing::info!(%grpc_addr, %http_addr, dr_base_url = %settings.dr_base_url, shared_bus = shared, "gateway serving");
+        tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), ?grpc_health_addr, dr_base_url = %settings.dr_base_url, shared_bus = shared, "gateway serving");
         Ok(Self {
             grpc_addr,
+            grpc_health_addr,
             http_addr,
             shutdown,
             grace: settings.shutdown_grace,
@@ -258,6 +296,11 @@ impl Application {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The bound plaintext health-only gRPC address, if one was asked for.
+    pub fn grpc_health_addr(&self) -> Option<SocketAddr> {
+        self.grpc_health_addr
     }
 
     /// Cancel this to shut the gateway down gracefully.
@@ -325,6 +368,36 @@ fn flatten_http(
             Ok(())
         }
     }
+}
+
+/// Serves only `grpc.health.v1` in plaintext on `addr` until `shutdown`, for probes
+/// that cannot speak TLS (Kubernetes' gRPC probe). It reports what the main
+/// listener's health service reports (the same reporter), and nothing else is
+/// reachable through it.
+async fn serve_health_only(
+    addr: SocketAddr,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, AppError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AppError::Bind { addr, source })?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(async move {
+        let served = Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the health-only gRPC listener failed");
+        }
+    });
+    Ok(bound)
 }
 
 /// The state replicas share (or, in one process, keep to themselves).

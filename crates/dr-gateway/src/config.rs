@@ -10,6 +10,9 @@ use secrecy::SecretString;
 use crate::bus::{BusConfig, BusError};
 use crate::digital_river::RetryPolicy;
 use crate::{defaults, shown_bytes, shown_duration};
+pub use security::{SecurityArgs, SecurityError, SecuritySettings};
+
+mod security;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -164,6 +167,10 @@ pub struct ServeArgs {
     /// Shared event bus (NATS JetStream) for running several replicas.
     #[command(flatten)]
     pub bus: BusArgs,
+
+    /// TLS, caller identities and authorization of the gRPC listener.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// When the built-in sandbox settles pending captures and cancels.
@@ -339,6 +346,9 @@ pub enum ConfigError {
     /// The bus flags cannot work.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The security flags cannot work together.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// Resolved settings of the gateway.
@@ -392,6 +402,8 @@ pub struct Settings {
     pub backfill_enabled: bool,
     /// Shared event bus (JetStream); `None` keeps everything in this process.
     pub bus: Option<BusConfig>,
+    /// TLS, caller identities and authorization of the gRPC listener.
+    pub security: SecuritySettings,
 }
 
 impl Settings {
@@ -490,6 +502,7 @@ impl ServeArgs {
             },
             backfill_enabled: true,
             bus: self.bus.resolve()?,
+            security: self.security.resolve()?,
         })
     }
 

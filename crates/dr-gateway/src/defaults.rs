@@ -140,6 +140,20 @@ pub const BUS_CACHE_MAX_EVENTS: usize = 10_000;
 /// Bytes of decoded events each replica caches for fan-out.
 pub const BUS_CACHE_MAX_BYTES: usize = 64 * MIB;
 
+// === securing the gRPC listener ===
+
+/// `--reload-interval`: how often TLS, token and policy files are checked for changes.
+///
+/// why: Kubernetes takes up to about a minute to show a changed Secret to the pod;
+/// checking every 10 s adds little to that, and reading a few small files costs nothing.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Longest a client may take to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes in progress at once; further connections wait in the backlog.
+pub const TLS_MAX_HANDSHAKES: usize = 256;
+/// Connections that completed their handshake, waiting for the gRPC server to take them.
+pub const TLS_ACCEPTED_QUEUE: usize = 64;
+
 /// A duration as flag text (`24h`), rendered once per call site.
 #[macro_export]
 #[doc(hidden)]

@@ -3,6 +3,10 @@
 //!
 //! # Layout
 //! - [`app`]: binds the listeners, wires the services, runs until shutdown.
+//! - [`auth`]: caller identities (client certificates, bearer tokens), the
+//!   authorization policy and the tower layer that applies it to every gRPC call.
+//! - [`tls`]: TLS and mutual TLS on the gRPC listener; [`reload`]: picks up changed
+//!   certificate, token and policy files.
 //! - [`cli`], [`config`]: the command line and flags/env → [`config::Settings`].
 //! - [`clock`]: wall-clock time behind a trait, for tests.
 //! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
@@ -20,6 +24,7 @@
 //!
 //! Dependencies flow one way: `grpc` / `webhook` → `domain` / `events` → `digital_river`.
 pub mod app;
+pub mod auth;
 pub mod bus;
 pub mod cli;
 pub mod clock;
@@ -33,8 +38,10 @@ pub mod events;
 pub mod grpc;
 pub mod health;
 pub mod money;
+pub mod reload;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 
 /// The generated API (the `dr-gateway-api` crate), under its historical name.

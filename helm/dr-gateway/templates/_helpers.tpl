@@ -149,4 +149,91 @@ helm's schema errors cannot carry a custom message.
 {{- if and .Values.bus.credentialsSecret (not .Values.bus.url) }}
 {{- fail "bus.credentialsSecret is set but bus.url is empty: set bus.url too" }}
 {{- end }}
+{{- include "dr-gateway.validateSecurity" . }}
+{{- end }}
+
+{{/*
+=== securing the gRPC API (tls.*, auth.*) ===
+*/}}
+
+{{/*
+Name of the Secret with the gRPC listener's certificate and key.
+*/}}
+{{- define "dr-gateway.tlsSecretName" -}}
+{{- default (printf "%s-grpc-tls" (include "dr-gateway.fullname" . | trunc 54 | trimSuffix "-")) .Values.tls.secretName }}
+{{- end }}
+
+{{/*
+Name of the Secret with the client CA bundle (mutual TLS).
+*/}}
+{{- define "dr-gateway.clientCaSecretName" -}}
+{{- default (include "dr-gateway.tlsSecretName" .) .Values.tls.clientAuth.caSecretName }}
+{{- end }}
+
+{{/*
+Whether the chart renders a policy ConfigMap from values (rules given, no
+existing ConfigMap named).
+*/}}
+{{- define "dr-gateway.policyFromValues" -}}
+{{- if and (not .Values.auth.policy.existingConfigMap) .Values.auth.policy.rules }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the ConfigMap holding policy.toml; empty when there is no policy.
+*/}}
+{{- define "dr-gateway.policyConfigMapName" -}}
+{{- if .Values.auth.policy.existingConfigMap }}
+{{- .Values.auth.policy.existingConfigMap }}
+{{- else if include "dr-gateway.policyFromValues" . }}
+{{- printf "%s-auth-policy" (include "dr-gateway.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the token file; empty when there are no tokens.
+*/}}
+{{- define "dr-gateway.tokensSecretName" -}}
+{{- if .Values.auth.tokens.existingSecret }}
+{{- .Values.auth.tokens.existingSecret }}
+{{- else if .Values.auth.tokens.entries }}
+{{- printf "%s-auth-tokens" (include "dr-gateway.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespaces the policy's identities name, one per line: SPIFFE ids
+spiffe://<trust domain>/ns/<ns>/sa/<sa> and dns:<service>.<ns>.svc[.cluster.local].
+A line "*" means some identity names no namespace (a token, another URI,
+anonymous), so the namespaces alone cannot admit every caller.
+*/}}
+{{- define "dr-gateway.policyNamespaces" -}}
+{{- range .Values.auth.policy.rules }}
+{{- range .identities }}
+{{- if regexMatch "^spiffe://[^/]+/ns/[^/]+/sa/[^/]+$" . }}
+{{ regexReplaceAll "^spiffe://[^/]+/ns/([^/]+)/sa/.*$" . "${1}" }}
+{{- else if regexMatch "^dns:[^.]+\\.[^.]+\\.svc(\\.cluster\\.local)?$" . }}
+{{ regexReplaceAll "^dns:[^.]+\\.([^.]+)\\.svc.*$" . "${1}" }}
+{{- else }}
+*
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of the security values, with sentences helm's schema errors cannot give.
+*/}}
+{{- define "dr-gateway.validateSecurity" -}}
+{{- if and (ne .Values.tls.clientAuth.mode "none") (not .Values.tls.enabled) }}
+{{- fail "tls.clientAuth.mode needs tls.enabled: client certificates are checked in the TLS handshake" }}
+{{- end }}
+{{- if and .Values.auth.required (eq .Values.tls.clientAuth.mode "none") (not (include "dr-gateway.tokensSecretName" .)) }}
+{{- fail "auth.required needs a way to authenticate: tls.clientAuth.mode optional or required, or bearer tokens (auth.tokens.existingSecret or auth.tokens.entries)" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) (not .Values.tls.certManager.enabled) }}
+{{- fail "tls.enabled needs a certificate: name an existing kubernetes.io/tls Secret in tls.secretName, or set tls.certManager.enabled (with tls.certManager.issuerRef.name)" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name (the cert-manager Issuer or ClusterIssuer that signs the gateway's certificate)" }}
+{{- end }}
 {{- end }}

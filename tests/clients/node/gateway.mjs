@@ -106,13 +106,16 @@ export class Sandbox {
 
 /** One `dr-gateway serve --sandbox` child process on free loopback ports. */
 export class Gateway {
-  /** Starts one; `extraArgs` are more `serve` flags (e.g. `--upstream-timeout 1s`). */
-  static async start(extraArgs = []) {
+  /** Starts one; `extraArgs` are more `serve` flags (e.g. `--upstream-timeout 1s`).
+   * `plaintextHealth`: also serve health alone in plaintext (`--grpc-health-addr`),
+   * which start-up then polls (for a gateway whose API port speaks TLS). */
+  static async start(extraArgs = [], { plaintextHealth = false } = {}) {
     if (!fs.existsSync(BINARY)) {
       throw new Error(`${BINARY} is missing: run bash scripts/check-node-client.sh (it builds it)`);
     }
-    const [grpcPort, httpPort, sandboxPort] = await freePorts(3);
+    const [grpcPort, httpPort, sandboxPort, healthPort] = await freePorts(4);
     const gateway = new Gateway(`127.0.0.1:${grpcPort}`, `http://127.0.0.1:${sandboxPort}`);
+    gateway.healthTarget = plaintextHealth ? `127.0.0.1:${healthPort}` : gateway.target;
     const logPath = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'dr-gateway-node-')), 'dr-gateway.log');
     const log = fs.openSync(logPath, 'w');
     // why: a DR_GATEWAY_* variable in the caller's shell would change the flags' defaults.
@@ -126,6 +129,7 @@ export class Gateway {
         '--http-addr', `127.0.0.1:${httpPort}`,
         '--sandbox-addr', `127.0.0.1:${sandboxPort}`,
         '--shutdown-grace', `${SHUTDOWN_GRACE_S}s`,
+        ...(plaintextHealth ? ['--grpc-health-addr', gateway.healthTarget] : []),
         ...extraArgs,
       ],
       { stdio: ['ignore', log, log], env: { RUST_LOG: 'info', ...env } },
@@ -148,7 +152,7 @@ export class Gateway {
 
   /** Health says SERVING and the sandbox's webhooks point at the gateway. */
   async #waitUntilReady() {
-    const health = new Health(this.target, grpc.credentials.createInsecure());
+    const health = new Health(this.healthTarget, grpc.credentials.createInsecure());
     try {
       await eventually('gRPC health SERVING', () => {
         if (this.process.exitCode !== null) throw new Error(`dr-gateway exited with ${this.process.exitCode}`);

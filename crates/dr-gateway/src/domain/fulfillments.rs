@@ -23,6 +23,10 @@ use crate::digital_river::{CallOptions, Client, FulfillmentQuery};
 /// The metadata key that carries the idempotency key to DR.
 pub const REQUEST_ID_METADATA_KEY: &str = "requestId";
 
+/// The metadata key that records on DR's fulfillment who asked for it: the caller's
+/// identity (`spiffe://…`, `dns:…`, `token:…`) when the call was authenticated.
+pub const CALLER_METADATA_KEY: &str = "caller";
+
 /// Longest accepted `request_id`.
 const MAX_REQUEST_ID_LEN: usize = 255;
 
@@ -72,6 +76,14 @@ pub struct FulfillmentCommand {
     pub metadata: HashMap<String, String>,
     /// Caller idempotency key; empty → generated.
     pub request_id: String,
+    /// The authenticated caller's identity, recorded as `metadata.caller` on DR's
+    /// fulfillment; `None` for an anonymous call (no key is sent).
+    ///
+    /// It is part of the request's fingerprint: a retry by the same caller matches,
+    /// while another caller reusing the `request_id` gets INVALID_ARGUMENT (the id was
+    /// used with different parameters) and neither the stored result nor a second
+    /// fulfillment.
+    pub caller: Option<String>,
 }
 
 impl FulfillmentCommand {
@@ -144,6 +156,14 @@ impl FulfillmentCommand {
                 ));
             }
         }
+        if let Some(value) = self.metadata.get(CALLER_METADATA_KEY) {
+            if Some(value) != self.caller.as_ref() {
+                v.push(FieldViolation::new(
+                    format!("metadata[{CALLER_METADATA_KEY}]"),
+                    "is reserved for the caller's identity, which the gateway records",
+                ));
+            }
+        }
         if v.is_empty() {
             Ok(())
         } else {
@@ -162,6 +182,12 @@ impl FulfillmentCommand {
             REQUEST_ID_METADATA_KEY.to_owned(),
             Value::String(request_id.to_owned()),
         );
+        if let Some(caller) = &self.caller {
+            metadata.insert(
+                CALLER_METADATA_KEY.to_owned(),
+                Value::String(caller.clone()),
+            );
+        }
         let tracking = self.tracking.clone().unwrap_or_default();
         CreateFulfillment {
             order_id: self.order_id.clone(),
@@ -478,7 +504,7 @@ impl Fulfiller {
     }
 
     /// DR shows a fulfillment with this request id: it is the result, unless the
-    /// request id was used for other items.
+    /// request id was used for other items or by another caller.
     async fn found(
         &self,
         body: &CreateFulfillment,
@@ -487,8 +513,8 @@ impl Fulfiller {
         found: Fulfillment,
         when: &'static str,
     ) -> Result<Fulfillment, ServiceError> {
-        if !same_items(body, &found) {
-            tracing::warn!(request_id = %key, fulfillment_id = %found.id, "DR holds this request_id for other items");
+        if !same_items(body, &found) || !same_caller(body, &found) {
+            tracing::warn!(request_id = %key, fulfillment_id = %found.id, "DR holds this request_id for other items or another caller");
             self.store.mark_unknown(key, fingerprint, None).await;
             return Err(reused_request_id());
         }
@@ -550,7 +576,10 @@ impl Fulfiller {
 
 /// INVALID_ARGUMENT for a request id that already names other work.
 fn reused_request_id() -> ServiceError {
-    ServiceError::invalid("request_id", "was already used with different parameters")
+    ServiceError::invalid(
+        "request_id",
+        "was already used with different parameters (or by another caller)",
+    )
 }
 
 /// The answer while an earlier attempt may land until `until`.
@@ -597,6 +626,16 @@ fn same_items(body: &CreateFulfillment, found: &Fulfillment) -> bool {
             .map(|i| (i.item_id.as_str(), i.quantity, i.cancel_quantity)),
     );
     asked == held
+}
+
+/// Whether DR's fulfillment was asked for by the same caller (both anonymous, or the
+/// same recorded identity): a request id is the caller's, not everyone's.
+fn same_caller(body: &CreateFulfillment, found: &Fulfillment) -> bool {
+    let held = found
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(CALLER_METADATA_KEY));
+    body.metadata.get(CALLER_METADATA_KEY) == held
 }
 
 fn carries_request_id(f: &Fulfillment, request_id: &str) -> bool {
@@ -712,6 +751,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fulfillment_found_in_dr_must_be_the_same_callers() {
+        let mut mine = cmd();
+        mine.caller = Some("token:fulfiller".into());
+        let body = mine.to_body("r");
+        let held = |caller: Option<&str>| Fulfillment {
+            metadata: Some(
+                caller
+                    .map(|c| {
+                        serde_json::Map::from_iter([(
+                            CALLER_METADATA_KEY.to_owned(),
+                            Value::from(c),
+                        )])
+                    })
+                    .unwrap_or_default(),
+            ),
+            ..Default::default()
+        };
+        assert!(same_caller(&body, &held(Some("token:fulfiller"))));
+        assert!(!same_caller(&body, &held(Some("token:other"))));
+        assert!(!same_caller(&body, &held(None)));
+        assert!(same_caller(&cmd().to_body("r"), &held(None)));
+    }
+
+    #[test]
     fn a_shipment_item_id_may_not_repeat_within_a_request() {
         let mut c = cmd();
         c.items[0].shipment_item_id = "s1".into();
@@ -736,6 +799,39 @@ mod tests {
         assert_eq!(
             fields(c.validate().unwrap_err()),
             vec!["metadata[requestId]"]
+        );
+    }
+
+    #[test]
+    fn caller_metadata_is_the_gateways_to_write() {
+        let mut c = cmd();
+        c.metadata
+            .insert("caller".into(), "token:someone-else".into());
+        assert_eq!(fields(c.validate().unwrap_err()), vec!["metadata[caller]"]);
+        c.caller = Some("token:someone-else".into());
+        assert!(c.validate().is_ok(), "repeating one's own identity is fine");
+    }
+
+    #[test]
+    fn the_caller_is_recorded_and_part_of_the_fingerprint() {
+        let mut a = cmd();
+        a.caller = Some("spiffe://cluster.local/ns/shipping/sa/fulfiller".into());
+        let body = serde_json::to_value(a.to_body("req-1")).unwrap();
+        assert_eq!(
+            body["metadata"],
+            serde_json::json!({"requestId": "req-1", "caller": "spiffe://cluster.local/ns/shipping/sa/fulfiller"})
+        );
+        let same_caller = a.clone();
+        assert_eq!(a.fingerprint(), same_caller.fingerprint());
+        let mut other = a.clone();
+        other.caller = Some("token:other".into());
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        let anonymous = cmd();
+        assert_ne!(a.fingerprint(), anonymous.fingerprint());
+        assert!(
+            serde_json::to_value(anonymous.to_body("r")).unwrap()["metadata"]
+                .get("caller")
+                .is_none()
         );
     }
 

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::fulfillment::tracking_command;
 use super::request::{self, required};
+use crate::auth::Caller;
 use crate::digital_river::models::Fulfillment;
 use crate::digital_river::Client;
 use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand, MAX_QUANTITY};
@@ -269,6 +270,7 @@ impl ChargeService for ChargeApi {
         req: Request<pb::CaptureItemsRequest>,
     ) -> Result<Response<pb::CaptureItemsResponse>, Status> {
         let deadline = request::deadline(req.metadata());
+        let caller = Caller::identity_of(&req);
         let r = req.into_inner();
         let command = FulfillmentCommand {
             order_id: r.order_id,
@@ -277,6 +279,7 @@ impl ChargeService for ChargeApi {
             tracking: tracking_command(r.tracking),
             metadata: r.metadata,
             request_id: r.request_id,
+            caller,
         };
         let (fulfillment, outcomes, settled) = self
             .fulfill_and_wait(command, OperationKind::Capture, r.wait, deadline)
@@ -294,6 +297,7 @@ impl ChargeService for ChargeApi {
         req: Request<pb::CancelItemsRequest>,
     ) -> Result<Response<pb::CancelItemsResponse>, Status> {
         let deadline = request::deadline(req.metadata());
+        let caller = Caller::identity_of(&req);
         let r = req.into_inner();
         let command = FulfillmentCommand {
             order_id: r.order_id,
@@ -302,6 +306,7 @@ impl ChargeService for ChargeApi {
             tracking: None,
             metadata: r.metadata,
             request_id: r.request_id,
+            caller,
         };
         let (fulfillment, outcomes, settled) = self
             .fulfill_and_wait(command, OperationKind::Cancel, r.wait, deadline)

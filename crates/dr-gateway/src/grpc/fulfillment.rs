@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::request::{self, decode_page_token, encode_page_token, page_size, required};
+use crate::auth::Caller;
 use crate::digital_river::models::{ItemRef, UpdateFulfillment};
 use crate::digital_river::{Client, FulfillmentQuery};
 use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand, TrackingCommand};
@@ -45,6 +46,7 @@ impl FulfillmentService for FulfillmentApi {
         req: Request<pb::CreateFulfillmentRequest>,
     ) -> Result<Response<pb::CreateFulfillmentResponse>, Status> {
         let deadline = request::deadline(req.metadata());
+        let caller = Caller::identity_of(&req);
         let r = req.into_inner();
         let command = FulfillmentCommand {
             order_id: r.order_id,
@@ -62,6 +64,7 @@ impl FulfillmentService for FulfillmentApi {
             tracking: tracking_command(r.tracking),
             metadata: r.metadata,
             request_id: r.request_id,
+            caller,
         };
         let created = self.fulfiller.create(command, deadline).await?;
         Ok(Response::new(pb::CreateFulfillmentResponse {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::Denial;
 use crate::digital_river::{Error as DrError, ErrorBody, Resource};
 use crate::domain::ServiceError;
 use crate::events::SubscribeError;
@@ -199,6 +200,32 @@ impl From<StreamEnd> for Status {
                 |_| {},
             ),
         }
+    }
+}
+
+/// A call the authorization layer refused: UNAUTHENTICATED (no, or no valid,
+/// credentials) or PERMISSION_DENIED (identified, not allowed). `ErrorInfo` carries
+/// the reason and the method; nothing names the caller's rule or other identities.
+impl From<Denial> for Status {
+    fn from(denial: Denial) -> Self {
+        use crate::auth::DenialReason::*;
+        let message = match denial.reason {
+            CredentialsRequired => {
+                "this method needs credentials: a client certificate or a bearer token"
+            }
+            InvalidToken => "the bearer token is not valid",
+            CertificateWithoutIdentity => {
+                "the client certificate names no URI or DNS subject alternative name"
+            }
+            CallerNotInPolicy | MethodNotAllowed => "the caller may not call this method",
+        };
+        let code = if denial.reason.is_unauthenticated() {
+            Code::Unauthenticated
+        } else {
+            Code::PermissionDenied
+        };
+        let metadata = HashMap::from([("method".to_owned(), denial.method)]);
+        status_with_info(code, message, denial.reason.as_str(), metadata, |_| {})
     }
 }
 
@@ -618,6 +645,40 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         assert!(status.message().contains("did not answer"));
+    }
+
+    #[test]
+    fn refused_calls_say_why_and_which_method_but_not_who_may() {
+        use crate::auth::{Caller, DenialReason};
+        let rows = [
+            (DenialReason::CredentialsRequired, Code::Unauthenticated),
+            (DenialReason::InvalidToken, Code::Unauthenticated),
+            (
+                DenialReason::CertificateWithoutIdentity,
+                Code::Unauthenticated,
+            ),
+            (DenialReason::CallerNotInPolicy, Code::PermissionDenied),
+            (DenialReason::MethodNotAllowed, Code::PermissionDenied),
+        ];
+        for (reason, code) in rows {
+            let status = Status::from(Denial {
+                reason,
+                method: "/digitalriver.gateway.v1.ChargeService/CaptureItems".into(),
+                caller: Caller::new(None, "secret-rule-name"),
+            });
+            assert_eq!(status.code(), code, "{reason:?}");
+            let info = status.get_details_error_info().unwrap();
+            assert_eq!(info.reason, reason.as_str());
+            assert_eq!(info.domain, ERROR_DOMAIN);
+            assert_eq!(
+                info.metadata,
+                HashMap::from([(
+                    "method".to_owned(),
+                    "/digitalriver.gateway.v1.ChargeService/CaptureItems".to_owned()
+                )])
+            );
+            assert!(!status.message().contains("secret-rule-name"));
+        }
     }
 
     #[test]

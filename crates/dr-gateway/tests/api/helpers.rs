@@ -32,6 +32,9 @@ pub struct TestApp {
     /// The gateway's bound webhook / health HTTP address.
     #[allow(dead_code)]
     pub http_addr: SocketAddr,
+    /// The plaintext health-only gRPC listener, when the settings ask for one.
+    #[allow(dead_code)]
+    pub grpc_health_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -102,18 +105,23 @@ pub async fn spawn_app(dr_base_url: &str) -> TestApp {
 /// Starts a gateway with `settings`.
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
     capture_logs();
+    let tls = settings.security.tls.is_some();
     let app = Application::build(settings).await.expect("gateway starts");
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
+    let grpc_health_addr = app.grpc_health_addr();
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(async move {
         app.run_until_stopped().await.expect("gateway runs");
     });
-    let channel = Channel::from_shared(format!("http://{grpc_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to gateway");
+    // why: lazily for a gateway serving TLS, which this plaintext channel cannot
+    // reach (the security tests make their own channels).
+    let endpoint = Channel::from_shared(format!("http://{grpc_addr}")).unwrap();
+    let channel = if tls {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("connect to gateway")
+    };
     TestApp {
         grpc_addr,
         fulfillments: FulfillmentServiceClient::new(channel.clone()),
@@ -121,6 +129,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         events: EventStreamClient::new(channel.clone()),
         channel,
         http_addr,
+        grpc_health_addr,
         shutdown,
         task: Some(task),
     }

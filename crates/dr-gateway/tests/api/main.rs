@@ -18,5 +18,7 @@ mod jetstream;
 mod modes;
 mod money_safety;
 mod orders;
+mod security;
 mod serving;
+mod tls_support;
 mod webhook;
