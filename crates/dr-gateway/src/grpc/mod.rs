@@ -1,8 +1,10 @@
-//! The gRPC transport: one file per proto service, conversions to protobuf, and the
-//! one table that turns errors into `tonic::Status`.
+//! The gRPC transport: one file per proto service, conversions to protobuf, the
+//! one table that turns errors into `tonic::Status`, and the listener that serves
+//! and ages connections (`server`).
 pub mod charge;
 pub mod convert;
 pub mod event_stream;
 pub mod fulfillment;
 pub mod request;
+pub mod server;
 pub mod status;

@@ -32,6 +32,9 @@ pub struct TestApp {
     /// The gateway's bound webhook / health HTTP address.
     #[allow(dead_code)]
     pub http_addr: SocketAddr,
+    /// The limiter pacing this gateway's DR calls.
+    #[allow(dead_code)]
+    pub upstream_limiter: Option<Arc<dr_gateway::digital_river::RateLimiter>>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -88,6 +91,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("gateway starts");
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
+    let upstream_limiter = app.upstream_rate_limiter();
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(async move {
         app.run_until_stopped().await.expect("gateway runs");
@@ -104,6 +108,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         events: EventStreamClient::new(channel.clone()),
         channel,
         http_addr,
+        upstream_limiter,
         shutdown,
         task: Some(task),
     }

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod config;
 mod errors;
 mod event_flows;
 mod event_support;
@@ -16,4 +17,5 @@ mod idempotency;
 mod jetstream;
 mod orders;
 mod serving;
+mod transport;
 mod webhook;
