@@ -3,7 +3,7 @@
 # installs what is missing (Debian packages, project-local npm tools, a Python venv),
 # then runs buf lint and buf breaking, the Rust unit + integration tests of every
 # crate, the crate boundaries and the production build, the README examples, the
-# Python client tests and the Helm chart checks.
+# Python client tests, the Node compression tests and the Helm chart checks.
 #
 # Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
 # something is missing.
@@ -56,6 +56,10 @@ python3 tests/readme/check_examples.py
 # --- Python clients ---------------------------------------------------------------
 step "Python gRPC clients (reflection, health, stubs, error details, streams)"
 bash scripts/check-clients.sh
+
+# --- Node client -------------------------------------------------------------
+step "Node gRPC client (@grpc/grpc-js): compressed requests"
+bash scripts/check-node-compression.sh
 
 # --- Helm chart ---------------------------------------------------------------
 step "Helm chart checks"
