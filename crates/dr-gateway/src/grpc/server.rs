@@ -202,17 +202,20 @@ pub async fn serve(
             local_addr: stream.local_addr().ok(),
             remote_addr: Some(remote),
         };
-        let age = settings.max_connection_age.map(jittered);
+        let aged = CancellationToken::new();
         tokio::spawn(serve_connection(
             stream,
             ConnectionService {
                 inner: service.clone(),
                 info,
-                age: ConnectionAge::never(),
+                age: ConnectionAge(aged.clone()),
             },
             http2.clone(),
-            age,
-            settings.max_connection_age_grace,
+            Aging {
+                age: settings.max_connection_age.map(jittered),
+                grace: settings.max_connection_age_grace,
+                aged,
+            },
             drain_rx.clone(),
         ));
     }
@@ -229,12 +232,21 @@ fn jittered(age: Duration) -> Duration {
     age.mul_f64(rand::random_range(0.9..1.1))
 }
 
+/// When one connection ages, and what tells its requests.
+struct Aging {
+    /// After this long, GOAWAY; `None`: never.
+    age: Option<Duration>,
+    /// After the age, time until the connection is closed.
+    grace: Duration,
+    /// Cancelled at the age (the requests' [`ConnectionAge`]).
+    aged: CancellationToken,
+}
+
 async fn serve_connection<S, B>(
     stream: TcpStream,
-    mut service: ConnectionService<S>,
+    service: ConnectionService<S>,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-    age: Option<Duration>,
-    grace: Duration,
+    aging: Aging,
     mut drain: watch::Receiver<bool>,
 ) where
     S: Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -247,8 +259,7 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let aged = CancellationToken::new();
-    service.age = ConnectionAge(aged.clone());
+    let Aging { age, grace, aged } = aging;
     let connection =
         http2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
     tokio::pin!(connection);
