@@ -3,7 +3,8 @@
 #   - dr-sandbox depends on neither the gateway nor tonic (it plays DR over HTTP);
 #   - dr-gateway-api (what Rust clients depend on) pulls in no axum, reqwest or NATS;
 #   - dr-gateway built without its default `sandbox` feature (the production build)
-#     has no emulator, and its `serve --sandbox` refuses with a message saying so.
+#     has no emulator, its `serve --sandbox` refuses with a message saying so, and
+#     its `--version` says it is the production build.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +43,9 @@ grep -q "built without the Digital River sandbox" "$work/out" \
   || fail "serve --sandbox without the sandbox feature said: $(cat "$work/out")"
 [[ $sandbox_code -ne 0 ]] || fail "the production build still has the 'sandbox' subcommand"
 echo "serve --sandbox refused (exit 2): $(cat "$work/out")"
+version="$("$work/dr-gateway" --version)"
+[[ $version == *"production build: no sandbox"* ]] || fail "--version of the production build says: $version"
+echo "--version: $version"
 
 # why: cargo keeps both builds; this puts the test suite's binary (with the
 # sandbox) back at target/debug/dr-gateway without compiling anything.

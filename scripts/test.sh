@@ -3,8 +3,8 @@
 # installs what is missing (Debian packages, project-local npm tools, a Python venv),
 # then runs buf lint and buf breaking, the Rust unit + integration tests of every
 # crate, the crate boundaries and the production build, the README examples, the
-# Python, Node and Go client tests, a compile check of the Java snippet and the
-# Helm chart checks.
+# Python, Node and Go client tests (compressed requests among them), a compile
+# check of the Java snippet and the Helm chart checks.
 #
 # Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
 # something is missing.
@@ -61,7 +61,7 @@ step "Python gRPC clients (reflection, health, stubs, error details, streams)"
 bash scripts/check-clients.sh
 
 # --- Node clients -----------------------------------------------------------------
-step "Node gRPC clients (@grpc/grpc-js + @grpc/proto-loader: calls, error details, streams, deadlines)"
+step "Node gRPC clients (@grpc/grpc-js + @grpc/proto-loader: calls, error details, streams, deadlines, compression)"
 bash scripts/check-node-client.sh
 
 # --- Go clients -------------------------------------------------------------------

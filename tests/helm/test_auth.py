@@ -35,13 +35,19 @@ def test_without_tls_values_nothing_about_tls_or_auth_is_rendered(default_render
     assert {p["name"] for p in default_render.gateway["ports"]} == {"grpc", "http"}
 
 
-@pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe", "startupProbe"])
-def test_with_tls_the_probes_ask_the_plaintext_health_only_port(secured, probe):
+def test_with_tls_readiness_asks_the_plaintext_health_only_port(secured):
     # Kubelet's gRPC probe speaks no TLS: it would fail against the API port.
     ports = {p["name"]: p["containerPort"] for p in secured.gateway["ports"]}
-    assert secured.gateway[probe]["grpc"] == {"port": ports["grpc-health"]}
+    assert secured.gateway["readinessProbe"]["grpc"] == {"port": ports["grpc-health"]}
     assert ports["grpc-health"] != ports["grpc"]
     assert _env(secured.gateway)["DR_GATEWAY_GRPC_HEALTH_ADDR"] == f"0.0.0.0:{ports['grpc-health']}"
+
+
+@pytest.mark.parametrize("probe", ["livenessProbe", "startupProbe"])
+def test_with_tls_liveness_and_startup_still_ask_livez_on_the_plaintext_http_port(secured, probe):
+    # TLS covers the gRPC API only; /livez never depends on it (nor on NATS or DR).
+    assert secured.gateway[probe]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert "grpc" not in secured.gateway[probe]
 
 
 def test_with_tls_the_helm_test_checks_health_through_the_services_health_port(secured):

@@ -25,7 +25,23 @@ def test_webhook_has_its_own_service_on_the_http_port(any_render):
     assert service["spec"]["type"] == "ClusterIP"
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     assert _selects_gateway(service, any_render)
-    assert len(any_render.of_kind("Service")) == 2
+
+
+def test_no_headless_service_by_default(default_render):
+    assert sorted(s["metadata"]["name"] for s in default_render.of_kind("Service")) == [
+        "dr-gateway",
+        "dr-gateway-webhook",
+    ]
+
+
+def test_the_headless_service_resolves_to_every_gateway_pod_for_client_side_balancing(all_features_render):
+    headless = all_features_render.one("Service", "dr-gateway-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    (port,) = headless["spec"]["ports"]
+    assert (port["port"], port["targetPort"], port["appProtocol"]) == (50051, "grpc", "grpc")
+    assert _selects_gateway(headless, all_features_render)
+    # Only ready pods (the default): a draining pod leaves the DNS answer.
+    assert not headless["spec"].get("publishNotReadyAddresses", False)
 
 
 def test_no_ingress_by_default(default_render):

@@ -35,6 +35,7 @@ def test_all_features_values_turn_every_optional_object_on(all_features_render):
             "PodDisruptionBudget",
             "Service",
             "Service",
+            "Service",
             "ServiceAccount",
             "ServiceMonitor",
         ]
@@ -56,6 +57,9 @@ REJECTED = {
     "bus url that is not NATS": ({"bus": {"url": "http://nats:4222"}}, r"bus\.url.*pattern"),
     "unknown log format": ({"config": {"logFormat": "xml"}}, r"logFormat"),
     "unknown pdb mode": ({"podDisruptionBudget": {"enabled": "sometimes"}}, r"podDisruptionBudget\.enabled"),
+    "connection age in words": ({"grpc": {"maxConnectionAge": "five minutes"}}, r"maxConnectionAge"),
+    "message size as a word": ({"grpc": {"maxReceiveMessageSize": "big"}}, r"maxReceiveMessageSize"),
+    "zero fallback replicas": ({"config": {"upstreamRateLimitReplicas": 0}}, r"upstreamRateLimitReplicas"),
     "grace shorter than the drain": (
         {"terminationGracePeriodSeconds": 20, "preStopSleepSeconds": 5},
         r"terminationGracePeriodSeconds \(20\) must be greater than .* = 25",

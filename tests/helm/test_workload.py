@@ -65,7 +65,9 @@ def test_config_comes_from_the_configmap_and_matches_the_ports(default_render):
     assert config["DR_GATEWAY_LOG_FORMAT"] == "json"
     assert config["DR_GATEWAY_UPSTREAM_TIMEOUT"] == "10s"
     assert config["DR_GATEWAY_UPSTREAM_RATE_LIMIT"] == "auto"
+    assert config["DR_GATEWAY_UPSTREAM_RATE_LIMIT_REPLICAS"] == "1"
     assert config["RUST_LOG"] == "info"
+    assert "DR_GATEWAY_WEBHOOKS_DISABLED" not in config
     # Unset means "in-memory bus" / "DR account default version" to the gateway.
     assert "DR_GATEWAY_BUS_URL" not in config
     assert "DR_GATEWAY_DR_API_VERSION" not in config
@@ -86,9 +88,57 @@ def test_with_the_shared_bus_there_is_no_startup_hold():
     assert rendered.config["DR_GATEWAY_FULFILLMENT_COMMIT_BOUND"] == "60s"
 
 
-def test_the_rate_limit_can_be_split_across_replicas():
+def test_the_rate_limit_budget_is_the_keys_and_the_fallback_share_counts_every_pod():
+    # The budget is the key's, for all pods together; the pods split it through
+    # NATS, and until they can, assume the most pods that run.
     rendered = render("replicaCount=5", "bus.url=nats://nats:4222", "config.upstreamRateLimit=50")
     assert rendered.config["DR_GATEWAY_UPSTREAM_RATE_LIMIT"] == "50"
+    assert rendered.config["DR_GATEWAY_UPSTREAM_RATE_LIMIT_REPLICAS"] == "5"
+
+
+def test_with_autoscaling_the_fallback_share_assumes_the_most_replicas(all_features_render):
+    assert all_features_render.config["DR_GATEWAY_UPSTREAM_RATE_LIMIT_REPLICAS"] == "10"
+
+
+def test_the_fallback_replica_count_can_be_set():
+    rendered = render("replicaCount=2", "bus.url=nats://n:4222", "config.upstreamRateLimitReplicas=4")
+    assert rendered.config["DR_GATEWAY_UPSTREAM_RATE_LIMIT_REPLICAS"] == "4"
+
+
+def test_grpc_transport_defaults_age_connections_so_scale_out_spreads_load(default_render):
+    config = default_render.config
+    assert config["DR_GATEWAY_GRPC_MAX_CONNECTION_AGE"] == "5m"
+    # The grace covers CaptureItems' `wait` without a deadline (60 s).
+    assert _seconds_or_minutes(config["DR_GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE"]) > 60
+    assert config["DR_GATEWAY_GRPC_KEEPALIVE_INTERVAL"] == "30s"
+    assert config["DR_GATEWAY_GRPC_KEEPALIVE_TIMEOUT"] == "20s"
+    assert config["DR_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_SIZE"] == "4MiB"
+    assert config["DR_GATEWAY_GRPC_MAX_SEND_MESSAGE_SIZE"] == "4MiB"
+    assert config["DR_GATEWAY_GRPC_COMPRESS_RESPONSES"] == "true"
+
+
+def test_grpc_transport_values_reach_the_configmap(all_features_render):
+    config = all_features_render.config
+    assert config["DR_GATEWAY_GRPC_MAX_CONNECTION_AGE"] == "10m"
+    assert config["DR_GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE"] == "2m"
+    assert config["DR_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_SIZE"] == "8MiB"
+    assert config["DR_GATEWAY_GRPC_COMPRESS_RESPONSES"] == "false"
+
+
+def test_connection_age_can_be_switched_off():
+    assert render("grpc.maxConnectionAge=off").config["DR_GATEWAY_GRPC_MAX_CONNECTION_AGE"] == "off"
+
+
+def _seconds_or_minutes(text: str) -> int:
+    match = re.fullmatch(r"(\d+)(s|m)", text)
+    assert match, text
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_webhooks_can_be_disabled_and_then_no_secret_file_is_read():
+    rendered = render("config.webhooksDisabled=true")
+    assert rendered.config["DR_GATEWAY_WEBHOOKS_DISABLED"] == "true"
+    assert "DR_GATEWAY_WEBHOOK_SECRETS_FILE" not in _env(rendered.gateway)
 
 
 def test_config_values_reach_the_configmap(all_features_render):
@@ -101,12 +151,53 @@ def test_config_values_reach_the_configmap(all_features_render):
 # === probes ===
 
 
-@pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe", "startupProbe"])
-def test_probes_use_native_grpc_health_on_the_grpc_port(any_render, probe):
+GATEWAY_SOURCE = REPO / "crates" / "dr-gateway" / "src"
+
+
+def _http_port(rendered) -> int:
+    return {p["name"]: p["containerPort"] for p in rendered.gateway["ports"]}["http"]
+
+
+@pytest.mark.parametrize("probe", ["livenessProbe", "startupProbe"])
+def test_liveness_and_startup_ask_livez_never_a_dependency(any_render, probe):
+    # A NATS or DR outage must restart nothing: /livez answers while the process
+    # and its runtime do, whatever the dependencies say; gRPC health does not
+    # serve liveness.
     spec = any_render.gateway[probe]
-    assert spec["grpc"] == {"port": 50051}, "checks grpc.health.v1 (service '') on 50051"
+    assert spec["httpGet"] == {"path": "/livez", "port": "http"}
+    assert not {"grpc", "exec", "tcpSocket"} & spec.keys()
+    assert _http_port(any_render) == 8080
+    assert spec["periodSeconds"] >= 1 and spec["failureThreshold"] >= 1
+
+
+def test_livez_is_served_by_the_gateway_and_asks_no_dependency():
+    # The path the chart probes is a route of the gateway's HTTP listener, and
+    # its handler touches neither the event log nor Digital River.
+    webhook = (GATEWAY_SOURCE / "webhook" / "mod.rs").read_text()
+    assert '.route("/livez", get(livez))' in webhook
+    handler = webhook.split("async fn livez()", 1)[1].split("\n}\n", 1)[0]
+    assert "tokio::spawn" in handler
+    for dependency in ["log", "client", "health", "bus"]:
+        assert f"state.{dependency}" not in handler and "State(" not in handler
+
+
+def test_readiness_is_grpc_health_of_the_whole_server(any_render):
+    spec = any_render.gateway["readinessProbe"]
+    assert spec["grpc"] == {"port": 50051}, "grpc.health.v1 service '' on 50051"
     assert not {"httpGet", "exec", "tcpSocket"} & spec.keys()
     assert spec["periodSeconds"] >= 1 and spec["failureThreshold"] >= 1
+
+
+def test_a_nats_outage_takes_no_pod_out_of_its_service():
+    # The readiness check is service "", which the gateway keeps SERVING while
+    # NATS is down (health.rs: only EventStream needs the bus); the liveness
+    # check is not gRPC health at all.
+    health = (GATEWAY_SOURCE / "health.rs").read_text()
+    serving = health.split("fn serving(&self, name: &str) -> bool {", 1)[1].split("\n    }\n", 1)[0]
+    assert "if name == EVENT_STREAM" in serving and "self.bus" in serving
+    rendered = render("replicaCount=3", "bus.url=nats://nats:4222")
+    assert "service" not in rendered.gateway["readinessProbe"]["grpc"]
+    assert "grpc" not in rendered.gateway["livenessProbe"]
 
 
 def test_startup_probe_allows_a_slow_start_before_liveness_applies(default_render):

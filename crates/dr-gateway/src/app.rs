@@ -1,18 +1,25 @@
 //! Builds the gateway from [`Settings`]: binds the listeners (so tests can use port 0
 //! and read the ports back), wires services, and runs until the shutdown token fires.
 //!
-//! Two listeners: gRPC (services, health, reflection) and HTTP (DR webhooks,
-//! `/healthz`, `/readyz`). Both share one event log: the webhook appends, the
-//! EventStream and ChargeService read.
+//! Two listeners: gRPC (services, health, reflection; connections served, aged and
+//! drained by [`grpc::server`]) and HTTP (DR webhooks, `/livez`, `/readyz`,
+//! `/healthz`). Both share one event log: the webhook appends, the EventStream and
+//! ChargeService read.
 //!
 //! The gRPC listener speaks TLS when configured ([`crate::tls`], reloaded on change)
 //! and every call passes the authorization layer ([`crate::auth`]) first; an optional
-//! plaintext listener serves only health, for probes that cannot speak TLS.
+//! plaintext listener serves only health (the same statuses), for probes that
+//! cannot speak TLS. Both run the same serve loop ([`grpc::server::serve`]).
 //!
 //! State replicas must share — the event log and the CreateFulfillment idempotency
 //! records — is chosen in one place, [`build_backends`]: in memory for one process,
-//! or NATS JetStream when `--bus-url` is set. In JetStream mode a watcher task
-//! ([`watch_bus_health`]) reports NOT_SERVING while the bus is unreachable.
+//! or NATS JetStream when `--bus-url` is set. JetStream connects in the background
+//! ([`DeferredBus`]): start-up waits at most `--bus-startup-timeout` for it, then
+//! serves what does not need the bus, and a watcher ([`watch_bus_health`]) keeps
+//! EventStream NOT_SERVING while the bus is unreachable. Until the first connection
+//! the idempotency records cannot be read, so CreateFulfillment with a `request_id`,
+//! CaptureItems and CancelItems answer UNAVAILABLE without calling DR. Once
+//! connected, the replicas also share DR's rate limit ([`pacing`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,35 +28,38 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{server::TcpIncoming, Server};
-use tonic_health::ServingStatus;
+use tonic::service::Routes;
 
 use crate::auth::{AuthError, AuthLayer, Authorizer};
-use crate::bus::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
+use crate::bus::pacing::{self, PacingConfig};
+use crate::bus::{BusError, DeferredBus, DeferredSettings};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::digital_river::{self, Client, ClientConfig};
+use crate::digital_river::{self, replica_share, Client, ClientConfig, RateLimiter};
 use crate::domain::fulfillments::{Fulfiller, FulfillerConfig};
 use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
+use crate::grpc;
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
 use crate::grpc::fulfillment::FulfillmentApi;
 use crate::grpc::reflection;
-use crate::health::{self, HealthGate};
+use crate::grpc::server::{with_messages, ConnectionSettings, MessageSettings};
+use crate::health::{watch_bus_health, HealthGate};
+use crate::listen::ListenAddr;
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
 use crate::tls::{ServerTls, TlsError};
-use crate::webhook::{self, Readiness, SignatureVerifier, WebhookConfig, WebhookState};
+use crate::webhook::{self, BodyLimit, SignatureVerifier, WebhookConfig, WebhookState};
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// A listener could not be bound.
+    /// A listener could not be bound (or its host name did not resolve).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        /// The address.
-        addr: SocketAddr,
+        /// The address as configured.
+        addr: String,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -62,7 +72,7 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    Serve(#[source] std::io::Error),
     /// The webhook HTTP server failed.
     #[error("webhook HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
@@ -88,15 +98,17 @@ pub struct Application {
     http_addr: SocketAddr,
     shutdown: CancellationToken,
     grace: Duration,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: JoinHandle<std::io::Result<()>>,
     http_server: JoinHandle<std::io::Result<()>>,
     event_log: Arc<dyn EventLog>,
+    rate_limiter: Option<Arc<RateLimiter>>,
     /// Its fulfillment attempts run apart from the RPCs; shutdown waits for them.
     fulfiller: Fulfiller,
 }
 
 impl Application {
-    /// Binds the listeners and starts serving; health reports SERVING once all is up.
+    /// Binds the listeners and starts serving; health reports SERVING once all is up
+    /// (EventStream once the bus, if any, is reachable).
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
         // why: unusable TLS or policy files stop start-up before anything listens.
         let tls = match settings.security.tls.clone() {
@@ -104,28 +116,13 @@ impl Application {
             None => None,
         };
         let authorizer = Arc::new(Authorizer::load(settings.security.auth.clone())?);
-        let listener = TcpListener::bind(settings.grpc_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: settings.grpc_addr,
-                source,
-            })?;
-        let grpc_addr = listener.local_addr().map_err(|source| AppError::Bind {
-            addr: settings.grpc_addr,
-            source,
-        })?;
-        let http_listener = TcpListener::bind(settings.http_addr)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: settings.http_addr,
-                source,
-            })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|source| AppError::Bind {
-                addr: settings.http_addr,
-                source,
-            })?;
+        let (listener, grpc_addr) = bind(&settings.grpc_addr).await?;
+        let (http_listener, http_addr) = bind(&settings.http_addr).await?;
+        let health_listener = match &settings.security.grpc_health_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let grpc_health_addr = health_listener.as_ref().map(|(_, addr)| *addr);
 
         let client = Client::new(ClientConfig {
             base_url: settings.dr_base_url.clone(),
@@ -133,18 +130,33 @@ impl Application {
             api_version: settings.dr_api_version.clone(),
             max_timeout: settings.upstream_timeout,
             retry: settings.retry,
-            rate_limit: settings.upstream_rate_limit,
+            // why: until the replicas can count each other, assume the configured
+            // number share the key.
+            rate_limit: settings
+                .upstream_rate_limit
+                .map(|budget| replica_share(budget, settings.upstream_rate_limit_replicas)),
         })?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // why: the typed payload comes from the core's conversions, injected so
         // `events` does not depend on `grpc`.
         let encoder = EventEncoder::with_payload_decoder(Arc::new(event_stream::decode_payload));
+        let shutdown = CancellationToken::new();
         let Backends {
             event_log,
             idempotency,
-            shared,
-            max_event_bytes,
-        } = build_backends(&settings, encoder.clone(), clock.clone()).await?;
+            bus,
+        } = build_backends(&settings, encoder.clone(), clock.clone(), &shutdown);
+        if let (Some(bus), Some(config)) = (&bus, &settings.bus) {
+            // why: with NATS up (the usual case) everything turns SERVING together.
+            let waited = tokio::time::timeout(config.startup_timeout, bus.wait_connected()).await;
+            if !matches!(waited, Ok(Some(_))) {
+                tracing::warn!(
+                    waited = ?config.startup_timeout,
+                    "NATS not reachable yet: serving what does not need it; EventStream, webhooks and \
+                     idempotent writes answer UNAVAILABLE until it connects (retrying in the background)"
+                );
+            }
+        }
         let fulfiller = Fulfiller::new(
             client.clone(),
             idempotency,
@@ -155,27 +167,41 @@ impl Application {
             },
         );
         if settings.webhook_secrets.is_empty() {
-            tracing::warn!("no webhook secret configured: every DR webhook will be rejected (401)");
+            tracing::warn!(
+                "webhooks disabled (--webhooks-disabled): events arrive only through backfill"
+            );
         }
         let verifier = SignatureVerifier::new(
             settings.webhook_secrets.clone(),
             settings.webhook_tolerance,
             clock.clone(),
         );
-        let readiness = Readiness::default();
-        let webhook_router = webhook::router(WebhookState::new(
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let gate = HealthGate::new(health_reporter, bus.is_some()).await;
+        let webhook_state = WebhookState::new(
             verifier,
             event_log.clone(),
-            readiness.clone(),
+            gate.clone(),
             WebhookConfig {
-                max_body_bytes: webhook_body_limit(settings.webhook_max_body, max_event_bytes),
+                max_body_bytes: settings.webhook_max_body,
+                enabled: !settings.webhook_secrets.is_empty(),
                 ..WebhookConfig::default()
             },
-        ));
-        let shutdown = CancellationToken::new();
-        let event_stream = EventStreamServer::new(
+        );
+        let body_limit = webhook_state.body_limit();
+        if let Some(connected) = bus.as_ref().and_then(DeferredBus::connected) {
+            lower_body_limit(&body_limit, connected.bus.max_event_bytes());
+        }
+        let webhook_router = webhook::router(webhook_state);
+        let messages = MessageSettings::new(
+            settings.grpc.max_receive_message_size,
+            settings.grpc.max_send_message_size,
+            settings.grpc.compress_responses,
+        );
+        let event_stream = EventStreamServer::with_messages(
             EventStreamApi::new(event_log.clone(), client.clone(), encoder, clock.clone())
                 .with_shutdown(shutdown.clone()),
+            messages,
         );
         let backfill = Backfill::new(
             client.clone(),
@@ -188,33 +214,30 @@ impl Application {
             clock.clone(),
         );
 
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health::set_all(&health, ServingStatus::NotServing).await;
-        let gate = HealthGate::new(health);
         // Both serve the API, health and the google.rpc error model (grpc/reflection.rs).
         let reflection_v1 = reflection::v1()?;
         // why: grpcurl 1.8, grpcui, Postman and Python's reflection client speak only v1alpha.
         let reflection_v1alpha = reflection::v1alpha()?;
 
-        let health_only = health_service.clone();
-        let router = Server::builder()
-            .layer(tower_http::trace::TraceLayer::new_for_grpc())
-            // why: before any service: callers are identified and checked against the
-            // policy first (auth/), and the caller rides in the request extensions.
-            .layer(AuthLayer::new(authorizer.clone()))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            // why: tonic otherwise lifts hyper's cap, letting one client open unbounded
-            // streams (each Subscribe holds a task and buffers) on a single connection.
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(FulfillmentServiceServer::new(FulfillmentApi::new(
-                client.clone(),
-                fulfiller.clone(),
-            )))
-            .add_service(ChargeServiceServer::new(
-                ChargeApi::new(client.clone(), fulfiller.clone()).with_events(event_log.clone()),
+        // why: the health-only listener answers from the same reporter, so probes on
+        // either port see the same statuses.
+        let health_only = Routes::new(with_messages!(health_service.clone(), messages));
+        let routes = Routes::new(with_messages!(health_service, messages))
+            .add_service(with_messages!(reflection_v1, messages))
+            .add_service(with_messages!(reflection_v1alpha, messages))
+            .add_service(with_messages!(
+                FulfillmentServiceServer::new(FulfillmentApi::new(
+                    client.clone(),
+                    fulfiller.clone(),
+                )),
+                messages
+            ))
+            .add_service(with_messages!(
+                ChargeServiceServer::new(
+                    ChargeApi::new(client.clone(), fulfiller.clone())
+                        .with_events(event_log.clone())
+                ),
+                messages
             ))
             .add_service(event_stream);
 
@@ -228,48 +251,85 @@ impl Application {
                 tracing::info!("stopped accepting; draining in-flight RPCs");
             }
         };
-        // why: tonic ignores `Server::tcp_nodelay` for a listener passed in, so set it
-        // on the accepted sockets ourselves; with Nagle on, a stream event written
-        // while the previous one is unacknowledged waits for the client's delayed
-        // ACK (~40 ms on Linux).
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = match &tls {
-            Some(tls) => tokio::spawn(
-                router.serve_with_incoming_shutdown(tls.incoming(incoming, shutdown.clone()), stop),
-            ),
-            None => tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop)),
+        let connections = ConnectionSettings {
+            // why: hyper's default would let one client open unbounded streams (each
+            // Subscribe holds a task and buffers) on a single connection.
+            max_concurrent_streams: MAX_STREAMS_PER_CONNECTION,
+            keepalive_interval: settings.grpc.keepalive_interval,
+            keepalive_timeout: settings.grpc.keepalive_timeout,
+            max_connection_age: settings.grpc.max_connection_age,
+            max_connection_age_grace: settings.grpc.max_connection_age_grace,
         };
+        let server = tokio::spawn(grpc::server::serve(
+            listener,
+            tls.clone(),
+            routes,
+            // why: before any service: callers are identified and checked against the
+            // policy first (auth/), and the caller rides in the request extensions.
+            Some(AuthLayer::new(authorizer.clone())),
+            connections.clone(),
+            stop,
+        ));
         if let Some(tls) = &tls {
             tls.watch(settings.security.reload_interval, shutdown.clone());
         }
         authorizer.watch(settings.security.reload_interval, shutdown.clone());
         authorizer.log_startup(tls.as_ref().is_some_and(|t| t.verifies_clients()));
-        let grpc_health_addr = match settings.security.grpc_health_addr {
-            Some(addr) => Some(serve_health_only(addr, health_only, shutdown.clone()).await?),
-            None => None,
-        };
+        if let Some((health_listener, _)) = health_listener {
+            // why: plaintext and without the authorization layer: it serves nothing
+            // but health, for probes that can neither speak TLS nor authenticate.
+            tokio::spawn(serve_health_only(
+                health_listener,
+                health_only,
+                connections,
+                shutdown.clone(),
+            ));
+        }
         let http_stop = {
             let shutdown = shutdown.clone();
+            let gate = gate.clone();
             async move {
                 shutdown.cancelled().await;
                 // why: /readyz fails first so DR's traffic is steered elsewhere while
                 // in-flight deliveries finish (unstored ones are re-sent by DR).
-                readiness.set_draining();
+                gate.set_draining().await;
             }
         };
         let http_server = tokio::spawn(webhook::serve(http_listener, webhook_router, http_stop));
-        if settings.backfill_enabled {
-            tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
+        let rate_limiter = client.rate_limiter();
+        let backfill = settings.backfill_enabled.then_some(backfill);
+        match &bus {
+            None => {
+                if let Some(backfill) = backfill {
+                    tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
+                }
+            }
+            Some(bus) => {
+                gate.set_bus_ok(bus.connected().is_some()).await;
+                tokio::spawn(watch_bus_health(
+                    event_log.clone(),
+                    gate.clone(),
+                    shutdown.clone(),
+                ));
+                let pacing = rate_limiter.clone().zip(settings.upstream_rate_limit).map(
+                    |(limiter, budget)| {
+                        (
+                            limiter,
+                            PacingConfig::new(budget, settings.upstream_rate_limit_replicas),
+                        )
+                    },
+                );
+                tokio::spawn(when_bus_connected(
+                    bus.clone(),
+                    body_limit,
+                    backfill,
+                    pacing,
+                    shutdown.clone(),
+                ));
+            }
         }
-        if shared {
-            tokio::spawn(health::watch_bus_health(
-                event_log.clone(),
-                gate.clone(),
-                shutdown.clone(),
-            ));
-        }
-        gate.set_bus_ok(true).await;
-        tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), ?grpc_health_addr, dr_base_url = %settings.dr_base_url, shared_bus = shared, "gateway serving");
+        gate.set_started().await;
+        tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), ?grpc_health_addr, dr_base_url = %settings.dr_base_url, shared_bus = bus.is_some(), "gateway serving");
         Ok(Self {
             grpc_addr,
             grpc_health_addr,
@@ -279,6 +339,7 @@ impl Application {
             server,
             http_server,
             event_log,
+            rate_limiter,
             fulfiller,
         })
     }
@@ -303,6 +364,12 @@ impl Application {
         self.grpc_health_addr
     }
 
+    /// The limiter pacing this replica's DR calls (its share of the key's budget);
+    /// `None` when pacing is off.
+    pub fn upstream_rate_limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.rate_limiter.clone()
+    }
+
     /// Cancel this to shut the gateway down gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -315,15 +382,15 @@ impl Application {
         let mut server = self.server;
         let mut http_server = self.http_server;
         tokio::select! {
-            result = &mut server => return flatten(result),
-            result = &mut http_server => return flatten_http(result),
+            result = &mut server => return flatten(result, AppError::Serve),
+            result = &mut http_server => return flatten(result, AppError::Http),
             () = self.shutdown.cancelled() => {}
         }
         let until = std::time::Instant::now() + self.grace;
         let drain = async {
             let grpc = (&mut server).await;
             let http = (&mut http_server).await;
-            flatten(grpc).and(flatten_http(http))
+            flatten(grpc, AppError::Serve).and(flatten(http, AppError::Http))
         };
         let result = match tokio::time::timeout(self.grace, drain).await {
             Ok(result) => result,
@@ -344,96 +411,115 @@ impl Application {
     }
 }
 
+/// Binds `addr` (resolving a host name) and returns the listener and its address.
+async fn bind(addr: &ListenAddr) -> Result<(TcpListener, SocketAddr), AppError> {
+    let failed = |source| AppError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = addr.bind().await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
+}
+
 fn flatten(
-    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), AppError> {
-    match result {
-        Ok(inner) => inner.map_err(AppError::from),
-        Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => {
-            tracing::error!(error = %e, "gRPC server task failed");
-            Ok(())
-        }
-    }
-}
-
-fn flatten_http(
     result: Result<std::io::Result<()>, tokio::task::JoinError>,
+    error: fn(std::io::Error) -> AppError,
 ) -> Result<(), AppError> {
     match result {
-        Ok(inner) => inner.map_err(AppError::Http),
+        Ok(inner) => inner.map_err(error),
         Err(e) if e.is_cancelled() => Ok(()),
         Err(e) => {
-            tracing::error!(error = %e, "webhook HTTP server task failed");
+            tracing::error!(error = %e, "server task failed");
             Ok(())
         }
     }
 }
 
-/// Serves only `grpc.health.v1` in plaintext on `addr` until `shutdown`, for probes
-/// that cannot speak TLS (Kubernetes' gRPC probe). It reports what the main
-/// listener's health service reports (the same reporter), and nothing else is
-/// reachable through it.
+/// Serves only `grpc.health.v1` (`routes`) in plaintext on `listener` until
+/// `shutdown`, for probes that cannot speak TLS (Kubernetes' gRPC probe); nothing
+/// else is reachable through it. Same loop, keepalive and limits as the main
+/// listener; only TLS and the authorization layer are left out.
 async fn serve_health_only(
-    addr: SocketAddr,
-    health: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    listener: TcpListener,
+    routes: Routes,
+    connections: ConnectionSettings,
     shutdown: CancellationToken,
-) -> Result<SocketAddr, AppError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AppError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| AppError::Bind { addr, source })?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tokio::spawn(async move {
-        let served = Server::builder()
-            .add_service(health)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the health-only gRPC listener failed");
-        }
-    });
-    Ok(bound)
+) {
+    let served = grpc::server::serve(
+        listener,
+        None,
+        routes,
+        None,
+        connections,
+        shutdown.cancelled_owned(),
+    )
+    .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "the health-only gRPC listener failed");
+    }
 }
 
 /// The state replicas share (or, in one process, keep to themselves).
 struct Backends {
     event_log: Arc<dyn EventLog>,
     idempotency: Arc<dyn IdempotencyStore>,
-    /// True in JetStream mode.
-    shared: bool,
-    /// Largest event the backend can store (NATS `max_payload`), if bounded.
-    max_event_bytes: Option<usize>,
+    /// The JetStream backends, in JetStream mode (perhaps not connected yet).
+    bus: Option<DeferredBus>,
 }
 
-/// The webhook body limit: the configured one, lowered to what the bus can store so
-/// an oversized event gets a clear 413 instead of 503s DR would retry for days.
-fn webhook_body_limit(configured: usize, backend: Option<usize>) -> usize {
-    match backend {
-        Some(max) if max < configured => {
-            tracing::info!(
-                configured,
-                max,
-                "webhook body limit lowered to what NATS accepts per message (raise max_payload on the server to allow more)"
-            );
-            max
-        }
-        _ => configured,
+/// The webhook body limit, lowered to what the bus can store so an oversized event
+/// gets a clear 413 instead of 503s DR would retry for days.
+fn lower_body_limit(limit: &BodyLimit, max_event_bytes: usize) {
+    let configured = limit.get();
+    if max_event_bytes < configured {
+        tracing::info!(
+            configured,
+            max = max_event_bytes,
+            "webhook body limit lowered to what NATS accepts per message (raise max_payload on the server to allow more)"
+        );
+        limit.lower_to(max_event_bytes);
     }
 }
 
-/// THE place that picks the backends: in memory without `--bus-url`, JetStream with it.
-async fn build_backends(
+/// What waits for the bus: the body limit it dictates, backfill (which needs the
+/// log) and sharing DR's rate limit with the other replicas.
+async fn when_bus_connected(
+    bus: DeferredBus,
+    body_limit: BodyLimit,
+    backfill: Option<Backfill>,
+    pacing: Option<(Arc<RateLimiter>, PacingConfig)>,
+    shutdown: CancellationToken,
+) {
+    let connected = tokio::select! {
+        connected = bus.wait_connected() => connected,
+        () = shutdown.cancelled() => None,
+    };
+    let Some(connected) = connected else { return };
+    lower_body_limit(&body_limit, connected.bus.max_event_bytes());
+    if let Some(backfill) = backfill {
+        tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
+    }
+    if let Some((limiter, config)) = pacing {
+        tokio::spawn(pacing::run(
+            connected.bus.clone(),
+            limiter,
+            config,
+            shutdown,
+        ));
+    }
+}
+
+/// THE place that picks the backends: in memory without `--bus-url`, JetStream with
+/// it (connecting in the background).
+fn build_backends(
     settings: &Settings,
     encoder: EventEncoder,
     clock: Arc<dyn Clock>,
-) -> Result<Backends, AppError> {
+    shutdown: &CancellationToken,
+) -> Backends {
     let Some(bus_config) = settings.bus.clone() else {
-        return Ok(Backends {
+        return Backends {
             event_log: Arc::new(MemoryLog::new(
                 MemoryLogConfig {
                     max_events: settings.event_log_max_events,
@@ -453,27 +539,51 @@ async fn build_backends(
                 )
                 .with_startup_hold(settings.fulfillment_startup_hold),
             ),
-            shared: false,
-            max_event_bytes: None,
-        });
+            bus: None,
+        };
     };
-    let bus = Bus::connect(bus_config).await?;
-    let event_log = JetStreamLog::open(bus.clone(), encoder, clock).await?;
     // why: an owner writes its record before it looks DR up and again before it
     // posts; between two writes it spends at most lookup + POST + lookup
     // (fulfillments.rs); past that, another replica may assume it died.
     let lease = settings.upstream_timeout + settings.reconcile_timeout * 2 + Duration::from_secs(5);
-    let idempotency = KvIdempotencyStore::open(
-        &bus,
-        settings.idempotency_ttl,
-        lease,
-        settings.fulfillment_commit_bound,
-    )
-    .await?;
-    Ok(Backends {
-        event_log: Arc::new(event_log),
-        idempotency: Arc::new(idempotency),
-        shared: true,
-        max_event_bytes: Some(bus.max_event_bytes()),
-    })
+    let bus = DeferredBus::start(
+        DeferredSettings {
+            config: bus_config,
+            idempotency_ttl: settings.idempotency_ttl,
+            idempotency_lease: lease,
+            commit_bound: settings.fulfillment_commit_bound,
+        },
+        encoder,
+        clock,
+        shutdown.clone(),
+    );
+    Backends {
+        event_log: bus.event_log(),
+        idempotency: bus.idempotency(),
+        bus: Some(bus),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_body_limit_is_lowered_to_what_nats_stores_never_raised() {
+        let state = WebhookState::new(
+            SignatureVerifier::new(Vec::new(), Duration::from_secs(1), Arc::new(SystemClock)),
+            Arc::new(MemoryLog::new(
+                MemoryLogConfig::default(),
+                EventEncoder::default(),
+                Arc::new(SystemClock),
+            )),
+            HealthGate::new(tonic_health::server::health_reporter().0, true).await,
+            WebhookConfig::default(),
+        );
+        let limit = state.body_limit();
+        lower_body_limit(&limit, 10 << 20);
+        assert_eq!(limit.get(), crate::defaults::WEBHOOK_MAX_BODY);
+        lower_body_limit(&limit, 512 << 10);
+        assert_eq!(limit.get(), 512 << 10);
+    }
 }

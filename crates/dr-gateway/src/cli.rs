@@ -5,8 +5,9 @@
 //!   [--webhook URL=SECRET …]` runs the DR emulator alone until SIGINT/SIGTERM (only in
 //!   builds with the default `sandbox` feature; flags in `dr_sandbox::cli`);
 //! - `dr-gateway health-check --addr host:port` asks a gateway's gRPC health service.
-
-use std::net::SocketAddr;
+//!
+//! `dr-gateway --version` says whether the build has the sandbox: the production
+//! image is built without it.
 
 use clap::{Args, Parser, Subcommand};
 
@@ -14,9 +15,19 @@ use crate::config::ServeArgs;
 #[cfg(feature = "sandbox")]
 pub use dr_sandbox::cli::SandboxArgs;
 
+/// `--version`: the crate version and whether the DR sandbox is compiled in.
+pub const VERSION: &str = if cfg!(feature = "sandbox") {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (with the Digital River sandbox)"
+    )
+} else {
+    concat!(env!("CARGO_PKG_VERSION"), " (production build: no sandbox)")
+};
+
 /// dr-gateway: a gRPC gateway for Digital River order fulfillment, with a DR sandbox.
 #[derive(Debug, Parser)]
-#[command(name = "dr-gateway", version, about)]
+#[command(name = "dr-gateway", version = VERSION, about)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -41,9 +52,9 @@ pub enum Command {
 /// `dr-gateway health-check` flags.
 #[derive(Debug, Args)]
 pub struct HealthCheckArgs {
-    /// Gateway gRPC address.
+    /// Gateway gRPC address, host:port (a Service name works: dr-gateway:50051).
     #[arg(long, default_value = "127.0.0.1:50051")]
-    pub addr: SocketAddr,
+    pub addr: String,
     /// Service to ask about ("" = the whole server).
     #[arg(long, default_value = "")]
     pub service: String,

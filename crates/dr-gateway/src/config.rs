@@ -1,14 +1,21 @@
 //! Settings of `dr-gateway serve`: flags with env fallbacks (`--help` documents each),
 //! resolved into [`Settings`] with secrets read from files where asked.
+//!
+//! Settings that cannot work are refused at start, with a message naming the flag
+//! and its environment variable ([`ConfigError`]; `serve` exits with status 2):
+//! zero durations and sizes, a DR base URL that is not http(s), no webhook secret
+//! (unless `--webhooks-disabled`), files that cannot be read.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
 use crate::bus::{BusConfig, BusError};
 use crate::digital_river::RetryPolicy;
+use crate::listen::ListenAddr;
 use crate::{defaults, shown_bytes, shown_duration};
 pub use security::{SecurityArgs, SecurityError, SecuritySettings};
 
@@ -26,13 +33,13 @@ pub enum LogFormat {
 /// Flags of `dr-gateway serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// gRPC listen address.
-    #[arg(long, env = "DR_GATEWAY_GRPC_ADDR", default_value_t = defaults::GRPC_ADDR)]
-    pub grpc_addr: SocketAddr,
+    /// gRPC listen address, host:port; a host name (localhost) is resolved when binding.
+    #[arg(long, env = "DR_GATEWAY_GRPC_ADDR", default_value_t = ListenAddr::from(defaults::GRPC_ADDR))]
+    pub grpc_addr: ListenAddr,
 
-    /// Webhook and /healthz, /readyz listen address.
-    #[arg(long, env = "DR_GATEWAY_HTTP_ADDR", default_value_t = defaults::HTTP_ADDR)]
-    pub http_addr: SocketAddr,
+    /// Webhook, /livez, /readyz and /healthz listen address, host:port.
+    #[arg(long, env = "DR_GATEWAY_HTTP_ADDR", default_value_t = ListenAddr::from(defaults::HTTP_ADDR))]
+    pub http_addr: ListenAddr,
 
     /// Digital River API base URL.
     #[arg(long, env = "DR_GATEWAY_DR_BASE_URL", default_value = defaults::DR_BASE_URL)]
@@ -58,10 +65,17 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_UPSTREAM_ATTEMPTS", default_value_t = defaults::UPSTREAM_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub upstream_attempts: u32,
 
-    /// Pace DR calls to this many per second per replica: `auto` (DR's documented
-    /// limits: 25/s for `sk_test_` keys, 250/s otherwise), a number, or `off`.
+    /// Most DR calls per second with this key, across all replicas: `auto` (90 % of
+    /// DR's documented per-key limit: 22/s for `sk_test_` keys, 225/s otherwise), a
+    /// number, or `off`. Replicas sharing NATS split it between them.
     #[arg(long, env = "DR_GATEWAY_UPSTREAM_RATE_LIMIT", default_value = "auto", value_parser = parse_rate_limit)]
     pub upstream_rate_limit: RateLimitSetting,
+
+    /// Replicas assumed to share the DR key while they cannot count each other
+    /// through NATS (without --bus-url, or before it connects); the Helm chart sets
+    /// its most pods.
+    #[arg(long, env = "DR_GATEWAY_UPSTREAM_RATE_LIMIT_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub upstream_rate_limit_replicas: u32,
 
     /// How long CreateFulfillment results are kept per request_id.
     #[arg(long, env = "DR_GATEWAY_IDEMPOTENCY_TTL", default_value = shown_duration!(defaults::IDEMPOTENCY_TTL), value_parser = humantime::parse_duration)]
@@ -120,6 +134,11 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_WEBHOOK_SECRETS_FILE")]
     pub webhook_secrets_file: Option<PathBuf>,
 
+    /// Run without DR webhooks (no signing secret needed): POST /webhooks/digitalriver
+    /// answers 404 and events arrive only through backfill from DR's GET /events.
+    #[arg(long, env = "DR_GATEWAY_WEBHOOKS_DISABLED")]
+    pub webhooks_disabled: bool,
+
     /// Largest accepted gap between a webhook's signed timestamp and now.
     #[arg(long, env = "DR_GATEWAY_WEBHOOK_TOLERANCE", default_value = shown_duration!(defaults::WEBHOOK_TOLERANCE), value_parser = humantime::parse_duration)]
     pub webhook_tolerance: Duration,
@@ -151,8 +170,12 @@ pub struct ServeArgs {
     pub sandbox: bool,
 
     /// Where the built-in sandbox listens (with --sandbox), for its control surface.
-    #[arg(long, env = "DR_GATEWAY_SANDBOX_ADDR", default_value_t = defaults::SANDBOX_ADDR)]
-    pub sandbox_addr: SocketAddr,
+    #[arg(long, env = "DR_GATEWAY_SANDBOX_ADDR", default_value_t = ListenAddr::from(defaults::SANDBOX_ADDR))]
+    pub sandbox_addr: ListenAddr,
+
+    /// The gRPC transport: message sizes, keepalive, connection age, compression.
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 
     /// When the built-in sandbox (with --sandbox) settles captures and cancels: at
     /// once, or only on POST /sandbox/settle (to try `wait` on pending outcomes).
@@ -180,6 +203,132 @@ pub enum SandboxSettle {
     Immediate,
     /// Only on `POST /sandbox/settle`.
     Stepped,
+}
+
+/// Flags of the gRPC transport. Requests compressed with gzip, deflate or zstd are
+/// always accepted.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrpcArgs {
+    /// Largest request message accepted, after decompression (e.g. 4MiB); larger
+    /// ones get RESOURCE_EXHAUSTED.
+    #[arg(long = "grpc-max-receive-message-size", env = "DR_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_SIZE", default_value = shown_bytes!(defaults::GRPC_MAX_RECEIVE_MESSAGE_SIZE), value_parser = parse_byte_size)]
+    pub max_receive_message_size: usize,
+
+    /// Largest response message sent, before compression; a larger one fails the
+    /// call with RESOURCE_EXHAUSTED.
+    #[arg(long = "grpc-max-send-message-size", env = "DR_GATEWAY_GRPC_MAX_SEND_MESSAGE_SIZE", default_value = shown_bytes!(defaults::GRPC_MAX_SEND_MESSAGE_SIZE), value_parser = parse_byte_size)]
+    pub max_send_message_size: usize,
+
+    /// Interval of HTTP/2 PINGs that keep idle connections alive and find dead ones.
+    #[arg(long = "grpc-keepalive-interval", env = "DR_GATEWAY_GRPC_KEEPALIVE_INTERVAL", default_value = shown_duration!(defaults::GRPC_KEEPALIVE_INTERVAL), value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long = "grpc-keepalive-timeout", env = "DR_GATEWAY_GRPC_KEEPALIVE_TIMEOUT", default_value = shown_duration!(defaults::GRPC_KEEPALIVE_TIMEOUT), value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Close each client connection gracefully after this long (±10 % jitter), so
+    /// clients reconnect and spread over new replicas: `off`, or e.g. 5m.
+    #[arg(
+        long = "grpc-max-connection-age",
+        env = "DR_GATEWAY_GRPC_MAX_CONNECTION_AGE",
+        default_value = "off"
+    )]
+    pub max_connection_age: OptionalDuration,
+
+    /// After the connection age: time in-flight calls get to finish before the
+    /// connection is closed.
+    #[arg(long = "grpc-max-connection-age-grace", env = "DR_GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE", default_value = shown_duration!(defaults::GRPC_MAX_CONNECTION_AGE_GRACE), value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
+
+    /// Compress responses (gzip, deflate or zstd) for clients that say they accept it.
+    #[arg(long = "grpc-compress-responses", env = "DR_GATEWAY_GRPC_COMPRESS_RESPONSES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub compress_responses: bool,
+}
+
+/// A duration that may be switched off: `off` or a duration such as `5m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+impl FromStr for OptionalDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "off" => Ok(Self(None)),
+            other => humantime::parse_duration(other)
+                .map(|d| Self(Some(d)))
+                .map_err(|e| format!("expected off or a duration like 5m: {e}")),
+        }
+    }
+}
+
+impl fmt::Display for OptionalDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("off"),
+            Some(d) => f.write_str(&format_duration(d)),
+        }
+    }
+}
+
+/// The gRPC transport settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcSettings {
+    /// Largest request message, bytes.
+    pub max_receive_message_size: usize,
+    /// Largest response message, bytes.
+    pub max_send_message_size: usize,
+    /// HTTP/2 PING interval.
+    pub keepalive_interval: Duration,
+    /// HTTP/2 PING acknowledgement timeout.
+    pub keepalive_timeout: Duration,
+    /// Graceful close after this connection age; `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// Time in-flight calls get after the connection age.
+    pub max_connection_age_grace: Duration,
+    /// Compress responses for clients that accept it.
+    pub compress_responses: bool,
+}
+
+impl GrpcArgs {
+    fn resolve(&self) -> Result<GrpcSettings, ConfigError> {
+        positive_size(
+            "--grpc-max-receive-message-size / DR_GATEWAY_GRPC_MAX_RECEIVE_MESSAGE_SIZE",
+            self.max_receive_message_size,
+        )?;
+        positive_size(
+            "--grpc-max-send-message-size / DR_GATEWAY_GRPC_MAX_SEND_MESSAGE_SIZE",
+            self.max_send_message_size,
+        )?;
+        positive(
+            "--grpc-keepalive-interval / DR_GATEWAY_GRPC_KEEPALIVE_INTERVAL",
+            self.keepalive_interval,
+        )?;
+        positive(
+            "--grpc-keepalive-timeout / DR_GATEWAY_GRPC_KEEPALIVE_TIMEOUT",
+            self.keepalive_timeout,
+        )?;
+        if let Some(age) = self.max_connection_age.0 {
+            positive(
+                "--grpc-max-connection-age / DR_GATEWAY_GRPC_MAX_CONNECTION_AGE",
+                age,
+            )?;
+        }
+        positive(
+            "--grpc-max-connection-age-grace / DR_GATEWAY_GRPC_MAX_CONNECTION_AGE_GRACE",
+            self.max_connection_age_grace,
+        )?;
+        Ok(GrpcSettings {
+            max_receive_message_size: self.max_receive_message_size,
+            max_send_message_size: self.max_send_message_size,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            max_connection_age: self.max_connection_age.0,
+            max_connection_age_grace: self.max_connection_age_grace,
+            compress_responses: self.compress_responses,
+        })
+    }
 }
 
 /// Flags of the shared event bus. Without `--bus-url` the gateway keeps events and
@@ -232,7 +381,8 @@ pub struct BusArgs {
     #[arg(long = "bus-timeout", env = "DR_GATEWAY_BUS_TIMEOUT", default_value = shown_duration!(defaults::BUS_TIMEOUT), value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
-    /// How long start-up waits for NATS before giving up.
+    /// How long start-up waits for NATS before serving without it: what needs NATS
+    /// reports NOT_SERVING until it connects, which goes on in the background.
     #[arg(long = "bus-startup-timeout", env = "DR_GATEWAY_BUS_STARTUP_TIMEOUT", default_value = shown_duration!(defaults::BUS_STARTUP_TIMEOUT), value_parser = humantime::parse_duration)]
     pub startup_timeout: Duration,
 
@@ -257,6 +407,33 @@ impl BusArgs {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect();
+        for (flag, file) in [
+            (
+                "--bus-creds-file / DR_GATEWAY_BUS_CREDS_FILE",
+                &self.creds_file,
+            ),
+            (
+                "--bus-tls-ca-file / DR_GATEWAY_BUS_TLS_CA_FILE",
+                &self.tls_ca_file,
+            ),
+            (
+                "--bus-tls-cert-file / DR_GATEWAY_BUS_TLS_CERT_FILE",
+                &self.tls_cert_file,
+            ),
+            (
+                "--bus-tls-key-file / DR_GATEWAY_BUS_TLS_KEY_FILE",
+                &self.tls_key_file,
+            ),
+        ] {
+            if let Some(path) = file {
+                readable(flag, path)?;
+            }
+        }
+        positive("--bus-timeout / DR_GATEWAY_BUS_TIMEOUT", self.timeout)?;
+        positive_size(
+            "--bus-cache-max-events / DR_GATEWAY_BUS_CACHE_MAX_EVENTS",
+            self.cache_max_events,
+        )?;
         let mut config = BusConfig::new(servers);
         config.creds_file = self.creds_file.clone();
         config.tls_ca_file = self.tls_ca_file.clone();
@@ -299,28 +476,29 @@ fn parse_rate_limit(text: &str) -> Result<RateLimitSetting, String> {
 }
 
 impl RateLimitSetting {
-    /// (calls per second, burst) for `api_key`; `None` when off.
-    pub fn resolve(self, api_key: &str) -> Option<(u32, u32)> {
-        let rate = match self {
-            Self::Off => return None,
-            Self::PerSecond(n) => n,
-            // why: DR's limits are per secret key: 25/s test, 250/s live (docs/digital-river.md §5.2).
-            Self::Auto if api_key.starts_with("sk_test_") => 25,
-            Self::Auto => 250,
-        };
-        // A tenth of a second's worth may go at once; the rest is evenly paced.
-        Some((rate, (rate / 10).max(1)))
+    /// Most calls per second with `api_key`, across all replicas; `None` when off.
+    pub fn resolve(self, api_key: &str) -> Option<u32> {
+        // why: DR's limits are per secret key: 25/s test, 250/s live (docs/digital-river.md
+        // §5.2). `auto` keeps 10 % back for network jitter between the gateway and DR
+        // and for anything else calling with the same key.
+        match self {
+            Self::Off => None,
+            Self::PerSecond(n) => Some(n),
+            Self::Auto if api_key.starts_with("sk_test_") => Some(25 * 9 / 10),
+            Self::Auto => Some(250 * 9 / 10),
+        }
     }
 }
 
-/// Why the settings cannot be used; printed as one line before exiting.
+/// Why the settings cannot be used; printed as one line (naming the flag and its
+/// environment variable) before `serve` exits with status 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// No key given and not in sandbox mode.
-    #[error("no Digital River API key: set DR_GATEWAY_DR_API_KEY_FILE (or DR_GATEWAY_DR_API_KEY), or run with --sandbox")]
+    #[error("no Digital River API key: set --dr-api-key-file / DR_GATEWAY_DR_API_KEY_FILE (or --dr-api-key / DR_GATEWAY_DR_API_KEY), or run with --sandbox")]
     MissingApiKey,
     /// The key file could not be read.
-    #[error("cannot read the DR API key file {path}: {source}")]
+    #[error("--dr-api-key-file / DR_GATEWAY_DR_API_KEY_FILE: cannot read {path}: {source}")]
     KeyFile {
         /// The file.
         path: PathBuf,
@@ -329,16 +507,30 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The key file is empty.
-    #[error("the DR API key file {0} is empty")]
+    #[error("--dr-api-key-file / DR_GATEWAY_DR_API_KEY_FILE: {0} is empty")]
     EmptyKeyFile(PathBuf),
     /// The webhook secrets file could not be read.
-    #[error("cannot read the webhook secrets file {path}: {source}")]
+    #[error(
+        "--webhook-secrets-file / DR_GATEWAY_WEBHOOK_SECRETS_FILE: cannot read {path}: {source}"
+    )]
     WebhookSecretsFile {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// No webhook secret, and webhooks not explicitly disabled: every webhook would
+    /// be refused.
+    #[error("no webhook signing secret: set --webhook-secret / DR_GATEWAY_WEBHOOK_SECRETS or --webhook-secrets-file / DR_GATEWAY_WEBHOOK_SECRETS_FILE (Dashboard → Webhooks), or pass --webhooks-disabled / DR_GATEWAY_WEBHOOKS_DISABLED=true to run on backfill alone")]
+    MissingWebhookSecret,
+    /// A setting that cannot work.
+    #[error("{flag}: {reason}")]
+    Invalid {
+        /// The flag and its environment variable.
+        flag: &'static str,
+        /// What is wrong with the value.
+        reason: String,
     },
     /// The backfill look-back exceeds what DR keeps.
     #[error("--backfill-lookback must be at most 30d (DR keeps events 30 days)")]
@@ -355,9 +547,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// gRPC listen address.
-    pub grpc_addr: SocketAddr,
+    pub grpc_addr: ListenAddr,
     /// HTTP listen address.
-    pub http_addr: SocketAddr,
+    pub http_addr: ListenAddr,
     /// DR base URL.
     pub dr_base_url: String,
     /// DR secret key.
@@ -368,8 +560,10 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     /// Retries of DR reads.
     pub retry: RetryPolicy,
-    /// Pacing of DR calls (per second, burst); `None`: none.
-    pub upstream_rate_limit: Option<(u32, u32)>,
+    /// Most DR calls per second with the key across all replicas; `None`: no pacing.
+    pub upstream_rate_limit: Option<u32>,
+    /// Replicas assumed to share the key while they cannot count each other.
+    pub upstream_rate_limit_replicas: u32,
     /// Idempotency TTL.
     pub idempotency_ttl: Duration,
     /// Idempotency capacity.
@@ -383,7 +577,8 @@ pub struct Settings {
     pub fulfillment_startup_hold: Duration,
     /// Drain time.
     pub shutdown_grace: Duration,
-    /// Webhook signing secrets (any may match). Empty: every webhook gets 401.
+    /// Webhook signing secrets (any may match). Empty: webhooks are disabled
+    /// (`--webhooks-disabled`) and the endpoint answers 404.
     pub webhook_secrets: Vec<SecretString>,
     /// Webhook timestamp tolerance.
     pub webhook_tolerance: Duration,
@@ -404,6 +599,8 @@ pub struct Settings {
     pub bus: Option<BusConfig>,
     /// TLS, caller identities and authorization of the gRPC listener.
     pub security: SecuritySettings,
+    /// The gRPC transport.
+    pub grpc: GrpcSettings,
 }
 
 impl Settings {
@@ -415,12 +612,15 @@ impl Settings {
         // why: the defaults are constants; `defaults_resolve` (a unit test) proves
         // they parse and resolve.
         #[allow(clippy::expect_used)]
-        let mut settings = ServeArgs::defaults()
-            .resolve(Some(&api_key))
-            .expect("the default flags resolve");
+        let mut settings = ServeArgs {
+            webhooks_disabled: true,
+            ..ServeArgs::defaults()
+        }
+        .resolve(Some(&api_key))
+        .expect("the default flags resolve");
         settings.dr_base_url = dr_base_url.into();
-        settings.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        settings.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        settings.grpc_addr = ListenAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        settings.http_addr = ListenAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         settings.backfill_enabled = false;
         settings
     }
@@ -449,7 +649,8 @@ impl ServeArgs {
         }
     }
 
-    /// Resolves flags into settings; `sandbox_key` replaces the DR key in sandbox mode.
+    /// Resolves and checks the flags; `sandbox_key` replaces the DR key in sandbox
+    /// mode (where a missing webhook secret is made up by the embedded sandbox).
     pub fn resolve(&self, sandbox_key: Option<&str>) -> Result<Settings, ConfigError> {
         let key = match (sandbox_key, &self.dr_api_key_file, &self.dr_api_key) {
             (Some(k), _, _) => k.to_owned(),
@@ -469,9 +670,25 @@ impl ServeArgs {
             _ => return Err(ConfigError::MissingApiKey),
         };
         let upstream_rate_limit = self.upstream_rate_limit.resolve(&key);
+        self.check_values()?;
+        let webhook_secrets = self.webhook_secrets()?;
+        match (webhook_secrets.is_empty(), self.webhooks_disabled) {
+            (true, false) if sandbox_key.is_none() => {
+                return Err(ConfigError::MissingWebhookSecret)
+            }
+            (false, true) => {
+                return Err(ConfigError::Invalid {
+                    flag: "--webhooks-disabled / DR_GATEWAY_WEBHOOKS_DISABLED",
+                    reason:
+                        "webhooks are disabled but a webhook secret is set; drop one of the two"
+                            .into(),
+                })
+            }
+            _ => {}
+        }
         Ok(Settings {
-            grpc_addr: self.grpc_addr,
-            http_addr: self.http_addr,
+            grpc_addr: self.grpc_addr.clone(),
+            http_addr: self.http_addr.clone(),
             dr_base_url: self.dr_base_url.clone(),
             dr_api_key: SecretString::from(key),
             dr_api_version: self.dr_api_version.clone(),
@@ -481,6 +698,7 @@ impl ServeArgs {
                 ..RetryPolicy::default()
             },
             upstream_rate_limit,
+            upstream_rate_limit_replicas: self.upstream_rate_limit_replicas,
             idempotency_ttl: self.idempotency_ttl,
             idempotency_max_entries: self.idempotency_max_entries,
             reconcile_timeout: self.reconcile_timeout,
@@ -489,7 +707,7 @@ impl ServeArgs {
                 .fulfillment_startup_hold
                 .unwrap_or(self.fulfillment_commit_bound),
             shutdown_grace: self.shutdown_grace,
-            webhook_secrets: self.webhook_secrets()?,
+            webhook_secrets,
             webhook_tolerance: self.webhook_tolerance,
             webhook_max_body: self.webhook_max_body,
             event_log_max_events: self.event_log_max_events,
@@ -503,7 +721,62 @@ impl ServeArgs {
             backfill_enabled: true,
             bus: self.bus.resolve()?,
             security: self.security.resolve()?,
+            grpc: self.grpc.resolve()?,
         })
+    }
+
+    /// Refuses values that parse but cannot work, naming the flag.
+    fn check_values(&self) -> Result<(), ConfigError> {
+        check_dr_base_url(&self.dr_base_url)?;
+        for (flag, value) in [
+            (
+                "--upstream-timeout / DR_GATEWAY_UPSTREAM_TIMEOUT",
+                self.upstream_timeout,
+            ),
+            (
+                "--reconcile-timeout / DR_GATEWAY_RECONCILE_TIMEOUT",
+                self.reconcile_timeout,
+            ),
+            (
+                "--idempotency-ttl / DR_GATEWAY_IDEMPOTENCY_TTL",
+                self.idempotency_ttl,
+            ),
+            (
+                "--shutdown-grace / DR_GATEWAY_SHUTDOWN_GRACE",
+                self.shutdown_grace,
+            ),
+            (
+                "--webhook-tolerance / DR_GATEWAY_WEBHOOK_TOLERANCE",
+                self.webhook_tolerance,
+            ),
+            (
+                "--backfill-lookback / DR_GATEWAY_BACKFILL_LOOKBACK",
+                self.backfill_lookback,
+            ),
+        ] {
+            positive(flag, value)?;
+        }
+        for (flag, value) in [
+            (
+                "--idempotency-max-entries / DR_GATEWAY_IDEMPOTENCY_MAX_ENTRIES",
+                self.idempotency_max_entries,
+            ),
+            (
+                "--webhook-max-body / DR_GATEWAY_WEBHOOK_MAX_BODY",
+                self.webhook_max_body,
+            ),
+            (
+                "--event-log-max-events / DR_GATEWAY_EVENT_LOG_MAX_EVENTS",
+                self.event_log_max_events,
+            ),
+            (
+                "--event-log-max-bytes / DR_GATEWAY_EVENT_LOG_MAX_BYTES",
+                self.event_log_max_bytes,
+            ),
+        ] {
+            positive_size(flag, value)?;
+        }
+        Ok(())
     }
 
     /// Secrets from --webhook-secret and the secrets file, blanks dropped.
@@ -532,6 +805,71 @@ impl ServeArgs {
 
 /// DR keeps events 30 days (docs/digital-river.md §3.1).
 const MAX_LOOKBACK: Duration = crate::events::backfill::DR_EVENT_RETENTION;
+
+/// Zero durations (a timeout that expires at once, a TTL that keeps nothing) are
+/// refused; negative ones never parse.
+fn positive(flag: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::Invalid {
+            flag,
+            reason: "must be greater than zero (e.g. 10s)".into(),
+        });
+    }
+    Ok(())
+}
+
+fn positive_size(flag: &'static str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            flag,
+            reason: "must be greater than zero".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The file must exist and be readable by this process now, not at first use.
+fn readable(flag: &'static str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::read(path)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid {
+            flag,
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+}
+
+/// DR is reached over HTTPS (http for a local sandbox), at a URL with a host.
+fn check_dr_base_url(url: &str) -> Result<(), ConfigError> {
+    const FLAG: &str = "--dr-base-url / DR_GATEWAY_DR_BASE_URL";
+    let uri: http::Uri = url.parse().map_err(|e| ConfigError::Invalid {
+        flag: FLAG,
+        reason: format!("{url:?} is not a URL: {e}"),
+    })?;
+    match uri.scheme_str() {
+        Some("https" | "http") => {}
+        _ => {
+            return Err(ConfigError::Invalid {
+                flag: FLAG,
+                reason: format!(
+                    "{url:?} must start with https:// (or http:// for a local sandbox)"
+                ),
+            })
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(ConfigError::Invalid {
+            flag: FLAG,
+            reason: format!("{url:?} has no host"),
+        });
+    }
+    if uri.query().is_some() {
+        return Err(ConfigError::Invalid {
+            flag: FLAG,
+            reason: format!("{url:?} must not carry a query"),
+        });
+    }
+    Ok(())
+}
 
 /// Renders a duration in the largest whole unit a person would write (`30d`, `24h`,
 /// `5m`, `1500ms`), as `humantime::parse_duration` reads it back.
@@ -607,13 +945,13 @@ mod tests {
     #[test]
     fn the_rate_limit_follows_the_key_mode_unless_set() {
         let auto = parse_rate_limit("auto").unwrap();
-        assert_eq!(auto.resolve("sk_test_abc"), Some((25, 2)));
-        assert_eq!(auto.resolve("sk_live_abc"), Some((250, 25)));
+        assert_eq!(auto.resolve("sk_test_abc"), Some(22));
+        assert_eq!(auto.resolve("sk_live_abc"), Some(225));
         assert_eq!(
             parse_rate_limit("40").unwrap().resolve("sk_test_abc"),
-            Some((40, 4))
+            Some(40)
         );
-        assert_eq!(parse_rate_limit("5").unwrap().resolve("k"), Some((5, 1)));
+        assert_eq!(parse_rate_limit("5").unwrap().resolve("k"), Some(5));
         assert_eq!(
             parse_rate_limit("off").unwrap().resolve("sk_live_abc"),
             None
@@ -663,7 +1001,13 @@ mod tests {
     #[test]
     fn defaults_resolve() {
         let settings = ServeArgs::defaults().resolve(Some("sk_test_x")).unwrap();
-        assert_eq!(settings.grpc_addr, defaults::GRPC_ADDR);
+        assert_eq!(settings.grpc_addr, ListenAddr::from(defaults::GRPC_ADDR));
+        assert_eq!(settings.grpc.max_connection_age, None);
+        assert_eq!(
+            settings.grpc.max_receive_message_size,
+            defaults::GRPC_MAX_RECEIVE_MESSAGE_SIZE
+        );
+        assert_eq!(settings.upstream_rate_limit_replicas, 1);
         assert_eq!(settings.upstream_timeout, defaults::UPSTREAM_TIMEOUT);
         assert_eq!(settings.event_log_max_bytes, defaults::EVENT_LOG_MAX_BYTES);
         assert_eq!(settings.webhook_max_body, defaults::WEBHOOK_MAX_BODY);
@@ -707,7 +1051,7 @@ mod tests {
     #[test]
     fn the_startup_hold_follows_the_commit_bound_unless_set() {
         let resolve = |args: &[&str]| {
-            let argv = [&["x", "--dr-api-key", "sk"], args].concat();
+            let argv = [&["x", "--dr-api-key", "sk", "--webhooks-disabled"], args].concat();
             Cli::try_parse_from(argv)
                 .unwrap()
                 .serve
@@ -727,11 +1071,142 @@ mod tests {
 
     #[test]
     fn a_lookback_beyond_30_days_is_rejected() {
-        let cli =
-            Cli::try_parse_from(["x", "--dr-api-key", "sk", "--backfill-lookback", "31d"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "x",
+            "--dr-api-key",
+            "sk",
+            "--webhooks-disabled",
+            "--backfill-lookback",
+            "31d",
+        ])
+        .unwrap();
         assert!(matches!(
             cli.serve.resolve(None),
             Err(ConfigError::LookbackTooLong)
         ));
+    }
+
+    /// Resolves `flags` after a valid key and webhook secret.
+    fn resolve_with(flags: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec![
+            "x",
+            "--dr-api-key",
+            "sk_test_x",
+            "--webhook-secret",
+            "whsec",
+        ];
+        argv.extend_from_slice(flags);
+        Cli::try_parse_from(argv).unwrap().serve.resolve(None)
+    }
+
+    fn refused_naming(flags: &[&str], flag: &str) {
+        let error = resolve_with(flags).expect_err("refused").to_string();
+        assert!(error.contains(flag), "{flags:?}: {error}");
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_the_flag() {
+        refused_naming(&["--upstream-timeout", "0s"], "--upstream-timeout");
+        refused_naming(&["--reconcile-timeout", "0s"], "--reconcile-timeout");
+        refused_naming(&["--idempotency-ttl", "0s"], "--idempotency-ttl");
+        refused_naming(&["--shutdown-grace", "0s"], "--shutdown-grace");
+        refused_naming(&["--webhook-max-body", "0"], "--webhook-max-body");
+        refused_naming(
+            &["--grpc-keepalive-interval", "0s"],
+            "--grpc-keepalive-interval",
+        );
+        refused_naming(
+            &["--grpc-max-connection-age", "0s"],
+            "--grpc-max-connection-age",
+        );
+        refused_naming(
+            &["--grpc-max-receive-message-size", "0"],
+            "--grpc-max-receive-message-size",
+        );
+        for url in [
+            "ftp://api.digitalriver.com",
+            "api.digitalriver.com",
+            "https://",
+            "https://h/?a=b",
+        ] {
+            refused_naming(&["--dr-base-url", url], "--dr-base-url");
+        }
+        refused_naming(
+            &[
+                "--bus-url",
+                "nats://127.0.0.1:4222",
+                "--bus-creds-file",
+                "/nonexistent/x.creds",
+            ],
+            "--bus-creds-file",
+        );
+        refused_naming(
+            &["--bus-url", "nats://127.0.0.1:4222", "--bus-timeout", "0s"],
+            "--bus-timeout",
+        );
+        refused_naming(&["--webhooks-disabled"], "--webhooks-disabled");
+    }
+
+    #[test]
+    fn working_settings_resolve() {
+        let settings = resolve_with(&[
+            "--dr-base-url",
+            "http://127.0.0.1:8090",
+            "--grpc-addr",
+            "localhost:50051",
+            "--grpc-max-connection-age",
+            "5m",
+            "--bus-startup-timeout",
+            "0s",
+        ])
+        .unwrap();
+        assert_eq!(settings.grpc_addr.host(), "localhost");
+        assert_eq!(
+            settings.grpc.max_connection_age,
+            Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn no_webhook_secret_is_refused_unless_webhooks_are_disabled() {
+        let cli = Cli::try_parse_from(["x", "--dr-api-key", "sk"]).unwrap();
+        let error = cli.serve.resolve(None).unwrap_err().to_string();
+        assert!(
+            error.contains("--webhook-secret") && error.contains("--webhooks-disabled"),
+            "{error}"
+        );
+        let cli = Cli::try_parse_from(["x", "--dr-api-key", "sk", "--webhooks-disabled"]).unwrap();
+        assert!(cli.serve.resolve(None).unwrap().webhook_secrets.is_empty());
+        // The embedded sandbox makes a secret up.
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert!(cli.serve.resolve(Some("sk_test_sandbox")).is_ok());
+    }
+
+    #[test]
+    fn unreadable_secret_files_name_their_flag() {
+        let cli = Cli::try_parse_from(["x", "--dr-api-key-file", "/nonexistent/key"]).unwrap();
+        let error = cli.serve.resolve(None).unwrap_err().to_string();
+        assert!(error.contains("--dr-api-key-file"), "{error}");
+        refused_naming(
+            &["--webhook-secrets-file", "/nonexistent/secrets"],
+            "--webhook-secrets-file",
+        );
+    }
+
+    #[test]
+    fn connection_age_is_off_or_a_duration() {
+        assert_eq!(
+            "off".parse::<OptionalDuration>(),
+            Ok(OptionalDuration(None))
+        );
+        assert_eq!(
+            "90s".parse::<OptionalDuration>(),
+            Ok(OptionalDuration(Some(Duration::from_secs(90))))
+        );
+        assert!("soon".parse::<OptionalDuration>().is_err());
+        assert_eq!(
+            OptionalDuration(Some(Duration::from_secs(300))).to_string(),
+            "5m"
+        );
     }
 }

@@ -25,6 +25,22 @@ pub const SANDBOX_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::
 /// `--shutdown-grace`.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+// === gRPC transport ===
+
+/// `--grpc-max-receive-message-size`: gRPC's usual 4 MiB, as grpc-go and grpc-java use.
+pub const GRPC_MAX_RECEIVE_MESSAGE_SIZE: usize = 4 * MIB;
+/// `--grpc-max-send-message-size`: what clients accept by default (4 MiB), so an
+/// oversized answer fails here with a clear status rather than in the client.
+pub const GRPC_MAX_SEND_MESSAGE_SIZE: usize = 4 * MIB;
+/// `--grpc-keepalive-interval`.
+pub const GRPC_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// `--grpc-keepalive-timeout`.
+pub const GRPC_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// `--grpc-max-connection-age-grace`: covers the longest call the gateway holds
+/// on its own (CaptureItems / CancelItems `wait` without a deadline: 60 s) and an
+/// upstream timeout on top.
+pub const GRPC_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(90);
+
 // === Digital River ===
 
 /// `--dr-base-url`.
@@ -133,8 +149,15 @@ pub const BUS_REPLICAS: u8 = 1;
 /// `--bus-timeout`: the longest one JetStream request may take (under the
 /// webhook's [`WEBHOOK_APPEND_TIMEOUT`]).
 pub const BUS_TIMEOUT: Duration = Duration::from_millis(1500);
-/// `--bus-startup-timeout`.
-pub const BUS_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--bus-startup-timeout`: how long start-up waits for NATS before serving what
+/// does not need it (and connecting on in the background).
+pub const BUS_STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time between two heartbeats of a replica in the `<stream>_REPLICAS` bucket,
+/// which the replicas count to split DR's rate limit.
+pub const PACING_HEARTBEAT: Duration = Duration::from_secs(2);
+/// A replica not heard from for this long no longer counts (its share returns to
+/// the others): three missed heartbeats and a margin.
+pub const PACING_TTL: Duration = Duration::from_secs(7);
 /// `--bus-cache-max-events`: decoded events each replica caches for fan-out.
 pub const BUS_CACHE_MAX_EVENTS: usize = 10_000;
 /// Bytes of decoded events each replica caches for fan-out.
@@ -151,8 +174,6 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TLS handshakes in progress at once; further connections wait in the backlog.
 pub const TLS_MAX_HANDSHAKES: usize = 256;
-/// Connections that completed their handshake, waiting for the gRPC server to take them.
-pub const TLS_ACCEPTED_QUEUE: usize = 64;
 
 /// A duration as flag text (`24h`), rendered once per call site.
 #[macro_export]

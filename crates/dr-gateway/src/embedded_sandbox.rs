@@ -10,6 +10,7 @@ use dr_sandbox::{Sandbox, SandboxConfig, SettleMode, WebhookSpec};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ConfigError, SandboxSettle, ServeArgs, Settings};
+use crate::listen::ListenAddr;
 
 /// The key the gateway uses against its in-process sandbox (test mode, like DR's `sk_test_`).
 pub const SANDBOX_API_KEY: &str = "sk_test_sandbox";
@@ -28,6 +29,14 @@ pub enum EmbeddedSandboxError {
     /// The serve flags are unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `--sandbox-addr` names a host that does not resolve.
+    #[error("--sandbox-addr / DR_GATEWAY_SANDBOX_ADDR: cannot resolve {addr}: {reason}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// The sandbox could not bind or start.
     #[error("cannot start the sandbox: {0}")]
     Start(#[from] dr_sandbox::SandboxError),
@@ -55,15 +64,19 @@ impl EmbeddedSandbox {
         let (webhooks, register_late) = if settings.http_addr.port() == 0 {
             (Vec::new(), Some(secret))
         } else {
-            (vec![webhook_spec(settings.http_addr, &secret)], None)
+            (vec![webhook_spec(&settings.http_addr, &secret)], None)
         };
+        let listen = resolve(&args.sandbox_addr).await?;
         let sandbox = Sandbox::start(SandboxConfig {
-            listen: args.sandbox_addr,
+            listen,
             webhooks,
             settle: match args.sandbox_settle {
                 SandboxSettle::Immediate => SettleMode::Immediate,
                 SandboxSettle::Stepped => SettleMode::Stepped,
             },
+            // why: behave like DR, 429 past its per-key limit; the gateway paces itself
+            // under it (docs/digital-river.md §5.2).
+            rate_limit: Some(dr_sandbox::RateLimit::documented()),
             ..SandboxConfig::default()
         })
         .await?;
@@ -82,7 +95,7 @@ impl EmbeddedSandbox {
     /// was not known at start (an ephemeral port). In process: no HTTP call.
     pub fn point_webhooks_at(&mut self, http_addr: SocketAddr) {
         if let Some(secret) = self.register_late.take() {
-            let spec = webhook_spec(http_addr, &secret);
+            let spec = webhook_spec(&ListenAddr::from(http_addr), &secret);
             let url = spec.url.clone();
             self.sandbox.register_webhook(spec);
             tracing::info!(%url, "sandbox webhooks point at the gateway");
@@ -95,7 +108,20 @@ impl EmbeddedSandbox {
     }
 }
 
-fn webhook_spec(http_addr: SocketAddr, secret: &SecretString) -> WebhookSpec {
+/// The first address `addr`'s host resolves to (the sandbox binds one address).
+async fn resolve(addr: &ListenAddr) -> Result<SocketAddr, EmbeddedSandboxError> {
+    let failed = |reason: String| EmbeddedSandboxError::Resolve {
+        addr: addr.to_string(),
+        reason,
+    };
+    tokio::net::lookup_host((addr.host(), addr.port()))
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .next()
+        .ok_or_else(|| failed("no address".into()))
+}
+
+fn webhook_spec(http_addr: &ListenAddr, secret: &SecretString) -> WebhookSpec {
     WebhookSpec {
         url: webhook_url(http_addr),
         secret: secret.expose_secret().to_owned(),
@@ -104,11 +130,11 @@ fn webhook_spec(http_addr: SocketAddr, secret: &SecretString) -> WebhookSpec {
 }
 
 /// The gateway's webhook URL as the local sandbox reaches it.
-fn webhook_url(http_addr: SocketAddr) -> String {
-    let host = if http_addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], http_addr.port()))
+fn webhook_url(http_addr: &ListenAddr) -> String {
+    let host = if http_addr.ip().is_some_and(|ip| ip.is_unspecified()) {
+        ListenAddr::from(SocketAddr::from(([127, 0, 0, 1], http_addr.port())))
     } else {
-        http_addr
+        http_addr.clone()
     };
     format!("http://{host}{}", crate::webhook::WEBHOOK_PATH)
 }
@@ -120,8 +146,12 @@ mod tests {
     #[test]
     fn an_unspecified_listen_address_is_reached_on_loopback() {
         assert_eq!(
-            webhook_url(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            webhook_url(&ListenAddr::from(SocketAddr::from(([0, 0, 0, 0], 8080)))),
             format!("http://127.0.0.1:8080{}", crate::webhook::WEBHOOK_PATH)
+        );
+        assert_eq!(
+            webhook_url(&"localhost:8080".parse().unwrap()),
+            format!("http://localhost:8080{}", crate::webhook::WEBHOOK_PATH)
         );
     }
 }

@@ -7,7 +7,11 @@
 //!   authorization policy and the tower layer that applies it to every gRPC call.
 //! - [`tls`]: TLS and mutual TLS on the gRPC listener; [`reload`]: picks up changed
 //!   certificate, token and policy files.
-//! - [`cli`], [`config`]: the command line and flags/env → [`config::Settings`].
+//! - [`health`]: gRPC health per service, and the same answers for the HTTP probes.
+//! - [`bus`]: NATS JetStream: the shared event log, idempotency records, rate-limit
+//!   sharing, connecting in the background.
+//! - [`cli`], [`config`]: the command line and flags/env → [`config::Settings`];
+//!   [`listen`]: listen addresses as typed (`localhost:50051`).
 //! - [`clock`]: wall-clock time behind a trait, for tests.
 //! - [`grpc`]: gRPC services (transport only), protobuf conversions and THE error → status table.
 //! - [`webhook`]: DR webhook intake (HTTP): signature check → event log → 2xx.
@@ -37,6 +41,7 @@ pub mod embedded_sandbox;
 pub mod events;
 pub mod grpc;
 pub mod health;
+pub mod listen;
 pub mod money;
 pub mod reload;
 pub mod shutdown;

@@ -1,4 +1,7 @@
 //! `dr-gateway`: parse the command line, then hand over to the library.
+//!
+//! Exit status: 0 after a clean shutdown, 2 for settings that cannot work (clap's
+//! own parse errors included), 1 for anything that fails at run time.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,8 +49,10 @@ async fn run(app: Application) -> ExitCode {
 #[cfg(feature = "sandbox")]
 async fn serve_with_sandbox(args: ServeArgs) -> ExitCode {
     use dr_gateway::embedded_sandbox::EmbeddedSandbox;
+    use dr_gateway::embedded_sandbox::EmbeddedSandboxError;
     let (mut sandbox, settings) = match EmbeddedSandbox::start(&args).await {
         Ok(started) => started,
+        Err(e @ EmbeddedSandboxError::Config(_)) => return fail_with(e, 2),
         Err(e) => return fail(e),
     };
     let app = match Application::build(settings).await {
@@ -90,7 +95,7 @@ async fn health_check(args: HealthCheckArgs) -> ExitCode {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(3)),
-        Err(e) => return fail(format!("bad address: {e}")),
+        Err(e) => return fail_with(format!("--addr {}: not host:port ({e})", args.addr), 2),
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,

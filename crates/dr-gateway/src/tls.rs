@@ -3,9 +3,10 @@
 //! and reloaded when they change ([`crate::reload`]).
 //!
 //! The gateway terminates TLS itself (tokio-rustls, with the aws-lc-rs provider that
-//! reqwest and async-nats use too) and hands the accepted streams to tonic
-//! (`serve_with_incoming`). tonic's own `ServerTlsConfig` is fixed at start-up, so it
-//! could not pick up a rotated certificate without a restart.
+//! reqwest and async-nats use too): the gRPC listener ([`crate::grpc::server`])
+//! hands each accepted connection to [`ServerTls::handshake`] and serves the TLS
+//! stream like a plaintext one. tonic's own `ServerTlsConfig` is fixed at start-up,
+//! so it could not pick up a rotated certificate without a restart.
 //!
 //! A reload builds a whole new `rustls::ServerConfig` (certificate, key and client
 //! verifier together) and swaps it in: each handshake uses the configuration in
@@ -16,8 +17,9 @@
 //! cannot skip verification against a CA that was removed (each configuration has
 //! its own session cache).
 //!
-//! Handshakes run concurrently (one slow client does not hold up the others), at
-//! most [`defaults::TLS_MAX_HANDSHAKES`] at once and each within
+//! Handshakes run concurrently, one task per connection (one slow client does not
+//! hold up the others): the listener allows at most
+//! [`defaults::TLS_MAX_HANDSHAKES`] at once, and each must finish within
 //! [`defaults::TLS_HANDSHAKE_TIMEOUT`]. A client that speaks plaintext, offers no
 //! certificate when one is required, or one from another CA fails the handshake and
 //! never reaches a gRPC service.
@@ -32,13 +34,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::defaults;
 use crate::reload::{Reloadable, WatchedFiles};
@@ -173,72 +171,36 @@ impl ServerTls {
         TlsAcceptor::from((*self.config.current()).clone())
     }
 
-    /// Accepts TCP connections from `tcp` and yields those that completed a TLS
-    /// handshake, until `shutdown` or until the stream is dropped.
-    pub fn incoming(
-        self: &Arc<Self>,
-        mut tcp: TcpIncoming,
-        shutdown: CancellationToken,
-    ) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
-        let (tx, rx) = mpsc::channel(defaults::TLS_ACCEPTED_QUEUE);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let handshakes = Arc::new(Semaphore::new(defaults::TLS_MAX_HANDSHAKES));
-            loop {
-                // why: a permit before accepting bounds the handshakes in flight; the
-                // kernel's backlog holds further connections meanwhile.
-                let permit = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tx.closed() => return,
-                    permit = handshakes.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return,
-                    },
-                };
-                let accepted = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tx.closed() => return,
-                    accepted = tcp.next() => accepted,
-                };
-                let stream = match accepted {
-                    None => return,
-                    Some(Ok(stream)) => stream,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        // why: errors such as EMFILE repeat at once; pausing keeps the
-                        // loop from spinning while they last.
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
-                        }
-                    }
-                };
-                let acceptor = this.acceptor();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let peer = stream.peer_addr().ok();
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(defaults::TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(tls)) => {
-                            drop(permit);
-                            let _ = tx.send(Ok(tls)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(?peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            tracing::debug!(?peer, "TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        ReceiverStream::new(rx)
+    /// The server side of the TLS handshake on an accepted connection, with the
+    /// configuration in force now, within [`defaults::TLS_HANDSHAKE_TIMEOUT`].
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, HandshakeError> {
+        match tokio::time::timeout(
+            defaults::TLS_HANDSHAKE_TIMEOUT,
+            self.acceptor().accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(HandshakeError::Failed(e)),
+            Err(_) => Err(HandshakeError::TimedOut),
+        }
     }
 }
 
-/// Pause after an accept error (see the loop in [`ServerTls::incoming`]).
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Why a client's TLS handshake did not complete (the connection is dropped).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The client spoke plaintext, offered no or an untrusted certificate, or
+    /// closed the connection.
+    #[error("TLS handshake failed: {0}")]
+    Failed(#[source] io::Error),
+    /// The client did not finish within [`defaults::TLS_HANDSHAKE_TIMEOUT`].
+    #[error("TLS handshake timed out")]
+    TimedOut,
+}
 
 fn build_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

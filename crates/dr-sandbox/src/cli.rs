@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::{RetryPolicy, SandboxConfig, SettleMode, WebhookSpec};
+use crate::{RateLimit, RetryPolicy, SandboxConfig, SettleMode, WebhookSpec};
 
 /// Flags of a standalone sandbox.
 #[derive(Debug, Args)]
@@ -29,6 +29,33 @@ pub struct SandboxArgs {
     /// Delay before the first webhook retry, in milliseconds (doubles each retry).
     #[arg(long, default_value_t = RetryPolicy::default().base_delay.as_millis() as u64)]
     pub webhook_base_delay_ms: u64,
+    /// Per-key rate limit of the DR surface: `dr` (DR's: 250/s live, 25/s test keys),
+    /// `LIVE,TEST` requests per second, or `off`. Past it: 429 with Retry-After.
+    #[arg(long, default_value = "dr", value_parser = parse_rate_limit)]
+    pub rate_limit: RateLimitArg,
+}
+
+/// `--rate-limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitArg(pub Option<RateLimit>);
+
+fn parse_rate_limit(text: &str) -> Result<RateLimitArg, String> {
+    match text.trim() {
+        "off" => Ok(RateLimitArg(None)),
+        "dr" => Ok(RateLimitArg(Some(RateLimit::documented()))),
+        pair => {
+            let parse = |n: &str| n.trim().parse::<u32>().ok().filter(|n| *n > 0);
+            pair.split_once(',')
+                .and_then(|(live, test)| Some((parse(live)?, parse(test)?)))
+                .map(|(live_per_second, test_per_second)| {
+                    RateLimitArg(Some(RateLimit {
+                        live_per_second,
+                        test_per_second,
+                    }))
+                })
+                .ok_or_else(|| format!("expected dr, off or LIVE,TEST (e.g. 250,25), got {pair:?}"))
+        }
+    }
 }
 
 fn parse_webhook(text: &str) -> Result<WebhookSpec, String> {
@@ -59,6 +86,7 @@ impl SandboxArgs {
                 ..RetryPolicy::default()
             },
             webhooks: self.webhooks,
+            rate_limit: self.rate_limit.0,
         }
     }
 }
@@ -80,6 +108,22 @@ mod tests {
         assert_eq!(config.webhook_retry, RetryPolicy::default());
         assert_eq!(config.settle, SettleMode::default());
         assert!(config.webhooks.is_empty());
+        assert_eq!(config.rate_limit, Some(RateLimit::documented()));
+    }
+
+    #[test]
+    fn the_rate_limit_is_drs_off_or_two_numbers() {
+        assert_eq!(parse_rate_limit("off"), Ok(RateLimitArg(None)));
+        assert_eq!(
+            parse_rate_limit("100,10"),
+            Ok(RateLimitArg(Some(RateLimit {
+                live_per_second: 100,
+                test_per_second: 10
+            })))
+        );
+        for bad in ["fast", "100", "0,1", "a,b"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

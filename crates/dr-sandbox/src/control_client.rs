@@ -1,9 +1,9 @@
 //! The typed client of the sandbox's `/sandbox/` control surface: [`ControlClient`], its
 //! request bodies ([`FaultSpec`], [`WebhookRegistration`], [`SecretRotation`],
-//! [`RefundSpec`], [`ChargebackSpec`]), its typed answers ([`ClockState`],
-//! [`WebhookEndpoint`], [`ArmedFault`], [`Settled`], [`PendingOperation`],
-//! [`RecordedRequest`], [`DeliveryRecord`], [`Redelivery`], [`Chargeback`]) and
-//! [`ControlError`].
+//! [`RefundSpec`], [`ChargebackSpec`], [`RateLimitSettings`]), its typed answers
+//! ([`ClockState`], [`WebhookEndpoint`], [`ArmedFault`], [`Settled`],
+//! [`PendingOperation`], [`RecordedRequest`], [`DeliveryRecord`], [`Redelivery`],
+//! [`Chargeback`], [`RateLimitState`]) and [`ControlError`].
 //!
 //! It owns only the control surface. Orders and events are DR-shaped JSON and come back as
 //! [`serde_json::Value`] (the sandbox does not model them for callers); the DR surface
@@ -382,6 +382,59 @@ pub struct RecordedRequest {
     /// The fault applied to it.
     #[serde(default)]
     pub fault: Option<FaultKind>,
+    /// Refused with 429 by the sandbox's rate limit.
+    #[serde(default)]
+    pub rate_limited: bool,
+}
+
+/// `POST /sandbox/rate-limit` body: DR's per-key limit on or off, and its numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSettings {
+    /// Whether DR-surface requests are limited.
+    pub enabled: bool,
+    /// Requests per second per live key (default 250, DR's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live_per_second: Option<u32>,
+    /// Requests per second per test key (default 25, DR's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_per_second: Option<u32>,
+}
+
+impl RateLimitSettings {
+    /// DR's documented limits (250/s live, 25/s test) on.
+    pub fn documented() -> Self {
+        Self {
+            enabled: true,
+            live_per_second: None,
+            test_per_second: None,
+        }
+    }
+
+    /// No limit.
+    pub fn off() -> Self {
+        Self {
+            enabled: false,
+            live_per_second: None,
+            test_per_second: None,
+        }
+    }
+}
+
+/// The sandbox's rate limit and what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitState {
+    /// Whether DR-surface requests are limited.
+    pub enabled: bool,
+    /// Requests per second per live key.
+    pub live_per_second: u32,
+    /// Requests per second per test key.
+    pub test_per_second: u32,
+    /// DR-surface requests admitted since start.
+    pub admitted: u64,
+    /// DR-surface requests answered 429 since start.
+    pub limited: u64,
 }
 
 /// One webhook delivery attempt.
@@ -716,6 +769,26 @@ impl ControlClient {
     pub async fn clear_faults(&self) -> Result<(), ControlError> {
         self.call_no_content(Method::DELETE, "/sandbox/faults")
             .await
+    }
+
+    /// `GET /sandbox/rate-limit`: the per-key rate limit and its counters.
+    pub async fn rate_limit(&self) -> Result<RateLimitState, ControlError> {
+        self.call_empty(Method::GET, "/sandbox/rate-limit", StatusCode::OK)
+            .await
+    }
+
+    /// `POST /sandbox/rate-limit`: turns DR's per-key rate limit on or off.
+    pub async fn set_rate_limit(
+        &self,
+        settings: &RateLimitSettings,
+    ) -> Result<RateLimitState, ControlError> {
+        self.call(
+            Method::POST,
+            "/sandbox/rate-limit",
+            Some(settings),
+            StatusCode::OK,
+        )
+        .await
     }
 
     /// `POST /sandbox/settle`: completes every pending capture and cancel now.

@@ -97,10 +97,17 @@
 //!   `latencyMs` after arrival even if the caller gave up — and `status_then_commit` —
 //!   answered `status` at once, processed `latencyMs` later); `GET /sandbox/faults`;
 //!   `DELETE /sandbox/faults` → 204.
+//! - `GET /sandbox/rate-limit` → `{enabled, livePerSecond, testPerSecond, admitted, limited}`;
+//!   `POST /sandbox/rate-limit {enabled, livePerSecond?, testPerSecond?}` → 200 the same.
+//!   While enabled, each secret key may make at most its mode's number of DR-surface
+//!   requests in any one-second window; more get DR's 429 `too_many_requests` with
+//!   `Retry-After` and are logged in `/sandbox/requests` with `rateLimited: true`.
+//!   `admitted` / `limited` count DR-surface requests since start. Defaults to DR's
+//!   documented limits (250/s live, 25/s test) when enabled without numbers.
 //! - `POST /sandbox/settle` → `{settled: [{orderId, chargeId, kind, operationId, amount, state,
 //!   eventId}]}`; `GET /sandbox/pending` → `{data}`.
 //! - `GET /sandbox/requests[?method=&path=]` → `{data: [{seq, method, path, query, headers, body,
-//!   receivedTime, fault}]}`; `DELETE /sandbox/requests` → 204.
+//!   receivedTime, fault, rateLimited}]}`; `DELETE /sandbox/requests` → 204.
 //! - `GET /sandbox/deliveries[?eventId=&webhookId=]` → `{data: [{eventId, eventType, webhookId, url,
 //!   attempt, status, error, success, signature, attemptedTime, durationMs, willRetry}]}`; `DELETE` → 204.
 //! - `POST /sandbox/events/{id}/redeliver` → 202 `{eventId, webhookIds}`.
@@ -120,6 +127,7 @@
 //! - `model` — orders, items, charges, fulfillments and their JSON
 //! - `money` — integer minor units ↔ exact decimal JSON
 //! - `orders` — order creation, acceptance and disputes
+//! - `rate_limit` — DR's per-key rate limit (sliding one-second window)
 //! - `reversals` — refunds recorded on charges, granted chargebacks
 //! - `routes` — axum handlers, auth, request log, fault application
 //! - `settle` — settlement of pending captures/cancels, order completion
@@ -141,6 +149,7 @@ mod ids;
 mod model;
 mod money;
 mod orders;
+mod rate_limit;
 mod reversals;
 mod routes;
 mod settle;
@@ -158,12 +167,14 @@ use tokio::task::JoinHandle;
 
 pub use control_client::{
     ArmedFault, Chargeback, ChargebackSpec, ChargebackType, ClockState, ControlClient,
-    ControlError, DeliveryRecord, OperationKind, OperationState, PendingOperation, RecordedRequest,
-    Redelivery, RefundLineSpec, RefundSpec, SecretRotation, Settled, WebhookEndpoint,
-    WebhookRegistration, WebhookSecret, DEFAULT_CONTROL_TIMEOUT,
+    ControlError, DeliveryRecord, OperationKind, OperationState, PendingOperation,
+    RateLimitSettings, RateLimitState, RecordedRequest, Redelivery, RefundLineSpec, RefundSpec,
+    SecretRotation, Settled, WebhookEndpoint, WebhookRegistration, WebhookSecret,
+    DEFAULT_CONTROL_TIMEOUT,
 };
 pub use error::SandboxError;
 pub use faults::{FaultKind, FaultSpec};
+pub use rate_limit::RateLimit;
 pub use webhooks::{sign as sign_webhook, signature_header};
 
 use conn::{ConnKill, KillableListener};
@@ -237,6 +248,9 @@ pub struct SandboxConfig {
     pub webhook_retry: RetryPolicy,
     /// Endpoints registered at start.
     pub webhooks: Vec<WebhookSpec>,
+    /// DR's per-key rate limit on the DR surface; `None` (the default) admits
+    /// everything. [`RateLimit::documented`] is DR's.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for SandboxConfig {
@@ -247,6 +261,7 @@ impl Default for SandboxConfig {
             settle: SettleMode::Immediate,
             webhook_retry: RetryPolicy::default(),
             webhooks: Vec::new(),
+            rate_limit: None,
         }
     }
 }
@@ -277,6 +292,7 @@ async fn build(
         .map_err(SandboxError::HttpClient)?;
     let (tx, rx) = mpsc::channel(webhooks::QUEUE_CAPACITY);
     let mut world = World::new(config.seed, config.settle, tx);
+    world.rate_limiter.set_limit(config.rate_limit);
     for spec in config.webhooks {
         world.add_webhook(spec);
     }

@@ -16,6 +16,7 @@ use super::events::{envelope, EventStore};
 use super::faults::FaultTable;
 use super::ids::IdGen;
 use super::model::{Fulfillment, OpKind, Order};
+use super::rate_limit::RateLimiter;
 use super::webhooks::{DeliveryJob, DeliveryRecord, Webhook, DELIVERY_LOG_CAPACITY};
 use super::{RetryPolicy, SettleMode};
 
@@ -81,6 +82,8 @@ pub(crate) struct RequestRecord {
     pub at: DateTime<Utc>,
     /// The fault applied to it, if any.
     pub fault: Option<String>,
+    /// Refused with 429 by the rate limit.
+    pub rate_limited: bool,
 }
 
 impl RequestRecord {
@@ -100,6 +103,7 @@ impl RequestRecord {
             "body": self.body,
             "receivedTime": fmt_event_time(self.at),
             "fault": self.fault,
+            "rateLimited": self.rate_limited,
         })
     }
 }
@@ -133,6 +137,8 @@ pub(crate) struct World {
     pub faults: FaultTable,
     /// Captures/cancels waiting for settlement.
     pub pending: Vec<PendingOp>,
+    /// DR's per-key rate limit on the DR surface.
+    pub rate_limiter: RateLimiter,
     requests: VecDeque<RequestRecord>,
     request_seq: u64,
     deliveries: VecDeque<DeliveryRecord>,
@@ -160,6 +166,7 @@ impl World {
             webhooks: Vec::new(),
             faults: FaultTable::default(),
             pending: Vec::new(),
+            rate_limiter: RateLimiter::new(None),
             requests: VecDeque::new(),
             request_seq: 0,
             deliveries: VecDeque::new(),

@@ -124,6 +124,18 @@ How many pods run at least: replicaCount, or the HPA's minReplicas.
 {{- end }}
 
 {{/*
+Pods assumed to share the DR key until they count each other through NATS:
+config.upstreamRateLimitReplicas, or the most pods that run.
+*/}}
+{{- define "dr-gateway.rateLimitReplicas" -}}
+{{- if kindIs "invalid" .Values.config.upstreamRateLimitReplicas }}
+{{- max 1 (include "dr-gateway.maxPods" . | int) }}
+{{- else }}
+{{- .Values.config.upstreamRateLimitReplicas | int }}
+{{- end }}
+{{- end }}
+
+{{/*
 terminationGracePeriodSeconds: the explicit value, checked to outlast the
 preStop sleep plus the gateway's drain, or that sum plus a 10 s margin.
 */}}

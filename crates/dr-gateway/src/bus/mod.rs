@@ -14,6 +14,8 @@
 //!   events). It also answers [`EventLog::get_by_id`](crate::events::EventLog::get_by_id).
 //! - **KV bucket** `DR_GATEWAY_IDEMPOTENCY` (`--bus-idempotency-bucket`):
 //!   CreateFulfillment `request_id` → in-flight / done / unknown record.
+//! - **KV bucket** `<stream>_REPLICAS`: one key per running replica, refreshed by
+//!   heartbeats, so the replicas split DR's per-key rate limit ([`pacing`]).
 //!
 //! # NATS 2.9
 //! Debian ships nats-server 2.9.10. async-nats ≥ 0.4x's `create_key_value` asks for
@@ -23,14 +25,18 @@
 //! no batch direct get).
 //!
 //! # Layout
+//! - [`deferred`]: connecting in the background, so the gateway starts without NATS.
+//! - [`pacing`]: sharing DR's rate limit between replicas.
 //! - [`provision`]: create-or-check the stream and the KV buckets at start-up.
 //! - [`event_log`]: the [`EventLog`](crate::events::EventLog) backend, [`JetStreamLog`].
 //! - [`cache`]: the bounded per-replica cache of decoded events.
 //! - [`idempotency`]: the shared [`KvIdempotencyStore`].
 
 pub mod cache;
+pub mod deferred;
 pub mod event_log;
 pub mod idempotency;
+pub mod pacing;
 pub mod provision;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -39,6 +45,7 @@ use crate::defaults;
 use async_nats::{jetstream, ConnectOptions, Event, ServerAddr};
 use tokio::sync::watch;
 
+pub use deferred::{DeferredBus, DeferredSettings};
 pub use event_log::JetStreamLog;
 pub use idempotency::KvIdempotencyStore;
 

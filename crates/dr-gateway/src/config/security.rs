@@ -2,11 +2,11 @@
 //! the authorization policy, how often their files are checked for changes, and the
 //! plaintext health-only listener for probes that cannot speak TLS.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::AuthSettings;
+use crate::listen::ListenAddr;
 use crate::tls::{ClientAuth, TlsSettings};
 use crate::{defaults, shown_duration};
 
@@ -67,9 +67,9 @@ pub struct SecurityArgs {
     pub reload_interval: Duration,
 
     /// A plaintext listener serving only grpc.health.v1, for probes that cannot
-    /// speak TLS (Kubernetes' gRPC probe); unset: none.
+    /// speak TLS (Kubernetes' gRPC probe), e.g. 0.0.0.0:50052; unset: none.
     #[arg(long, env = "DR_GATEWAY_GRPC_HEALTH_ADDR")]
-    pub grpc_health_addr: Option<SocketAddr>,
+    pub grpc_health_addr: Option<ListenAddr>,
 }
 
 /// Resolved security settings.
@@ -82,7 +82,7 @@ pub struct SecuritySettings {
     /// How often files are checked for changes.
     pub reload_interval: Duration,
     /// The plaintext health-only listener.
-    pub grpc_health_addr: Option<SocketAddr>,
+    pub grpc_health_addr: Option<ListenAddr>,
 }
 
 /// Security flags that cannot work together.
@@ -133,7 +133,7 @@ impl SecurityArgs {
                 required: self.auth_required,
             },
             reload_interval: self.reload_interval,
-            grpc_health_addr: self.grpc_health_addr,
+            grpc_health_addr: self.grpc_health_addr.clone(),
         })
     }
 }

@@ -138,6 +138,11 @@ impl Client {
         })
     }
 
+    /// The limiter pacing this client's calls (shared by its clones), if pacing is on.
+    pub fn rate_limiter(&self) -> Option<std::sync::Arc<RateLimiter>> {
+        self.limiter.clone()
+    }
+
     /// `POST /fulfillments`. Never retried: DR has no idempotency key (docs/digital-river.md §5.3).
     pub async fn create_fulfillment(
         &self,

@@ -12,5 +12,5 @@ mod retry;
 
 pub use client::{CallOptions, Client, ClientConfig, EventQuery, FulfillmentQuery, Page};
 pub use error::{Error, ErrorBody, ErrorEntry, Resource};
-pub use rate_limit::RateLimiter;
+pub use rate_limit::{replica_share, RateLimiter};
 pub use retry::RetryPolicy;

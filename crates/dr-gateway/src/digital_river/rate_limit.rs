@@ -7,6 +7,12 @@
 //! GCRA (a token bucket kept as one "theoretical arrival time"): a call may start
 //! once `tat - burst_tolerance <= now`; each call pushes `tat` one interval further.
 //! A call reserves its slot before sleeping, so waiters are served in order.
+//!
+//! The budget is "at most N calls in any one-second window" (the strictest reading
+//! of DR's limit). A GCRA with rate `r` and burst `b` lets at most `r + b - 1` calls
+//! start in any second, so [`replica_share`] picks `r` and `b` within the budget;
+//! replicas sharing a key each get a share, resized while running
+//! ([`RateLimiter::set_rate`]) as replicas come and go (`bus::pacing`).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,12 +20,41 @@ use std::time::{Duration, Instant};
 // why: the schedule runs on tokio's clock, so tests can pause and advance it.
 use tokio::time::Instant as TokioInstant;
 
+/// (rate per second, burst) for one of `replicas` replicas sharing a budget of
+/// `per_second` calls in any one-second window: together they never exceed it.
+pub fn replica_share(per_second: u32, replicas: u32) -> (u32, u32) {
+    let share = (per_second / replicas.max(1)).max(1);
+    // A tenth of a second's worth may go at once; the rest is evenly paced.
+    let burst = (share / 10).max(1);
+    (share - burst + 1, burst)
+}
+
 /// Paces calls to `rate` per second with bursts of up to `burst` calls.
 #[derive(Debug)]
 pub struct RateLimiter {
+    schedule: Mutex<Schedule>,
+}
+
+#[derive(Debug)]
+struct Schedule {
+    rate: u32,
+    burst: u32,
     interval: Duration,
     burst_tolerance: Duration,
-    tat: Mutex<TokioInstant>,
+    tat: TokioInstant,
+}
+
+impl Schedule {
+    fn new(rate: u32, burst: u32, tat: TokioInstant) -> Self {
+        let interval = Duration::from_secs(1) / rate.max(1);
+        Self {
+            rate: rate.max(1),
+            burst: burst.max(1),
+            interval,
+            burst_tolerance: interval * (burst.max(1) - 1),
+            tat,
+        }
+    }
 }
 
 /// The limiter cannot start the call before the caller's deadline.
@@ -32,22 +67,47 @@ pub struct WouldExceedDeadline {
 impl RateLimiter {
     /// A limiter for `rate` calls per second (≥ 1) and bursts of `burst` (≥ 1).
     pub fn new(rate: u32, burst: u32) -> Self {
-        let interval = Duration::from_secs(1) / rate.max(1);
         Self {
-            interval,
-            burst_tolerance: interval * (burst.max(1) - 1),
-            tat: Mutex::new(TokioInstant::now()),
+            schedule: Mutex::new(Schedule::new(rate, burst, TokioInstant::now())),
         }
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        // why: nothing panics while holding it; a poisoned schedule is still consistent.
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current (rate per second, burst).
+    pub fn rate(&self) -> (u32, u32) {
+        let schedule = self.schedule();
+        (schedule.rate, schedule.burst)
+    }
+
+    /// Changes the pace from the next call on. Slots already handed out stay; when
+    /// the rate drops, the burst allowance is spent first, so a replica that just
+    /// lost share cannot start a fresh burst on top of its last one.
+    pub fn set_rate(&self, rate: u32, burst: u32) {
+        let mut schedule = self.schedule();
+        if (schedule.rate, schedule.burst) == (rate.max(1), burst.max(1)) {
+            return;
+        }
+        let now = TokioInstant::now();
+        let lowered = rate < schedule.rate;
+        let mut next = Schedule::new(rate, burst, schedule.tat.max(now));
+        if lowered {
+            next.tat = next.tat.max(now + next.burst_tolerance);
+        }
+        *schedule = next;
     }
 
     /// Waits for the call's slot; refuses at once when the slot comes after `deadline`.
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<(), WouldExceedDeadline> {
         let start_at = {
-            let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+            let mut schedule = self.schedule();
             let now = TokioInstant::now();
-            let base = (*tat).max(now);
+            let base = schedule.tat.max(now);
             let start_at = base
-                .checked_sub(self.burst_tolerance)
+                .checked_sub(schedule.burst_tolerance)
                 .unwrap_or(now)
                 .max(now);
             if let Some(deadline) = deadline.map(TokioInstant::from_std) {
@@ -57,7 +117,7 @@ impl RateLimiter {
                     });
                 }
             }
-            *tat = base + self.interval;
+            schedule.tat = base + schedule.interval;
             start_at
         };
         tokio::time::sleep_until(start_at).await;
@@ -103,5 +163,53 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(next.is_woken());
         assert_ready!(next.poll()).unwrap();
+    }
+
+    /// Starts calls as fast as the limiter lets them for `run` (paused clock) and
+    /// returns the most that started within any one second.
+    async fn most_in_any_second(limiter: &RateLimiter, run: Duration) -> usize {
+        let start = tokio::time::Instant::now();
+        let mut starts = Vec::new();
+        while tokio::time::Instant::now() - start < run {
+            limiter.acquire(None).await.unwrap();
+            starts.push(tokio::time::Instant::now());
+        }
+        let mut most = 0;
+        for (i, first) in starts.iter().enumerate() {
+            let within = starts[i..]
+                .iter()
+                .take_while(|t| **t - *first < Duration::from_secs(1))
+                .count();
+            most = most.max(within);
+        }
+        most
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replicas_share_never_exceeds_its_part_of_the_budget_in_any_second() {
+        for (budget, replicas) in [(225, 1), (225, 3), (22, 1), (22, 3), (22, 7), (1, 1)] {
+            let (rate, burst) = replica_share(budget, replicas);
+            let limiter = RateLimiter::new(rate, burst);
+            let most = most_in_any_second(&limiter, Duration::from_secs(3)).await;
+            let share = (budget / replicas).max(1) as usize;
+            assert!(most <= share, "{budget}/{replicas}: {most} > {share}");
+            // and it uses (nearly) all of it
+            assert!(
+                most + 1 >= share,
+                "{budget}/{replicas}: only {most} of {share}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lowering_the_rate_takes_effect_without_a_fresh_burst() {
+        let (rate, burst) = replica_share(30, 1);
+        let limiter = RateLimiter::new(rate, burst);
+        most_in_any_second(&limiter, Duration::from_secs(1)).await;
+        let (rate, burst) = replica_share(30, 3);
+        limiter.set_rate(rate, burst);
+        assert_eq!(limiter.rate(), (rate, burst));
+        let most = most_in_any_second(&limiter, Duration::from_secs(3)).await;
+        assert!(most <= 10, "{most}");
     }
 }

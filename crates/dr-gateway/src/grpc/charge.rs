@@ -64,7 +64,9 @@ impl ChargeApi {
         };
         let last = log.bounds().await.map_err(|e| {
             tracing::error!(error = %e, "event log unavailable for wait");
-            Status::unavailable("event log unavailable; retry without wait or later")
+            super::status::event_log_unavailable(
+                "event log unavailable; retry without wait or later",
+            )
         })?;
         Ok(Some(Tail::new(log.clone(), last.last)))
     }
@@ -111,7 +113,9 @@ async fn wait_outcomes(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "event log failed while waiting for outcomes");
-            Status::unavailable("event log unavailable while waiting; the fulfillment was created")
+            super::status::event_log_unavailable(
+                "event log unavailable while waiting; the fulfillment was created",
+            )
         })?;
     let outcomes = operations
         .into_iter()

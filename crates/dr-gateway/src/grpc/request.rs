@@ -75,7 +75,7 @@ pub fn call_options<T>(req: &tonic::Request<T>) -> crate::digital_river::CallOpt
 }
 
 /// `grpc-timeout` is digits followed by one unit letter (gRPC over HTTP/2 spec).
-fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     if raw.len() < 2 || raw.len() > 9 {
         return None;
     }

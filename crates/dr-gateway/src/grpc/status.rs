@@ -19,6 +19,25 @@ use crate::grpc::event_stream::StreamEnd;
 /// `ErrorInfo.domain` of every status the gateway returns.
 pub const ERROR_DOMAIN: &str = "digitalriver.com";
 
+/// `RetryInfo` of UNAVAILABLE answers for a dependency of the gateway (the event
+/// bus): about when the NATS client's reconnect (backoff capped at 2 s) has had a
+/// chance to succeed.
+pub const DEPENDENCY_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// UNAVAILABLE, reason `EVENT_LOG_UNAVAILABLE`, with `RetryInfo`: the event log (on
+/// the bus in JetStream mode) cannot be read now.
+pub fn event_log_unavailable(message: &str) -> Status {
+    status_with_info(
+        Code::Unavailable,
+        message,
+        "EVENT_LOG_UNAVAILABLE",
+        HashMap::new(),
+        |d| {
+            d.set_retry_info(Some(DEPENDENCY_RETRY_DELAY));
+        },
+    )
+}
+
 /// `code` → `CODE` (`order_fulfilled` → `ORDER_FULFILLED`, `failed-request` → `FAILED_REQUEST`).
 pub fn upper_snake(code: &str) -> String {
     let mut out = String::with_capacity(code.len() + 4);
@@ -137,7 +156,9 @@ impl From<ServiceError> for Status {
                 message,
                 "GATEWAY_DEPENDENCY_UNAVAILABLE",
                 HashMap::new(),
-                |_| {},
+                |d| {
+                    d.set_retry_info(Some(DEPENDENCY_RETRY_DELAY));
+                },
             ),
             ServiceError::Internal(message) => status_with_info(
                 Code::Internal,
@@ -165,14 +186,8 @@ impl From<SubscribeError> for Status {
                 other_log,
             } => cursor_expired(&oldest_cursor, other_log),
             SubscribeError::Log(e) => {
-                tracing::error!(error = %e, "subscribe: event log unavailable");
-                status_with_info(
-                    Code::Unavailable,
-                    "event log unavailable",
-                    "EVENT_LOG_UNAVAILABLE",
-                    HashMap::new(),
-                    |_| {},
-                )
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e), "subscribe: event log unavailable");
+                event_log_unavailable("event log unavailable")
             }
         }
     }
@@ -192,12 +207,17 @@ impl From<StreamEnd> for Status {
                 |_| {},
             ),
             StreamEnd::CursorExpired { oldest_cursor } => cursor_expired(&oldest_cursor, false),
-            StreamEnd::EventLogFailed => status_with_info(
+            StreamEnd::EventLogFailed => {
+                event_log_unavailable("event log unavailable; resume from the last cursor")
+            }
+            StreamEnd::ConnectionAged => status_with_info(
                 Code::Unavailable,
-                "event log unavailable; resume from the last cursor",
-                "EVENT_LOG_UNAVAILABLE",
+                "the connection reached its maximum age; reconnect and resume from the last cursor",
+                "CONNECTION_AGED",
                 HashMap::new(),
-                |_| {},
+                |d| {
+                    d.set_retry_info(Some(Duration::ZERO));
+                },
             ),
         }
     }
@@ -679,6 +699,28 @@ mod tests {
             );
             assert!(!status.message().contains("secret-rule-name"));
         }
+    }
+
+    #[test]
+    fn an_unavailable_dependency_says_when_to_retry() {
+        for status in [
+            Status::from(ServiceError::Unavailable("bus down".into())),
+            event_log_unavailable("down"),
+            Status::from(StreamEnd::EventLogFailed),
+            Status::from(StreamEnd::ConnectionAged),
+        ] {
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(status.get_details_error_info().is_some());
+            assert!(
+                status.get_details_retry_info().is_some(),
+                "{status:?} tells when to retry"
+            );
+        }
+        let aged = Status::from(StreamEnd::ConnectionAged);
+        assert_eq!(
+            aged.get_details_error_info().unwrap().reason,
+            "CONNECTION_AGED"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum WebhookError {
     /// The event log failed or took too long; DR will retry.
     #[error("event log unavailable")]
     LogUnavailable(#[source] Option<LogError>),
+    /// The gateway runs with `--webhooks-disabled`.
+    #[error("webhooks are disabled on this gateway")]
+    Disabled,
 }
 
 impl WebhookError {
@@ -43,6 +46,7 @@ impl WebhookError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyUnreadable | Self::NotAnEvent(_) => StatusCode::BAD_REQUEST,
             Self::LogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Disabled => StatusCode::NOT_FOUND,
         }
     }
 
@@ -58,6 +62,7 @@ impl WebhookError {
             Self::NotAnEvent(EnvelopeError::NotJson(_)) => "invalid_json",
             Self::NotAnEvent(_) => "not_an_event",
             Self::LogUnavailable(_) => "temporarily_unavailable",
+            Self::Disabled => "webhooks_disabled",
         }
     }
 }

@@ -1,15 +1,24 @@
 //! Webhook intake: an axum router on its own listener that receives DR's event
 //! POSTs, verifies the signature on the raw bytes, parses the envelope, appends it
 //! to the event log and only then answers 2xx, so DR re-sends anything not stored
-//! (docs/digital-river.md §4.2). Also serves `/healthz` and `/readyz`.
+//! (docs/digital-river.md §4.2).
+//!
+//! The same listener serves the HTTP probes:
+//! - `/livez` — 200 while the process and its runtime answer; never asks a
+//!   dependency (the liveness probe);
+//! - `/readyz`, `/healthz` — gRPC health over HTTP (see `crate::health`): 200 when
+//!   SERVING, 503 when NOT_SERVING, for the whole server or `?service=<name>` (404
+//!   for a name health does not know); the body lists every name's status and the
+//!   event bus's state.
 
 pub mod error;
 pub mod signature;
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -17,13 +26,13 @@ use std::{
 
 use axum::{
     body::Bytes,
-    extract::{rejection::BytesRejection, DefaultBodyLimit, State},
+    extract::{rejection::BytesRejection, DefaultBodyLimit, Query, State},
     http::{HeaderMap, StatusCode},
     response::IntoResponse,
     routing::{get, post},
     Json, Router,
 };
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 pub use error::WebhookError;
@@ -31,6 +40,10 @@ pub use signature::{SignatureError, SignatureVerifier, SIGNATURE_HEADER};
 
 use crate::defaults;
 use crate::events::{Envelope, EventLog};
+use crate::health::HealthGate;
+
+/// How long `/livez` waits for a task spawned on the runtime to run.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Path DR posts events to.
 pub const WEBHOOK_PATH: &str = "/webhooks/digitalriver";
@@ -42,6 +55,8 @@ pub struct WebhookConfig {
     pub max_body_bytes: usize,
     /// Longest an append may take before answering 503; well inside DR's 3000 ms.
     pub append_timeout: Duration,
+    /// False with `--webhooks-disabled`: the endpoint answers 404.
+    pub enabled: bool,
 }
 
 impl Default for WebhookConfig {
@@ -49,25 +64,25 @@ impl Default for WebhookConfig {
         Self {
             max_body_bytes: defaults::WEBHOOK_MAX_BODY,
             append_timeout: defaults::WEBHOOK_APPEND_TIMEOUT,
+            enabled: true,
         }
     }
 }
 
-/// Whether the process is draining; `/readyz` fails once set. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness {
-    draining: Arc<AtomicBool>,
-}
+/// The body limit in force, which may be lowered while running (to what the bus
+/// can store, once it is connected). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BodyLimit(Arc<AtomicUsize>);
 
-impl Readiness {
-    /// Marks the process as shutting down.
-    pub fn set_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+impl BodyLimit {
+    /// The limit now, in bytes.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 
-    /// True once shutting down.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+    /// Lowers the limit to `max` (never raises it).
+    pub fn lower_to(&self, max: usize) {
+        self.0.fetch_min(max, Ordering::Relaxed);
     }
 }
 
@@ -76,24 +91,32 @@ impl Readiness {
 pub struct WebhookState {
     verifier: SignatureVerifier,
     log: Arc<dyn EventLog>,
-    readiness: Readiness,
+    health: HealthGate,
     config: WebhookConfig,
+    limit: BodyLimit,
 }
 
 impl WebhookState {
-    /// Bundles the handlers' dependencies.
+    /// Bundles the handlers' dependencies; `/readyz` reports what `health` shows.
     pub fn new(
         verifier: SignatureVerifier,
         log: Arc<dyn EventLog>,
-        readiness: Readiness,
+        health: HealthGate,
         config: WebhookConfig,
     ) -> Self {
+        let limit = BodyLimit(Arc::new(AtomicUsize::new(config.max_body_bytes)));
         Self {
             verifier,
             log,
-            readiness,
+            health,
             config,
+            limit,
         }
+    }
+
+    /// The handle that lowers the body limit while running.
+    pub fn body_limit(&self) -> BodyLimit {
+        self.limit.clone()
     }
 }
 
@@ -102,8 +125,9 @@ pub fn router(state: WebhookState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route(WEBHOOK_PATH, post(receive_event))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/livez", get(livez))
+        .route("/healthz", get(health))
+        .route("/readyz", get(health))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -130,15 +154,20 @@ async fn receive_event(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, WebhookError> {
+    if !state.config.enabled {
+        return Err(WebhookError::Disabled);
+    }
+    let limit = state.limit.get();
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookError::TooLarge {
-                limit: state.config.max_body_bytes,
-            }
+            WebhookError::TooLarge { limit }
         } else {
             WebhookError::BodyUnreadable
         }
     })?;
+    if body.len() > limit {
+        return Err(WebhookError::TooLarge { limit });
+    }
     // why: verify the exact bytes DR signed, before any parsing (docs/digital-river.md §4.3).
     let header = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     match state.verifier.verify(header, &body) {
@@ -168,26 +197,59 @@ async fn receive_event(
     ))
 }
 
-async fn healthz() -> impl IntoResponse {
-    (StatusCode::OK, Json(json!({ "status": "ok" })))
+/// Liveness: a task spawned on the runtime gets to run. A wedged runtime (every
+/// worker blocked) fails it; no dependency is asked.
+async fn livez() -> impl IntoResponse {
+    match tokio::time::timeout(LIVENESS_TIMEOUT, tokio::spawn(async {})).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "alive" }))),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "runtime_unresponsive" })),
+        ),
+    }
 }
 
-async fn readyz(State(state): State<WebhookState>) -> impl IntoResponse {
-    if state.readiness.is_draining() {
+/// `/readyz` and `/healthz`: what gRPC health shows, for `?service=` or the whole
+/// server.
+async fn health(
+    State(state): State<WebhookState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let snapshot = state.health.snapshot().await;
+    let service = query.get("service").map(String::as_str).unwrap_or("");
+    let services: Map<String, Value> = snapshot
+        .services
+        .iter()
+        .map(|(name, serving)| ((*name).to_owned(), json!(serving_text(*serving))))
+        .collect();
+    let Some(serving) = snapshot.serving(service) else {
         return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "unknown_service", "service": service, "services": services })),
         );
-    }
-    match state.log.check_ready().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness: event log not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "event_log_unavailable" })),
-            )
-        }
+    };
+    let status = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": serving_text(serving),
+            "service": service,
+            "draining": snapshot.draining,
+            "event_bus": snapshot.bus.as_str(),
+            "services": services,
+        })),
+    )
+}
+
+fn serving_text(serving: bool) -> &'static str {
+    if serving {
+        "SERVING"
+    } else {
+        "NOT_SERVING"
     }
 }
 
@@ -215,7 +277,18 @@ mod tests {
         )
     }
 
-    fn app(log: Arc<dyn EventLog>, max_body: usize) -> (Router, Arc<ManualClock>) {
+    async fn gate(uses_bus: bool) -> HealthGate {
+        let (reporter, _service) = tonic_health::server::health_reporter();
+        let gate = HealthGate::new(reporter, uses_bus).await;
+        gate.set_started().await;
+        gate
+    }
+
+    async fn app_with(
+        log: Arc<dyn EventLog>,
+        max_body: usize,
+        health: HealthGate,
+    ) -> (Router, Arc<ManualClock>, BodyLimit) {
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let verifier = SignatureVerifier::new(
             vec![SecretString::from(SECRET.to_string())],
@@ -225,9 +298,20 @@ mod tests {
         let config = WebhookConfig {
             max_body_bytes: max_body,
             append_timeout: Duration::from_millis(200),
+            enabled: true,
         };
-        let state = WebhookState::new(verifier, log, Readiness::default(), config);
-        (router(state), clock)
+        let state = WebhookState::new(verifier, log, health, config);
+        let limit = state.body_limit();
+        (router(state), clock, limit)
+    }
+
+    async fn app(log: Arc<dyn EventLog>, max_body: usize) -> (Router, Arc<ManualClock>) {
+        let (router, clock, _) = app_with(log, max_body, gate(false).await).await;
+        (router, clock)
+    }
+
+    fn get(path: &str) -> axum::http::Request<Body> {
+        axum::http::Request::get(path).body(Body::empty()).unwrap()
     }
 
     fn memory_log() -> Arc<MemoryLog> {
@@ -260,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn a_signed_event_is_stored_and_acknowledged_once() {
         let log = memory_log();
-        let (app, clock) = app(log.clone(), 1024 * 1024);
+        let (app, clock) = app(log.clone(), 1024 * 1024).await;
         let (status, body) = call(&app, signed(&clock, &event_body("e1"))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["duplicate"], false);
@@ -273,7 +357,7 @@ mod tests {
     #[tokio::test]
     async fn bad_requests_get_the_right_status_and_store_nothing() {
         let log = memory_log();
-        let (app, clock) = app(log.clone(), 4096);
+        let (app, clock) = app(log.clone(), 4096).await;
 
         let unsigned = axum::http::Request::post(WEBHOOK_PATH)
             .body(Body::from(event_body("e1")))
@@ -358,8 +442,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_log_failure_is_a_503_so_dr_retries_and_readyz_fails() {
-        let (app, clock) = app(Arc::new(BrokenLog), 4096);
+    async fn a_log_failure_is_a_503_so_dr_retries_while_livez_stays_ok() {
+        let (app, clock) = app(Arc::new(BrokenLog), 4096).await;
         let (status, body) = call(&app, signed(&clock, &event_body("e1"))).await;
         assert_eq!(
             (status, body["error"].as_str()),
@@ -368,21 +452,84 @@ mod tests {
                 Some("temporarily_unavailable")
             )
         );
+        let (status, body) = call(&app, get("/livez")).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("alive"))
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_and_healthz_say_what_grpc_health_says() {
+        let health = gate(true).await;
+        let (app, _, _) = app_with(Arc::new(BrokenLog), 4096, health.clone()).await;
+        for path in ["/readyz", "/healthz"] {
+            // Bus unreachable: the server and the DR-only services serve, EventStream not.
+            let (status, body) = call(&app, get(path)).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(body["event_bus"], "unreachable");
+            assert_eq!(body["services"][crate::health::EVENT_STREAM], "NOT_SERVING");
+            assert_eq!(body["services"][crate::health::CHARGE_SERVICE], "SERVING");
+            let (status, body) = call(
+                &app,
+                get(&format!("{path}?service={}", crate::health::EVENT_STREAM)),
+            )
+            .await;
+            assert_eq!(
+                (status, body["status"].as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, Some("NOT_SERVING"))
+            );
+            let (status, _) = call(&app, get(&format!("{path}?service=no.Such"))).await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        }
+        health.set_bus_ok(true).await;
         let (status, _) = call(
             &app,
-            axum::http::Request::get("/readyz")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        let (status, _) = call(
-            &app,
-            axum::http::Request::get("/healthz")
-                .body(Body::empty())
-                .unwrap(),
+            get(&format!("/readyz?service={}", crate::health::EVENT_STREAM)),
         )
         .await;
         assert_eq!(status, StatusCode::OK);
+        health.set_draining().await;
+        let (status, body) = call(&app, get("/readyz")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["draining"], true);
+        let (status, _) = call(&app, get("/livez")).await;
+        assert_eq!(status, StatusCode::OK, "draining is not dying");
+    }
+
+    #[tokio::test]
+    async fn a_lowered_body_limit_applies_to_the_next_webhook() {
+        let log = memory_log();
+        let (app, clock, limit) = app_with(log.clone(), 1024 * 1024, gate(false).await).await;
+        limit.lower_to(64);
+        limit.lower_to(1 << 20);
+        assert_eq!(limit.get(), 64, "never raised");
+        let (status, body) = call(&app, signed(&clock, &event_body("e1"))).await;
+        assert_eq!(
+            (status, body["limit_bytes"].as_u64()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some(64))
+        );
+        assert_eq!(log.bounds().await.unwrap().last, 0);
+    }
+
+    #[tokio::test]
+    async fn disabled_webhooks_answer_404() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let verifier = SignatureVerifier::new(Vec::new(), Duration::from_secs(300), clock.clone());
+        let config = WebhookConfig {
+            enabled: false,
+            ..WebhookConfig::default()
+        };
+        let app = router(WebhookState::new(
+            verifier,
+            memory_log(),
+            gate(false).await,
+            config,
+        ));
+        let (status, body) = call(&app, signed(&clock, &event_body("e1"))).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::NOT_FOUND, Some("webhooks_disabled"))
+        );
     }
 }

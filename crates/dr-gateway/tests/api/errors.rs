@@ -541,7 +541,7 @@ async fn calls_beyond_the_dr_rate_limit_wait_their_turn_or_are_refused_before_th
         .mount(&dr)
         .await;
     let mut s = settings(&dr.uri());
-    s.upstream_rate_limit = Some((1, 1)); // one call per second, no burst
+    s.upstream_rate_limit = Some(1); // one call per second, no burst
     let mut app = spawn_app_with(s).await;
     let call = || pb::GetChargeRequest {
         charge_id: "paced".into(),

@@ -35,6 +35,9 @@ pub struct TestApp {
     /// The plaintext health-only gRPC listener, when the settings ask for one.
     #[allow(dead_code)]
     pub grpc_health_addr: Option<SocketAddr>,
+    /// The limiter pacing this gateway's DR calls.
+    #[allow(dead_code)]
+    pub upstream_limiter: Option<Arc<dr_gateway::digital_river::RateLimiter>>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -110,6 +113,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let grpc_addr = app.grpc_addr();
     let http_addr = app.http_addr();
     let grpc_health_addr = app.grpc_health_addr();
+    let upstream_limiter = app.upstream_rate_limiter();
     let shutdown = app.shutdown_token();
     let task = tokio::spawn(async move {
         app.run_until_stopped().await.expect("gateway runs");
@@ -130,6 +134,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         channel,
         http_addr,
         grpc_health_addr,
+        upstream_limiter,
         shutdown,
         task: Some(task),
     }

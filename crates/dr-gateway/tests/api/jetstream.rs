@@ -43,14 +43,18 @@ struct NatsServer {
 impl NatsServer {
     /// Starts one and waits until JetStream answers, or fails the test.
     async fn start() -> Self {
-        let store = unique_dir("nats");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            store,
-        };
+        let mut server = Self::not_started();
         server.spawn().await;
         server
+    }
+
+    /// A port and store for a server started later ([`spawn`](Self::spawn)).
+    fn not_started() -> Self {
+        Self {
+            child: None,
+            port: free_port(),
+            store: unique_dir("nats"),
+        }
     }
 
     fn url(&self) -> String {
@@ -167,7 +171,13 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
+    /// Starts one and waits until its EventStream is SERVING (the bus is up).
     async fn start(nats: &NatsServer, dr: &str) -> Self {
+        Self::start_with(nats, dr, &[], EVENT_STREAM).await
+    }
+
+    /// Starts one with `extra` flags and waits until health of `ready` is SERVING.
+    async fn start_with(nats: &NatsServer, dr: &str, extra: &[&str], ready: &str) -> Self {
         let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = unique_dir("gateway-log").join("gateway.log");
@@ -180,6 +190,7 @@ impl GatewayProcess {
             .args(["--bus-url", &nats.url()])
             .args(["--bus-timeout", "800ms"])
             .args(["--backfill-interval", "0s"])
+            .args(extra)
             .env("DR_GATEWAY_DR_API_KEY", API_KEY)
             .env("DR_GATEWAY_WEBHOOK_SECRETS", WEBHOOK_SECRET)
             .env("RUST_LOG", "info,dr_gateway=debug")
@@ -194,8 +205,13 @@ impl GatewayProcess {
             log,
         };
         let health = health_client(grpc_addr).await;
-        wait_for_health(health, ServingStatus::Serving, &process.log_text()).await;
+        wait_for_service_health(health, ready, ServingStatus::Serving, &process.log_text()).await;
         process
+    }
+
+    /// True while the process runs.
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     fn log_text(&self) -> String {
@@ -244,12 +260,20 @@ async fn health_client(addr: SocketAddr) -> HealthClient<Channel> {
     HealthClient::new(channel(addr).await)
 }
 
-/// Waits (Health.Watch, deadline [`WAIT`]) until the overall status is `want`.
-async fn wait_for_health(mut client: HealthClient<Channel>, want: ServingStatus, context: &str) {
+/// The EventStream's health name: SERVING only while the bus is reachable.
+const EVENT_STREAM: &str = "digitalriver.gateway.v1.EventStream";
+
+/// Waits (Health.Watch, deadline [`WAIT`]) until `service`'s status is `want`.
+async fn wait_for_service_health(
+    mut client: HealthClient<Channel>,
+    service: &str,
+    want: ServingStatus,
+    context: &str,
+) {
     let result = tokio::time::timeout(WAIT, async {
         let mut stream = client
             .watch(HealthCheckRequest {
-                service: String::new(),
+                service: service.to_owned(),
             })
             .await
             .expect("health watch")
@@ -264,8 +288,20 @@ async fn wait_for_health(mut client: HealthClient<Channel>, want: ServingStatus,
     .await;
     assert!(
         result.is_ok(),
-        "health not {want:?} within {WAIT:?}\n{context}"
+        "health of {service:?} not {want:?} within {WAIT:?}\n{context}"
     );
+}
+
+/// The overall status (`""`, what the readiness probe asks) right now.
+async fn overall_health(client: &mut HealthClient<Channel>) -> i32 {
+    client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
 }
 
 // === webhooks ===
@@ -292,9 +328,9 @@ async fn post_event(http_addr: SocketAddr, event: &Value) -> (u16, Value) {
     }
 }
 
-async fn readyz(http_addr: SocketAddr) -> u16 {
+async fn readyz(http_addr: SocketAddr, service: &str) -> u16 {
     reqwest::Client::new()
-        .get(format!("http://{http_addr}/readyz"))
+        .get(format!("http://{http_addr}/readyz?service={service}"))
         .timeout(WAIT)
         .send()
         .await
@@ -466,7 +502,7 @@ async fn a_subscriber_resumes_on_another_replica_after_a_sigkill_without_gap_or_
 }
 
 #[tokio::test]
-async fn a_nats_restart_makes_the_gateway_not_serving_then_it_recovers_without_losing_webhooks() {
+async fn a_nats_restart_takes_the_event_stream_out_then_it_recovers_without_losing_webhooks() {
     // Arrange: two replicas; the subscriber is on B, webhooks go to A, so delivery
     // also depends on B's tail of the stream surviving the restart.
     let mut nats = NatsServer::start().await;
@@ -478,38 +514,47 @@ async fn a_nats_restart_makes_the_gateway_not_serving_then_it_recovers_without_l
 
     // Act 1: NATS goes away.
     nats.kill();
-    wait_for_health(
-        health_client(a.grpc_addr).await,
-        ServingStatus::NotServing,
-        "",
-    )
-    .await;
-    wait_for_health(
-        health_client(b.grpc_addr).await,
-        ServingStatus::NotServing,
-        "",
-    )
-    .await;
+    for app in [&a, &b] {
+        wait_for_service_health(
+            health_client(app.grpc_addr).await,
+            EVENT_STREAM,
+            ServingStatus::NotServing,
+            "",
+        )
+        .await;
+    }
     let (down_status, _) = post_event(a.http_addr, &ev("during")).await;
-    let ready_down = readyz(a.http_addr).await;
+    let stream_ready_down = readyz(a.http_addr, EVENT_STREAM).await;
+    let ready_down = readyz(a.http_addr, "").await;
+    let overall_down = overall_health(&mut health_client(a.grpc_addr).await).await;
 
     // Act 2: NATS comes back (same store); DR re-sends what got a 5xx.
     nats.restart().await;
-    wait_for_health(health_client(a.grpc_addr).await, ServingStatus::Serving, "").await;
-    wait_for_health(health_client(b.grpc_addr).await, ServingStatus::Serving, "").await;
+    for app in [&a, &b] {
+        wait_for_service_health(
+            health_client(app.grpc_addr).await,
+            EVENT_STREAM,
+            ServingStatus::Serving,
+            "",
+        )
+        .await;
+    }
     let (retry_status, retry) = post_event(a.http_addr, &ev("during")).await;
     let (after_status, _) = post_event(a.http_addr, &ev("after")).await;
 
-    // Assert: nothing was acknowledged while down; the same stream on B (never
-    // re-subscribed) gets everything once, in order.
+    // Assert: nothing was acknowledged while down, but the replica stayed ready
+    // (its reads need only DR); the same stream on B (never re-subscribed) gets
+    // everything once, in order.
     assert!(
         (500..600).contains(&down_status),
         "5xx while NATS is down, got {down_status}"
     );
-    assert_eq!(ready_down, 503);
+    assert_eq!(stream_ready_down, 503);
+    assert_eq!(ready_down, 200, "a NATS outage leaves the replica ready");
+    assert_eq!(overall_down, ServingStatus::Serving as i32);
     assert_eq!((retry_status, &retry["duplicate"]), (200, &json!(false)));
     assert_eq!(after_status, 200);
-    assert_eq!(readyz(a.http_addr).await, 200);
+    assert_eq!(readyz(a.http_addr, EVENT_STREAM).await, 200);
     assert_eq!(
         ids(&read_until(&mut stream, "after").await),
         ["during", "after"]
@@ -842,4 +887,269 @@ async fn a_late_commit_retried_on_the_other_replica_is_found_not_posted_again() 
     a.stop().await;
     b.stop().await;
     dr.sandbox.shutdown().await;
+}
+
+// === starting without NATS ===
+
+/// Health of every name, in the order: "", FulfillmentService, ChargeService, EventStream.
+async fn health_of_each(client: &mut HealthClient<Channel>) -> Vec<i32> {
+    let mut out = Vec::new();
+    for service in [
+        "",
+        "digitalriver.gateway.v1.FulfillmentService",
+        "digitalriver.gateway.v1.ChargeService",
+        EVENT_STREAM,
+    ] {
+        let reply = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check");
+        out.push(reply.into_inner().status);
+    }
+    out
+}
+
+async fn http_status(url: String) -> u16 {
+    reqwest::Client::new()
+        .get(url)
+        .timeout(WAIT)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// `reason` of the status's ErrorInfo, and whether it carries RetryInfo.
+fn reason_and_retry(status: &tonic::Status) -> (String, bool) {
+    use tonic_types::StatusExt;
+    (
+        status
+            .get_details_error_info()
+            .map(|i| i.reason)
+            .unwrap_or_default(),
+        status.get_details_retry_info().is_some(),
+    )
+}
+
+#[tokio::test]
+async fn a_gateway_started_without_nats_serves_reads_and_turns_the_event_stream_on_when_nats_starts(
+) {
+    // Arrange: DR (the sandbox) is up, NATS is not.
+    let sandbox = crate::helpers::spawn_sandbox().await;
+    let order = sandbox
+        .control
+        .create_order(json!({"items": [{"quantity": 2, "amount": "20.00"}]}))
+        .await
+        .unwrap();
+    let order_id = order["id"].as_str().unwrap().to_owned();
+    let item_id = order["items"][0]["id"].as_str().unwrap().to_owned();
+    let mut nats = NatsServer::not_started();
+    let mut gw = GatewayProcess::start_with(
+        &nats,
+        &sandbox.base_url(),
+        &["--bus-startup-timeout", "200ms"],
+        "",
+    )
+    .await;
+    let channel = channel(gw.grpc_addr).await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut fulfillments =
+        dr_gateway::pb::v1::fulfillment_service_client::FulfillmentServiceClient::new(
+            channel.clone(),
+        );
+    let mut events = EventStreamClient::new(channel.clone());
+    let create = |request_id: &str| pb::CreateFulfillmentRequest {
+        order_id: order_id.clone(),
+        items: vec![pb::CreateFulfillmentItem {
+            item_id: item_id.clone(),
+            quantity: 1,
+            ..Default::default()
+        }],
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+
+    // Act + assert while NATS is down: reads work, what needs the bus says
+    // UNAVAILABLE at once with when to retry, nothing reaches DR.
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    assert_eq!(
+        health_of_each(&mut health).await,
+        [serving, serving, serving, not_serving]
+    );
+    let read = fulfillments
+        .get_order(pb::GetOrderRequest {
+            key: Some(pb::get_order_request::Key::OrderId(order_id.clone())),
+        })
+        .await
+        .expect("a read needs only DR");
+    assert_eq!(read.into_inner().order.unwrap().id, order_id);
+    let refused = fulfillments
+        .create_fulfillment(with_deadline(create("ship-1"), Duration::from_secs(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(
+        reason_and_retry(&refused),
+        ("GATEWAY_DEPENDENCY_UNAVAILABLE".into(), true)
+    );
+    let refused_subscribe = events
+        .subscribe(with_deadline(
+            pb::SubscribeRequest::default(),
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused_subscribe.code(), Code::Unavailable);
+    assert_eq!(
+        reason_and_retry(&refused_subscribe),
+        ("EVENT_LOG_UNAVAILABLE".into(), true)
+    );
+    assert_eq!(post_event(gw.http_addr, &ev("while-down")).await.0, 503);
+    let base = format!("http://{}", gw.http_addr);
+    assert_eq!(http_status(format!("{base}/livez")).await, 200);
+    assert_eq!(http_status(format!("{base}/readyz")).await, 200);
+    assert_eq!(
+        http_status(format!("{base}/readyz?service={EVENT_STREAM}")).await,
+        503
+    );
+    assert!(
+        sandbox
+            .control
+            .requests(Some("POST"), Some("/fulfillments"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was posted to DR without the idempotency store"
+    );
+    assert!(
+        gw.is_running(),
+        "no exit for want of NATS:\n{}",
+        gw.log_text()
+    );
+
+    // Act: NATS starts.
+    nats.spawn().await;
+    wait_for_service_health(
+        health.clone(),
+        EVENT_STREAM,
+        ServingStatus::Serving,
+        &gw.log_text(),
+    )
+    .await;
+
+    // Assert: everything works, with no restart; the retried write posts once.
+    assert_eq!(
+        health_of_each(&mut health).await,
+        [serving, serving, serving, serving]
+    );
+    let mut stream = subscribe(&mut events, from_now()).await;
+    assert_eq!(post_event(gw.http_addr, &ev("after-start")).await.0, 200);
+    assert_eq!(next_event(&mut stream).await.id, "after-start");
+    for _ in 0..2 {
+        fulfillments
+            .create_fulfillment(with_deadline(create("ship-1"), Duration::from_secs(10)))
+            .await
+            .expect("the retried write succeeds once NATS is there");
+    }
+    let held = sandbox
+        .control
+        .requests(Some("POST"), Some("/fulfillments"))
+        .await
+        .unwrap();
+    assert_eq!(
+        held.len(),
+        1,
+        "one POST for two attempts with one request_id"
+    );
+    let dr_fulfillments = reqwest::Client::new()
+        .get(format!(
+            "{}/fulfillments?orderId={order_id}",
+            sandbox.base_url()
+        ))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        dr_fulfillments["data"].as_array().unwrap().len(),
+        1,
+        "DR holds exactly one fulfillment"
+    );
+    assert!(gw.is_running());
+    gw.kill();
+}
+
+// === DR's rate limit, shared ===
+
+#[tokio::test]
+async fn three_replicas_at_full_speed_stay_under_drs_per_key_limit() {
+    use dr_gateway::digital_river::replica_share;
+    use futures::stream;
+
+    // Arrange: the sandbox enforces DR's per-key limit (25/s for the test key the
+    // gateways use); three replicas share one NATS and the default `auto` budget.
+    let nats = NatsServer::start().await;
+    let sb = dr_sandbox::Sandbox::start(dr_sandbox::SandboxConfig {
+        rate_limit: Some(dr_sandbox::RateLimit::documented()),
+        ..dr_sandbox::SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        apps.push(gateway(&nats, &sb.base_url()).await);
+    }
+    let budget = 25 * 9 / 10;
+    let share = replica_share(budget, 3);
+    tokio::time::timeout(WAIT, async {
+        while !apps
+            .iter()
+            .all(|app| app.upstream_limiter.as_ref().map(|l| l.rate()) == Some(share))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every replica counts three and paces at its share");
+
+    // Act: each replica gets more callers than its share allows, 30 calls each.
+    let drive = |app: &TestApp| {
+        let client = app.fulfillments.clone();
+        stream::iter(0..30)
+            .map(move |i| {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .get_fulfillment(with_deadline(
+                            pb::GetFulfillmentRequest {
+                                fulfillment_id: format!("ful-none-{i}"),
+                            },
+                            Duration::from_secs(30),
+                        ))
+                        .await
+                }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+    };
+    let results = futures::future::join_all(apps.iter().map(drive)).await;
+
+    // Assert: every call reached DR (a 404: no such fulfillment) and DR never
+    // answered 429.
+    let state = sb.control_client().rate_limit().await.unwrap();
+    assert_eq!(state.limited, 0, "DR answered 429 {} times", state.limited);
+    assert_eq!(state.admitted, 90);
+    for result in results.into_iter().flatten() {
+        assert_eq!(result.unwrap_err().code(), Code::NotFound);
+    }
+    for app in apps {
+        app.stop().await;
+    }
+    sb.shutdown().await;
 }

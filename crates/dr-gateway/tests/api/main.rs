@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod charges;
+mod config;
 mod errors;
 mod event_flows;
 mod event_support;
@@ -21,4 +22,5 @@ mod orders;
 mod security;
 mod serving;
 mod tls_support;
+mod transport;
 mod webhook;

@@ -23,6 +23,7 @@ use crate::events::DR_VERSION;
 use crate::faults::FaultSpec;
 use crate::fulfillments::parse_object;
 use crate::orders::CreateOrder;
+use crate::rate_limit::RateLimit;
 use crate::reversals::{GrantChargeback, RecordRefund};
 use crate::state::App;
 use crate::webhooks::Webhook;
@@ -270,6 +271,53 @@ pub(super) async fn list_faults(State(app): State<Arc<App>>) -> ApiResult {
 pub(super) async fn clear_faults(State(app): State<Arc<App>>) -> StatusCode {
     app.lock().faults.clear();
     StatusCode::NO_CONTENT
+}
+
+fn rate_limit_json(app: &App) -> Value {
+    let world = app.lock();
+    let limiter = &world.rate_limiter;
+    let (admitted, limited) = limiter.counts();
+    let shown = limiter.limit().unwrap_or(RateLimit::documented());
+    json!({
+        "enabled": limiter.limit().is_some(),
+        "livePerSecond": shown.live_per_second,
+        "testPerSecond": shown.test_per_second,
+        "admitted": admitted,
+        "limited": limited,
+    })
+}
+
+/// `GET /sandbox/rate-limit`.
+pub(super) async fn get_rate_limit(State(app): State<Arc<App>>) -> ApiResult {
+    Ok((StatusCode::OK, Json(rate_limit_json(&app))))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RateLimitSpec {
+    enabled: bool,
+    live_per_second: Option<u32>,
+    test_per_second: Option<u32>,
+}
+
+/// `POST /sandbox/rate-limit {enabled, livePerSecond?, testPerSecond?}`.
+pub(super) async fn set_rate_limit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let spec: RateLimitSpec = body_as(&body)?;
+    let documented = RateLimit::documented();
+    let limit = RateLimit {
+        live_per_second: spec.live_per_second.unwrap_or(documented.live_per_second),
+        test_per_second: spec.test_per_second.unwrap_or(documented.test_per_second),
+    };
+    if limit.live_per_second == 0 {
+        return Err(ApiError::invalid("livePerSecond", "Must be at least 1."));
+    }
+    if limit.test_per_second == 0 {
+        return Err(ApiError::invalid("testPerSecond", "Must be at least 1."));
+    }
+    app.lock()
+        .rate_limiter
+        .set_limit(spec.enabled.then_some(limit));
+    Ok((StatusCode::OK, Json(rate_limit_json(&app))))
 }
 
 /// `POST /sandbox/settle`: completes every pending capture/cancel now.

@@ -1,12 +1,13 @@
 //! HTTP routing: the DR surface, the `/sandbox/` control surface, bearer auth, the
-//! request log + fault injection layer on the DR surface, and DR-shaped 404/405.
+//! request log + rate limit + fault injection layer on the DR surface, and DR-shaped
+//! 404/405.
 
 mod control;
 mod dr;
 pub(crate) mod query;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::{
     body::{to_bytes, Body, Bytes},
@@ -34,6 +35,10 @@ pub(crate) struct KeyMode {
     /// `liveMode` of objects created with this key.
     pub live: bool,
 }
+
+/// The bearer key itself, for the per-key rate limit.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiKey(pub String);
 
 /// Builds the full router.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -88,6 +93,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             post(control::arm_fault)
                 .get(control::list_faults)
                 .delete(control::clear_faults),
+        )
+        .route(
+            "/sandbox/rate-limit",
+            get(control::get_rate_limit).post(control::set_rate_limit),
         )
         .route("/sandbox/settle", post(control::settle))
         .route("/sandbox/pending", get(control::list_pending))
@@ -159,10 +168,12 @@ async fn require_bearer(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(KeyMode {
         live: !key.starts_with("sk_test_"),
     });
+    req.extensions_mut().insert(ApiKey(key));
     next.run(req).await
 }
 
-/// Logs every DR-surface request and applies the first matching armed fault.
+/// Logs every DR-surface request, applies DR's rate limit, then the first matching
+/// armed fault.
 async fn dr_surface(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
@@ -191,9 +202,20 @@ async fn dr_surface(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
-    let fault = {
+    let key = parts.extensions.get::<ApiKey>().map(|k| k.0.clone());
+    let live = parts.extensions.get::<KeyMode>().is_none_or(|m| m.live);
+    let (limited, fault) = {
         let mut world = app.lock();
-        let fault = world.faults.take(&method, &path);
+        // why: DR answers 429 before doing anything (docs/digital-river.md §5.2).
+        let limited = world
+            .rate_limiter
+            .check(key.as_deref().unwrap_or_default(), live, Instant::now())
+            .err();
+        let fault = if limited.is_some() {
+            None
+        } else {
+            world.faults.take(&method, &path)
+        };
         world.record_request(RequestRecord {
             seq: 0,
             method,
@@ -203,9 +225,20 @@ async fn dr_surface(State(app): State<Arc<App>>, req: Request, next: Next) -> Re
             body: body_json,
             at: Utc::now(),
             fault: fault.as_ref().map(|f| f.kind.as_str().to_owned()),
+            rate_limited: limited.is_some(),
         });
-        fault
+        (limited, fault)
     };
+    if let Some(retry_after) = limited {
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            None,
+            "Too many requests: this key's rate limit was reached.",
+        )
+        .with_retry_after(Some(retry_after))
+        .into_response();
+    }
     let kill = parts
         .extensions
         .get::<ConnectInfo<ConnKill>>()

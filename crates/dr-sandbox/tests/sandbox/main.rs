@@ -12,4 +12,5 @@ mod events;
 mod faults;
 mod fulfillments;
 mod helpers;
+mod rate_limit;
 mod webhooks;

@@ -22,6 +22,7 @@ use tonic::{
 
 use super::stream::SubscribeStream;
 use super::EventStreamApi;
+use crate::grpc::server::MessageSettings;
 use crate::pb::v1::{self as pb, event_stream_server};
 
 /// One Subscribe stream message: either the shared pre-encoded bytes of a stored
@@ -96,15 +97,24 @@ impl Message for SubscribeItem {
 pub struct EventStreamServer {
     api: Arc<EventStreamApi>,
     generated: event_stream_server::EventStreamServer<EventStreamApi>,
+    messages: MessageSettings,
 }
 
 impl EventStreamServer {
-    /// Wraps the service.
+    /// Wraps the service, with gRPC's default message settings.
     pub fn new(api: EventStreamApi) -> Self {
+        Self::with_messages(api, MessageSettings::default())
+    }
+
+    /// Wraps the service; every method (Subscribe too) applies `messages`:
+    /// compression accepted and sent, message size limits.
+    pub fn with_messages(api: EventStreamApi, messages: MessageSettings) -> Self {
         let api = Arc::new(api);
+        let generated = event_stream_server::EventStreamServer::from_arc(api.clone());
         Self {
-            generated: event_stream_server::EventStreamServer::from_arc(api.clone()),
+            generated: crate::grpc::server::with_messages!(generated, messages),
             api,
+            messages,
         }
     }
 }
@@ -143,9 +153,15 @@ where
             return self.generated.call(req);
         }
         let api = self.api.clone();
+        let messages = self.messages;
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<SubscribeItem, pb::SubscribeRequest>::default();
-            let mut grpc = tonic::server::Grpc::new(codec);
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .apply_compression_config(messages.accept, messages.send)
+                .apply_max_message_size_config(
+                    Some(messages.max_receive_message_size),
+                    Some(messages.max_send_message_size),
+                );
             Ok(grpc.server_streaming(SharedSubscribe(api), req).await)
         })
     }

@@ -25,6 +25,7 @@ pub use payload::decode_payload;
 pub use stream::{DecodedSubscribeStream, StreamEnd, SubscribeStream};
 
 use super::request::{self, required};
+use super::server::ConnectionAge;
 use crate::{
     clock::Clock,
     digital_river::{models, Client},
@@ -90,6 +91,12 @@ impl EventStreamApi {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<SubscribeStream>, Status> {
+        let aged = request
+            .extensions()
+            .get::<ConnectionAge>()
+            .cloned()
+            .unwrap_or_else(ConnectionAge::never)
+            .aged();
         let req = request.into_inner();
         let (filter, start, heartbeat) = parse::parse_subscribe(&req)?;
         let rx = subscription::subscribe(
@@ -104,6 +111,7 @@ impl EventStreamApi {
         Ok(Response::new(SubscribeStream {
             rx,
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            aged: Box::pin(aged),
             done: false,
         }))
     }

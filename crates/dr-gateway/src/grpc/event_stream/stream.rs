@@ -26,6 +26,9 @@ pub enum StreamEnd {
     },
     /// The event log failed while the stream was reading it.
     EventLogFailed,
+    /// The stream's connection reached its maximum age (`--grpc-max-connection-age`);
+    /// resume from the last cursor on a new connection.
+    ConnectionAged,
 }
 
 /// The Subscribe response stream: the subscription's bounded queue, mapped to
@@ -34,6 +37,8 @@ pub enum StreamEnd {
 pub struct SubscribeStream {
     pub(super) rx: mpsc::Receiver<SubscriptionItem>,
     pub(super) shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Fires when the stream's connection reaches its maximum age.
+    pub(super) aged: Pin<Box<WaitForCancellationFutureOwned>>,
     pub(super) done: bool,
 }
 
@@ -57,6 +62,11 @@ impl futures::Stream for SubscribeStream {
             // why: dropping the receiver stops the subscription task.
             self.rx.close();
             return Poll::Ready(Some(Err(StreamEnd::ShuttingDown.into())));
+        }
+        if self.aged.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            self.rx.close();
+            return Poll::Ready(Some(Err(StreamEnd::ConnectionAged.into())));
         }
         self.rx
             .poll_recv(cx)
