@@ -1,24 +1,34 @@
 //! Callers are who they say: TLS, mutual TLS identities, bearer tokens, the
 //! authorization policy (and its reload), and the caller on DR's fulfillment.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dr_gateway::auth::AuthSettings;
+use dr_gateway::bus::BusConfig;
 use dr_gateway::config::Settings;
+use dr_gateway::health::HEALTH_NAMES;
 use dr_gateway::pb::v1 as pb;
 use dr_gateway::pb::v1::charge_service_client::ChargeServiceClient;
 use dr_gateway::pb::v1::event_stream_client::EventStreamClient;
 use dr_gateway::tls::{ClientAuth, TlsSettings};
+use dr_sandbox::{SandboxConfig, SettleMode, WebhookRegistration};
 use serde_json::json;
-use tonic::transport::Channel;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_types::StatusExt;
 
-use crate::event_support::{deliver, event, next_event, WAIT};
-use crate::helpers::{captured_logs, settings, spawn_app_with, spawn_sandbox, TestSandbox};
+use crate::event_support::{deliver, event, next_event, webhook_url, WAIT};
+use crate::helpers::{
+    captured_logs, settings, spawn_app_with, spawn_sandbox, spawn_sandbox_with, with_deadline,
+    TestSandbox, WEBHOOK_SECRET,
+};
 use crate::tls_support::{
     dr_fulfillments, plaintext_channel, temp_dir, tls_channel, token_entry, with_token,
     write_atomically, Ca, Pem,
@@ -501,6 +511,258 @@ async fn the_health_only_listener_answers_probes_in_plaintext_and_serves_nothing
         .await
         .unwrap_err();
     assert_eq!(api.code(), Code::Unimplemented);
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+// === one serve loop: TLS connections are aged, compressed and handshaken apart ===
+
+/// A mutual-TLS channel presenting `identity`, over connections this test counts.
+async fn counted_tls_channel(
+    addr: SocketAddr,
+    ca: &str,
+    identity: &Pem,
+) -> (Channel, Arc<AtomicUsize>) {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&identity.cert, &identity.key));
+    let channel = Endpoint::from_static("https://localhost")
+        .tls_config(tls)
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .expect("connect over TLS");
+    (channel, connections)
+}
+
+/// Settings requiring callers, with mutual TLS and a policy letting the fulfiller
+/// read and capture.
+fn fulfiller_only(dr: &TestSandbox, files: &Files) -> Settings {
+    std::fs::write(
+        &files.policy,
+        format!(
+            "[[rules]]\nname = \"shipping\"\nidentities = [\"{FULFILLER}\"]\nallow = [\"read\", \"capture\"]\n"
+        ),
+    )
+    .unwrap();
+    secured(
+        dr,
+        Some(files.tls(true)),
+        AuthSettings {
+            policy_file: Some(files.policy.clone()),
+            required: true,
+            ..AuthSettings::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn an_aged_tls_connection_gets_goaway_its_capture_finishes_and_the_next_connection_names_the_caller_again(
+) {
+    // Arrange: captures wait for the test to settle them; connections age after
+    // 400 ms; only the fulfiller's certificate may capture (anonymous calls are
+    // refused), so a connection whose certificate did not reach the
+    // authorization layer could not call at all.
+    let dr = spawn_sandbox_with(SandboxConfig {
+        settle: SettleMode::Stepped,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let ca = Ca::new("cluster CA");
+    let files = Files::new("aged", &ca.server(), &ca);
+    let mut s = fulfiller_only(&dr, &files);
+    s.grpc.max_connection_age = Some(Duration::from_millis(400));
+    s.grpc.max_connection_age_grace = WAIT;
+    let app = spawn_app_with(s).await;
+    dr.control
+        .add_webhook(&WebhookRegistration::new(webhook_url(&app)).secret(WEBHOOK_SECRET))
+        .await
+        .unwrap();
+    let (order_id, item_id) = order(&dr).await;
+    let (channel, connections) =
+        counted_tls_channel(app.grpc_addr, &ca.pem(), &ca.client(FULFILLER)).await;
+    let mut charges = ChargeServiceClient::new(channel.clone());
+    let capture_call = {
+        let mut charges = charges.clone();
+        let request = pb::CaptureItemsRequest {
+            wait: true,
+            ..capture(&order_id, &item_id, "ship-aged")
+        };
+        tokio::spawn(async move {
+            charges
+                .capture_items(with_deadline(request, Duration::from_secs(30)))
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    eventually("the capture is pending at DR", || {
+        let control = dr.control.clone();
+        async move { !control.pending().await.unwrap().is_empty() }
+    })
+    .await;
+
+    // Act: the connection ages; the client opens a new TLS connection for its
+    // next calls; then DR settles the capture still running on the old one.
+    eventually("the client reconnected after GOAWAY", || {
+        let mut health = HealthClient::new(channel.clone());
+        let connections = connections.clone();
+        async move {
+            let _ = health.check(HealthCheckRequest::default()).await;
+            connections.load(Ordering::SeqCst) >= 2
+        }
+    })
+    .await;
+    let read_on_the_new_connection = charges.list_order_charges(list_charges(&order_id)).await;
+    dr.control.settle().await.unwrap();
+    let captured = tokio::time::timeout(WAIT, capture_call)
+        .await
+        .expect("the call in flight at GOAWAY finished")
+        .unwrap();
+
+    // Assert
+    read_on_the_new_connection.expect("the new connection's certificate names the caller");
+    let captured = captured.expect("the call in flight at GOAWAY succeeded");
+    assert!(captured.settled, "{captured:?}");
+    let held = dr_fulfillments(&dr.base_url(), &order_id).await;
+    assert_eq!(held.len(), 1, "one fulfillment at DR");
+    assert_eq!(held[0]["metadata"]["caller"], FULFILLER);
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn compressed_calls_over_mutual_tls_pass_the_authorization_layer_and_are_answered_in_kind() {
+    let dr = spawn_sandbox().await;
+    let ca = Ca::new("cluster CA");
+    let files = Files::new("compressed", &ca.server(), &ca);
+    let app = spawn_app_with(fulfiller_only(&dr, &files)).await;
+    let (order_id, _) = order(&dr).await;
+    let channel = tls_channel(app.grpc_addr, &ca.pem(), Some(&ca.client(FULFILLER)))
+        .await
+        .unwrap();
+
+    for (encoding, name) in [
+        (CompressionEncoding::Gzip, "gzip"),
+        (CompressionEncoding::Deflate, "deflate"),
+        (CompressionEncoding::Zstd, "zstd"),
+    ] {
+        let response = ChargeServiceClient::new(channel.clone())
+            .send_compressed(encoding)
+            .accept_compressed(encoding)
+            .list_order_charges(list_charges(&order_id))
+            .await
+            .unwrap_or_else(|e| panic!("{name}-compressed call over TLS refused: {e:?}"));
+        let answered = response
+            .metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(answered.as_deref(), Some(name));
+        assert_eq!(response.into_inner().order_id, order_id);
+    }
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_tls_handshake_holds_up_no_other_client() {
+    let dr = spawn_sandbox().await;
+    let ca = Ca::new("server CA");
+    let files = Files::new("stalled", &ca.server(), &ca);
+    let app = spawn_app_with(secured(
+        &dr,
+        Some(files.tls(false)),
+        AuthSettings::default(),
+    ))
+    .await;
+
+    // Connections that never say a word: each handshake waits (for up to
+    // defaults::TLS_HANDSHAKE_TIMEOUT, 10 s) in a task of its own.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(app.grpc_addr).await.unwrap());
+    }
+    let served = tokio::time::timeout(
+        Duration::from_secs(5),
+        health_over(app.grpc_addr, &ca.pem(), None),
+    )
+    .await;
+
+    assert!(
+        matches!(served, Ok(true)),
+        "a TLS client behind stalled handshakes was not served in time: {served:?}"
+    );
+    drop(silent);
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn while_nats_is_away_the_health_only_listener_reports_each_service_as_the_tls_port_does() {
+    // Arrange: TLS, the plaintext health-only listener, and a bus nothing listens on.
+    let dr = spawn_sandbox().await;
+    let ca = Ca::new("server CA");
+    let files = Files::new("health-bus", &ca.server(), &ca);
+    let mut s = secured(&dr, Some(files.tls(false)), AuthSettings::default());
+    s.security.grpc_health_addr = Some("127.0.0.1:0".parse().unwrap());
+    let unused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut bus = BusConfig::new(vec![format!("nats://127.0.0.1:{unused_port}")]);
+    bus.startup_timeout = Duration::from_millis(100);
+    s.bus = Some(bus);
+    let app = spawn_app_with(s).await;
+    let (order_id, item_id) = order(&dr).await;
+    let tls = tls_channel(app.grpc_addr, &ca.pem(), None).await.unwrap();
+    let plaintext = plaintext_channel(app.grpc_health_addr.expect("bound"));
+
+    // Act
+    let mut on_tls_port = Vec::new();
+    let mut on_health_port = Vec::new();
+    for name in HEALTH_NAMES {
+        for (channel, statuses) in [(&tls, &mut on_tls_port), (&plaintext, &mut on_health_port)] {
+            let status = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: (*name).into(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("health of {name:?}: {e:?}"))
+                .into_inner()
+                .status;
+            statuses.push(status);
+        }
+    }
+    let refused = ChargeServiceClient::new(tls.clone())
+        .capture_items(capture(&order_id, &item_id, "ship-1"))
+        .await
+        .unwrap_err();
+
+    // Assert: the same answers on both ports: ready (reads need only DR), the
+    // EventStream NOT_SERVING; a capture with a request_id is refused before DR.
+    assert_eq!(on_health_port, on_tls_port);
+    let (serving, not_serving) = (1, 2);
+    assert_eq!(
+        on_tls_port,
+        [serving, serving, serving, not_serving],
+        "{HEALTH_NAMES:?}"
+    );
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(
+        refused.get_details_error_info().unwrap().reason,
+        "GATEWAY_DEPENDENCY_UNAVAILABLE"
+    );
+    assert!(dr_fulfillments(&dr.base_url(), &order_id).await.is_empty());
     app.stop().await;
     dr.sandbox.shutdown().await;
 }
