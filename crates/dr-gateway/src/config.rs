@@ -738,6 +738,10 @@ impl ServeArgs {
                 self.reconcile_timeout,
             ),
             (
+                "--fulfillment-commit-bound / DR_GATEWAY_FULFILLMENT_COMMIT_BOUND",
+                self.fulfillment_commit_bound,
+            ),
+            (
                 "--idempotency-ttl / DR_GATEWAY_IDEMPOTENCY_TTL",
                 self.idempotency_ttl,
             ),
@@ -1145,6 +1149,26 @@ mod tests {
             "--bus-timeout",
         );
         refused_naming(&["--webhooks-disabled"], "--webhooks-disabled");
+        refused_naming(
+            &["--fulfillment-commit-bound", "0s"],
+            "--fulfillment-commit-bound",
+        );
+        for flag in [
+            "--tls-client-ca-file",
+            "--auth-tokens-file",
+            "--auth-policy-file",
+        ] {
+            refused_naming(&[flag, "/nonexistent/file.pem"], flag);
+        }
+        refused_naming(
+            &[
+                "--tls-cert-file",
+                "/nonexistent/tls.crt",
+                "--tls-key-file",
+                "/nonexistent/tls.key",
+            ],
+            "--tls-cert-file",
+        );
     }
 
     #[test]
@@ -1158,9 +1182,13 @@ mod tests {
             "5m",
             "--bus-startup-timeout",
             "0s",
+            "--grpc-health-addr",
+            "localhost:50052",
         ])
         .unwrap();
         assert_eq!(settings.grpc_addr.host(), "localhost");
+        let health = settings.security.grpc_health_addr.as_ref().unwrap();
+        assert_eq!((health.host(), health.port()), ("localhost", 50052));
         assert_eq!(
             settings.grpc.max_connection_age,
             Some(Duration::from_secs(300))

@@ -99,11 +99,55 @@ pub enum SecurityError {
     /// A zero interval.
     #[error("--reload-interval must be more than 0")]
     ZeroReloadInterval,
+    /// A file named by a flag cannot be read now (it would fail at start anyway).
+    #[error("{flag}: cannot read {}: {source}", path.display())]
+    Unreadable {
+        /// The flag and its environment variable.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SecurityArgs {
-    /// Checks the combination; the files themselves are read when the app starts.
+    /// Checks the combination and that every file named can be read; their contents
+    /// are checked when the app starts.
     pub fn resolve(&self) -> Result<SecuritySettings, SecurityError> {
+        for (flag, file) in [
+            (
+                "--tls-cert-file / DR_GATEWAY_TLS_CERT_FILE",
+                &self.tls_cert_file,
+            ),
+            (
+                "--tls-key-file / DR_GATEWAY_TLS_KEY_FILE",
+                &self.tls_key_file,
+            ),
+            (
+                "--tls-client-ca-file / DR_GATEWAY_TLS_CLIENT_CA_FILE",
+                &self.tls_client_ca_file,
+            ),
+            (
+                "--auth-tokens-file / DR_GATEWAY_AUTH_TOKENS_FILE",
+                &self.auth_tokens_file,
+            ),
+            (
+                "--auth-policy-file / DR_GATEWAY_AUTH_POLICY_FILE",
+                &self.auth_policy_file,
+            ),
+        ] {
+            if let Some(path) = file {
+                std::fs::read(path)
+                    .map(drop)
+                    .map_err(|source| SecurityError::Unreadable {
+                        flag,
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+        }
         let tls = match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(cert), Some(key)) => Some(TlsSettings {
                 cert_file: cert.clone(),

@@ -148,12 +148,31 @@ fn unreadable_files_are_refused_naming_the_flag() {
         ],
         "--bus-tls-ca-file",
     );
+    // The gRPC listener's TLS material, the token file and the policy.
+    assert_refused(
+        &[
+            "--tls-cert-file",
+            "/nonexistent/tls.crt",
+            "--tls-key-file",
+            "/nonexistent/tls.key",
+        ],
+        "--tls-cert-file",
+    );
+    assert_refused(
+        &["--auth-tokens-file", "/nonexistent/tokens.txt"],
+        "--auth-tokens-file",
+    );
+    assert_refused(
+        &["--auth-policy-file", "/nonexistent/policy.toml"],
+        "--auth-policy-file",
+    );
 }
 
 #[test]
 fn malformed_listen_addresses_are_refused_naming_the_flag() {
     assert_refused(&["--grpc-addr", "localhost"], "--grpc-addr");
     assert_refused(&["--http-addr", "local host:8080"], "--http-addr");
+    assert_refused(&["--grpc-health-addr", "localhost"], "--grpc-health-addr");
 }
 
 fn free_port() -> u16 {
