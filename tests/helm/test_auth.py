@@ -113,6 +113,18 @@ def test_cert_manager_issues_the_certificate_the_gateway_mounts_for_the_services
     } <= set(cert["dnsNames"])
     assert cert["issuerRef"]["name"] == "cluster-ca"
     assert "server auth" in cert["usages"]
+    assert not [name for name in cert["dnsNames"] if "headless" in name]
+
+
+def test_with_the_headless_service_the_certificate_also_names_it():
+    # Clients balancing over every pod dial the headless name and verify it.
+    rendered = render("service.grpc.headless.enabled=true", values_files=[SECURED])
+    headless = rendered.one("Service", "dr-gateway-headless")["metadata"]["name"]
+    assert {
+        headless,
+        f"{headless}.payments.svc",
+        f"{headless}.payments.svc.cluster.local",
+    } <= set(rendered.one("Certificate")["spec"]["dnsNames"])
 
 
 def test_an_existing_tls_secret_and_a_separate_client_ca_are_used_as_named():

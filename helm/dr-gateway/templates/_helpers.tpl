@@ -95,6 +95,13 @@ Name of the internal gRPC Service (the "main" name clients dial).
 {{- end }}
 
 {{/*
+Name of the headless twin of the gRPC Service (service.grpc.headless.enabled).
+*/}}
+{{- define "dr-gateway.grpcHeadlessServiceName" -}}
+{{- printf "%s-headless" (include "dr-gateway.grpcServiceName" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
 Name of the webhook Service.
 */}}
 {{- define "dr-gateway.webhookServiceName" -}}
