@@ -10,10 +10,13 @@
 pub mod backfill;
 pub mod envelope;
 pub mod filter;
+pub mod groups;
 pub mod log;
 pub mod memory;
+pub mod ordering;
 pub mod outcomes;
 pub mod proto;
+pub mod reorder;
 pub mod subscription;
 
 pub use backfill::{Backfill, BackfillConfig, BackfillReport};

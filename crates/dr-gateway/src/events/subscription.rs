@@ -15,6 +15,7 @@ use tokio::{
 use super::{
     filter::EventFilter,
     log::{CursorError, EventLog, LogError, Sequence, StoredEvent},
+    reorder::{ReorderBuffer, MAX_HELD},
 };
 use crate::clock::Clock;
 
@@ -108,6 +109,14 @@ pub enum SubscribeError {
 pub enum SubscriptionItem {
     /// A matching event.
     Event(Arc<StoredEvent>),
+    /// A matching event on a stream with a reorder window, and the cursor to resume
+    /// after (every event up to it has been handed out).
+    Reordered {
+        /// The event.
+        event: Arc<StoredEvent>,
+        /// Where to resume.
+        resume_cursor: String,
+    },
     /// Nothing matched for a heartbeat interval; `cursor` is where to resume.
     Heartbeat {
         /// Cursor of the last event looked at (matching or not).
@@ -177,6 +186,119 @@ pub async fn subscribe(
     Ok(rx)
 }
 
+/// Like [`subscribe`], but each event is held for `window` after the gateway
+/// received it and the events of one ordering key come out in DR's creation order
+/// ([`ReorderBuffer`]). Heartbeats and [`SubscriptionItem::Reordered`] carry the
+/// cursor to resume after: the position before the oldest event still held.
+pub async fn subscribe_reordered(
+    log: Arc<dyn EventLog>,
+    filter: EventFilter,
+    start: &Start,
+    heartbeat: Duration,
+    window: Duration,
+    clock: Arc<dyn Clock>,
+) -> Result<mpsc::Receiver<SubscriptionItem>, SubscribeError> {
+    let after = resolve_start(log.as_ref(), start).await?;
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+    let tail = Tail::new(log, after);
+    tokio::spawn(run_reordered(
+        tail,
+        filter,
+        heartbeat,
+        ReorderBuffer::new(window),
+        clock,
+        tx,
+    ));
+    Ok(rx)
+}
+
+/// The position a reordered stream resumes after: before the oldest held event,
+/// else everything read.
+fn resume_position(tail: &Tail, buffer: &ReorderBuffer) -> Sequence {
+    buffer
+        .oldest_held()
+        .map_or(tail.position(), |seq| seq.saturating_sub(1))
+}
+
+async fn run_reordered(
+    mut tail: Tail,
+    filter: EventFilter,
+    heartbeat: Duration,
+    mut buffer: ReorderBuffer,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<SubscriptionItem>,
+) {
+    let mut idle_until = Instant::now() + heartbeat;
+    loop {
+        // Read while there is room; a full buffer waits for its next due time.
+        let mut caught_up = true;
+        if buffer.len() < MAX_HELD {
+            match tail.next_batch().await {
+                Ok(batch) => {
+                    caught_up = batch.is_empty();
+                    for event in batch {
+                        if filter.matches(&event.envelope) {
+                            buffer.push(event);
+                        }
+                    }
+                }
+                Err(LogError::Expired { oldest, .. }) => {
+                    let oldest_cursor = tail.log.cursor_for(oldest.saturating_sub(1));
+                    let _ = tx.send(SubscriptionItem::Expired { oldest_cursor }).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(SubscriptionItem::Failed(e)).await;
+                    return;
+                }
+            }
+        }
+        for event in buffer.pop_due(clock.now()) {
+            let resume_cursor = tail.log.cursor_for(resume_position(&tail, &buffer));
+            let item = SubscriptionItem::Reordered {
+                event,
+                resume_cursor,
+            };
+            // why: a full queue blocks only this task; the log keeps the events.
+            if tx.send(item).await.is_err() {
+                return;
+            }
+            idle_until = Instant::now() + heartbeat;
+        }
+        if Instant::now() >= idle_until {
+            if !send_heartbeat_at(&tail, resume_position(&tail, &buffer), &clock, &tx).await {
+                return;
+            }
+            idle_until = Instant::now() + heartbeat;
+        }
+        if !caught_up && buffer.len() < MAX_HELD {
+            continue;
+        }
+        let next_due = buffer.next_due().map_or(idle_until, |due| {
+            let wait = (due - clock.now()).to_std().unwrap_or(Duration::ZERO);
+            idle_until.min(Instant::now() + wait)
+        });
+        tokio::select! {
+            alive = tail.wait_for_append(), if buffer.len() < MAX_HELD => if !alive { return },
+            () = tokio::time::sleep_until(next_due) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn send_heartbeat_at(
+    tail: &Tail,
+    position: Sequence,
+    clock: &Arc<dyn Clock>,
+    tx: &mpsc::Sender<SubscriptionItem>,
+) -> bool {
+    let item = SubscriptionItem::Heartbeat {
+        cursor: tail.log.cursor_for(position),
+        time: clock.now(),
+    };
+    tx.send(item).await.is_ok()
+}
+
 async fn run(
     mut tail: Tail,
     filter: EventFilter,
@@ -235,11 +357,7 @@ async fn send_heartbeat(
     clock: &Arc<dyn Clock>,
     tx: &mpsc::Sender<SubscriptionItem>,
 ) -> bool {
-    let item = SubscriptionItem::Heartbeat {
-        cursor: tail.log.cursor_for(tail.position()),
-        time: clock.now(),
-    };
-    tx.send(item).await.is_ok()
+    send_heartbeat_at(tail, tail.position(), clock, tx).await
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::digital_river::{Error as DrError, ErrorBody};
 use crate::domain::ServiceError;
+use crate::events::groups::GroupError;
 use crate::events::SubscribeError;
 use crate::grpc::event_stream::StreamEnd;
 
@@ -172,6 +173,88 @@ impl From<StreamEnd> for Status {
                 Code::Unavailable,
                 "event log unavailable; resume from the last cursor",
                 "EVENT_LOG_UNAVAILABLE",
+                HashMap::new(),
+                |_| {},
+            ),
+            StreamEnd::GroupDeleted { group_id } => status_with_info(
+                Code::NotFound,
+                format!("consumer group {group_id} was deleted"),
+                "CONSUMER_GROUP_DELETED",
+                HashMap::new(),
+                |d| {
+                    d.set_resource_info("consumer_group", group_id, "", "deleted");
+                },
+            ),
+            StreamEnd::GroupStoreUnavailable => status_with_info(
+                Code::Unavailable,
+                "consumer group state unavailable; reconnect (to another replica)",
+                "CONSUMER_GROUP_STORE_UNAVAILABLE",
+                HashMap::new(),
+                |_| {},
+            ),
+        }
+    }
+}
+
+/// Consumer group RPCs refused.
+impl From<GroupError> for Status {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::Invalid { field, reason } => ServiceError::invalid(field, reason).into(),
+            GroupError::NotFound(id) => status_with_info(
+                Code::NotFound,
+                format!("consumer group {id} does not exist"),
+                "CONSUMER_GROUP_NOT_FOUND",
+                HashMap::new(),
+                |d| {
+                    d.set_resource_info("consumer_group", id, "", "not found");
+                },
+            ),
+            GroupError::AlreadyExists(id) => status_with_info(
+                Code::AlreadyExists,
+                format!("consumer group {id} already exists"),
+                "CONSUMER_GROUP_EXISTS",
+                HashMap::new(),
+                |d| {
+                    d.set_resource_info("consumer_group", id, "", "already exists");
+                },
+            ),
+            GroupError::GroupsLimit(max) => status_with_info(
+                Code::ResourceExhausted,
+                format!("at most {max} consumer groups; delete one first"),
+                "CONSUMER_GROUPS_LIMIT",
+                HashMap::from([("limit".to_owned(), max.to_string())]),
+                |d| {
+                    d.add_quota_failure_violation("consumer_groups", format!("at most {max}"));
+                },
+            ),
+            GroupError::MembersLimit(max) => status_with_info(
+                Code::ResourceExhausted,
+                format!("at most {max} members per consumer group on one gateway"),
+                "CONSUMER_GROUP_MEMBERS_LIMIT",
+                HashMap::from([("limit".to_owned(), max.to_string())]),
+                |d| {
+                    d.add_quota_failure_violation(
+                        "consumer_group_members",
+                        format!("at most {max}"),
+                    );
+                },
+            ),
+            GroupError::Start(e) => e.into(),
+            GroupError::Store(e) => {
+                tracing::error!(error = %e, "consumer group state unavailable");
+                status_with_info(
+                    Code::Unavailable,
+                    "consumer group state unavailable; retry",
+                    "CONSUMER_GROUP_STORE_UNAVAILABLE",
+                    HashMap::new(),
+                    |_| {},
+                )
+            }
+            GroupError::Retry => status_with_info(
+                Code::Unavailable,
+                "consumer group restarting; retry",
+                "CONSUMER_GROUP_STORE_UNAVAILABLE",
                 HashMap::new(),
                 |_| {},
             ),

@@ -26,6 +26,13 @@ pub enum StreamEnd {
     },
     /// The event log failed while the stream was reading it.
     EventLogFailed,
+    /// The consumer group of a Consume stream was deleted.
+    GroupDeleted {
+        /// The group.
+        group_id: String,
+    },
+    /// A consumer group's state store failed for too long; reconnect (elsewhere).
+    GroupStoreUnavailable,
 }
 
 /// The Subscribe response stream: the subscription's bounded queue, mapped to
@@ -67,12 +74,20 @@ impl futures::Stream for SubscribeStream {
 fn subscription_item_to_message(item: SubscriptionItem) -> Result<SubscribeItem, Status> {
     match item {
         SubscriptionItem::Event(event) => Ok(SubscribeItem::Shared(event.encoded_response.clone())),
+        SubscriptionItem::Reordered {
+            event,
+            resume_cursor,
+        } => Ok(SubscribeItem::SharedWithResume(
+            event.encoded_response.clone(),
+            resume_cursor,
+        )),
         SubscriptionItem::Heartbeat { cursor, time } => {
             Ok(SubscribeItem::Owned(Box::new(pb::SubscribeResponse {
                 kind: Some(pb::subscribe_response::Kind::Heartbeat(pb::Heartbeat {
                     cursor,
                     time: Some(timestamp(time)),
                 })),
+                resume_cursor: String::new(),
             })))
         }
         SubscriptionItem::Expired { oldest_cursor } => {
