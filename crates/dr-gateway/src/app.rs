@@ -5,8 +5,8 @@
 //! `/healthz`, `/readyz`). Both share one event log: the webhook appends, the
 //! EventStream and ChargeService read.
 //!
-//! State replicas must share — the event log and the CreateFulfillment idempotency
-//! records — is chosen in one place, [`build_backends`]: in memory for one process,
+//! State replicas must share — the event log, the CreateFulfillment idempotency
+//! records and the consumer groups — is chosen in one place, [`build_backends`]: in memory for one process,
 //! or NATS JetStream when `--bus-url` is set. In JetStream mode a watcher task
 //! ([`watch_bus_health`]) reports NOT_SERVING while the bus is unreachable.
 
@@ -20,12 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{server::TcpIncoming, Server};
 use tonic_health::ServingStatus;
 
-use crate::bus::{Bus, BusError, JetStreamLog, KvIdempotencyStore};
+use crate::bus::{Bus, BusError, JetStreamLog, KvGroupStore, KvIdempotencyStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::digital_river::{self, Client, ClientConfig};
 use crate::domain::fulfillments::Fulfiller;
 use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+use crate::events::groups::{ConsumerGroups, GroupStore, GroupsConfig, MemoryGroupStore};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
@@ -123,7 +124,18 @@ impl Application {
             idempotency,
             shared,
             max_event_bytes,
+            group_store,
         } = build_backends(&settings, encoder.clone(), clock.clone()).await?;
+        let groups = ConsumerGroups::new(
+            event_log.clone(),
+            group_store,
+            clock.clone(),
+            GroupsConfig {
+                max_groups: settings.consumer_groups_max,
+                max_pending: settings.consumer_group_max_pending,
+                ..GroupsConfig::default()
+            },
+        );
         let fulfiller = Fulfiller::new(client.clone(), idempotency, settings.reconcile_timeout);
         if settings.webhook_secrets.is_empty() {
             tracing::warn!("no webhook secret configured: every DR webhook will be rejected (401)");
@@ -146,7 +158,8 @@ impl Application {
         let shutdown = CancellationToken::new();
         let event_stream = EventStreamServer::new(
             EventStreamApi::new(event_log.clone(), client.clone(), encoder, clock.clone())
-                .with_shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone())
+                .with_groups(groups),
         );
         let backfill = Backfill::new(
             client.clone(),
@@ -319,6 +332,8 @@ struct Backends {
     shared: bool,
     /// Largest event the backend can store (NATS `max_payload`), if bounded.
     max_event_bytes: Option<usize>,
+    /// Consumer group state.
+    group_store: Arc<dyn GroupStore>,
 }
 
 /// The webhook body limit: the configured one, lowered to what the bus can store so
@@ -360,6 +375,7 @@ async fn build_backends(
             )),
             shared: false,
             max_event_bytes: None,
+            group_store: Arc::new(MemoryGroupStore::new()),
         });
     };
     let bus = Bus::connect(bus_config).await?;
@@ -368,10 +384,13 @@ async fn build_backends(
     // (fulfillments.rs); past that, another replica may assume it died.
     let lease = settings.upstream_timeout + settings.reconcile_timeout * 2 + Duration::from_secs(5);
     let idempotency = KvIdempotencyStore::open(&bus, settings.idempotency_ttl, lease).await?;
+    let group_store =
+        KvGroupStore::open(&bus, crate::events::groups::default_replica_name()).await?;
     Ok(Backends {
         event_log: Arc::new(event_log),
         idempotency: Arc::new(idempotency),
         shared: true,
         max_event_bytes: Some(bus.max_event_bytes()),
+        group_store: Arc::new(group_store),
     })
 }

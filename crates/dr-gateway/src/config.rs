@@ -127,6 +127,15 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_BACKFILL_LOOKBACK", default_value = shown_duration!(defaults::BACKFILL_LOOKBACK), value_parser = humantime::parse_duration)]
     pub backfill_lookback: Duration,
 
+    /// Most consumer groups (EventStream.CreateConsumerGroup beyond it is RESOURCE_EXHAUSTED).
+    #[arg(long, env = "DR_GATEWAY_CONSUMER_GROUPS_MAX", default_value_t = defaults::CONSUMER_GROUPS_MAX)]
+    pub consumer_groups_max: usize,
+
+    /// Events a consumer group reads ahead of its oldest unacknowledged one, per
+    /// replica (its memory bound); further events wait in the log.
+    #[arg(long, env = "DR_GATEWAY_CONSUMER_GROUP_MAX_PENDING", default_value_t = defaults::CONSUMER_GROUP_MAX_PENDING, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub consumer_group_max_pending: usize,
+
     /// Run a built-in Digital River sandbox and point the gateway at it (no DR key needed).
     #[arg(long, env = "DR_GATEWAY_SANDBOX")]
     pub sandbox: bool,
@@ -201,6 +210,11 @@ pub struct BusArgs {
     /// Decoded events each replica caches for fan-out.
     #[arg(long = "bus-cache-max-events", env = "DR_GATEWAY_BUS_CACHE_MAX_EVENTS", default_value_t = defaults::BUS_CACHE_MAX_EVENTS)]
     pub cache_max_events: usize,
+
+    /// KV bucket of consumer groups (definitions, positions, members); the
+    /// per-order records go to <bucket>_KEYS.
+    #[arg(long = "bus-groups-bucket", env = "DR_GATEWAY_BUS_GROUPS_BUCKET", default_value = defaults::BUS_GROUPS_BUCKET)]
+    pub groups_bucket: String,
 }
 
 impl BusArgs {
@@ -229,6 +243,7 @@ impl BusArgs {
         config.startup_timeout = self.startup_timeout;
         config.idempotency_bucket = self.idempotency_bucket.clone();
         config.cache_max_events = self.cache_max_events;
+        config.groups_bucket = self.groups_bucket.clone();
         config.validate().map_err(ConfigError::Bus)?;
         Ok(Some(config))
     }
@@ -350,6 +365,10 @@ pub struct Settings {
     /// Whether backfill runs at all (on for `serve`; off in [`Settings::for_upstream`],
     /// so tests that count DR requests see only their own).
     pub backfill_enabled: bool,
+    /// Most consumer groups.
+    pub consumer_groups_max: usize,
+    /// Events a consumer group reads ahead of its position, per replica.
+    pub consumer_group_max_pending: usize,
     /// Shared event bus (JetStream); `None` keeps everything in this process.
     pub bus: Option<BusConfig>,
 }
@@ -445,6 +464,8 @@ impl ServeArgs {
                 self.backfill_lookback
             },
             backfill_enabled: true,
+            consumer_groups_max: self.consumer_groups_max,
+            consumer_group_max_pending: self.consumer_group_max_pending,
             bus: self.bus.resolve()?,
         })
     }

@@ -14,6 +14,9 @@
 //!   events). It also answers [`EventLog::get_by_id`](crate::events::EventLog::get_by_id).
 //! - **KV bucket** `DR_GATEWAY_IDEMPOTENCY` (`--bus-idempotency-bucket`):
 //!   CreateFulfillment `request_id` → in-flight / done / unknown record.
+//! - **KV buckets** `DR_GATEWAY_GROUPS` (`--bus-groups-bucket`) and
+//!   `DR_GATEWAY_GROUPS_KEYS`: consumer groups (definitions, positions, members;
+//!   one compare-and-set record per ordering key), see [`groups`].
 //!
 //! # NATS 2.9
 //! Debian ships nats-server 2.9.10. async-nats ≥ 0.4x's `create_key_value` asks for
@@ -27,9 +30,11 @@
 //! - [`event_log`]: the [`EventLog`](crate::events::EventLog) backend, [`JetStreamLog`].
 //! - [`cache`]: the bounded per-replica cache of decoded events.
 //! - [`idempotency`]: the shared [`KvIdempotencyStore`].
+//! - [`groups`]: the shared consumer group state, [`KvGroupStore`].
 
 pub mod cache;
 pub mod event_log;
+pub mod groups;
 pub mod idempotency;
 pub mod provision;
 
@@ -40,6 +45,7 @@ use async_nats::{jetstream, ConnectOptions, Event, ServerAddr};
 use tokio::sync::watch;
 
 pub use event_log::JetStreamLog;
+pub use groups::KvGroupStore;
 pub use idempotency::KvIdempotencyStore;
 
 /// How to reach JetStream and what to keep there.
@@ -76,6 +82,9 @@ pub struct BusConfig {
     pub cache_max_events: usize,
     /// Most bytes (approximate) of decoded events each replica keeps.
     pub cache_max_bytes: usize,
+    /// KV bucket of consumer group definitions, positions and members (the
+    /// per-key records live in `<this>_KEYS`).
+    pub groups_bucket: String,
 }
 
 impl BusConfig {
@@ -97,7 +106,13 @@ impl BusConfig {
             idempotency_bucket: defaults::BUS_IDEMPOTENCY_BUCKET.to_owned(),
             cache_max_events: defaults::BUS_CACHE_MAX_EVENTS,
             cache_max_bytes: defaults::BUS_CACHE_MAX_BYTES,
+            groups_bucket: defaults::BUS_GROUPS_BUCKET.to_owned(),
         }
+    }
+
+    /// The KV bucket of consumer groups' per-ordering-key records.
+    pub fn groups_keys_bucket(&self) -> String {
+        format!("{}_KEYS", self.groups_bucket)
     }
 
     /// The KV bucket of seen DR event ids.
@@ -118,6 +133,7 @@ impl BusConfig {
         for (what, name) in [
             ("stream", &self.stream),
             ("idempotency bucket", &self.idempotency_bucket),
+            ("consumer groups bucket", &self.groups_bucket),
         ] {
             if !is_valid_name(name) {
                 return Err(BusError::Config(format!(

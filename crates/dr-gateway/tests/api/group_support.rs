@@ -188,6 +188,31 @@ impl Member {
         }
     }
 
+    /// The next delivery, or `None` once the stream ended (see `ended`).
+    pub async fn next_delivery_or_end(&mut self) -> Option<pb::Delivery> {
+        loop {
+            if let Some(d) = self.deliveries.pop_front() {
+                return Some(d);
+            }
+            if !self.pump().await {
+                return None;
+            }
+        }
+    }
+
+    /// Sends a request and returns its receipt, or `None` if the stream broke first.
+    pub async fn try_send(&mut self, request: pb::ConsumeRequest) -> Option<pb::ConsumeReceipt> {
+        self.requests.as_ref()?.send(request).await.ok()?;
+        loop {
+            if let Some(r) = self.receipts.pop_front() {
+                return Some(r);
+            }
+            if !self.pump().await {
+                return None;
+            }
+        }
+    }
+
     /// The next delivery; panics after [`WAIT`] or if the stream ends.
     pub async fn next_delivery(&mut self) -> pb::Delivery {
         loop {
@@ -240,11 +265,15 @@ impl Member {
 /// A fresh HTTP/2 connection to the gateway (dropping every clone of it is a
 /// member's connection going away, as when its process dies).
 pub async fn connect(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
+    try_connect(addr).await.expect("connect to gateway")
+}
+
+/// A fresh HTTP/2 connection, or `None` when nothing answers at `addr`.
+pub async fn try_connect(addr: std::net::SocketAddr) -> Option<Channel> {
+    let endpoint = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
-        .connect()
-        .await
-        .expect("connect to gateway")
+        .connect_timeout(WAIT);
+    endpoint.connect().await.ok()
 }
 
 /// A ConsumeStart for `group_id` holding at most `max_unacked`.
@@ -253,6 +282,11 @@ pub fn start(group_id: &str, name: &str, max_unacked: u32) -> pb::ConsumeStart {
         group_id: group_id.into(),
         member_name: name.into(),
         max_unacknowledged: max_unacked,
+        // why: an idle member still hears from the gateway well within [`WAIT`].
+        heartbeat_interval: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
         ..Default::default()
     }
 }

@@ -744,3 +744,222 @@ async fn shared_idempotency_records_hand_over_a_dead_owners_key_with_reconcile_f
         })
     ));
 }
+
+// === consumer groups ===
+
+/// What the members of the replica-failure test saw.
+#[derive(Default)]
+struct GroupLedger {
+    /// Event id → acknowledgements the gateway confirmed.
+    acked: std::collections::HashMap<String, u32>,
+    /// Order id → createdTime of its events, in the order they were acknowledged.
+    acked_order: std::collections::HashMap<String, Vec<chrono::DateTime<chrono::Utc>>>,
+    /// Events a member held unacknowledged when its replica died.
+    held: Vec<String>,
+    /// Event id → highest attempt delivered.
+    attempts: std::collections::HashMap<String, u32>,
+}
+
+/// A member that consumes from the first replica that answers in `replicas`,
+/// moving on to the next when its stream breaks, until `total` events are
+/// acknowledged across the group. With `hold`, it first takes that many
+/// deliveries without acknowledging them and keeps them until its stream breaks.
+async fn resilient_member(
+    name: String,
+    replicas: Vec<SocketAddr>,
+    hold: usize,
+    ledger: std::sync::Arc<std::sync::Mutex<GroupLedger>>,
+    total: usize,
+) {
+    use crate::group_support::{start, try_connect, Member};
+    let done = || ledger.lock().unwrap().acked.len() >= total;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut target = 0;
+    let mut holding = hold > 0;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the group never finished"
+        );
+        let addr = replicas[target % replicas.len()];
+        let Some(channel) = try_connect(addr).await else {
+            target += 1;
+            continue;
+        };
+        let limit = if holding { hold as u32 } else { 8 };
+        let Ok(mut member) = Member::try_join(channel, start("billing", &name, limit)).await else {
+            target += 1;
+            continue;
+        };
+        if holding {
+            let mut held = Vec::new();
+            while held.len() < hold {
+                let d = member
+                    .next_delivery_or_end()
+                    .await
+                    .expect("deliveries to hold");
+                held.push(d.event.unwrap().id);
+            }
+            ledger.lock().unwrap().held = held;
+            // Keep them (no acknowledgement) until the replica dies under us.
+            member
+                .until_end()
+                .await
+                .expect_err("the stream breaks when the replica dies");
+            holding = false;
+            target += 1;
+            continue;
+        }
+        while !done() {
+            let d = tokio::select! {
+                d = member.next_delivery_or_end() => d,
+                // why: the last event may be acknowledged by another member.
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            };
+            let Some(d) = d else { break };
+            let event = d.event.expect("event");
+            let order = event.id.split('-').next().unwrap().to_owned();
+            let created = event
+                .create_time
+                .map(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap())
+                .unwrap();
+            {
+                let mut l = ledger.lock().unwrap();
+                let seen = l.attempts.entry(event.id.clone()).or_default();
+                *seen = (*seen).max(d.attempt);
+            }
+            let Some(receipt) = member
+                .try_send(pb::ConsumeRequest {
+                    ack_delivery_ids: vec![d.delivery_id.clone()],
+                    ..Default::default()
+                })
+                .await
+            else {
+                break;
+            };
+            if receipt.acknowledged_delivery_ids == [d.delivery_id] {
+                let mut l = ledger.lock().unwrap();
+                *l.acked.entry(event.id).or_default() += 1;
+                l.acked_order.entry(order).or_default().push(created);
+            }
+        }
+        // The stream broke (the replica died): reconnect, to the next replica.
+        target += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_group_survives_a_sigkilled_replica_with_nothing_lost_and_nothing_acknowledged_twice(
+) {
+    // Arrange: replica A is a real process, B in-process; the group lives on the bus.
+    const ORDERS: usize = 30;
+    const PER_ORDER: usize = 10;
+    const HELD: usize = 6;
+    let nats = NatsServer::start().await;
+    let mut a = GatewayProcess::start(&nats, "http://127.0.0.1:9").await;
+    let b = gateway(&nats, "http://127.0.0.1:9").await;
+    let mut client = a.events().await;
+    crate::group_support::create_group(
+        &mut client,
+        "billing",
+        crate::group_support::group_settings(Duration::from_secs(3), Duration::from_millis(300)),
+    )
+    .await;
+    let ledger = std::sync::Arc::new(std::sync::Mutex::new(GroupLedger::default()));
+    let total = ORDERS * PER_ORDER;
+    // Two members start on A (one of them holds its first deliveries), one on B;
+    // each moves to the other replica when its stream breaks.
+    let members: Vec<_> = [
+        ("a-holder", vec![a.grpc_addr, b.grpc_addr], HELD),
+        ("a-worker", vec![a.grpc_addr, b.grpc_addr], 0),
+        ("b-worker", vec![b.grpc_addr, a.grpc_addr], 0),
+    ]
+    .into_iter()
+    .map(|(name, replicas, hold)| {
+        tokio::spawn(resilient_member(
+            name.into(),
+            replicas,
+            hold,
+            ledger.clone(),
+            total,
+        ))
+    })
+    .collect();
+
+    // Act: webhooks to both replicas; once consumption is under way and the holder
+    // holds its deliveries on A, A is SIGKILLed.
+    let t0 = chrono::Utc::now();
+    let to_a = crate::group_support::Poster::new(a.http_addr);
+    let to_b = crate::group_support::Poster::new(b.http_addr);
+    for n in 0..PER_ORDER {
+        for order in 0..ORDERS {
+            let created = t0 + chrono::Duration::milliseconds((n * ORDERS + order) as i64);
+            let ev = crate::group_support::order_event(
+                &format!("o{order}-e{n:02}"),
+                "order.updated",
+                &format!("ord-{order}"),
+                created,
+            );
+            if (n + order) % 2 == 0 {
+                to_a.post(&ev).await
+            } else {
+                to_b.post(&ev).await
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (held, acked) = {
+            let l = ledger.lock().unwrap();
+            (l.held.len(), l.acked.len())
+        };
+        if held == HELD && acked >= total / 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumption did not get going (held {held}, acked {acked})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill();
+    for m in members {
+        tokio::time::timeout(Duration::from_secs(120), m)
+            .await
+            .expect("members finish")
+            .unwrap();
+    }
+
+    // Assert: every event acknowledged exactly once, each order in creation order;
+    // the events held on the dead replica came back as later attempts…
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert_eq!(ledger.acked.len(), total, "nothing lost");
+    assert!(
+        ledger.acked.values().all(|n| *n == 1),
+        "no event acknowledged twice"
+    );
+    for (order, times) in &ledger.acked_order {
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "{order} acknowledged out of creation order"
+        );
+    }
+    for id in &ledger.held {
+        assert!(
+            ledger.attempts[id] >= 2,
+            "{id}, held on the dead replica, was delivered again"
+        );
+    }
+    // …and the group's position on the surviving replica reaches the end.
+    let mut on_b = b.events.clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let group = crate::group_support::get_group(&mut on_b, "billing").await;
+        if group.events_behind == 0 && group.unacknowledged_count == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "position stuck: {group:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.stop().await;
+}
