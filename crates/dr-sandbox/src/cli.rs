@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::{RetryPolicy, SandboxConfig, SettleMode, WebhookSpec};
+use crate::{DeliveryOrder, RetryPolicy, SandboxConfig, SettleMode, WebhookSpec};
 
 /// Flags of a standalone sandbox.
 #[derive(Debug, Args)]
@@ -29,6 +29,10 @@ pub struct SandboxArgs {
     /// Delay before the first webhook retry, in milliseconds (doubles each retry).
     #[arg(long, default_value_t = RetryPolicy::default().base_delay.as_millis() as u64)]
     pub webhook_base_delay_ms: u64,
+    /// Webhook delivery order: `concurrent` (as DR sends them: any order) or
+    /// `in_order` (one at a time per endpoint, in emission order).
+    #[arg(long, default_value = "concurrent")]
+    pub webhook_delivery_order: DeliveryOrder,
 }
 
 fn parse_webhook(text: &str) -> Result<WebhookSpec, String> {
@@ -59,6 +63,7 @@ impl SandboxArgs {
                 ..RetryPolicy::default()
             },
             webhooks: self.webhooks,
+            delivery_order: self.webhook_delivery_order,
         }
     }
 }
@@ -80,6 +85,13 @@ mod tests {
         assert_eq!(config.webhook_retry, RetryPolicy::default());
         assert_eq!(config.settle, SettleMode::default());
         assert!(config.webhooks.is_empty());
+        assert_eq!(config.delivery_order, DeliveryOrder::Concurrent);
+        let ordered = Cli::try_parse_from(["x", "--webhook-delivery-order", "in_order"])
+            .unwrap()
+            .sandbox
+            .into_config();
+        assert_eq!(ordered.delivery_order, DeliveryOrder::InOrder);
+        assert!(Cli::try_parse_from(["x", "--webhook-delivery-order", "random"]).is_err());
     }
 
     #[test]

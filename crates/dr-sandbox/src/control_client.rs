@@ -24,6 +24,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::faults::{FaultKind, FaultSpec};
+use crate::DeliveryOrder;
+
+/// `{order}` of `/sandbox/delivery-order`.
+#[derive(Deserialize)]
+struct DeliveryOrderBody {
+    #[serde(deserialize_with = "delivery_order")]
+    order: DeliveryOrder,
+}
+
+fn delivery_order<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DeliveryOrder, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
 
 /// Per-request timeout of a [`ControlClient`] unless changed with
 /// [`ControlClient::with_timeout`].
@@ -635,6 +648,31 @@ impl ControlClient {
         let path = format!("/sandbox/events/{}/redeliver", encode(event_id, false));
         self.call_empty(Method::POST, &path, StatusCode::ACCEPTED)
             .await
+    }
+
+    /// `GET /sandbox/delivery-order`: how webhooks go out now.
+    pub async fn delivery_order(&self) -> Result<DeliveryOrder, ControlError> {
+        let body: DeliveryOrderBody = self
+            .call_empty(Method::GET, "/sandbox/delivery-order", StatusCode::OK)
+            .await?;
+        Ok(body.order)
+    }
+
+    /// `POST /sandbox/delivery-order`: concurrent (DR's way) or in-order delivery for
+    /// events emitted from now on; returns the order in force.
+    pub async fn set_delivery_order(
+        &self,
+        order: DeliveryOrder,
+    ) -> Result<DeliveryOrder, ControlError> {
+        let body: DeliveryOrderBody = self
+            .call(
+                Method::POST,
+                "/sandbox/delivery-order",
+                Some(&serde_json::json!({"order": order.as_str()})),
+                StatusCode::OK,
+            )
+            .await?;
+        Ok(body.order)
     }
 
     /// `POST /sandbox/events`: stores and delivers an event; returns it as `GET

@@ -43,6 +43,10 @@
 //! - `GET /sandbox/deliveries[?eventId=&webhookId=]` → `{data: [{eventId, eventType, webhookId, url,
 //!   attempt, status, error, success, signature, attemptedTime, durationMs, willRetry}]}`; `DELETE` → 204.
 //! - `POST /sandbox/events/{id}/redeliver` → 202 `{eventId, webhookIds}`.
+//! - `GET /sandbox/delivery-order` → `{order}`; `POST /sandbox/delivery-order {order}` →
+//!   200 `{order}`: `concurrent` (DR's way, the default: deliveries run side by side, so
+//!   events arrive in any order) or `in_order` (one delivery at a time per endpoint, in
+//!   emission order, retries included). Applies to events emitted from then on.
 //! - `POST /sandbox/events` (full envelope, or `{type, object, previousAttributes?}`) → 201 event.
 //!
 //! # Layout
@@ -62,7 +66,11 @@
 //! - `routes` — axum handlers, auth, request log, fault application
 //! - `settle` — settlement of pending captures/cancels, order completion
 //! - `state` — the world behind one mutex, event emission
-//! - `webhooks` — endpoints, signing, background delivery with retries
+//! - `webhooks` — endpoints, signing, background delivery with retries (concurrent or in
+//!   order)
+//!
+//! Events get strictly increasing `createdTime`s (microseconds, like DR's), so their
+//! creation order is never ambiguous.
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -127,6 +135,43 @@ impl std::str::FromStr for SettleMode {
     }
 }
 
+/// The order in which webhooks go out to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryOrder {
+    /// Every delivery on its own (up to 32 at once across endpoints), as DR sends them
+    /// (docs/digital-river.md §4.2): events created moments apart can arrive in either
+    /// order, and a retried one arrives after later ones.
+    #[default]
+    Concurrent,
+    /// One delivery at a time per endpoint, in the order the events were emitted; a
+    /// failing delivery is retried (with backoff) before the next event is sent.
+    InOrder,
+}
+
+impl DeliveryOrder {
+    /// The control surface's and the flag's name: `concurrent` or `in_order`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Concurrent => "concurrent",
+            Self::InOrder => "in_order",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryOrder {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "concurrent" => Ok(Self::Concurrent),
+            "in_order" | "in-order" => Ok(Self::InOrder),
+            other => Err(format!(
+                "unknown delivery order '{other}' (concurrent|in_order)"
+            )),
+        }
+    }
+}
+
 /// Webhook delivery retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -173,6 +218,9 @@ pub struct SandboxConfig {
     pub webhook_retry: RetryPolicy,
     /// Endpoints registered at start.
     pub webhooks: Vec<WebhookSpec>,
+    /// Concurrent (DR's way, the default) or in-order webhook delivery; the control
+    /// surface can change it later.
+    pub delivery_order: DeliveryOrder,
 }
 
 impl Default for SandboxConfig {
@@ -183,6 +231,7 @@ impl Default for SandboxConfig {
             settle: SettleMode::Immediate,
             webhook_retry: RetryPolicy::default(),
             webhooks: Vec::new(),
+            delivery_order: DeliveryOrder::Concurrent,
         }
     }
 }
@@ -213,6 +262,7 @@ async fn build(
         .map_err(SandboxError::HttpClient)?;
     let (tx, rx) = mpsc::channel(webhooks::QUEUE_CAPACITY);
     let mut world = World::new(config.seed, config.settle, tx);
+    world.delivery_order = config.delivery_order;
     for spec in config.webhooks {
         world.add_webhook(spec);
     }

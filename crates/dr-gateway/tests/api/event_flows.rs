@@ -343,3 +343,127 @@ async fn capture_items_with_wait_replayed_by_request_id_still_reports_the_outcom
     app.stop().await;
     sb.shutdown().await;
 }
+
+/// Fulfills `orders` one-unit orders through the gateway, all at once; returns their ids.
+async fn fulfill_orders(sb: &Sandbox, app: &TestApp, orders: usize) -> Vec<String> {
+    let mut created = Vec::new();
+    for _ in 0..orders {
+        created.push(order(sb, 1, false).await);
+    }
+    let calls = created.iter().map(|(order_id, item_id)| {
+        let mut client = app.fulfillments.clone();
+        let request = pb::CreateFulfillmentRequest {
+            order_id: order_id.clone(),
+            items: vec![pb::CreateFulfillmentItem {
+                item_id: item_id.clone(),
+                quantity: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        async move {
+            client
+                .create_fulfillment(with_deadline(request, WAIT))
+                .await
+                .expect("fulfilled")
+        }
+    });
+    futures::future::join_all(calls).await;
+    created.into_iter().map(|(order_id, _)| order_id).collect()
+}
+
+/// `order.fulfilled` comes before `order.complete` and createdTimes only grow.
+fn assert_creation_order(order_id: &str, events: &[pb::Event]) {
+    let types: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
+    let at = |t: &str| types.iter().position(|x| *x == t);
+    assert!(
+        at("order.fulfilled") < at("order.complete") && at("order.fulfilled").is_some(),
+        "{order_id}: {types:?}"
+    );
+    let times: Vec<_> = events
+        .iter()
+        .map(|e| e.create_time.map(|t| (t.seconds, t.nanos)))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "{order_id} out of creation order: {types:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_concurrent_webhooks_a_group_member_gets_each_orders_events_in_creation_order() {
+    // Arrange: DR-style concurrent webhooks; one member of a group with the
+    // default reorder window, created by the member itself.
+    let sb = sandbox(SettleMode::Immediate).await;
+    assert_eq!(
+        sb.control_client().delivery_order().await.unwrap(),
+        dr_sandbox::DeliveryOrder::Concurrent
+    );
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let mut start = crate::group_support::start("flows", "m", 32);
+    start.create = Some(pb::ConsumerGroupSettings::default());
+    let mut member = crate::group_support::Member::join(app.channel.clone(), start).await;
+
+    // Act
+    let orders = fulfill_orders(&sb, &app, 8).await;
+
+    // Assert: every order's events, in creation order, up to order.complete.
+    let mut by_order: std::collections::HashMap<String, Vec<pb::Event>> = Default::default();
+    let mut complete = 0;
+    while complete < orders.len() {
+        let d = member.next_delivery().await;
+        let event = d.event.clone().unwrap();
+        assert_eq!(d.ordering_key, d.ordering_key.trim(), "ordering key set");
+        member.ack(&d.delivery_id).await;
+        if event.r#type == "order.complete" {
+            complete += 1;
+        }
+        by_order.entry(d.ordering_key).or_default().push(event);
+    }
+    for order_id in &orders {
+        assert_creation_order(order_id, &by_order[order_id]);
+    }
+    drop(member);
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_in_order_webhooks_a_plain_subscriber_gets_each_orders_events_in_creation_order() {
+    // Arrange: the sandbox delivers one webhook at a time, in emission order.
+    let sb = sandbox(SettleMode::Immediate).await;
+    sb.control_client()
+        .set_delivery_order(dr_sandbox::DeliveryOrder::InOrder)
+        .await
+        .unwrap();
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let mut stream = subscribe(&app, pb::SubscribeRequest::default()).await;
+
+    // Act
+    let orders = fulfill_orders(&sb, &app, 8).await;
+
+    // Assert
+    let mut by_order: std::collections::HashMap<String, Vec<pb::Event>> = Default::default();
+    let mut complete = 0;
+    while complete < orders.len() {
+        let e = next_event(&mut stream).await;
+        if e.r#type == "order.complete" {
+            complete += 1;
+        }
+        let order_id = match &e.payload {
+            Some(pb::event::Payload::Order(o)) => o.id.clone(),
+            Some(pb::event::Payload::Charge(c)) => c.order_id.clone(),
+            Some(pb::event::Payload::Fulfillment(f)) => f.order_id.clone(),
+            None => continue,
+        };
+        by_order.entry(order_id).or_default().push(e);
+    }
+    for order_id in &orders {
+        assert_creation_order(order_id, &by_order[order_id]);
+    }
+    drop(stream);
+    app.stop().await;
+    sb.shutdown().await;
+}

@@ -25,6 +25,7 @@ use crate::fulfillments::parse_object;
 use crate::orders::CreateOrder;
 use crate::state::App;
 use crate::webhooks::Webhook;
+use crate::DeliveryOrder;
 
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
@@ -363,4 +364,29 @@ pub(super) async fn emit_event(
         .map(|e| e.json.clone())
         .unwrap_or(Value::Null);
     Ok((StatusCode::CREATED, Json(json)).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeliveryOrderSpec {
+    order: String,
+}
+
+fn delivery_order_json(app: &App) -> Value {
+    json!({"order": app.lock().delivery_order.as_str()})
+}
+
+/// `GET /sandbox/delivery-order`.
+pub(super) async fn get_delivery_order(State(app): State<Arc<App>>) -> ApiResult {
+    Ok((StatusCode::OK, Json(delivery_order_json(&app))))
+}
+
+/// `POST /sandbox/delivery-order {"order": "concurrent" | "in_order"}`.
+pub(super) async fn set_delivery_order(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let spec: DeliveryOrderSpec = body_as(&body)?;
+    let order: DeliveryOrder = spec
+        .order
+        .parse()
+        .map_err(|_| ApiError::invalid("order", "Use 'concurrent' or 'in_order'."))?;
+    app.lock().delivery_order = order;
+    Ok((StatusCode::OK, Json(delivery_order_json(&app))))
 }

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use dr_sandbox::{
-    ControlClient, ControlError, FaultKind, FaultSpec, OperationKind, OperationState, RetryPolicy,
-    Sandbox, SandboxConfig, SecretRotation, SettleMode, WebhookRegistration,
+    ControlClient, ControlError, DeliveryOrder, FaultKind, FaultSpec, OperationKind,
+    OperationState, RetryPolicy, Sandbox, SandboxConfig, SecretRotation, SettleMode,
+    WebhookRegistration,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -283,6 +284,27 @@ async fn the_control_client_walks_every_control_endpoint() {
     assert_eq!(hook.secrets.len(), 1);
     assert!(hook.secrets[0].current && hook.secrets[0].expires_time.is_none());
     assert_eq!(c.webhooks().await.unwrap(), std::slice::from_ref(&hook));
+
+    // Delivery order: concurrent by default, switchable, bad values refused.
+    assert_eq!(c.delivery_order().await.unwrap(), DeliveryOrder::Concurrent);
+    assert_eq!(
+        c.set_delivery_order(DeliveryOrder::InOrder).await.unwrap(),
+        DeliveryOrder::InOrder
+    );
+    assert_eq!(c.delivery_order().await.unwrap(), DeliveryOrder::InOrder);
+    let refused = dr
+        .post(format!("{base}/sandbox/delivery-order"))
+        .bearer_auth("sk_test_x")
+        .json(&json!({"order": "sometimes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["errors"][0]["parameter"], "order");
+    c.set_delivery_order(DeliveryOrder::Concurrent)
+        .await
+        .unwrap();
 
     // Orders and disputes
     let order = c
