@@ -6,9 +6,12 @@
 # Installs what it needs project-locally when missing:
 #   - grpcio, grpcio-tools, grpcio-status, … and pytest into .venv-clients/
 #     (python3 -m venv; rebuilt when tests/clients/requirements.txt changes);
+#   - @grpc/grpc-js and @grpc/proto-loader into tests/clients/node-groups/node_modules
+#     (npm ci), for the README's Node consumer-group member;
 #   - the gateway binary, as the test suite builds it (cargo test --no-run).
 # Python stubs are generated from proto/ into a temporary directory on every run.
-# Network use: PyPI (and crates.io for a cold cargo build), only when missing.
+# Network use: PyPI, the npm registry (and crates.io for a cold cargo build), only
+# when missing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +34,13 @@ if [[ ! -x "$VENV/bin/pytest" || "$(cat "$VENV/.requirements.sha256" 2>/dev/null
 fi
 PY="$VENV/bin/python"
 "$PY" -c 'import grpc, google.protobuf; print(f"grpcio {grpc.__version__}, protobuf {google.protobuf.__version__}")'
+
+# The README's Node consumer-group member runs with @grpc/grpc-js from the npm registry.
+NODE_GROUPS=tests/clients/node-groups
+if [[ ! -d "$NODE_GROUPS/node_modules/@grpc/grpc-js" ]]; then
+  step "installing @grpc/grpc-js and @grpc/proto-loader (npm ci in $NODE_GROUPS)"
+  (cd "$NODE_GROUPS" && npm ci --no-audit --no-fund)
+fi
 
 # --- gateway binary -------------------------------------------------------------
 
