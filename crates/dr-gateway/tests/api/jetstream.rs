@@ -950,9 +950,11 @@ async fn a_consumer_group_survives_a_sigkilled_replica_with_nothing_lost_and_not
             "{id}, held on the dead replica, was delivered again"
         );
     }
-    // …and the group's position on the surviving replica reaches the end.
+    // …and the group's position on the surviving replica reaches the end (the dead
+    // replica's members, and what they held, drop out of the listing once their
+    // last refresh is older than the member TTL).
     let mut on_b = b.events.clone();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + dr_gateway::defaults::CONSUMER_GROUP_MEMBER_TTL + WAIT;
     loop {
         let group = crate::group_support::get_group(&mut on_b, "billing").await;
         if group.events_behind == 0 && group.unacknowledged_count == 0 {
