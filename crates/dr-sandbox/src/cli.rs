@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::{DeliveryOrder, RetryPolicy, SandboxConfig, SettleMode, WebhookSpec};
+use crate::{DeliveryMode, DeliveryOrder, RetryPolicy, SandboxConfig, SettleMode, WebhookSpec};
 
 /// Flags of a standalone sandbox.
 #[derive(Debug, Args)]
@@ -33,6 +33,10 @@ pub struct SandboxArgs {
     /// `in_order` (one at a time per endpoint, in emission order).
     #[arg(long, default_value = "concurrent")]
     pub webhook_delivery_order: DeliveryOrder,
+    /// Each concurrent webhook delivery first waits a random time below this many
+    /// milliseconds (0: none), so events arrive out of order as DR's do.
+    #[arg(long, default_value_t = 0)]
+    pub webhook_jitter_ms: u64,
 }
 
 fn parse_webhook(text: &str) -> Result<WebhookSpec, String> {
@@ -63,7 +67,10 @@ impl SandboxArgs {
                 ..RetryPolicy::default()
             },
             webhooks: self.webhooks,
-            delivery_order: self.webhook_delivery_order,
+            delivery: DeliveryMode {
+                order: self.webhook_delivery_order,
+                jitter: Duration::from_millis(self.webhook_jitter_ms),
+            },
         }
     }
 }
@@ -85,12 +92,19 @@ mod tests {
         assert_eq!(config.webhook_retry, RetryPolicy::default());
         assert_eq!(config.settle, SettleMode::default());
         assert!(config.webhooks.is_empty());
-        assert_eq!(config.delivery_order, DeliveryOrder::Concurrent);
-        let ordered = Cli::try_parse_from(["x", "--webhook-delivery-order", "in_order"])
-            .unwrap()
-            .sandbox
-            .into_config();
-        assert_eq!(ordered.delivery_order, DeliveryOrder::InOrder);
+        assert_eq!(config.delivery, DeliveryMode::default());
+        let ordered = Cli::try_parse_from([
+            "x",
+            "--webhook-delivery-order",
+            "in_order",
+            "--webhook-jitter-ms",
+            "50",
+        ])
+        .unwrap()
+        .sandbox
+        .into_config();
+        assert_eq!(ordered.delivery.order, DeliveryOrder::InOrder);
+        assert_eq!(ordered.delivery.jitter, Duration::from_millis(50));
         assert!(Cli::try_parse_from(["x", "--webhook-delivery-order", "random"]).is_err());
     }
 

@@ -24,18 +24,30 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::faults::{FaultKind, FaultSpec};
-use crate::DeliveryOrder;
+use crate::{DeliveryMode, DeliveryOrder};
 
-/// `{order}` of `/sandbox/delivery-order`.
-#[derive(Deserialize)]
-struct DeliveryOrderBody {
-    #[serde(deserialize_with = "delivery_order")]
-    order: DeliveryOrder,
+/// `{order, jitterMs}` of `/sandbox/delivery`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryBody {
+    order: String,
+    jitter_ms: u64,
 }
 
-fn delivery_order<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DeliveryOrder, D::Error> {
-    let text = String::deserialize(d)?;
-    text.parse().map_err(serde::de::Error::custom)
+impl DeliveryBody {
+    fn mode(self) -> Result<DeliveryMode, ControlError> {
+        let order: DeliveryOrder =
+            self.order
+                .parse()
+                .map_err(|e: String| ControlError::Decode {
+                    source: serde::de::Error::custom(e),
+                    body: self.order.clone(),
+                })?;
+        Ok(DeliveryMode {
+            order,
+            jitter: Duration::from_millis(self.jitter_ms),
+        })
+    }
 }
 
 /// Per-request timeout of a [`ControlClient`] unless changed with
@@ -650,29 +662,31 @@ impl ControlClient {
             .await
     }
 
-    /// `GET /sandbox/delivery-order`: how webhooks go out now.
-    pub async fn delivery_order(&self) -> Result<DeliveryOrder, ControlError> {
-        let body: DeliveryOrderBody = self
-            .call_empty(Method::GET, "/sandbox/delivery-order", StatusCode::OK)
+    /// `GET /sandbox/delivery`: how webhooks go out now.
+    pub async fn delivery(&self) -> Result<DeliveryMode, ControlError> {
+        let body: DeliveryBody = self
+            .call_empty(Method::GET, "/sandbox/delivery", StatusCode::OK)
             .await?;
-        Ok(body.order)
+        body.mode()
     }
 
-    /// `POST /sandbox/delivery-order`: concurrent (DR's way) or in-order delivery for
-    /// events emitted from now on; returns the order in force.
-    pub async fn set_delivery_order(
-        &self,
-        order: DeliveryOrder,
-    ) -> Result<DeliveryOrder, ControlError> {
-        let body: DeliveryOrderBody = self
+    /// `POST /sandbox/delivery`: concurrent (DR's way) or in-order delivery, and the
+    /// jitter of concurrent deliveries, for events emitted from now on; returns the
+    /// mode in force.
+    pub async fn set_delivery(&self, mode: DeliveryMode) -> Result<DeliveryMode, ControlError> {
+        let request = DeliveryBody {
+            order: mode.order.as_str().to_owned(),
+            jitter_ms: u64::try_from(mode.jitter.as_millis()).unwrap_or(u64::MAX),
+        };
+        let body: DeliveryBody = self
             .call(
                 Method::POST,
-                "/sandbox/delivery-order",
-                Some(&serde_json::json!({"order": order.as_str()})),
+                "/sandbox/delivery",
+                Some(&request),
                 StatusCode::OK,
             )
             .await?;
-        Ok(body.order)
+        body.mode()
     }
 
     /// `POST /sandbox/events`: stores and delivers an event; returns it as `GET

@@ -43,10 +43,12 @@
 //! - `GET /sandbox/deliveries[?eventId=&webhookId=]` → `{data: [{eventId, eventType, webhookId, url,
 //!   attempt, status, error, success, signature, attemptedTime, durationMs, willRetry}]}`; `DELETE` → 204.
 //! - `POST /sandbox/events/{id}/redeliver` → 202 `{eventId, webhookIds}`.
-//! - `GET /sandbox/delivery-order` → `{order}`; `POST /sandbox/delivery-order {order}` →
-//!   200 `{order}`: `concurrent` (DR's way, the default: deliveries run side by side, so
-//!   events arrive in any order) or `in_order` (one delivery at a time per endpoint, in
-//!   emission order, retries included). Applies to events emitted from then on.
+//! - `GET /sandbox/delivery` → `{order, jitterMs}`; `POST /sandbox/delivery {order?,
+//!   jitterMs?}` → 200 `{order, jitterMs}`: `order` `concurrent` (DR's way, the default:
+//!   deliveries run side by side, so events arrive in any order, more so with a jitter:
+//!   each concurrent delivery first waits a random time below `jitterMs`, default 0) or
+//!   `in_order` (one delivery at a time per endpoint, in emission order, retries
+//!   included). Applies to events emitted from then on.
 //! - `POST /sandbox/events` (full envelope, or `{type, object, previousAttributes?}`) → 201 event.
 //!
 //! # Layout
@@ -172,6 +174,17 @@ impl std::str::FromStr for DeliveryOrder {
     }
 }
 
+/// How the sandbox sends webhooks: the order, and a random delay before each
+/// concurrent delivery (network latency differs per request, which is what makes
+/// DR's concurrent webhooks arrive out of order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeliveryMode {
+    /// Concurrent or in order.
+    pub order: DeliveryOrder,
+    /// Each concurrent delivery first waits a random time below this (zero: none).
+    pub jitter: Duration,
+}
+
 /// Webhook delivery retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -218,9 +231,9 @@ pub struct SandboxConfig {
     pub webhook_retry: RetryPolicy,
     /// Endpoints registered at start.
     pub webhooks: Vec<WebhookSpec>,
-    /// Concurrent (DR's way, the default) or in-order webhook delivery; the control
-    /// surface can change it later.
-    pub delivery_order: DeliveryOrder,
+    /// Concurrent (DR's way, the default) or in-order webhook delivery, and the
+    /// jitter of concurrent deliveries; the control surface can change both later.
+    pub delivery: DeliveryMode,
 }
 
 impl Default for SandboxConfig {
@@ -231,7 +244,7 @@ impl Default for SandboxConfig {
             settle: SettleMode::Immediate,
             webhook_retry: RetryPolicy::default(),
             webhooks: Vec::new(),
-            delivery_order: DeliveryOrder::Concurrent,
+            delivery: DeliveryMode::default(),
         }
     }
 }
@@ -262,7 +275,7 @@ async fn build(
         .map_err(SandboxError::HttpClient)?;
     let (tx, rx) = mpsc::channel(webhooks::QUEUE_CAPACITY);
     let mut world = World::new(config.seed, config.settle, tx);
-    world.delivery_order = config.delivery_order;
+    world.delivery = config.delivery;
     for spec in config.webhooks {
         world.add_webhook(spec);
     }

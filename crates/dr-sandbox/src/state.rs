@@ -17,7 +17,7 @@ use super::faults::FaultTable;
 use super::ids::IdGen;
 use super::model::{Fulfillment, OpKind, Order};
 use super::webhooks::{DeliveryJob, DeliveryRecord, Webhook, DELIVERY_LOG_CAPACITY};
-use super::{DeliveryOrder, RetryPolicy, SettleMode};
+use super::{DeliveryMode, DeliveryOrder, RetryPolicy, SettleMode};
 
 /// Requests kept in `GET /sandbox/requests`.
 const REQUEST_LOG_CAPACITY: usize = 10_000;
@@ -136,7 +136,7 @@ pub(crate) struct World {
     deliveries: VecDeque<DeliveryRecord>,
     delivery_tx: mpsc::Sender<DeliveryJob>,
     /// How webhooks go out (the control surface changes it).
-    pub delivery_order: DeliveryOrder,
+    pub delivery: DeliveryMode,
     /// `createdTime` of the last emitted event.
     last_emitted: Option<DateTime<Utc>>,
 }
@@ -165,7 +165,7 @@ impl World {
             request_seq: 0,
             deliveries: VecDeque::new(),
             delivery_tx,
-            delivery_order: DeliveryOrder::default(),
+            delivery: DeliveryMode::default(),
             last_emitted: None,
         }
     }
@@ -258,7 +258,8 @@ impl World {
                 event_type: event_type.clone(),
                 webhook_id: webhook_id.clone(),
                 body: body.clone(),
-                in_order: self.delivery_order == DeliveryOrder::InOrder,
+                in_order: self.delivery.order == DeliveryOrder::InOrder,
+                jitter: self.delivery.jitter,
             };
             if let Err(e) = self.delivery_tx.try_send(job) {
                 tracing::warn!(event_id, webhook_id = %webhook_id, "webhook queue full or closed; delivery dropped");

@@ -113,6 +113,8 @@ pub(crate) struct DeliveryJob {
     /// Emitted in `in_order` mode: sent by the endpoint's worker, after every earlier
     /// in-order job of that endpoint.
     pub in_order: bool,
+    /// A concurrent delivery first waits a random time below this.
+    pub jitter: Duration,
 }
 
 /// One delivery attempt, for `GET /sandbox/deliveries`.
@@ -187,6 +189,13 @@ pub(crate) async fn run_dispatcher(app: Arc<App>, mut rx: mpsc::Receiver<Deliver
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 let app = app.clone();
                 tasks.spawn(async move {
+                    if !job.jitter.is_zero() {
+                        // why: emulates the network: concurrent requests take
+                        // different times, so they arrive out of order (not a wait
+                        // for anything).
+                        let ms = u64::try_from(job.jitter.as_millis()).unwrap_or(u64::MAX);
+                        tokio::time::sleep(Duration::from_millis(rand::random_range(0..ms.max(1)))).await;
+                    }
                     deliver(&app, job).await;
                     drop(permit);
                 });

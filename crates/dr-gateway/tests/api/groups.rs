@@ -227,10 +227,18 @@ async fn a_members_unacknowledged_events_reach_the_others_when_its_connection_di
     let mut b = Member::join(connect(app.grpc_addr).await, start("g", "b", 16)).await;
     let mut got: HashMap<String, u32> = HashMap::new();
     let mut redelivered = 0;
+    // why: far inside the 300 s ack deadline, so only the release on disconnect
+    // can bring the victim's events back in time.
+    let deadline = tokio::time::Instant::now() + WAIT;
     while got.len() < ids.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the victim's events did not come back: got {got:?}"
+        );
         let d = tokio::select! {
             d = a.next_delivery() => (d, &mut a),
             d = b.next_delivery() => (d, &mut b),
+            () = tokio::time::sleep_until(deadline) => continue,
         };
         let (d, member) = d;
         let id = d.event.clone().unwrap().id;
@@ -286,16 +294,20 @@ async fn a_member_that_never_acknowledges_holds_at_most_its_limit_while_the_othe
     // Act: a healthy member joins and acknowledges what it gets.
     let mut healthy = Member::join(connect(app.grpc_addr).await, start("g", "healthy", 16)).await;
     let mut done = HashSet::new();
-    while done.len() < ids.len() - stuck.len() {
-        let d = healthy.next_delivery().await;
-        let id = d.event.unwrap().id;
-        assert_ne!(
-            id, "after-stuck",
-            "an order's next event overtook its unacknowledged one"
-        );
-        healthy.ack(&d.delivery_id).await;
-        done.insert(id);
-    }
+    tokio::time::timeout(WAIT, async {
+        while done.len() < ids.len() - stuck.len() {
+            let d = healthy.next_delivery().await;
+            let id = d.event.unwrap().id;
+            assert_ne!(
+                id, "after-stuck",
+                "an order's next event overtook its unacknowledged one"
+            );
+            healthy.ack(&d.delivery_id).await;
+            done.insert(id);
+        }
+    })
+    .await
+    .expect("the healthy member gets every other event");
 
     // Assert: the stalled member holds exactly its limit; everything else is done.
     let group = get_group(&mut client, "g").await;
@@ -311,11 +323,15 @@ async fn a_member_that_never_acknowledges_holds_at_most_its_limit_while_the_othe
     // When the stalled member leaves, its events and the one behind them go on.
     assert_eq!(stalled.leave().await.map_err(|s| s.code()), Ok(()));
     let mut rest = HashSet::new();
-    while rest.len() < 4 {
-        let d = healthy.next_delivery().await;
-        rest.insert(d.event.unwrap().id);
-        healthy.ack(&d.delivery_id).await;
-    }
+    tokio::time::timeout(WAIT, async {
+        while rest.len() < 4 {
+            let d = healthy.next_delivery().await;
+            rest.insert(d.event.unwrap().id);
+            healthy.ack(&d.delivery_id).await;
+        }
+    })
+    .await
+    .expect("the stalled member's events go on once it left (long before their deadline)");
     let mut want: HashSet<String> = stuck.iter().cloned().collect();
     want.insert("after-stuck".into());
     assert_eq!(rest, want);

@@ -92,8 +92,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/sandbox/events", post(control::emit_event))
         .route("/sandbox/events/{id}/redeliver", post(control::redeliver))
         .route(
-            "/sandbox/delivery-order",
-            get(control::get_delivery_order).post(control::set_delivery_order),
+            "/sandbox/delivery",
+            get(control::get_delivery).post(control::set_delivery),
         );
     Router::new()
         .merge(dr)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use dr_sandbox::{
-    DeliveryOrder, RetryPolicy, SandboxConfig, SecretRotation, WebhookEndpoint,
+    DeliveryMode, DeliveryOrder, RetryPolicy, SandboxConfig, SecretRotation, WebhookEndpoint,
     WebhookRegistration, WebhookSpec,
 };
 use reqwest::StatusCode;
@@ -357,7 +357,10 @@ async fn deliver_burst(order: DeliveryOrder, n: usize) -> (Receiver, Vec<String>
             secret: "s".into(),
             types: vec![],
         }],
-        delivery_order: order,
+        delivery: DeliveryMode {
+            order,
+            jitter: Duration::ZERO,
+        },
         ..Default::default()
     })
     .await;

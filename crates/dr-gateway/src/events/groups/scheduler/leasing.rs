@@ -42,6 +42,9 @@ impl Scheduler {
                     break;
                 }
             }
+            // why: with the in-memory store nothing here waits, so a long backlog
+            // would hold the worker thread; give other tasks their turn.
+            tokio::task::coop::consume_budget().await;
         }
     }
 
