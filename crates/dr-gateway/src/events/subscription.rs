@@ -253,11 +253,24 @@ async fn run_reordered(
                 }
             }
         }
-        for event in buffer.pop_due(clock.now()) {
-            let resume_cursor = tail.log.cursor_for(resume_position(&tail, &buffer));
+        let due = buffer.pop_due(clock.now());
+        // why: an item's resume point must stay before every event not handed out
+        // yet, including the rest of this batch, or a resume after it would skip them.
+        let mut not_yet_sent: Vec<Option<Sequence>> = vec![None; due.len()];
+        for i in (0..due.len().saturating_sub(1)).rev() {
+            let next = due[i + 1].seq;
+            not_yet_sent[i] = Some(not_yet_sent[i + 1].map_or(next, |s| s.min(next)));
+        }
+        for (event, later) in due.into_iter().zip(not_yet_sent) {
+            let held = buffer.oldest_held();
+            let position = match (held, later) {
+                (Some(a), Some(b)) => a.min(b).saturating_sub(1),
+                (Some(a), None) | (None, Some(a)) => a.saturating_sub(1),
+                (None, None) => tail.position(),
+            };
             let item = SubscriptionItem::Reordered {
                 event,
-                resume_cursor,
+                resume_cursor: tail.log.cursor_for(position),
             };
             // why: a full queue blocks only this task; the log keeps the events.
             if tx.send(item).await.is_err() {
@@ -485,6 +498,57 @@ mod tests {
         }
         // What was delivered is contiguous from the start.
         assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+    }
+
+    fn order_event(id: &str, order: &str, created: &str) -> Envelope {
+        let body = format!(
+            r#"{{"id":"{id}","type":"order.updated","createdTime":"{created}","data":{{"object":{{"orderId":"{order}"}}}}}}"#
+        );
+        Envelope::parse(Bytes::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reordered_subscription_hands_out_creation_order_and_resumes_after_what_it_handed_out(
+    ) {
+        let log = log(100);
+        let mut rx = subscribe_reordered(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        // Order o1's second event arrives first; o2's in between.
+        log.append(order_event("o1-b", "o1", "2024-01-01T00:00:02Z"))
+            .await
+            .unwrap();
+        log.append(order_event("o2-a", "o2", "2024-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        log.append(order_event("o1-a", "o1", "2024-01-01T00:00:01Z"))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+                SubscriptionItem::Reordered {
+                    event,
+                    resume_cursor,
+                } => got.push((event.envelope.id.clone(), resume_cursor)),
+                SubscriptionItem::Heartbeat { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["o1-a", "o1-b", "o2-a"]);
+        // o1-a (seq 3) came out before o1-b (seq 1) and o2-a (seq 2): resuming after
+        // it must not skip them; after o1-b, only o2-a is left; then nothing.
+        assert_eq!(got[0].1, log.cursor_for(0));
+        assert_eq!(got[1].1, log.cursor_for(1));
+        assert_eq!(got[2].1, log.cursor_for(3));
     }
 
     #[tokio::test]

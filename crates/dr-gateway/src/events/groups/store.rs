@@ -351,3 +351,72 @@ impl GroupStore for MemoryGroupStore {
         Ok(Vec::new())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::groups::settings::{GroupSettings, StartSpec};
+
+    fn def(id: &str, incarnation: u64) -> GroupDef {
+        GroupDef {
+            id: id.into(),
+            incarnation,
+            settings: GroupSettings {
+                filter: Default::default(),
+                ack_deadline_ms: 1000,
+                reorder_window_ms: 0,
+                start: StartSpec::Now,
+            },
+            created: Utc::now(),
+            start_after: 7,
+        }
+    }
+
+    #[tokio::test]
+    async fn key_records_change_only_from_the_revision_they_were_read_at() {
+        let store = MemoryGroupStore::new();
+        let g = def("g", 1);
+        let mut record = KeyRecord {
+            leases: 1,
+            ..KeyRecord::default()
+        };
+        let Written::Revision(r1) = store.write_key(&g, "k", None, &record).await.unwrap() else {
+            panic!("a busy record is kept")
+        };
+        assert!(matches!(
+            store.write_key(&g, "k", None, &record).await,
+            Err(WriteError::Conflict)
+        ));
+        record.leases = 2;
+        let Written::Revision(r2) = store.write_key(&g, "k", Some(r1), &record).await.unwrap()
+        else {
+            panic!("kept")
+        };
+        assert!(r2 > r1);
+        assert!(matches!(
+            store.write_key(&g, "k", Some(r1), &record).await,
+            Err(WriteError::Conflict)
+        ));
+        assert_eq!(store.key(&g, "k").await.unwrap().unwrap().revision, r2);
+        // Another incarnation of the group sees nothing of this one's records.
+        assert!(store.key(&def("g", 2), "k").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn groups_are_created_once_and_positions_only_move_forward() {
+        let store = MemoryGroupStore::new();
+        let g = def("g", 1);
+        assert_eq!(store.create_group(&g).await.unwrap(), Created::New);
+        assert_eq!(
+            store.create_group(&def("g", 2)).await.unwrap(),
+            Created::Exists(g.clone())
+        );
+        assert_eq!(store.position(&g).await.unwrap().floor, 7);
+        let to = |floor| Position { floor, skipped: 0 };
+        assert_eq!(store.advance_position(&g, to(9)).await.unwrap().floor, 9);
+        assert_eq!(store.advance_position(&g, to(8)).await.unwrap().floor, 9);
+        assert!(store.delete_group("g").await.unwrap());
+        assert!(!store.delete_group("g").await.unwrap());
+        assert!(store.group("g").await.unwrap().is_none());
+    }
+}
