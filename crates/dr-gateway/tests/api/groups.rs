@@ -729,3 +729,62 @@ async fn a_subscriber_with_a_reorder_window_gets_an_orders_events_in_creation_or
     assert!(!resume.is_empty(), "reordered events carry a resume cursor");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_that_arrives_after_a_later_one_was_acknowledged_is_marked_late() {
+    // Arrange: no reorder window, so the later-created event goes out at once.
+    let app = spawn_app("http://127.0.0.1:9").await;
+    let mut client = app.events.clone();
+    create_group(
+        &mut client,
+        "g",
+        group_settings(Duration::from_secs(30), Duration::ZERO),
+    )
+    .await;
+    let mut m = Member::join(connect(app.grpc_addr).await, start("g", "m", 4)).await;
+    let t0 = Utc::now();
+    deliver(
+        &app,
+        &order_event(
+            "newer",
+            "order.complete",
+            "ord-1",
+            t0 + chrono::Duration::seconds(1),
+        ),
+    )
+    .await;
+    let newer = m.next_delivery().await;
+    assert!(!newer.late);
+    m.ack(&newer.delivery_id).await;
+
+    // Act: DR's retry of an older event of the same order arrives now.
+    deliver(&app, &order_event("older", "order.fulfilled", "ord-1", t0)).await;
+
+    // Assert
+    let older = m.next_delivery().await;
+    assert_eq!(older.event.unwrap().id, "older");
+    assert!(
+        older.late,
+        "delivered after a later event of its order was acknowledged"
+    );
+    assert_eq!(older.ordering_key, "ord-1");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_shutting_down_gateway_ends_member_streams_unavailable_so_they_reconnect_elsewhere() {
+    let app = spawn_app("http://127.0.0.1:9").await;
+    let mut creating = start("g", "m", 4);
+    creating.create = Some(pb::ConsumerGroupSettings::default());
+    let mut m = Member::join(connect(app.grpc_addr).await, creating).await;
+
+    app.shutdown_now();
+
+    let ended = m.until_end().await.unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert_eq!(
+        ended.get_error_details().error_info().unwrap().reason,
+        "SHUTTING_DOWN"
+    );
+    app.stop().await;
+}

@@ -143,6 +143,10 @@ impl Scheduler {
         let Some(event) = self.tracked.get(&seq).and_then(|t| t.event.clone()) else {
             return Ok(());
         };
+        if granted.attempt > 1 {
+            // Hook point for redelivery metrics (another issue adds the metrics).
+            tracing::debug!(key = %key, seq, attempt = granted.attempt, "delivering again");
+        }
         let delivered = Delivered {
             delivery_id: id.encode(),
             attempt: granted.attempt,
