@@ -26,7 +26,9 @@ use crate::config::Settings;
 use crate::digital_river::{self, Client, ClientConfig};
 use crate::domain::fulfillments::Fulfiller;
 use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
-use crate::events::groups::{ConsumerGroups, GroupStore, GroupsConfig, MemoryGroupStore};
+use crate::events::groups::{
+    default_replica_name, ConsumerGroups, GroupStore, GroupsConfig, MemoryGroupStore,
+};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
@@ -128,11 +130,12 @@ impl Application {
         } = build_backends(&settings, encoder.clone(), clock.clone()).await?;
         let groups = ConsumerGroups::new(
             event_log.clone(),
-            group_store,
+            group_store.clone(),
             clock.clone(),
             GroupsConfig {
                 max_groups: settings.consumer_groups_max,
                 max_pending: settings.consumer_group_max_pending,
+                replica: group_store.replica().to_owned(),
                 ..GroupsConfig::default()
             },
         );
@@ -375,7 +378,7 @@ async fn build_backends(
             )),
             shared: false,
             max_event_bytes: None,
-            group_store: Arc::new(MemoryGroupStore::new()),
+            group_store: Arc::new(MemoryGroupStore::new(default_replica_name())),
         });
     };
     let bus = Bus::connect(bus_config).await?;
@@ -384,8 +387,7 @@ async fn build_backends(
     // (fulfillments.rs); past that, another replica may assume it died.
     let lease = settings.upstream_timeout + settings.reconcile_timeout * 2 + Duration::from_secs(5);
     let idempotency = KvIdempotencyStore::open(&bus, settings.idempotency_ttl, lease).await?;
-    let group_store =
-        KvGroupStore::open(&bus, crate::events::groups::default_replica_name()).await?;
+    let group_store = KvGroupStore::open(&bus, default_replica_name()).await?;
     Ok(Backends {
         event_log: Arc::new(event_log),
         idempotency: Arc::new(idempotency),

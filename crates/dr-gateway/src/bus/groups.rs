@@ -230,6 +230,10 @@ fn ttl_ms(d: Duration) -> i64 {
 
 #[async_trait]
 impl GroupStore for KvGroupStore {
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
     async fn create_group(&self, def: &GroupDef) -> Result<Created, StoreError> {
         let key = def_key(&def.id);
         match self.cas(&self.groups, &key, None, to_json(def)).await {

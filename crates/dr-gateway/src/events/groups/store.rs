@@ -112,6 +112,8 @@ pub enum StoreChange {
 /// See the module docs.
 #[async_trait]
 pub trait GroupStore: Send + Sync + std::fmt::Debug + 'static {
+    /// This replica's name, under which it publishes its members and leases.
+    fn replica(&self) -> &str;
     /// Stores `def` unless a group with its id exists.
     async fn create_group(&self, def: &GroupDef) -> Result<Created, StoreError>;
     /// The group with this id.
@@ -165,8 +167,9 @@ pub trait GroupStore: Send + Sync + std::fmt::Debug + 'static {
 pub const MEMORY_IDLE_RECORDS: usize = 100_000;
 
 /// The single-process [`GroupStore`]: plain maps behind a mutex.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryGroupStore {
+    replica: String,
     state: Mutex<MemoryState>,
 }
 
@@ -182,9 +185,12 @@ struct MemoryState {
 }
 
 impl MemoryGroupStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty store for this process, named `replica` in member listings.
+    pub fn new(replica: String) -> Self {
+        Self {
+            replica,
+            state: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
@@ -208,6 +214,10 @@ impl MemoryState {
 
 #[async_trait]
 impl GroupStore for MemoryGroupStore {
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
     async fn create_group(&self, def: &GroupDef) -> Result<Created, StoreError> {
         let mut st = self.lock();
         if let Some(existing) = st.groups.get(&def.id) {
@@ -374,7 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn key_records_change_only_from_the_revision_they_were_read_at() {
-        let store = MemoryGroupStore::new();
+        let store = MemoryGroupStore::new("r".into());
         let g = def("g", 1);
         let mut record = KeyRecord {
             leases: 1,
@@ -404,7 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn groups_are_created_once_and_positions_only_move_forward() {
-        let store = MemoryGroupStore::new();
+        let store = MemoryGroupStore::new("r".into());
         let g = def("g", 1);
         assert_eq!(store.create_group(&g).await.unwrap(), Created::New);
         assert_eq!(

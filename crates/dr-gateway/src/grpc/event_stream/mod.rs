@@ -66,11 +66,12 @@ impl EventStreamApi {
         encoder: EventEncoder,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let config = GroupsConfig::default();
         let groups = ConsumerGroups::new(
             log.clone(),
-            Arc::new(MemoryGroupStore::new()),
+            Arc::new(MemoryGroupStore::new(config.replica.clone())),
             clock.clone(),
-            GroupsConfig::default(),
+            config,
         );
         Self {
             log,
