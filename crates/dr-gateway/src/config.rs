@@ -632,6 +632,11 @@ mod tests {
         assert_eq!(settings.event_log_max_bytes, defaults::EVENT_LOG_MAX_BYTES);
         assert_eq!(settings.webhook_max_body, defaults::WEBHOOK_MAX_BODY);
         assert_eq!(settings.retry, RetryPolicy::default());
+        assert_eq!(settings.consumer_groups_max, defaults::CONSUMER_GROUPS_MAX);
+        assert_eq!(
+            settings.consumer_group_max_pending,
+            defaults::CONSUMER_GROUP_MAX_PENDING
+        );
         assert!(settings.bus.is_none());
         let test = Settings::for_upstream("http://dr", "sk_test_x");
         assert_eq!(test.idempotency_ttl, settings.idempotency_ttl);
