@@ -158,6 +158,7 @@ fn bench_encoding() -> Encoding {
     );
     let msg = pb::SubscribeResponse {
         kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
+        ..Default::default()
     };
     // Compare like with like: both ways put the same bytes on the wire.
     assert_eq!(

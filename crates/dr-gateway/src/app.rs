@@ -11,15 +11,17 @@
 //! plaintext listener serves only health (the same statuses), for probes that
 //! cannot speak TLS. Both run the same serve loop ([`grpc::server::serve`]).
 //!
-//! State replicas must share — the event log and the CreateFulfillment idempotency
-//! records — is chosen in one place, [`build_backends`]: in memory for one process,
-//! or NATS JetStream when `--bus-url` is set. JetStream connects in the background
-//! ([`DeferredBus`]): start-up waits at most `--bus-startup-timeout` for it, then
-//! serves what does not need the bus, and a watcher ([`watch_bus_health`]) keeps
-//! EventStream NOT_SERVING while the bus is unreachable. Until the first connection
-//! the idempotency records cannot be read, so CreateFulfillment with a `request_id`,
-//! CaptureItems and CancelItems answer UNAVAILABLE without calling DR. Once
-//! connected, the replicas also share DR's rate limit ([`pacing`]).
+//! State replicas must share — the event log, the CreateFulfillment idempotency
+//! records and the consumer groups — is chosen in one place, [`build_backends`]: in
+//! memory for one process, or NATS JetStream when `--bus-url` is set. JetStream
+//! connects in the background ([`DeferredBus`]): start-up waits at most
+//! `--bus-startup-timeout` for it, then serves what does not need the bus, and a
+//! watcher ([`watch_bus_health`]) keeps EventStream NOT_SERVING while the bus is
+//! unreachable. Until the first connection the idempotency records cannot be read,
+//! so CreateFulfillment with a `request_id`, CaptureItems and CancelItems answer
+//! UNAVAILABLE without calling DR, and Consume and the consumer group RPCs answer
+//! UNAVAILABLE too (the group state is on the bus). Once connected, the replicas
+//! also share DR's rate limit ([`pacing`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +40,9 @@ use crate::config::Settings;
 use crate::digital_river::{self, replica_share, Client, ClientConfig, RateLimiter};
 use crate::domain::fulfillments::{Fulfiller, FulfillerConfig};
 use crate::domain::idempotency::{IdempotencyStore, MemoryIdempotencyStore};
+use crate::events::groups::{
+    default_replica_name, ConsumerGroups, GroupStore, GroupsConfig, MemoryGroupStore,
+};
 use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog, MemoryLogConfig};
 use crate::grpc;
 use crate::grpc::charge::ChargeApi;
@@ -145,6 +150,7 @@ impl Application {
             event_log,
             idempotency,
             bus,
+            group_store,
         } = build_backends(&settings, encoder.clone(), clock.clone(), &shutdown);
         if let (Some(bus), Some(config)) = (&bus, &settings.bus) {
             // why: with NATS up (the usual case) everything turns SERVING together.
@@ -152,11 +158,23 @@ impl Application {
             if !matches!(waited, Ok(Some(_))) {
                 tracing::warn!(
                     waited = ?config.startup_timeout,
-                    "NATS not reachable yet: serving what does not need it; EventStream, webhooks and \
-                     idempotent writes answer UNAVAILABLE until it connects (retrying in the background)"
+                    "NATS not reachable yet: serving what does not need it; EventStream (Subscribe, Consume, \
+                     consumer groups), webhooks and idempotent writes answer UNAVAILABLE until it connects \
+                     (retrying in the background)"
                 );
             }
         }
+        let groups = ConsumerGroups::new(
+            event_log.clone(),
+            group_store.clone(),
+            clock.clone(),
+            GroupsConfig {
+                max_groups: settings.consumer_groups_max,
+                max_pending: settings.consumer_group_max_pending,
+                replica: group_store.replica().to_owned(),
+                ..GroupsConfig::default()
+            },
+        );
         let fulfiller = Fulfiller::new(
             client.clone(),
             idempotency,
@@ -200,7 +218,8 @@ impl Application {
         );
         let event_stream = EventStreamServer::with_messages(
             EventStreamApi::new(event_log.clone(), client.clone(), encoder, clock.clone())
-                .with_shutdown(shutdown.clone()),
+                .with_shutdown(shutdown.clone())
+                .with_groups(groups),
             messages,
         );
         let backfill = Backfill::new(
@@ -466,6 +485,8 @@ struct Backends {
     idempotency: Arc<dyn IdempotencyStore>,
     /// The JetStream backends, in JetStream mode (perhaps not connected yet).
     bus: Option<DeferredBus>,
+    /// Consumer group state (in JetStream mode, on the bus once connected).
+    group_store: Arc<dyn GroupStore>,
 }
 
 /// The webhook body limit, lowered to what the bus can store so an oversized event
@@ -540,6 +561,7 @@ fn build_backends(
                 .with_startup_hold(settings.fulfillment_startup_hold),
             ),
             bus: None,
+            group_store: Arc::new(MemoryGroupStore::new(default_replica_name())),
         };
     };
     // why: an owner writes its record before it looks DR up and again before it
@@ -552,6 +574,7 @@ fn build_backends(
             idempotency_ttl: settings.idempotency_ttl,
             idempotency_lease: lease,
             commit_bound: settings.fulfillment_commit_bound,
+            replica: default_replica_name(),
         },
         encoder,
         clock,
@@ -560,6 +583,7 @@ fn build_backends(
     Backends {
         event_log: bus.event_log(),
         idempotency: bus.idempotency(),
+        group_store: bus.group_store(),
         bus: Some(bus),
     }
 }

@@ -165,6 +165,15 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_BACKFILL_LOOKBACK", default_value = shown_duration!(defaults::BACKFILL_LOOKBACK), value_parser = humantime::parse_duration)]
     pub backfill_lookback: Duration,
 
+    /// Most consumer groups (EventStream.CreateConsumerGroup beyond it is RESOURCE_EXHAUSTED).
+    #[arg(long, env = "DR_GATEWAY_CONSUMER_GROUPS_MAX", default_value_t = defaults::CONSUMER_GROUPS_MAX)]
+    pub consumer_groups_max: usize,
+
+    /// Events a consumer group reads ahead of its oldest unacknowledged one, per
+    /// replica (its memory bound); further events wait in the log.
+    #[arg(long, env = "DR_GATEWAY_CONSUMER_GROUP_MAX_PENDING", default_value_t = defaults::CONSUMER_GROUP_MAX_PENDING, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub consumer_group_max_pending: usize,
+
     /// Run a built-in Digital River sandbox and point the gateway at it (no DR key needed).
     #[arg(long, env = "DR_GATEWAY_SANDBOX")]
     pub sandbox: bool,
@@ -393,6 +402,11 @@ pub struct BusArgs {
     /// Decoded events each replica caches for fan-out.
     #[arg(long = "bus-cache-max-events", env = "DR_GATEWAY_BUS_CACHE_MAX_EVENTS", default_value_t = defaults::BUS_CACHE_MAX_EVENTS)]
     pub cache_max_events: usize,
+
+    /// KV bucket of consumer groups (definitions, positions, members); the
+    /// per-order records go to <bucket>_KEYS.
+    #[arg(long = "bus-groups-bucket", env = "DR_GATEWAY_BUS_GROUPS_BUCKET", default_value = defaults::BUS_GROUPS_BUCKET)]
+    pub groups_bucket: String,
 }
 
 impl BusArgs {
@@ -448,6 +462,7 @@ impl BusArgs {
         config.startup_timeout = self.startup_timeout;
         config.idempotency_bucket = self.idempotency_bucket.clone();
         config.cache_max_events = self.cache_max_events;
+        config.groups_bucket = self.groups_bucket.clone();
         config.validate().map_err(ConfigError::Bus)?;
         Ok(Some(config))
     }
@@ -595,6 +610,10 @@ pub struct Settings {
     /// Whether backfill runs at all (on for `serve`; off in [`Settings::for_upstream`],
     /// so tests that count DR requests see only their own).
     pub backfill_enabled: bool,
+    /// Most consumer groups.
+    pub consumer_groups_max: usize,
+    /// Events a consumer group reads ahead of its position, per replica.
+    pub consumer_group_max_pending: usize,
     /// Shared event bus (JetStream); `None` keeps everything in this process.
     pub bus: Option<BusConfig>,
     /// TLS, caller identities and authorization of the gRPC listener.
@@ -719,6 +738,8 @@ impl ServeArgs {
                 self.backfill_lookback
             },
             backfill_enabled: true,
+            consumer_groups_max: self.consumer_groups_max,
+            consumer_group_max_pending: self.consumer_group_max_pending,
             bus: self.bus.resolve()?,
             security: self.security.resolve()?,
             grpc: self.grpc.resolve()?,
@@ -776,6 +797,14 @@ impl ServeArgs {
             (
                 "--event-log-max-bytes / DR_GATEWAY_EVENT_LOG_MAX_BYTES",
                 self.event_log_max_bytes,
+            ),
+            (
+                "--consumer-groups-max / DR_GATEWAY_CONSUMER_GROUPS_MAX",
+                self.consumer_groups_max,
+            ),
+            (
+                "--consumer-group-max-pending / DR_GATEWAY_CONSUMER_GROUP_MAX_PENDING",
+                self.consumer_group_max_pending,
             ),
         ] {
             positive_size(flag, value)?;
@@ -1023,6 +1052,11 @@ mod tests {
         assert_eq!(
             settings.fulfillment_startup_hold, settings.fulfillment_commit_bound,
             "the start-up hold defaults to the commit bound"
+        );
+        assert_eq!(settings.consumer_groups_max, defaults::CONSUMER_GROUPS_MAX);
+        assert_eq!(
+            settings.consumer_group_max_pending,
+            defaults::CONSUMER_GROUP_MAX_PENDING
         );
         assert!(settings.bus.is_none());
         let test = Settings::for_upstream("http://dr", "sk_test_x");

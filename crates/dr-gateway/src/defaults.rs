@@ -175,6 +175,47 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TLS handshakes in progress at once; further connections wait in the backlog.
 pub const TLS_MAX_HANDSHAKES: usize = 256;
 
+// === consumer groups ===
+
+/// Time a member has to acknowledge a delivery, when the group does not say.
+pub const CONSUMER_GROUP_ACK_DEADLINE: Duration = Duration::from_secs(30);
+/// Shortest ack deadline a group may ask for.
+pub const CONSUMER_GROUP_MIN_ACK_DEADLINE: Duration = Duration::from_secs(1);
+/// Longest ack deadline a group may ask for.
+pub const CONSUMER_GROUP_MAX_ACK_DEADLINE: Duration = Duration::from_secs(600);
+/// How long a group holds each event before delivering it, when it does not say.
+///
+/// why: DR sends an order's webhooks concurrently (docs/digital-river.md §4.2), so
+/// events created milliseconds apart arrive in either order; two seconds absorbs
+/// that and the network's jitter at the cost of two seconds of latency.
+pub const CONSUMER_GROUP_REORDER_WINDOW: Duration = Duration::from_secs(2);
+/// Deliveries a member may hold unacknowledged, when it does not say.
+pub const CONSUMER_MAX_UNACKED: u32 = 16;
+/// Most deliveries a member may ask to hold unacknowledged.
+pub const CONSUMER_MAX_UNACKED_LIMIT: u32 = 1000;
+/// `--consumer-groups-max`.
+pub const CONSUMER_GROUPS_MAX: usize = 1000;
+/// `--consumer-group-max-pending`: events a group's scheduler reads ahead of its
+/// position (its memory bound).
+pub const CONSUMER_GROUP_MAX_PENDING: usize = 10_000;
+/// Members of one group on one replica.
+pub const CONSUMER_GROUP_MAX_MEMBERS: usize = 1000;
+/// How long a group's scheduler stays loaded after its last member left.
+pub const CONSUMER_GROUP_LINGER: Duration = Duration::from_secs(30);
+/// How often a replica republishes its members' counters (JetStream mode).
+pub const CONSUMER_GROUP_MEMBER_REFRESH: Duration = Duration::from_secs(5);
+/// How long a published member stays listed without a refresh (JetStream mode):
+/// a replica that died stops being listed after this.
+pub const CONSUMER_GROUP_MEMBER_TTL: Duration = Duration::from_secs(20);
+/// How often a moving group position is saved.
+pub const CONSUMER_GROUP_POSITION_FLUSH: Duration = Duration::from_millis(200);
+/// Longest a member's request waits for the group's scheduler.
+pub const CONSUMER_GROUP_SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the first message of a Consume stream may take to arrive.
+pub const CONSUME_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--bus-groups-bucket`: KV bucket of consumer group definitions and positions.
+pub const BUS_GROUPS_BUCKET: &str = "DR_GATEWAY_GROUPS";
+
 /// A duration as flag text (`24h`), rendered once per call site.
 #[macro_export]
 #[doc(hidden)]

@@ -11,10 +11,15 @@
 //! | `digitalriver.gateway.v1.ChargeService` | started and not draining | DR settings |
 //! | `digitalriver.gateway.v1.EventStream` | as above, and the event log is reachable | the bus, in JetStream mode |
 //!
+//! EventStream's status covers Consume and the consumer group RPCs too: their
+//! state is on the same bus, opened in the same connection round as the event log
+//! (`bus::deferred`), so the log's check answers for both.
+//!
 //! A NATS outage therefore leaves a replica ready: reads and DR lookups keep working
-//! while everything that needs the bus — Subscribe, webhooks, and the idempotency
-//! records of CreateFulfillment / CaptureItems / CancelItems with a `request_id` —
-//! answers UNAVAILABLE with `RetryInfo` (webhooks: 503, which DR retries). Taking
+//! while everything that needs the bus — Subscribe, Consume and the consumer group
+//! RPCs, webhooks, and the idempotency records of CreateFulfillment / CaptureItems /
+//! CancelItems with a `request_id` — answers UNAVAILABLE with `RetryInfo` (webhooks:
+//! 503, which DR retries). Taking
 //! every replica out of its Service for an outage they all share would only turn
 //! those reads away too.
 //!

@@ -18,7 +18,7 @@
 //! - [`domain`]: validation, idempotent fulfillment with reconciliation, order progress,
 //!   the payment source of a charge.
 //! - [`events`]: DR event envelope, the event log (trait + in-memory), subscriptions,
-//!   filters, backfill, capture/cancel outcome correlation.
+//!   filters, backfill, capture/cancel outcome correlation, consumer groups.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
 //! - [`money`]: exact decimal text → `Money`.
 //! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::{RateLimit, RetryPolicy, SandboxConfig, SettleMode, WebhookSpec};
+use crate::{
+    DeliveryMode, DeliveryOrder, RateLimit, RetryPolicy, SandboxConfig, SettleMode, WebhookSpec,
+};
 
 /// Flags of a standalone sandbox.
 #[derive(Debug, Args)]
@@ -33,6 +35,14 @@ pub struct SandboxArgs {
     /// `LIVE,TEST` requests per second, or `off`. Past it: 429 with Retry-After.
     #[arg(long, default_value = "dr", value_parser = parse_rate_limit)]
     pub rate_limit: RateLimitArg,
+    /// Webhook delivery order: `concurrent` (as DR sends them: any order) or
+    /// `in_order` (one at a time per endpoint, in emission order).
+    #[arg(long, default_value = "concurrent")]
+    pub webhook_delivery_order: DeliveryOrder,
+    /// Each concurrent webhook delivery first waits a random time below this many
+    /// milliseconds (0: none), so events arrive out of order as DR's do.
+    #[arg(long, default_value_t = 0)]
+    pub webhook_jitter_ms: u64,
 }
 
 /// `--rate-limit`.
@@ -87,6 +97,10 @@ impl SandboxArgs {
             },
             webhooks: self.webhooks,
             rate_limit: self.rate_limit.0,
+            delivery: DeliveryMode {
+                order: self.webhook_delivery_order,
+                jitter: Duration::from_millis(self.webhook_jitter_ms),
+            },
         }
     }
 }
@@ -109,6 +123,20 @@ mod tests {
         assert_eq!(config.settle, SettleMode::default());
         assert!(config.webhooks.is_empty());
         assert_eq!(config.rate_limit, Some(RateLimit::documented()));
+        assert_eq!(config.delivery, DeliveryMode::default());
+        let ordered = Cli::try_parse_from([
+            "x",
+            "--webhook-delivery-order",
+            "in_order",
+            "--webhook-jitter-ms",
+            "50",
+        ])
+        .unwrap()
+        .sandbox
+        .into_config();
+        assert_eq!(ordered.delivery.order, DeliveryOrder::InOrder);
+        assert_eq!(ordered.delivery.jitter, Duration::from_millis(50));
+        assert!(Cli::try_parse_from(["x", "--webhook-delivery-order", "random"]).is_err());
     }
 
     #[test]

@@ -25,6 +25,31 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::faults::{FaultKind, FaultSpec};
+use crate::{DeliveryMode, DeliveryOrder};
+
+/// `{order, jitterMs}` of `/sandbox/delivery`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryBody {
+    order: String,
+    jitter_ms: u64,
+}
+
+impl DeliveryBody {
+    fn mode(self) -> Result<DeliveryMode, ControlError> {
+        let order: DeliveryOrder =
+            self.order
+                .parse()
+                .map_err(|e: String| ControlError::Decode {
+                    source: serde::de::Error::custom(e),
+                    body: self.order.clone(),
+                })?;
+        Ok(DeliveryMode {
+            order,
+            jitter: Duration::from_millis(self.jitter_ms),
+        })
+    }
+}
 
 /// Per-request timeout of a [`ControlClient`] unless changed with
 /// [`ControlClient::with_timeout`].
@@ -857,6 +882,33 @@ impl ControlClient {
         let path = format!("/sandbox/events/{}/redeliver", encode(event_id, false));
         self.call_empty(Method::POST, &path, StatusCode::ACCEPTED)
             .await
+    }
+
+    /// `GET /sandbox/delivery`: how webhooks go out now.
+    pub async fn delivery(&self) -> Result<DeliveryMode, ControlError> {
+        let body: DeliveryBody = self
+            .call_empty(Method::GET, "/sandbox/delivery", StatusCode::OK)
+            .await?;
+        body.mode()
+    }
+
+    /// `POST /sandbox/delivery`: concurrent (DR's way) or in-order delivery, and the
+    /// jitter of concurrent deliveries, for events emitted from now on; returns the
+    /// mode in force.
+    pub async fn set_delivery(&self, mode: DeliveryMode) -> Result<DeliveryMode, ControlError> {
+        let request = DeliveryBody {
+            order: mode.order.as_str().to_owned(),
+            jitter_ms: u64::try_from(mode.jitter.as_millis()).unwrap_or(u64::MAX),
+        };
+        let body: DeliveryBody = self
+            .call(
+                Method::POST,
+                "/sandbox/delivery",
+                Some(&request),
+                StatusCode::OK,
+            )
+            .await?;
+        body.mode()
     }
 
     /// `POST /sandbox/events`: stores and delivers an event; returns it as `GET

@@ -111,6 +111,12 @@
 //! - `GET /sandbox/deliveries[?eventId=&webhookId=]` → `{data: [{eventId, eventType, webhookId, url,
 //!   attempt, status, error, success, signature, attemptedTime, durationMs, willRetry}]}`; `DELETE` → 204.
 //! - `POST /sandbox/events/{id}/redeliver` → 202 `{eventId, webhookIds}`.
+//! - `GET /sandbox/delivery` → `{order, jitterMs}`; `POST /sandbox/delivery {order?,
+//!   jitterMs?}` → 200 `{order, jitterMs}`: `order` `concurrent` (DR's way, the default:
+//!   deliveries run side by side, so events arrive in any order, more so with a jitter:
+//!   each concurrent delivery first waits a random time below `jitterMs`, default 0) or
+//!   `in_order` (one delivery at a time per endpoint, in emission order, retries
+//!   included). Applies to events emitted from then on.
 //! - `POST /sandbox/events` (full envelope, or `{type, object, previousAttributes?}`) → 201 event.
 //!
 //! # Layout
@@ -132,7 +138,11 @@
 //! - `routes` — axum handlers, auth, request log, fault application
 //! - `settle` — settlement of pending captures/cancels, order completion
 //! - `state` — the world behind one mutex, event emission
-//! - `webhooks` — endpoints, signing, background delivery with retries
+//! - `webhooks` — endpoints, signing, background delivery with retries (concurrent or in
+//!   order)
+//!
+//! Events get strictly increasing `createdTime`s (microseconds, like DR's), so their
+//! creation order is never ambiguous.
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -202,6 +212,54 @@ impl std::str::FromStr for SettleMode {
     }
 }
 
+/// The order in which webhooks go out to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryOrder {
+    /// Every delivery on its own (up to 32 at once across endpoints), as DR sends them
+    /// (docs/digital-river.md §4.2): events created moments apart can arrive in either
+    /// order, and a retried one arrives after later ones.
+    #[default]
+    Concurrent,
+    /// One delivery at a time per endpoint, in the order the events were emitted; a
+    /// failing delivery is retried (with backoff) before the next event is sent.
+    InOrder,
+}
+
+impl DeliveryOrder {
+    /// The control surface's and the flag's name: `concurrent` or `in_order`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Concurrent => "concurrent",
+            Self::InOrder => "in_order",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryOrder {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "concurrent" => Ok(Self::Concurrent),
+            "in_order" | "in-order" => Ok(Self::InOrder),
+            other => Err(format!(
+                "unknown delivery order '{other}' (concurrent|in_order)"
+            )),
+        }
+    }
+}
+
+/// How the sandbox sends webhooks: the order, and a random delay before each
+/// concurrent delivery (network latency differs per request, which is what makes
+/// DR's concurrent webhooks arrive out of order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeliveryMode {
+    /// Concurrent or in order.
+    pub order: DeliveryOrder,
+    /// Each concurrent delivery first waits a random time below this (zero: none).
+    pub jitter: Duration,
+}
+
 /// Webhook delivery retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -251,6 +309,9 @@ pub struct SandboxConfig {
     /// DR's per-key rate limit on the DR surface; `None` (the default) admits
     /// everything. [`RateLimit::documented`] is DR's.
     pub rate_limit: Option<RateLimit>,
+    /// Concurrent (DR's way, the default) or in-order webhook delivery, and the
+    /// jitter of concurrent deliveries; the control surface can change both later.
+    pub delivery: DeliveryMode,
 }
 
 impl Default for SandboxConfig {
@@ -262,6 +323,7 @@ impl Default for SandboxConfig {
             webhook_retry: RetryPolicy::default(),
             webhooks: Vec::new(),
             rate_limit: None,
+            delivery: DeliveryMode::default(),
         }
     }
 }
@@ -293,6 +355,7 @@ async fn build(
     let (tx, rx) = mpsc::channel(webhooks::QUEUE_CAPACITY);
     let mut world = World::new(config.seed, config.settle, tx);
     world.rate_limiter.set_limit(config.rate_limit);
+    world.delivery = config.delivery;
     for spec in config.webhooks {
         world.add_webhook(spec);
     }

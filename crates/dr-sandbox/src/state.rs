@@ -18,7 +18,7 @@ use super::ids::IdGen;
 use super::model::{Fulfillment, OpKind, Order};
 use super::rate_limit::RateLimiter;
 use super::webhooks::{DeliveryJob, DeliveryRecord, Webhook, DELIVERY_LOG_CAPACITY};
-use super::{RetryPolicy, SettleMode};
+use super::{DeliveryMode, DeliveryOrder, RetryPolicy, SettleMode};
 
 /// Requests kept in `GET /sandbox/requests`.
 const REQUEST_LOG_CAPACITY: usize = 10_000;
@@ -143,6 +143,10 @@ pub(crate) struct World {
     request_seq: u64,
     deliveries: VecDeque<DeliveryRecord>,
     delivery_tx: mpsc::Sender<DeliveryJob>,
+    /// How webhooks go out (the control surface changes it).
+    pub delivery: DeliveryMode,
+    /// `createdTime` of the last emitted event.
+    last_emitted: Option<DateTime<Utc>>,
 }
 
 impl World {
@@ -171,6 +175,8 @@ impl World {
             request_seq: 0,
             deliveries: VecDeque::new(),
             delivery_tx,
+            delivery: DeliveryMode::default(),
+            last_emitted: None,
         }
     }
 
@@ -200,7 +206,14 @@ impl World {
         live_mode: bool,
     ) -> String {
         let id = self.ids.uuid();
-        let created = self.clock.now();
+        // why: two events of one operation may be stamped within the same microsecond;
+        // keep creation order unambiguous, as a single source of truth would.
+        let now = self.clock.now();
+        let created = match self.last_emitted {
+            Some(last) if now <= last => last + chrono::Duration::microseconds(1),
+            _ => now,
+        };
+        self.last_emitted = Some(created);
         let webhook_ids: Vec<String> = self
             .webhooks
             .iter()
@@ -255,6 +268,8 @@ impl World {
                 event_type: event_type.clone(),
                 webhook_id: webhook_id.clone(),
                 body: body.clone(),
+                in_order: self.delivery.order == DeliveryOrder::InOrder,
+                jitter: self.delivery.jitter,
             };
             if let Err(e) = self.delivery_tx.try_send(job) {
                 tracing::warn!(event_id, webhook_id = %webhook_id, "webhook queue full or closed; delivery dropped");

@@ -2,9 +2,13 @@
 //!
 //! Delivery never blocks an API call: emitting an event `try_send`s one job per matching
 //! endpoint into a bounded queue; a dispatcher task runs up to `MAX_IN_FLIGHT` deliveries
-//! at a time. Each attempt is signed afresh (new timestamp, current secret), times out after
-//! the policy's timeout (3000 ms, docs/digital-river.md §4.2) and counts as success only on 2xx.
+//! at a time, each on its own (DR's way: events arrive in any order). A job emitted in
+//! `in_order` mode goes instead to its endpoint's worker, which sends one delivery at a
+//! time, retries included, in emission order (bounded queue per endpoint). Each attempt
+//! is signed afresh (new timestamp, current secret), times out after the policy's timeout
+//! (3000 ms, docs/digital-river.md §4.2) and counts as success only on 2xx.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +110,11 @@ pub(crate) struct DeliveryJob {
     pub webhook_id: String,
     /// The serialized event.
     pub body: Arc<[u8]>,
+    /// Emitted in `in_order` mode: sent by the endpoint's worker, after every earlier
+    /// in-order job of that endpoint.
+    pub in_order: bool,
+    /// A concurrent delivery first waits a random time below this.
+    pub jitter: Duration,
 }
 
 /// One delivery attempt, for `GET /sandbox/deliveries`.
@@ -159,13 +168,34 @@ impl DeliveryRecord {
 pub(crate) async fn run_dispatcher(app: Arc<App>, mut rx: mpsc::Receiver<DeliveryJob>) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = JoinSet::new();
+    // One sequential worker per endpoint with in-order jobs.
+    let mut in_order: HashMap<String, mpsc::Sender<DeliveryJob>> = HashMap::new();
     loop {
         tokio::select! {
             job = rx.recv() => {
                 let Some(job) = job else { break };
+                if job.in_order {
+                    let worker = in_order.entry(job.webhook_id.clone()).or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+                        tasks.spawn(run_in_order(app.clone(), rx));
+                        tx
+                    });
+                    // why: a full queue pauses the dispatcher (backpressure), never reorders.
+                    if worker.send(job).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let Ok(permit) = permits.clone().acquire_owned().await else { break };
                 let app = app.clone();
                 tasks.spawn(async move {
+                    if !job.jitter.is_zero() {
+                        // why: emulates the network: concurrent requests take
+                        // different times, so they arrive out of order (not a wait
+                        // for anything).
+                        let ms = u64::try_from(job.jitter.as_millis()).unwrap_or(u64::MAX);
+                        tokio::time::sleep(Duration::from_millis(rand::random_range(0..ms.max(1)))).await;
+                    }
                     deliver(&app, job).await;
                     drop(permit);
                 });
@@ -173,7 +203,15 @@ pub(crate) async fn run_dispatcher(app: Arc<App>, mut rx: mpsc::Receiver<Deliver
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
+    drop(in_order);
     while tasks.join_next().await.is_some() {}
+}
+
+/// Sends one endpoint's in-order jobs one after the other, each with its retries.
+async fn run_in_order(app: Arc<App>, mut rx: mpsc::Receiver<DeliveryJob>) {
+    while let Some(job) = rx.recv().await {
+        deliver(&app, job).await;
+    }
 }
 
 /// Delivers one event to one endpoint, retrying with exponential backoff.

@@ -46,8 +46,13 @@ pub enum Group {
     Capture,
     /// Cancels items (releases authorized money): CancelItems.
     Cancel,
-    /// Opens a Subscribe stream of DR's events.
+    /// Receives DR's events: Subscribe, and as a consumer group member — Consume
+    /// (which may create its group), CreateConsumerGroup, GetConsumerGroup,
+    /// ListConsumerGroups.
     Subscribe,
+    /// Deletes consumer groups (DeleteConsumerGroup): ends every member's stream
+    /// and drops the group's position, so it is apart from `subscribe`.
+    ManageGroups,
     /// `grpc.health.v1.Health` (Check, Watch).
     Health,
     /// Server reflection, v1 and v1alpha.
@@ -55,11 +60,12 @@ pub enum Group {
 }
 
 impl Group {
-    const ALL: [(Group, &'static str); 6] = [
+    const ALL: [(Group, &'static str); 7] = [
         (Group::Read, "read"),
         (Group::Capture, "capture"),
         (Group::Cancel, "cancel"),
         (Group::Subscribe, "subscribe"),
+        (Group::ManageGroups, "manage_groups"),
         (Group::Health, "health"),
         (Group::Reflection, "reflection"),
     ];
@@ -95,7 +101,17 @@ pub fn required_groups(path: &str) -> Option<&'static [Group]> {
             "ChargeService",
             "GetCharge" | "ListOrderCharges" | "GetCaptureFailure" | "GetPaymentSource",
         ) => &[Read],
-        ("EventStream", "Subscribe") => &[Subscribe],
+        // why: a consumer group member creates its group (Consume's `start.create`)
+        // and watches its progress; deleting one ends other members' streams.
+        (
+            "EventStream",
+            "Subscribe"
+            | "Consume"
+            | "CreateConsumerGroup"
+            | "GetConsumerGroup"
+            | "ListConsumerGroups",
+        ) => &[Subscribe],
+        ("EventStream", "DeleteConsumerGroup") => &[ManageGroups],
         ("EventStream", "GetEvent" | "ListEvents") => &[Read],
         _ => return None,
     };
@@ -155,7 +171,7 @@ impl Grants {
                 return Err(PolicyError::invalid(
                     field,
                     format!(
-                        "{entry:?} is neither a group (read, capture, cancel, subscribe, health, reflection) \
+                        "{entry:?} is neither a group (read, capture, cancel, subscribe, manage_groups, health, reflection) \
                          nor a method (package.Service/Method or package.Service/*)"
                     ),
                 ));
@@ -418,6 +434,9 @@ mod tests {
     const GET_CHARGE: &str = "/digitalriver.gateway.v1.ChargeService/GetCharge";
     const CREATE: &str = "/digitalriver.gateway.v1.FulfillmentService/CreateFulfillment";
     const SUBSCRIBE: &str = "/digitalriver.gateway.v1.EventStream/Subscribe";
+    const CONSUME: &str = "/digitalriver.gateway.v1.EventStream/Consume";
+    const GET_GROUP: &str = "/digitalriver.gateway.v1.EventStream/GetConsumerGroup";
+    const DELETE_GROUP: &str = "/digitalriver.gateway.v1.EventStream/DeleteConsumerGroup";
     const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
     #[test]
@@ -450,6 +469,10 @@ mod tests {
             name = "fulfiller"
             identities = ["token:fulfiller"]
             allow = ["capture", "cancel", "subscribe"]
+            [[rules]]
+            name = "operator"
+            identities = ["token:operator"]
+            allow = ["manage_groups"]
             "#,
         )
         .unwrap();
@@ -470,7 +493,17 @@ mod tests {
         let fulfiller = policy.rule_for("token:fulfiller").unwrap();
         assert!(fulfiller.grants().allows(CREATE));
         assert!(fulfiller.grants().allows(SUBSCRIBE));
+        assert!(fulfiller.grants().allows(CONSUME), "a group member");
+        assert!(fulfiller.grants().allows(GET_GROUP));
+        assert!(
+            !fulfiller.grants().allows(DELETE_GROUP),
+            "deleting a group ends other members' streams"
+        );
+        assert!(!reader.grants().allows(CONSUME));
         assert!(!fulfiller.grants().allows(GET_CHARGE));
+        let operator = policy.rule_for("token:operator").unwrap();
+        assert!(operator.grants().allows(DELETE_GROUP));
+        assert!(!operator.grants().allows(CONSUME));
         assert!(policy.rule_for("token:unknown").is_none());
         assert!(
             policy.open().allows(HEALTH_CHECK),

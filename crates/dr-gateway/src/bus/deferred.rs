@@ -3,25 +3,30 @@
 //! that does not need the bus at once and turns the rest on when NATS arrives — it
 //! never exits for want of NATS, so there is no crash loop to wait out.
 //!
-//! Until the first connection (stream and buckets provisioned), the event log and
-//! the idempotency store stand in with [`NotConnected`] errors: Subscribe and
-//! webhooks get UNAVAILABLE / 503, CreateFulfillment / CaptureItems / CancelItems
-//! with a `request_id` get UNAVAILABLE with `RetryInfo` before anything reaches DR
-//! (no POST without its idempotency record; requests without one use no record). Once connected, the
-//! JetStream backends handle later outages themselves (the client reconnects).
+//! Until the first connection (stream and buckets provisioned), the event log, the
+//! idempotency store and the consumer group store stand in with [`NotConnected`]
+//! errors: Subscribe and webhooks get UNAVAILABLE / 503, CreateFulfillment /
+//! CaptureItems / CancelItems with a `request_id` get UNAVAILABLE with `RetryInfo`
+//! before anything reaches DR (no POST without its idempotency record; requests
+//! without one use no record), Consume and the consumer group RPCs get UNAVAILABLE
+//! with `RetryInfo` at once (no group state is read or written). Once connected,
+//! the JetStream backends handle later outages themselves (the client reconnects).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bus, BusConfig, BusError, JetStreamLog, KvIdempotencyStore};
+use super::{Bus, BusConfig, BusError, JetStreamLog, KvGroupStore, KvIdempotencyStore};
 use crate::clock::Clock;
 use crate::digital_river::models::Fulfillment;
 use crate::domain::idempotency::{Claim, IdempotencyError, IdempotencyStore};
+use crate::events::groups::store::{Created, StoreChange, Versioned, WriteError, Written};
+use crate::events::groups::{GroupDef, GroupStore, KeyRecord, MemberInfo, Position, StoreError};
 use crate::events::{
     Appended, Bounds, Envelope, EventEncoder, EventLog, LogError, Sequence, StoredEvent,
 };
@@ -45,6 +50,8 @@ pub struct Connected {
     pub log: Arc<JetStreamLog>,
     /// The shared idempotency store.
     pub idempotency: Arc<KvIdempotencyStore>,
+    /// The shared consumer group state.
+    pub groups: Arc<KvGroupStore>,
 }
 
 /// What the background connection needs to open the backends.
@@ -58,6 +65,9 @@ pub struct DeferredSettings {
     pub idempotency_lease: Duration,
     /// How long after a POST DR may still commit it (`--fulfillment-commit-bound`).
     pub commit_bound: Duration,
+    /// This replica's name in consumer group member lists and leases (known before
+    /// the connection, so the group scheduler and the store agree on it).
+    pub replica: String,
 }
 
 /// JetStream backends that may not be connected yet; see the module docs. Cheap
@@ -65,6 +75,7 @@ pub struct DeferredSettings {
 #[derive(Debug, Clone)]
 pub struct DeferredBus {
     ready: watch::Receiver<Option<Arc<Connected>>>,
+    replica: String,
 }
 
 impl DeferredBus {
@@ -76,10 +87,11 @@ impl DeferredBus {
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, ready) = watch::channel(None);
+        let replica = settings.replica.clone();
         tokio::spawn(connect_in_background(
             settings, encoder, clock, tx, shutdown,
         ));
-        Self { ready }
+        Self { ready, replica }
     }
 
     /// The backends, if connected.
@@ -108,6 +120,15 @@ impl DeferredBus {
     pub fn idempotency(&self) -> Arc<dyn IdempotencyStore> {
         Arc::new(DeferredIdempotency {
             ready: self.ready.clone(),
+        })
+    }
+
+    /// The consumer group store: JetStream KV once connected, [`NotConnected`]
+    /// before; named [`DeferredSettings::replica`] either way.
+    pub fn group_store(&self) -> Arc<dyn GroupStore> {
+        Arc::new(DeferredGroups {
+            ready: self.ready.clone(),
+            replica: self.replica.clone(),
         })
     }
 }
@@ -166,10 +187,12 @@ async fn connect_once(
         settings.commit_bound,
     )
     .await?;
+    let groups = KvGroupStore::open(&bus, settings.replica.clone()).await?;
     Ok(Connected {
         bus,
         log: Arc::new(log),
         idempotency: Arc::new(idempotency),
+        groups: Arc::new(groups),
     })
 }
 
@@ -305,6 +328,103 @@ impl IdempotencyStore for DeferredIdempotency {
     }
 }
 
+// === impl DeferredGroups ===
+
+/// The consumer group store of a [`DeferredBus`]. Every call fails at once before
+/// the connection, so a group RPC answers UNAVAILABLE instead of waiting, and no
+/// scheduler starts (each starts after reading the group from the store).
+#[derive(Debug)]
+struct DeferredGroups {
+    ready: watch::Receiver<Option<Arc<Connected>>>,
+    replica: String,
+}
+
+impl DeferredGroups {
+    fn store(&self) -> Result<Arc<KvGroupStore>, StoreError> {
+        self.ready
+            .borrow()
+            .as_ref()
+            .map(|c| c.groups.clone())
+            .ok_or_else(|| StoreError(NotConnected.to_string()))
+    }
+}
+
+#[async_trait]
+impl GroupStore for DeferredGroups {
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    async fn create_group(&self, def: &GroupDef) -> Result<Created, StoreError> {
+        self.store()?.create_group(def).await
+    }
+
+    async fn group(&self, id: &str) -> Result<Option<GroupDef>, StoreError> {
+        self.store()?.group(id).await
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupDef>, StoreError> {
+        self.store()?.groups().await
+    }
+
+    async fn delete_group(&self, id: &str) -> Result<bool, StoreError> {
+        self.store()?.delete_group(id).await
+    }
+
+    async fn position(&self, group: &GroupDef) -> Result<Position, StoreError> {
+        self.store()?.position(group).await
+    }
+
+    async fn advance_position(
+        &self,
+        group: &GroupDef,
+        to: Position,
+    ) -> Result<Position, StoreError> {
+        self.store()?.advance_position(group, to).await
+    }
+
+    async fn key(
+        &self,
+        group: &GroupDef,
+        key: &str,
+    ) -> Result<Option<Versioned<KeyRecord>>, StoreError> {
+        self.store()?.key(group, key).await
+    }
+
+    async fn write_key(
+        &self,
+        group: &GroupDef,
+        key: &str,
+        expected: Option<u64>,
+        record: &KeyRecord,
+    ) -> Result<Written, WriteError> {
+        self.store()?.write_key(group, key, expected, record).await
+    }
+
+    async fn changes(
+        &self,
+        group: &GroupDef,
+    ) -> Result<BoxStream<'static, StoreChange>, StoreError> {
+        self.store()?.changes(group).await
+    }
+
+    async fn put_members(
+        &self,
+        group: &GroupDef,
+        members: &[MemberInfo],
+    ) -> Result<(), StoreError> {
+        self.store()?.put_members(group, members).await
+    }
+
+    async fn remove_member(&self, group: &GroupDef, member_id: &str) -> Result<(), StoreError> {
+        self.store()?.remove_member(group, member_id).await
+    }
+
+    async fn members(&self, group: &GroupDef) -> Result<Vec<MemberInfo>, StoreError> {
+        self.store()?.members(group).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +443,7 @@ mod tests {
             idempotency_ttl: Duration::from_secs(60),
             idempotency_lease: Duration::from_secs(10),
             commit_bound: Duration::from_secs(30),
+            replica: "replica-a".into(),
         }
     }
 
@@ -349,6 +470,10 @@ mod tests {
             .record_attempt("k", 1, Instant::now())
             .await;
         assert!(matches!(attempt, Err(IdempotencyError::Unavailable(_))));
+        let groups = bus.group_store();
+        assert_eq!(groups.replica(), "replica-a");
+        assert!(groups.group("g").await.is_err());
+        assert!(groups.groups().await.is_err());
         shutdown.cancel();
         assert!(
             tokio::time::timeout(Duration::from_secs(5), bus.wait_connected())

@@ -16,6 +16,9 @@
 //!   CreateFulfillment `request_id` → in-flight / done / unknown record.
 //! - **KV bucket** `<stream>_REPLICAS`: one key per running replica, refreshed by
 //!   heartbeats, so the replicas split DR's per-key rate limit ([`pacing`]).
+//! - **KV buckets** `DR_GATEWAY_GROUPS` (`--bus-groups-bucket`) and
+//!   `DR_GATEWAY_GROUPS_KEYS`: consumer groups (definitions, positions, members;
+//!   one compare-and-set record per ordering key), see [`groups`].
 //!
 //! # NATS 2.9
 //! Debian ships nats-server 2.9.10. async-nats ≥ 0.4x's `create_key_value` asks for
@@ -31,10 +34,12 @@
 //! - [`event_log`]: the [`EventLog`](crate::events::EventLog) backend, [`JetStreamLog`].
 //! - [`cache`]: the bounded per-replica cache of decoded events.
 //! - [`idempotency`]: the shared [`KvIdempotencyStore`].
+//! - [`groups`]: the shared consumer group state, [`KvGroupStore`].
 
 pub mod cache;
 pub mod deferred;
 pub mod event_log;
+pub mod groups;
 pub mod idempotency;
 pub mod pacing;
 pub mod provision;
@@ -47,6 +52,7 @@ use tokio::sync::watch;
 
 pub use deferred::{DeferredBus, DeferredSettings};
 pub use event_log::JetStreamLog;
+pub use groups::KvGroupStore;
 pub use idempotency::KvIdempotencyStore;
 
 /// How to reach JetStream and what to keep there.
@@ -83,6 +89,9 @@ pub struct BusConfig {
     pub cache_max_events: usize,
     /// Most bytes (approximate) of decoded events each replica keeps.
     pub cache_max_bytes: usize,
+    /// KV bucket of consumer group definitions, positions and members (the
+    /// per-key records live in `<this>_KEYS`).
+    pub groups_bucket: String,
 }
 
 impl BusConfig {
@@ -104,7 +113,13 @@ impl BusConfig {
             idempotency_bucket: defaults::BUS_IDEMPOTENCY_BUCKET.to_owned(),
             cache_max_events: defaults::BUS_CACHE_MAX_EVENTS,
             cache_max_bytes: defaults::BUS_CACHE_MAX_BYTES,
+            groups_bucket: defaults::BUS_GROUPS_BUCKET.to_owned(),
         }
+    }
+
+    /// The KV bucket of consumer groups' per-ordering-key records.
+    pub fn groups_keys_bucket(&self) -> String {
+        format!("{}_KEYS", self.groups_bucket)
     }
 
     /// The KV bucket of seen DR event ids.
@@ -123,8 +138,15 @@ impl BusConfig {
             })?;
         }
         for (what, name) in [
-            ("stream", &self.stream),
-            ("idempotency bucket", &self.idempotency_bucket),
+            ("--bus-stream: stream", &self.stream),
+            (
+                "--bus-idempotency-bucket: idempotency bucket",
+                &self.idempotency_bucket,
+            ),
+            (
+                "--bus-groups-bucket: consumer groups bucket",
+                &self.groups_bucket,
+            ),
         ] {
             if !is_valid_name(name) {
                 return Err(BusError::Config(format!(

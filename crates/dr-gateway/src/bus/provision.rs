@@ -43,7 +43,7 @@ pub fn event_stream_config(bus: &Bus) -> stream::Config {
 }
 
 /// The `KV_<bucket>` stream a key-value bucket with one value per key, no history
-/// and `ttl` retention has: what async-nats' `create_key_value` would create, built by
+/// and `ttl` retention (zero: entries never expire) has: what async-nats' `create_key_value` would create, built by
 /// hand because that call fails against nats-server 2.9 (see the module docs above).
 pub fn kv_stream_config(bucket: &str, ttl: Duration, replicas: usize) -> stream::Config {
     stream::Config {
@@ -61,9 +61,14 @@ pub fn kv_stream_config(bucket: &str, ttl: Duration, replicas: usize) -> stream:
         deny_purge: false,
         allow_direct: true,
         discard: DiscardPolicy::New,
-        // why: the server's default (2 min) must not exceed max_age; KV never sets a
-        // Nats-Msg-Id, so the window only has to be valid.
-        duplicate_window: ttl.min(Duration::from_secs(120)),
+        // why: the server's default (2 min) must not exceed max_age (zero: no
+        // expiry, so the default fits); KV never sets a Nats-Msg-Id, so the window
+        // only has to be valid.
+        duplicate_window: if ttl.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            ttl.min(Duration::from_secs(120))
+        },
         num_replicas: replicas,
         ..Default::default()
     }

@@ -145,6 +145,11 @@ impl Envelope {
     pub fn approx_size(&self) -> usize {
         self.raw.len()
     }
+
+    /// `data.object.id`: the id of the object the event is about, when it has one.
+    pub fn object_id(&self) -> Option<String> {
+        self.object.get("id").and_then(id_text)
+    }
 }
 
 /// The DR order id an event is about: `data.object.orderId`, or `data.object.id` for

@@ -136,6 +136,23 @@ impl StoredEvent {
         &self.proto.cursor
     }
 
+    /// The encoded `Event` inside [`encoded_response`](Self::encoded_response)
+    /// (without the `SubscribeResponse` field header), shared, for messages that
+    /// embed the event in another field (consumer group deliveries).
+    pub fn encoded_event(&self) -> Bytes {
+        let mut rest = self.encoded_response.get(1..).unwrap_or_default();
+        let before = rest.len();
+        // why: the response is built by `encode_response_with_cursor` (field 1,
+        // length-delimited), so the varint is there; fall back to empty otherwise.
+        match prost::encoding::decode_varint(&mut rest) {
+            Ok(len) if usize::try_from(len).is_ok_and(|len| len == rest.len()) => {
+                let header = 1 + before - rest.len();
+                self.encoded_response.slice(header..)
+            }
+            _ => Bytes::new(),
+        }
+    }
+
     /// Approximate memory held by this event, for byte bounds.
     pub fn approx_size(&self) -> usize {
         // why: raw JSON + parsed JSON (~2x raw) + proto (~encoded) + encoded bytes.

@@ -1,6 +1,8 @@
 //! DR events inside the gateway: the envelope parser, the [`EventLog`] trait and its
 //! backends (in-memory here; shared on NATS JetStream in [`crate::bus`]), subscriber filters, backfill from `GET /events`, and the
-//! capture/cancel outcome correlation ChargeService waits on.
+//! capture/cancel outcome correlation ChargeService waits on; ordering keys and DR's
+//! creation order ([`ordering`]), Subscribe's reorder window ([`reorder`]) and
+//! consumer groups ([`groups`]).
 //!
 //! Fan-out is pull-based: a subscriber is a position in the log plus a
 //! `watch` receiver of the last sequence. Appending never waits for subscribers; a
@@ -10,10 +12,13 @@
 pub mod backfill;
 pub mod envelope;
 pub mod filter;
+pub mod groups;
 pub mod log;
 pub mod memory;
+pub mod ordering;
 pub mod outcomes;
 pub mod proto;
+pub mod reorder;
 pub mod subscription;
 
 pub use backfill::{Backfill, BackfillConfig, BackfillReport};

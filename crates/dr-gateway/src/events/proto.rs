@@ -172,6 +172,7 @@ mod tests {
         let decoded = pb::SubscribeResponse::decode(stored.encoded_response.clone()).unwrap();
         let expected = pb::SubscribeResponse {
             kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
+            ..Default::default()
         };
         assert_eq!(decoded, expected);
     }

@@ -15,6 +15,7 @@ use tokio::{
 use super::{
     filter::EventFilter,
     log::{CursorError, EventLog, LogError, Sequence, StoredEvent},
+    reorder::{ReorderBuffer, MAX_HELD},
 };
 use crate::clock::Clock;
 
@@ -108,6 +109,14 @@ pub enum SubscribeError {
 pub enum SubscriptionItem {
     /// A matching event.
     Event(Arc<StoredEvent>),
+    /// A matching event on a stream with a reorder window, and the cursor to resume
+    /// after (every event up to it has been handed out).
+    Reordered {
+        /// The event.
+        event: Arc<StoredEvent>,
+        /// Where to resume.
+        resume_cursor: String,
+    },
     /// Nothing matched for a heartbeat interval; `cursor` is where to resume.
     Heartbeat {
         /// Cursor of the last event looked at (matching or not).
@@ -177,6 +186,132 @@ pub async fn subscribe(
     Ok(rx)
 }
 
+/// Like [`subscribe`], but each event is held for `window` after the gateway
+/// received it and the events of one ordering key come out in DR's creation order
+/// ([`ReorderBuffer`]). Heartbeats and [`SubscriptionItem::Reordered`] carry the
+/// cursor to resume after: the position before the oldest event still held.
+pub async fn subscribe_reordered(
+    log: Arc<dyn EventLog>,
+    filter: EventFilter,
+    start: &Start,
+    heartbeat: Duration,
+    window: Duration,
+    clock: Arc<dyn Clock>,
+) -> Result<mpsc::Receiver<SubscriptionItem>, SubscribeError> {
+    let after = resolve_start(log.as_ref(), start).await?;
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+    let tail = Tail::new(log, after);
+    tokio::spawn(run_reordered(
+        tail,
+        filter,
+        heartbeat,
+        ReorderBuffer::new(window),
+        clock,
+        tx,
+    ));
+    Ok(rx)
+}
+
+/// The position a reordered stream resumes after: before the oldest held event,
+/// else everything read.
+fn resume_position(tail: &Tail, buffer: &ReorderBuffer) -> Sequence {
+    buffer
+        .oldest_held()
+        .map_or(tail.position(), |seq| seq.saturating_sub(1))
+}
+
+async fn run_reordered(
+    mut tail: Tail,
+    filter: EventFilter,
+    heartbeat: Duration,
+    mut buffer: ReorderBuffer,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::Sender<SubscriptionItem>,
+) {
+    let mut idle_until = Instant::now() + heartbeat;
+    loop {
+        // Read while there is room; a full buffer waits for its next due time.
+        let mut caught_up = true;
+        if buffer.len() < MAX_HELD {
+            match tail.next_batch().await {
+                Ok(batch) => {
+                    caught_up = batch.is_empty();
+                    for event in batch {
+                        if filter.matches(&event.envelope) {
+                            buffer.push(event);
+                        }
+                    }
+                }
+                Err(LogError::Expired { oldest, .. }) => {
+                    let oldest_cursor = tail.log.cursor_for(oldest.saturating_sub(1));
+                    let _ = tx.send(SubscriptionItem::Expired { oldest_cursor }).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(SubscriptionItem::Failed(e)).await;
+                    return;
+                }
+            }
+        }
+        let due = buffer.pop_due(clock.now());
+        // why: an item's resume point must stay before every event not handed out
+        // yet, including the rest of this batch, or a resume after it would skip them.
+        let mut not_yet_sent: Vec<Option<Sequence>> = vec![None; due.len()];
+        for i in (0..due.len().saturating_sub(1)).rev() {
+            let next = due[i + 1].seq;
+            not_yet_sent[i] = Some(not_yet_sent[i + 1].map_or(next, |s| s.min(next)));
+        }
+        for (event, later) in due.into_iter().zip(not_yet_sent) {
+            let held = buffer.oldest_held();
+            let position = match (held, later) {
+                (Some(a), Some(b)) => a.min(b).saturating_sub(1),
+                (Some(a), None) | (None, Some(a)) => a.saturating_sub(1),
+                (None, None) => tail.position(),
+            };
+            let item = SubscriptionItem::Reordered {
+                event,
+                resume_cursor: tail.log.cursor_for(position),
+            };
+            // why: a full queue blocks only this task; the log keeps the events.
+            if tx.send(item).await.is_err() {
+                return;
+            }
+            idle_until = Instant::now() + heartbeat;
+        }
+        if Instant::now() >= idle_until {
+            if !send_heartbeat_at(&tail, resume_position(&tail, &buffer), &clock, &tx).await {
+                return;
+            }
+            idle_until = Instant::now() + heartbeat;
+        }
+        if !caught_up && buffer.len() < MAX_HELD {
+            continue;
+        }
+        let next_due = buffer.next_due().map_or(idle_until, |due| {
+            let wait = (due - clock.now()).to_std().unwrap_or(Duration::ZERO);
+            idle_until.min(Instant::now() + wait)
+        });
+        tokio::select! {
+            alive = tail.wait_for_append(), if buffer.len() < MAX_HELD => if !alive { return },
+            () = tokio::time::sleep_until(next_due) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn send_heartbeat_at(
+    tail: &Tail,
+    position: Sequence,
+    clock: &Arc<dyn Clock>,
+    tx: &mpsc::Sender<SubscriptionItem>,
+) -> bool {
+    let item = SubscriptionItem::Heartbeat {
+        cursor: tail.log.cursor_for(position),
+        time: clock.now(),
+    };
+    tx.send(item).await.is_ok()
+}
+
 async fn run(
     mut tail: Tail,
     filter: EventFilter,
@@ -235,11 +370,7 @@ async fn send_heartbeat(
     clock: &Arc<dyn Clock>,
     tx: &mpsc::Sender<SubscriptionItem>,
 ) -> bool {
-    let item = SubscriptionItem::Heartbeat {
-        cursor: tail.log.cursor_for(tail.position()),
-        time: clock.now(),
-    };
-    tx.send(item).await.is_ok()
+    send_heartbeat_at(tail, tail.position(), clock, tx).await
 }
 
 #[cfg(test)]
@@ -367,6 +498,57 @@ mod tests {
         }
         // What was delivered is contiguous from the start.
         assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+    }
+
+    fn order_event(id: &str, order: &str, created: &str) -> Envelope {
+        let body = format!(
+            r#"{{"id":"{id}","type":"order.updated","createdTime":"{created}","data":{{"object":{{"orderId":"{order}"}}}}}}"#
+        );
+        Envelope::parse(Bytes::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reordered_subscription_hands_out_creation_order_and_resumes_after_what_it_handed_out(
+    ) {
+        let log = log(100);
+        let mut rx = subscribe_reordered(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        // Order o1's second event arrives first; o2's in between.
+        log.append(order_event("o1-b", "o1", "2024-01-01T00:00:02Z"))
+            .await
+            .unwrap();
+        log.append(order_event("o2-a", "o2", "2024-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        log.append(order_event("o1-a", "o1", "2024-01-01T00:00:01Z"))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+                SubscriptionItem::Reordered {
+                    event,
+                    resume_cursor,
+                } => got.push((event.envelope.id.clone(), resume_cursor)),
+                SubscriptionItem::Heartbeat { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["o1-a", "o1-b", "o2-a"]);
+        // o1-a (seq 3) came out before o1-b (seq 1) and o2-a (seq 2): resuming after
+        // it must not skip them; after o1-b, only o2-a is left; then nothing.
+        assert_eq!(got[0].1, log.cursor_for(0));
+        assert_eq!(got[1].1, log.cursor_for(1));
+        assert_eq!(got[2].1, log.cursor_for(3));
     }
 
     #[tokio::test]

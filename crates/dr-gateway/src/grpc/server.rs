@@ -26,9 +26,11 @@
 //! connections opened together do not all close together) a connection is closed
 //! gracefully: HTTP/2 GOAWAY, so the client opens a new one (through the Service,
 //! possibly to another replica) for its next calls while the calls in flight finish.
-//! Subscribe streams never finish on their own, so those on an aged connection end
-//! with UNAVAILABLE (`CONNECTION_AGED`) and resume from their last cursor; whatever
-//! is still open after `max_connection_age_grace` is closed.
+//! Subscribe and Consume streams never finish on their own, so those on an aged
+//! connection end with UNAVAILABLE (`CONNECTION_AGED`): subscribers resume from
+//! their last cursor, group members reconnect (what they held unacknowledged goes
+//! to the group's other members at once); whatever is still open after
+//! `max_connection_age_grace` is closed.
 //!
 //! tonic's own `max_connection_age` does not do this: with a grace period it sends
 //! no GOAWAY and closes the connection outright at age + grace.
@@ -167,8 +169,8 @@ pub struct ConnectionSettings {
 }
 
 /// Put into every request's extensions: fires when the request's connection has
-/// reached its maximum age, so calls that would never end on their own (Subscribe)
-/// can end cleanly and let the client move on.
+/// reached its maximum age, so calls that would never end on their own (Subscribe,
+/// Consume) can end cleanly and let the client move on.
 #[derive(Debug, Clone)]
 pub struct ConnectionAge(CancellationToken);
 

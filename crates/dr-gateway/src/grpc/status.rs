@@ -13,6 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::auth::Denial;
 use crate::digital_river::{Error as DrError, ErrorBody, Resource};
 use crate::domain::ServiceError;
+use crate::events::groups::GroupError;
 use crate::events::SubscribeError;
 use crate::grpc::event_stream::StreamEnd;
 
@@ -31,6 +32,21 @@ pub fn event_log_unavailable(message: &str) -> Status {
         Code::Unavailable,
         message,
         "EVENT_LOG_UNAVAILABLE",
+        HashMap::new(),
+        |d| {
+            d.set_retry_info(Some(DEPENDENCY_RETRY_DELAY));
+        },
+    )
+}
+
+/// UNAVAILABLE, reason `CONSUMER_GROUP_STORE_UNAVAILABLE`, with `RetryInfo`: the
+/// consumer groups' state (on the bus in JetStream mode, perhaps not connected yet)
+/// cannot be read or written now.
+fn group_store_unavailable(message: &str) -> Status {
+    status_with_info(
+        Code::Unavailable,
+        message,
+        "CONSUMER_GROUP_STORE_UNAVAILABLE",
         HashMap::new(),
         |d| {
             d.set_retry_info(Some(DEPENDENCY_RETRY_DELAY));
@@ -219,6 +235,72 @@ impl From<StreamEnd> for Status {
                     d.set_retry_info(Some(Duration::ZERO));
                 },
             ),
+            StreamEnd::GroupDeleted { group_id } => status_with_info(
+                Code::NotFound,
+                format!("consumer group {group_id} was deleted"),
+                "CONSUMER_GROUP_DELETED",
+                HashMap::new(),
+                |d| {
+                    d.set_resource_info("consumer_group", group_id, "", "deleted");
+                },
+            ),
+            StreamEnd::GroupStoreUnavailable => group_store_unavailable(
+                "consumer group state unavailable; reconnect (to another replica)",
+            ),
+        }
+    }
+}
+
+/// Consumer group RPCs refused.
+impl From<GroupError> for Status {
+    fn from(error: GroupError) -> Self {
+        match error {
+            GroupError::Invalid { field, reason } => ServiceError::invalid(field, reason).into(),
+            GroupError::NotFound(id) => status_with_info(
+                Code::NotFound,
+                format!("consumer group {id} does not exist"),
+                "CONSUMER_GROUP_NOT_FOUND",
+                HashMap::new(),
+                |d| {
+                    d.set_resource_info("consumer_group", id, "", "not found");
+                },
+            ),
+            GroupError::AlreadyExists(id) => status_with_info(
+                Code::AlreadyExists,
+                format!("consumer group {id} already exists"),
+                "CONSUMER_GROUP_EXISTS",
+                HashMap::new(),
+                |d| {
+                    d.set_resource_info("consumer_group", id, "", "already exists");
+                },
+            ),
+            GroupError::GroupsLimit(max) => status_with_info(
+                Code::ResourceExhausted,
+                format!("at most {max} consumer groups; delete one first"),
+                "CONSUMER_GROUPS_LIMIT",
+                HashMap::from([("limit".to_owned(), max.to_string())]),
+                |d| {
+                    d.add_quota_failure_violation("consumer_groups", format!("at most {max}"));
+                },
+            ),
+            GroupError::MembersLimit(max) => status_with_info(
+                Code::ResourceExhausted,
+                format!("at most {max} members per consumer group on one gateway"),
+                "CONSUMER_GROUP_MEMBERS_LIMIT",
+                HashMap::from([("limit".to_owned(), max.to_string())]),
+                |d| {
+                    d.add_quota_failure_violation(
+                        "consumer_group_members",
+                        format!("at most {max}"),
+                    );
+                },
+            ),
+            GroupError::Start(e) => e.into(),
+            GroupError::Store(e) => {
+                tracing::warn!(error = %e, "consumer group state unavailable");
+                group_store_unavailable("consumer group state unavailable; retry")
+            }
+            GroupError::Retry => group_store_unavailable("consumer group restarting; retry"),
         }
     }
 }
@@ -708,6 +790,11 @@ mod tests {
             event_log_unavailable("down"),
             Status::from(StreamEnd::EventLogFailed),
             Status::from(StreamEnd::ConnectionAged),
+            Status::from(StreamEnd::GroupStoreUnavailable),
+            Status::from(GroupError::Store(crate::events::groups::StoreError(
+                "not connected".into(),
+            ))),
+            Status::from(GroupError::Retry),
         ] {
             assert_eq!(status.code(), Code::Unavailable);
             assert!(status.get_details_error_info().is_some());

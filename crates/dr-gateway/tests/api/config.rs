@@ -79,8 +79,32 @@ fn zero_durations_and_sizes_are_refused_naming_the_flag() {
     ] {
         assert_refused(&[flag, "0s"], flag);
     }
-    for flag in ["--webhook-max-body", "--grpc-max-receive-message-size"] {
+    for flag in [
+        "--webhook-max-body",
+        "--grpc-max-receive-message-size",
+        "--consumer-groups-max",
+        "--consumer-group-max-pending",
+    ] {
         assert_refused(&[flag, "0"], flag);
+    }
+}
+
+#[test]
+fn a_bus_bucket_name_nats_cannot_use_is_refused_naming_the_flag() {
+    for flag in [
+        "--bus-groups-bucket",
+        "--bus-idempotency-bucket",
+        "--bus-stream",
+    ] {
+        assert_refused(
+            &[
+                "--bus-url",
+                "nats://127.0.0.1:4222",
+                flag,
+                "groups.of.orders",
+            ],
+            flag,
+        );
     }
 }
 

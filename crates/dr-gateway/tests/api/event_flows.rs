@@ -476,6 +476,132 @@ async fn reauth_failed_carries_the_bill_to_and_payment_sources_the_reauthorizati
     sb.shutdown().await;
 }
 
+/// Fulfills `orders` one-unit orders through the gateway, all at once; returns their ids.
+async fn fulfill_orders(sb: &Sandbox, app: &TestApp, orders: usize) -> Vec<String> {
+    let mut created = Vec::new();
+    for _ in 0..orders {
+        created.push(order(sb, 1, false).await);
+    }
+    let calls = created.iter().map(|(order_id, item_id)| {
+        let mut client = app.fulfillments.clone();
+        let request = pb::CreateFulfillmentRequest {
+            order_id: order_id.clone(),
+            items: vec![pb::CreateFulfillmentItem {
+                item_id: item_id.clone(),
+                quantity: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        async move {
+            client
+                .create_fulfillment(with_deadline(request, WAIT))
+                .await
+                .expect("fulfilled")
+        }
+    });
+    futures::future::join_all(calls).await;
+    created.into_iter().map(|(order_id, _)| order_id).collect()
+}
+
+/// The DR order an event is about, from its typed payload.
+fn order_of(e: &pb::Event) -> Option<String> {
+    match &e.payload {
+        Some(pb::event::Payload::Order(o)) => Some(o.id.clone()),
+        Some(pb::event::Payload::Charge(c)) => Some(c.order_id.clone()),
+        Some(pb::event::Payload::Fulfillment(f)) => Some(f.order_id.clone()),
+        Some(pb::event::Payload::SalesTransaction(t)) => Some(t.order_id.clone()),
+        None => None,
+    }
+}
+
+/// True when `events` are in DR's creation order.
+fn in_creation_order(events: &[pb::Event]) -> bool {
+    let times: Vec<_> = events
+        .iter()
+        .map(|e| e.create_time.map(|t| (t.seconds, t.nanos)))
+        .collect();
+    times.windows(2).all(|w| w[0] < w[1])
+}
+
+/// `order.fulfilled` comes before `order.complete` and createdTimes only grow.
+fn assert_creation_order(order_id: &str, events: &[pb::Event]) {
+    let types: Vec<&str> = events.iter().map(|e| e.r#type.as_str()).collect();
+    let at = |t: &str| types.iter().position(|x| *x == t);
+    assert!(
+        at("order.fulfilled") < at("order.complete") && at("order.fulfilled").is_some(),
+        "{order_id}: {types:?}"
+    );
+    assert!(
+        in_creation_order(events),
+        "{order_id} out of creation order: {types:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_concurrent_webhooks_a_group_member_gets_each_orders_events_in_creation_order() {
+    // Arrange: DR-style concurrent webhooks, each delayed by up to 100 ms as over a
+    // network; one member of a group with the default reorder window, created by
+    // the member itself; a plain subscriber sees arrival order.
+    let sb = sandbox(SettleMode::Immediate).await;
+    sb.control_client()
+        .set_delivery(dr_sandbox::DeliveryMode {
+            order: dr_sandbox::DeliveryOrder::Concurrent,
+            jitter: Duration::from_millis(100),
+        })
+        .await
+        .unwrap();
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let mut start = crate::group_support::start("flows", "m", 32);
+    start.create = Some(pb::ConsumerGroupSettings::default());
+    let mut member = crate::group_support::Member::join(app.channel.clone(), start).await;
+    let mut arrival = subscribe(&app, pb::SubscribeRequest::default()).await;
+
+    // Act
+    let orders = fulfill_orders(&sb, &app, 8).await;
+
+    // Assert: the webhooks really arrived out of creation order…
+    let mut arrived: std::collections::HashMap<String, Vec<pb::Event>> = Default::default();
+    let mut complete = 0;
+    while complete < orders.len() {
+        let e = next_event(&mut arrival).await;
+        if e.r#type == "order.complete" {
+            complete += 1;
+        }
+        if let Some(order_id) = order_of(&e) {
+            arrived.entry(order_id).or_default().push(e);
+        }
+    }
+    let shuffled = orders
+        .iter()
+        .filter(|o| !in_creation_order(&arrived[*o]))
+        .count();
+    assert!(
+        shuffled > 0,
+        "no order arrived out of creation order; the test proves nothing"
+    );
+    // …and the member got every order's events in creation order, up to order.complete.
+    let mut by_order: std::collections::HashMap<String, Vec<pb::Event>> = Default::default();
+    let mut complete = 0;
+    while complete < orders.len() {
+        let d = member.next_delivery().await;
+        let event = d.event.clone().unwrap();
+        assert_eq!(d.ordering_key, d.ordering_key.trim(), "ordering key set");
+        member.ack(&d.delivery_id).await;
+        if event.r#type == "order.complete" {
+            complete += 1;
+        }
+        by_order.entry(d.ordering_key).or_default().push(event);
+    }
+    for order_id in &orders {
+        assert_creation_order(order_id, &by_order[order_id]);
+    }
+    drop((member, arrival));
+    app.stop().await;
+    sb.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_granted_chargeback_streams_its_sales_transaction_typed_and_cuts_available_to_refund() {
     let sb = sandbox(SettleMode::Immediate).await;
@@ -567,6 +693,44 @@ async fn a_granted_chargeback_streams_its_sales_transaction_typed_and_cuts_avail
     let available = read.available_to_refund_amount.unwrap();
     assert_eq!((available.units, available.nanos), (0, 210_000_000));
     assert_eq!(read.state, "complete", "the dispute is over");
+    app.stop().await;
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_in_order_webhooks_a_plain_subscriber_gets_each_orders_events_in_creation_order() {
+    // Arrange: the sandbox delivers one webhook at a time, in emission order.
+    let sb = sandbox(SettleMode::Immediate).await;
+    sb.control_client()
+        .set_delivery(dr_sandbox::DeliveryMode {
+            order: dr_sandbox::DeliveryOrder::InOrder,
+            jitter: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    let app = spawn_app_with(settings(&sb.base_url())).await;
+    register_webhook(&sb, &app).await;
+    let mut stream = subscribe(&app, pb::SubscribeRequest::default()).await;
+
+    // Act
+    let orders = fulfill_orders(&sb, &app, 8).await;
+
+    // Assert
+    let mut by_order: std::collections::HashMap<String, Vec<pb::Event>> = Default::default();
+    let mut complete = 0;
+    while complete < orders.len() {
+        let e = next_event(&mut stream).await;
+        if e.r#type == "order.complete" {
+            complete += 1;
+        }
+        if let Some(order_id) = order_of(&e) {
+            by_order.entry(order_id).or_default().push(e);
+        }
+    }
+    for order_id in &orders {
+        assert_creation_order(order_id, &by_order[order_id]);
+    }
+    drop(stream);
     app.stop().await;
     sb.shutdown().await;
 }

@@ -1007,6 +1007,47 @@ async fn a_gateway_started_without_nats_serves_reads_and_turns_the_event_stream_
         reason_and_retry(&refused_subscribe),
         ("EVENT_LOG_UNAVAILABLE".into(), true)
     );
+    // Consumer groups keep their state on the bus: every group RPC, and a member
+    // that would create its group, is refused at once (well inside its deadline).
+    let group_settings =
+        crate::group_support::group_settings(Duration::from_secs(30), Duration::ZERO);
+    let mut creating = crate::group_support::start("while-down", "m", 4);
+    creating.create = Some(group_settings.clone());
+    let asked = Instant::now();
+    let refused_member = crate::group_support::Member::try_join(channel.clone(), creating.clone())
+        .await
+        .err()
+        .expect("no member joins without the group store");
+    let refused_create = events
+        .create_consumer_group(with_deadline(
+            pb::CreateConsumerGroupRequest {
+                group_id: "while-down".into(),
+                settings: Some(group_settings.clone()),
+            },
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap_err();
+    let refused_list = events
+        .list_consumer_groups(with_deadline(
+            pb::ListConsumerGroupsRequest::default(),
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "group RPCs answered at once, not after a timeout: {:?}",
+        asked.elapsed()
+    );
+    for refused in [&refused_member, &refused_create, &refused_list] {
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert_eq!(
+            reason_and_retry(refused),
+            ("CONSUMER_GROUP_STORE_UNAVAILABLE".into(), true),
+            "{refused:?}"
+        );
+    }
     assert_eq!(post_event(gw.http_addr, &ev("while-down")).await.0, 503);
     let base = format!("http://{}", gw.http_addr);
     assert_eq!(http_status(format!("{base}/livez")).await, 200);
@@ -1046,8 +1087,20 @@ async fn a_gateway_started_without_nats_serves_reads_and_turns_the_event_stream_
         [serving, serving, serving, serving]
     );
     let mut stream = subscribe(&mut events, from_now()).await;
+    let mut member = crate::group_support::Member::join(channel.clone(), creating).await;
+    assert!(member.started.created, "the member created its group");
     assert_eq!(post_event(gw.http_addr, &ev("after-start")).await.0, 200);
     assert_eq!(next_event(&mut stream).await.id, "after-start");
+    let delivery = member.next_delivery().await;
+    assert_eq!(delivery.event.as_ref().unwrap().id, "after-start");
+    assert_eq!(
+        member
+            .ack(&delivery.delivery_id)
+            .await
+            .acknowledged_delivery_ids,
+        std::slice::from_ref(&delivery.delivery_id)
+    );
+    drop(member);
     for _ in 0..2 {
         fulfillments
             .create_fulfillment(with_deadline(create("ship-1"), Duration::from_secs(10)))
@@ -1152,4 +1205,225 @@ async fn three_replicas_at_full_speed_stay_under_drs_per_key_limit() {
         app.stop().await;
     }
     sb.shutdown().await;
+}
+
+// === consumer groups ===
+
+/// What the members of the replica-failure test saw.
+#[derive(Default)]
+struct GroupLedger {
+    /// Event id → acknowledgements the gateway confirmed.
+    acked: std::collections::HashMap<String, u32>,
+    /// Order id → createdTime of its events, in the order they were acknowledged.
+    acked_order: std::collections::HashMap<String, Vec<chrono::DateTime<chrono::Utc>>>,
+    /// Events a member held unacknowledged when its replica died.
+    held: Vec<String>,
+    /// Event id → highest attempt delivered.
+    attempts: std::collections::HashMap<String, u32>,
+}
+
+/// A member that consumes from the first replica that answers in `replicas`,
+/// moving on to the next when its stream breaks, until `total` events are
+/// acknowledged across the group. With `hold`, it first takes that many
+/// deliveries without acknowledging them and keeps them until its stream breaks.
+async fn resilient_member(
+    name: String,
+    replicas: Vec<SocketAddr>,
+    hold: usize,
+    ledger: std::sync::Arc<std::sync::Mutex<GroupLedger>>,
+    total: usize,
+) {
+    use crate::group_support::{start, try_connect, Member};
+    let done = || ledger.lock().unwrap().acked.len() >= total;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut target = 0;
+    let mut holding = hold > 0;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{name}: the group never finished"
+        );
+        let addr = replicas[target % replicas.len()];
+        let Some(channel) = try_connect(addr).await else {
+            target += 1;
+            continue;
+        };
+        let limit = if holding { hold as u32 } else { 8 };
+        let Ok(mut member) = Member::try_join(channel, start("billing", &name, limit)).await else {
+            target += 1;
+            continue;
+        };
+        if holding {
+            let mut held = Vec::new();
+            while held.len() < hold {
+                let d = member
+                    .next_delivery_or_end()
+                    .await
+                    .expect("deliveries to hold");
+                held.push(d.event.unwrap().id);
+            }
+            ledger.lock().unwrap().held = held;
+            // Keep them (no acknowledgement) until the replica dies under us.
+            member
+                .until_end()
+                .await
+                .expect_err("the stream breaks when the replica dies");
+            holding = false;
+            target += 1;
+            continue;
+        }
+        while !done() {
+            let d = tokio::select! {
+                d = member.next_delivery_or_end() => d,
+                // why: the last event may be acknowledged by another member.
+                () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            };
+            let Some(d) = d else { break };
+            let event = d.event.expect("event");
+            let order = event.id.split('-').next().unwrap().to_owned();
+            let created = event
+                .create_time
+                .map(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32).unwrap())
+                .unwrap();
+            {
+                let mut l = ledger.lock().unwrap();
+                let seen = l.attempts.entry(event.id.clone()).or_default();
+                *seen = (*seen).max(d.attempt);
+            }
+            let Some(receipt) = member
+                .try_send(pb::ConsumeRequest {
+                    ack_delivery_ids: vec![d.delivery_id.clone()],
+                    ..Default::default()
+                })
+                .await
+            else {
+                break;
+            };
+            if receipt.acknowledged_delivery_ids == [d.delivery_id] {
+                let mut l = ledger.lock().unwrap();
+                *l.acked.entry(event.id).or_default() += 1;
+                l.acked_order.entry(order).or_default().push(created);
+            }
+        }
+        // The stream broke (the replica died): reconnect, to the next replica.
+        target += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_group_survives_a_sigkilled_replica_with_nothing_lost_and_nothing_acknowledged_twice(
+) {
+    // Arrange: replica A is a real process, B in-process; the group lives on the bus.
+    const ORDERS: usize = 30;
+    const PER_ORDER: usize = 10;
+    const HELD: usize = 6;
+    let nats = NatsServer::start().await;
+    let mut a = GatewayProcess::start(&nats, "http://127.0.0.1:9").await;
+    let b = gateway(&nats, "http://127.0.0.1:9").await;
+    let mut client = a.events().await;
+    crate::group_support::create_group(
+        &mut client,
+        "billing",
+        crate::group_support::group_settings(Duration::from_secs(3), Duration::from_millis(300)),
+    )
+    .await;
+    let ledger = std::sync::Arc::new(std::sync::Mutex::new(GroupLedger::default()));
+    let total = ORDERS * PER_ORDER;
+    // Two members start on A (one of them holds its first deliveries), one on B;
+    // each moves to the other replica when its stream breaks.
+    let members: Vec<_> = [
+        ("a-holder", vec![a.grpc_addr, b.grpc_addr], HELD),
+        ("a-worker", vec![a.grpc_addr, b.grpc_addr], 0),
+        ("b-worker", vec![b.grpc_addr, a.grpc_addr], 0),
+    ]
+    .into_iter()
+    .map(|(name, replicas, hold)| {
+        tokio::spawn(resilient_member(
+            name.into(),
+            replicas,
+            hold,
+            ledger.clone(),
+            total,
+        ))
+    })
+    .collect();
+
+    // Act: webhooks to both replicas; once consumption is under way and the holder
+    // holds its deliveries on A, A is SIGKILLed.
+    let t0 = chrono::Utc::now();
+    let to_a = crate::group_support::Poster::new(a.http_addr);
+    let to_b = crate::group_support::Poster::new(b.http_addr);
+    for n in 0..PER_ORDER {
+        for order in 0..ORDERS {
+            let created = t0 + chrono::Duration::milliseconds((n * ORDERS + order) as i64);
+            let ev = crate::group_support::order_event(
+                &format!("o{order}-e{n:02}"),
+                "order.updated",
+                &format!("ord-{order}"),
+                created,
+            );
+            if (n + order) % 2 == 0 {
+                to_a.post(&ev).await
+            } else {
+                to_b.post(&ev).await
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (held, acked) = {
+            let l = ledger.lock().unwrap();
+            (l.held.len(), l.acked.len())
+        };
+        if held == HELD && acked >= total / 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumption did not get going (held {held}, acked {acked})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill();
+    for m in members {
+        tokio::time::timeout(Duration::from_secs(120), m)
+            .await
+            .expect("members finish")
+            .unwrap();
+    }
+
+    // Assert: every event acknowledged exactly once, each order in creation order;
+    // the events held on the dead replica came back as later attempts…
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert_eq!(ledger.acked.len(), total, "nothing lost");
+    assert!(
+        ledger.acked.values().all(|n| *n == 1),
+        "no event acknowledged twice"
+    );
+    for (order, times) in &ledger.acked_order {
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "{order} acknowledged out of creation order"
+        );
+    }
+    for id in &ledger.held {
+        assert!(
+            ledger.attempts[id] >= 2,
+            "{id}, held on the dead replica, was delivered again"
+        );
+    }
+    // …and the group's position on the surviving replica reaches the end (the dead
+    // replica's members, and what they held, drop out of the listing once their
+    // last refresh is older than the member TTL).
+    let mut on_b = b.events.clone();
+    let deadline = Instant::now() + dr_gateway::defaults::CONSUMER_GROUP_MEMBER_TTL + WAIT;
+    loop {
+        let group = crate::group_support::get_group(&mut on_b, "billing").await;
+        if group.events_behind == 0 && group.unacknowledged_count == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "position stuck: {group:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.stop().await;
 }

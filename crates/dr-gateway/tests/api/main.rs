@@ -13,6 +13,8 @@ mod event_support;
 mod events;
 mod flows;
 mod fulfillments;
+mod group_support;
+mod groups;
 mod helpers;
 mod idempotency;
 mod jetstream;

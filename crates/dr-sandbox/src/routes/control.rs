@@ -27,6 +27,7 @@ use crate::rate_limit::RateLimit;
 use crate::reversals::{GrantChargeback, RecordRefund};
 use crate::state::App;
 use crate::webhooks::Webhook;
+use crate::DeliveryOrder;
 
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 
@@ -467,4 +468,50 @@ pub(super) async fn emit_event(
         .map(|e| e.json.clone())
         .unwrap_or(Value::Null);
     Ok((StatusCode::CREATED, Json(json)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliverySpec {
+    order: Option<String>,
+    jitter_ms: Option<u64>,
+}
+
+/// Longest jitter the control surface accepts.
+const MAX_JITTER_MS: u64 = 10_000;
+
+fn delivery_json(app: &App) -> Value {
+    let mode = app.lock().delivery;
+    json!({
+        "order": mode.order.as_str(),
+        "jitterMs": u64::try_from(mode.jitter.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// `GET /sandbox/delivery`.
+pub(super) async fn get_delivery(State(app): State<Arc<App>>) -> ApiResult {
+    Ok((StatusCode::OK, Json(delivery_json(&app))))
+}
+
+/// `POST /sandbox/delivery {"order"?: "concurrent" | "in_order", "jitterMs"?: n}`.
+pub(super) async fn set_delivery(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let spec: DeliverySpec = body_as(&body)?;
+    let order: Option<DeliveryOrder> = spec
+        .order
+        .map(|o| o.parse())
+        .transpose()
+        .map_err(|_: String| ApiError::invalid("order", "Use 'concurrent' or 'in_order'."))?;
+    if spec.jitter_ms.is_some_and(|ms| ms > MAX_JITTER_MS) {
+        return Err(ApiError::invalid("jitterMs", "At most 10000."));
+    }
+    {
+        let mut world = app.lock();
+        if let Some(order) = order {
+            world.delivery.order = order;
+        }
+        if let Some(ms) = spec.jitter_ms {
+            world.delivery.jitter = std::time::Duration::from_millis(ms);
+        }
+    }
+    Ok((StatusCode::OK, Json(delivery_json(&app))))
 }

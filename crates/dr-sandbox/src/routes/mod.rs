@@ -109,7 +109,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             get(control::list_deliveries).delete(control::clear_deliveries),
         )
         .route("/sandbox/events", post(control::emit_event))
-        .route("/sandbox/events/{id}/redeliver", post(control::redeliver));
+        .route("/sandbox/events/{id}/redeliver", post(control::redeliver))
+        .route(
+            "/sandbox/delivery",
+            get(control::get_delivery).post(control::set_delivery),
+        );
     Router::new()
         .merge(dr)
         .merge(control)

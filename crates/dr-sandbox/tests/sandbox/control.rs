@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use dr_sandbox::{
-    ChargebackSpec, ChargebackType, ControlClient, ControlError, FaultKind, FaultSpec,
-    OperationKind, OperationState, RefundSpec, RetryPolicy, Sandbox, SandboxConfig, SecretRotation,
-    SettleMode, WebhookRegistration,
+    ChargebackSpec, ChargebackType, ControlClient, ControlError, DeliveryMode, DeliveryOrder,
+    FaultKind, FaultSpec, OperationKind, OperationState, RefundSpec, RetryPolicy, Sandbox,
+    SandboxConfig, SecretRotation, SettleMode, WebhookRegistration,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -448,6 +448,31 @@ async fn the_control_client_walks_every_control_endpoint() {
     assert_eq!(hook.secrets.len(), 1);
     assert!(hook.secrets[0].current && hook.secrets[0].expires_time.is_none());
     assert_eq!(c.webhooks().await.unwrap(), std::slice::from_ref(&hook));
+
+    // Delivery: concurrent without jitter by default, switchable, bad values refused.
+    assert_eq!(c.delivery().await.unwrap(), DeliveryMode::default());
+    let ordered = DeliveryMode {
+        order: DeliveryOrder::InOrder,
+        jitter: Duration::from_millis(25),
+    };
+    assert_eq!(c.set_delivery(ordered).await.unwrap(), ordered);
+    assert_eq!(c.delivery().await.unwrap(), ordered);
+    for (body, parameter) in [
+        (json!({"order": "sometimes"}), "order"),
+        (json!({"jitterMs": 60_000}), "jitterMs"),
+    ] {
+        let refused = dr
+            .post(format!("{base}/sandbox/delivery"))
+            .bearer_auth("sk_test_x")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["errors"][0]["parameter"], parameter);
+    }
+    c.set_delivery(DeliveryMode::default()).await.unwrap();
 
     // Orders and disputes
     let order = c

@@ -183,6 +183,9 @@ struct ReceiverState {
     /// Delay before answering the first N requests.
     slow_first: usize,
     slow_by: Duration,
+    /// Requests being answered now, and the most at once so far.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// A small webhook endpoint recording what it gets.
@@ -218,11 +221,14 @@ async fn receive(
         } else {
             Duration::ZERO
         };
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
         (status, delay)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    state.lock().unwrap().in_flight -= 1;
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -253,6 +259,11 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// The most requests this endpoint was answering at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// Waits until a received event satisfies `pred`; returns all matching so far.

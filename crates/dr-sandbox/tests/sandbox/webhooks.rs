@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use dr_sandbox::{
-    RetryPolicy, SandboxConfig, SecretRotation, WebhookEndpoint, WebhookRegistration, WebhookSpec,
+    DeliveryMode, DeliveryOrder, RetryPolicy, SandboxConfig, SecretRotation, WebhookEndpoint,
+    WebhookRegistration, WebhookSpec,
 };
 use reqwest::StatusCode;
 use serde_json::json;
@@ -335,5 +336,99 @@ async fn endpoints_only_get_the_types_they_subscribe_to() {
         .received()
         .iter()
         .all(|r| verify_signature(&r.signature, "b", &r.body)));
+    sb.stop().await;
+}
+
+/// Emits `n` events in a row on a fresh sandbox delivering in `order` to a slow
+/// endpoint whose first answer is a 500; returns the receiver once every event
+/// arrived with a 2xx, and the ids in emission order.
+async fn deliver_burst(order: DeliveryOrder, n: usize) -> (Receiver, Vec<String>) {
+    // why: slow answers and a slower retry give concurrent delivery room to show
+    // (overlap, the retry overtaken); in-order delivery cannot overlap at all.
+    let rx = Receiver::start_slow(vec![500], n, Duration::from_millis(200)).await;
+    let sb = TestSandbox::start_with(SandboxConfig {
+        webhook_retry: RetryPolicy {
+            attempts: 4,
+            base_delay: Duration::from_millis(300),
+            timeout: Duration::from_millis(3000),
+        },
+        webhooks: vec![WebhookSpec {
+            url: rx.url.clone(),
+            secret: "s".into(),
+            types: vec![],
+        }],
+        delivery: DeliveryMode {
+            order,
+            jitter: Duration::ZERO,
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let event = sb
+            .control()
+            .post_event(json!({"type": "order.updated", "object": {"id": format!("ord-{i}")}}))
+            .await
+            .unwrap();
+        ids.push(event["id"].as_str().unwrap().to_owned());
+    }
+    // Every event at least once, plus the retry of the one that got the 500.
+    rx.wait_for("every event", n + 1, |e| e["type"] == "order.updated")
+        .await;
+    sb.stop().await;
+    (rx, ids)
+}
+
+#[tokio::test]
+async fn in_order_delivery_sends_one_event_at_a_time_in_emission_order_retries_first() {
+    let (rx, ids) = deliver_burst(DeliveryOrder::InOrder, 8).await;
+
+    let arrived: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    // The first event, refused once, is retried before the second goes out.
+    let mut want = vec![ids[0].clone()];
+    want.extend(ids.iter().cloned());
+    assert_eq!(arrived, want);
+    assert_eq!(rx.max_in_flight(), 1, "one delivery at a time");
+}
+
+#[tokio::test]
+async fn concurrent_delivery_overlaps_and_a_retried_event_arrives_after_later_ones() {
+    let (rx, ids) = deliver_burst(DeliveryOrder::Concurrent, 8).await;
+
+    let arrived: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(rx.max_in_flight() > 1, "deliveries overlap, as DR's do");
+    let retried_at = arrived.iter().rposition(|id| *id == ids[0]).unwrap();
+    assert!(
+        retried_at > 1,
+        "the retry of the first event comes after later events: {arrived:?}"
+    );
+}
+
+#[tokio::test]
+async fn events_get_strictly_increasing_creation_times() {
+    let sb = TestSandbox::start().await;
+    let mut times = Vec::new();
+    for i in 0..50 {
+        let event = sb
+            .control()
+            .post_event(json!({"type": "order.updated", "object": {"id": format!("o{i}")}}))
+            .await
+            .unwrap();
+        times.push(event["createdTime"].as_str().unwrap().to_owned());
+    }
+    let parsed: Vec<chrono::DateTime<chrono::Utc>> = times
+        .iter()
+        .map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap().into())
+        .collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{times:?}");
     sb.stop().await;
 }

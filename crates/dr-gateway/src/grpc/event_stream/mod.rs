@@ -1,15 +1,21 @@
 //! `EventStream` (gRPC): Subscribe streams events from the gateway's log;
+//! Consume and the consumer-group RPCs share them among a group's members;
 //! GetEvent / ListEvents read DR's `GET /events`.
 //!
 //! # Layout
 //! - this file: the service ([`EventStreamApi`]);
 //! - [`parse`]: request validation (filters, start, heartbeat, ListEvents' query);
 //! - [`stream`]: the Subscribe response stream and why it may end ([`StreamEnd`]);
+//! - [`consume`]: a consumer group member's Consume stream ([`ConsumeStream`]);
+//! - [`groups`]: the other consumer-group RPCs and their conversions;
 //! - [`codec`]: the wire path that shares one encoding of each event between all
-//!   subscribers ([`EventStreamServer`], [`SubscribeItem`]);
+//!   subscribers and members ([`EventStreamServer`], [`SubscribeItem`],
+//!   [`ConsumeItem`]);
 //! - [`payload`]: the typed `Event.payload` of a DR event.
 
 mod codec;
+mod consume;
+mod groups;
 mod parse;
 mod payload;
 mod stream;
@@ -19,8 +25,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-pub use codec::{EventStreamServer, SubscribeItem};
-pub use parse::{DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT};
+pub use codec::{ConsumeItem, EventStreamServer, SubscribeItem};
+pub use consume::{ConsumeStream, DecodedConsumeStream};
+pub use parse::{DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MAX_REORDER_WINDOW, MIN_HEARTBEAT};
 pub use payload::decode_payload;
 pub use stream::{DecodedSubscribeStream, StreamEnd, SubscribeStream};
 
@@ -30,7 +37,10 @@ use crate::{
     clock::Clock,
     digital_river::{models, Client},
     domain::ServiceError,
-    events::{subscription, Envelope, EventEncoder, EventLog},
+    events::{
+        groups::{ConsumerGroups, GroupsConfig, MemoryGroupStore},
+        subscription, Envelope, EventEncoder, EventLog,
+    },
     pb::v1::{self as pb, event_stream_server::EventStream},
 };
 
@@ -41,26 +51,43 @@ pub struct EventStreamApi {
     client: Client,
     encoder: EventEncoder,
     clock: Arc<dyn Clock>,
-    /// Cancelled when the gateway shuts down; ends every Subscribe stream.
+    /// Consumer groups over the same log.
+    groups: ConsumerGroups,
+    /// Cancelled when the gateway shuts down; ends every Subscribe and Consume stream.
     shutdown: CancellationToken,
 }
 
 impl EventStreamApi {
     /// A service over `log`, reading DR's events through `client`; `encoder` must be
-    /// the one the log uses.
+    /// the one the log uses. Consumer groups live in memory unless
+    /// [`with_groups`](Self::with_groups) says otherwise.
     pub fn new(
         log: Arc<dyn EventLog>,
         client: Client,
         encoder: EventEncoder,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let config = GroupsConfig::default();
+        let groups = ConsumerGroups::new(
+            log.clone(),
+            Arc::new(MemoryGroupStore::new(config.replica.clone())),
+            clock.clone(),
+            config,
+        );
         Self {
             log,
             client,
             encoder,
             clock,
+            groups,
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Serves these consumer groups (which must read the same log).
+    pub fn with_groups(mut self, groups: ConsumerGroups) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// Ends every Subscribe stream (UNAVAILABLE) once `token` is cancelled.
@@ -98,15 +125,27 @@ impl EventStreamApi {
             .unwrap_or_else(ConnectionAge::never)
             .aged();
         let req = request.into_inner();
-        let (filter, start, heartbeat) = parse::parse_subscribe(&req)?;
-        let rx = subscription::subscribe(
-            self.log.clone(),
-            filter,
-            &start,
-            heartbeat,
-            self.clock.clone(),
-        )
-        .await
+        let parsed = parse::parse_subscribe(&req)?;
+        let rx = if parsed.reorder_window.is_zero() {
+            subscription::subscribe(
+                self.log.clone(),
+                parsed.filter,
+                &parsed.start,
+                parsed.heartbeat,
+                self.clock.clone(),
+            )
+            .await
+        } else {
+            subscription::subscribe_reordered(
+                self.log.clone(),
+                parsed.filter,
+                &parsed.start,
+                parsed.heartbeat,
+                parsed.reorder_window,
+                self.clock.clone(),
+            )
+            .await
+        }
         .map_err(Status::from)?;
         Ok(Response::new(SubscribeStream {
             rx,
@@ -120,6 +159,72 @@ impl EventStreamApi {
 #[tonic::async_trait]
 impl EventStream for EventStreamApi {
     type SubscribeStream = DecodedSubscribeStream;
+    type ConsumeStream = DecodedConsumeStream;
+
+    async fn consume(
+        &self,
+        request: Request<tonic::Streaming<pb::ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        let resp = self.consume_shared(request).await?;
+        Ok(resp.map(DecodedConsumeStream))
+    }
+
+    #[tracing::instrument(name = "EventStream.CreateConsumerGroup", skip_all, fields(group = %request.get_ref().group_id))]
+    async fn create_consumer_group(
+        &self,
+        request: Request<pb::CreateConsumerGroupRequest>,
+    ) -> Result<Response<pb::CreateConsumerGroupResponse>, Status> {
+        let r = request.into_inner();
+        let id = groups::group_id("group_id", &r.group_id)?;
+        let new = groups::new_group("settings.", r.settings.as_ref())?;
+        let view = self.groups.create(id, new).await.map_err(Status::from)?;
+        Ok(Response::new(pb::CreateConsumerGroupResponse {
+            group: Some(groups::group(&view, self.log.as_ref())),
+        }))
+    }
+
+    #[tracing::instrument(name = "EventStream.GetConsumerGroup", skip_all, fields(group = %request.get_ref().group_id))]
+    async fn get_consumer_group(
+        &self,
+        request: Request<pb::GetConsumerGroupRequest>,
+    ) -> Result<Response<pb::GetConsumerGroupResponse>, Status> {
+        let r = request.into_inner();
+        let id = groups::group_id("group_id", &r.group_id)?;
+        let view = self.groups.get(id).await.map_err(Status::from)?;
+        Ok(Response::new(pb::GetConsumerGroupResponse {
+            group: Some(groups::group(&view, self.log.as_ref())),
+        }))
+    }
+
+    #[tracing::instrument(name = "EventStream.ListConsumerGroups", skip_all)]
+    async fn list_consumer_groups(
+        &self,
+        request: Request<pb::ListConsumerGroupsRequest>,
+    ) -> Result<Response<pb::ListConsumerGroupsResponse>, Status> {
+        let r = request.into_inner();
+        // why: check the paging fields before touching the store.
+        groups::page(Vec::new(), r.page_size, &r.page_token)?;
+        let all = self.groups.list().await.map_err(Status::from)?;
+        let (page, next) = groups::page(all, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListConsumerGroupsResponse {
+            groups: page
+                .iter()
+                .map(|v| groups::group(v, self.log.as_ref()))
+                .collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(name = "EventStream.DeleteConsumerGroup", skip_all, fields(group = %request.get_ref().group_id))]
+    async fn delete_consumer_group(
+        &self,
+        request: Request<pb::DeleteConsumerGroupRequest>,
+    ) -> Result<Response<pb::DeleteConsumerGroupResponse>, Status> {
+        let r = request.into_inner();
+        let id = groups::group_id("group_id", &r.group_id)?;
+        self.groups.delete(id).await.map_err(Status::from)?;
+        Ok(Response::new(pb::DeleteConsumerGroupResponse {}))
+    }
 
     async fn subscribe(
         &self,

@@ -61,8 +61,17 @@ pub(super) fn list_query(r: &pb::ListEventsRequest) -> Result<(EventQuery, Strin
     Ok((query, filters))
 }
 
-/// What a Subscribe request asks for: which events, from where, heartbeats how often.
-pub(super) type ParsedSubscribe = (EventFilter, Start, Duration);
+/// Longest reorder window a Subscribe (or a consumer group) may ask for.
+pub const MAX_REORDER_WINDOW: Duration = Duration::from_secs(300);
+
+/// What a Subscribe request asks for: which events, from where, heartbeats how often,
+/// and the reorder window (zero: none).
+pub(super) struct ParsedSubscribe {
+    pub(super) filter: EventFilter,
+    pub(super) start: Start,
+    pub(super) heartbeat: Duration,
+    pub(super) reorder_window: Duration,
+}
 
 #[allow(clippy::result_large_err)]
 pub(super) fn parse_subscribe(req: &pb::SubscribeRequest) -> Result<ParsedSubscribe, Status> {
@@ -90,17 +99,48 @@ pub(super) fn parse_subscribe(req: &pb::SubscribeRequest) -> Result<ParsedSubscr
             Start::AfterCursor(c.clone())
         }
     };
-    let heartbeat = match &req.heartbeat_interval {
-        None => DEFAULT_HEARTBEAT,
-        Some(d) => {
-            let d = Duration::try_from(*d)
-                .map_err(|_| bad_request("heartbeat_interval", "must be a positive duration"))?;
-            d.clamp(MIN_HEARTBEAT, MAX_HEARTBEAT)
-        }
+    let heartbeat = heartbeat_interval("heartbeat_interval", req.heartbeat_interval.as_ref())?;
+    let reorder_window = match &req.reorder_window {
+        None => Duration::ZERO,
+        Some(d) => reorder_window("reorder_window", d)?,
     };
-    Ok((filter, start, heartbeat))
+    Ok(ParsedSubscribe {
+        filter,
+        start,
+        heartbeat,
+        reorder_window,
+    })
 }
 
-fn bad_request(field: &str, description: &str) -> Status {
+/// A heartbeat interval: default when unset, clamped to [`MIN_HEARTBEAT`]..[`MAX_HEARTBEAT`].
+#[allow(clippy::result_large_err)]
+pub(super) fn heartbeat_interval(
+    field: &str,
+    value: Option<&prost_types::Duration>,
+) -> Result<Duration, Status> {
+    match value {
+        None => Ok(DEFAULT_HEARTBEAT),
+        Some(d) => {
+            let d = Duration::try_from(*d)
+                .map_err(|_| bad_request(field, "must be a positive duration"))?;
+            Ok(d.clamp(MIN_HEARTBEAT, MAX_HEARTBEAT))
+        }
+    }
+}
+
+/// A reorder window: 0..=[`MAX_REORDER_WINDOW`].
+#[allow(clippy::result_large_err)]
+pub(super) fn reorder_window(
+    field: &str,
+    value: &prost_types::Duration,
+) -> Result<Duration, Status> {
+    let d = Duration::try_from(*value).map_err(|_| bad_request(field, "must not be negative"))?;
+    if d > MAX_REORDER_WINDOW {
+        return Err(bad_request(field, "must be at most 5m"));
+    }
+    Ok(d)
+}
+
+pub(super) fn bad_request(field: &str, description: &str) -> Status {
     ServiceError::invalid(field, description).into()
 }

@@ -14,10 +14,11 @@ use super::codec::SubscribeItem;
 use crate::events::{proto::timestamp, SubscriptionItem};
 use crate::pb::v1 as pb;
 
-/// Why a Subscribe stream ended before the caller cancelled it.
+/// Why a Subscribe or Consume stream ended before the caller cancelled it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEnd {
-    /// The gateway is shutting down; resume on another replica from the last cursor.
+    /// The gateway is shutting down; resume on another replica from the last cursor
+    /// (a group member: reconnect; what it held is delivered again).
     ShuttingDown,
     /// The subscriber fell so far behind that the log dropped its position.
     CursorExpired {
@@ -27,8 +28,16 @@ pub enum StreamEnd {
     /// The event log failed while the stream was reading it.
     EventLogFailed,
     /// The stream's connection reached its maximum age (`--grpc-max-connection-age`);
-    /// resume from the last cursor on a new connection.
+    /// resume from the last cursor on a new connection (a group member: reconnect;
+    /// what it held is delivered again).
     ConnectionAged,
+    /// The consumer group of a Consume stream was deleted.
+    GroupDeleted {
+        /// The group.
+        group_id: String,
+    },
+    /// A consumer group's state store failed for too long; reconnect (elsewhere).
+    GroupStoreUnavailable,
 }
 
 /// The Subscribe response stream: the subscription's bounded queue, mapped to
@@ -77,12 +86,20 @@ impl futures::Stream for SubscribeStream {
 fn subscription_item_to_message(item: SubscriptionItem) -> Result<SubscribeItem, Status> {
     match item {
         SubscriptionItem::Event(event) => Ok(SubscribeItem::Shared(event.encoded_response.clone())),
+        SubscriptionItem::Reordered {
+            event,
+            resume_cursor,
+        } => Ok(SubscribeItem::SharedWithResume(
+            event.encoded_response.clone(),
+            resume_cursor,
+        )),
         SubscriptionItem::Heartbeat { cursor, time } => {
             Ok(SubscribeItem::Owned(Box::new(pb::SubscribeResponse {
                 kind: Some(pb::subscribe_response::Kind::Heartbeat(pb::Heartbeat {
                     cursor,
                     time: Some(timestamp(time)),
                 })),
+                resume_cursor: String::new(),
             })))
         }
         SubscriptionItem::Expired { oldest_cursor } => {
