@@ -16,6 +16,7 @@ use dr_gateway::pb::v1::charge_service_client::ChargeServiceClient;
 use dr_gateway::pb::v1::event_stream_client::EventStreamClient;
 use dr_gateway::tls::{ClientAuth, TlsSettings};
 use dr_sandbox::{SandboxConfig, SettleMode, WebhookRegistration};
+use futures::StreamExt as _;
 use serde_json::json;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -763,6 +764,145 @@ async fn while_nats_is_away_the_health_only_listener_reports_each_service_as_the
         "GATEWAY_DEPENDENCY_UNAVAILABLE"
     );
     assert!(dr_fulfillments(&dr.base_url(), &order_id).await.is_empty());
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}
+
+/// Opens a Consume stream as `token`'s caller and sends `start`; the stream of
+/// responses, or the status the gateway refused it with.
+async fn consume_as(
+    channel: Channel,
+    token: &str,
+    start: pb::ConsumeStart,
+) -> Result<tonic::Streaming<pb::ConsumeResponse>, tonic::Status> {
+    let requests = futures::stream::iter([pb::ConsumeRequest {
+        start: Some(start),
+        ..Default::default()
+    }])
+    .chain(futures::stream::pending());
+    tokio::time::timeout(
+        WAIT,
+        EventStreamClient::new(channel).consume(with_token(requests, token)),
+    )
+    .await
+    .expect("Consume answered in time")
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_subscriber_joins_and_reads_consumer_groups_but_only_manage_groups_deletes_one() {
+    const NOTIFIER: &str = "tok_notifier_5a4b3c2d1e0f99887766554433221100";
+    const OPERATOR: &str = "tok_operator_00112233445566778899aabbccddeeff";
+    const REPORTS: &str = "tok_reports_ffeeddccbbaa99887766554433221100";
+    let dr = spawn_sandbox().await;
+    let ca = Ca::new("server CA");
+    let files = Files::new("groups-policy", &ca.server(), &ca);
+    std::fs::write(
+        &files.tokens,
+        token_entry("notifier", NOTIFIER)
+            + &token_entry("operator", OPERATOR)
+            + &token_entry("reports", REPORTS),
+    )
+    .unwrap();
+    std::fs::write(
+        &files.policy,
+        "[[rules]]\nname = \"notifier\"\nidentities = [\"token:notifier\"]\nallow = [\"subscribe\"]\n\
+         [[rules]]\nname = \"operator\"\nidentities = [\"token:operator\"]\nallow = [\"manage_groups\"]\n\
+         [[rules]]\nname = \"reports\"\nidentities = [\"token:reports\"]\nallow = [\"read\"]\n",
+    )
+    .unwrap();
+    let auth = AuthSettings {
+        tokens_file: Some(files.tokens.clone()),
+        policy_file: Some(files.policy.clone()),
+        required: true,
+    };
+    let app = spawn_app_with(secured(&dr, Some(files.tls(false)), auth)).await;
+    let channel = tls_channel(app.grpc_addr, &ca.pem(), None).await.unwrap();
+    let mut events = EventStreamClient::new(channel.clone());
+    let group_id = "notifier-emails-auth";
+    let start = pb::ConsumeStart {
+        group_id: group_id.into(),
+        member_name: "notifier-1".into(),
+        create: Some(pb::ConsumerGroupSettings::default()),
+        ..Default::default()
+    };
+    let delete = || pb::DeleteConsumerGroupRequest {
+        group_id: group_id.into(),
+    };
+
+    // A reader may not join (the layer refuses the bidirectional stream up front).
+    let refused = consume_as(channel.clone(), REPORTS, start.clone())
+        .await
+        .err()
+        .expect("a reader does not join a group");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(
+        refused.get_details_error_info().unwrap().metadata["method"],
+        "/digitalriver.gateway.v1.EventStream/Consume"
+    );
+
+    // A subscriber joins (creating the group), reads it, and may not delete it.
+    let mut member = consume_as(channel.clone(), NOTIFIER, start)
+        .await
+        .expect("a subscriber joins");
+    let first = tokio::time::timeout(WAIT, member.message())
+        .await
+        .expect("started in time")
+        .unwrap()
+        .unwrap();
+    let Some(pb::consume_response::Kind::Started(started)) = first.kind else {
+        panic!("not started: {first:?}");
+    };
+    assert!(started.created);
+    let group = events
+        .get_consumer_group(with_token(
+            pb::GetConsumerGroupRequest {
+                group_id: group_id.into(),
+            },
+            NOTIFIER,
+        ))
+        .await
+        .expect("a subscriber reads its group")
+        .into_inner();
+    assert_eq!(group.group.unwrap().members.len(), 1);
+    let not_allowed = events
+        .delete_consumer_group(with_token(delete(), NOTIFIER))
+        .await
+        .unwrap_err();
+    assert_eq!(not_allowed.code(), Code::PermissionDenied);
+    assert_eq!(
+        not_allowed.get_details_error_info().unwrap().reason,
+        "METHOD_NOT_ALLOWED"
+    );
+    assert!(
+        captured_logs().lines().any(|l| l.contains("member joined")
+            && l.contains(group_id)
+            && l.contains("token:notifier")),
+        "the join is logged with the caller"
+    );
+
+    // Only manage_groups deletes it: the member's stream then ends NOT_FOUND.
+    events
+        .delete_consumer_group(with_token(delete(), OPERATOR))
+        .await
+        .expect("an operator deletes the group");
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match member.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended OK"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the member's stream ended");
+    assert_eq!(ended.code(), Code::NotFound);
+    assert_eq!(
+        ended.get_details_error_info().unwrap().reason,
+        "CONSUMER_GROUP_DELETED"
+    );
+    assert_no_secrets_in_logs(&[NOTIFIER, OPERATOR, REPORTS]);
     app.stop().await;
     dr.sandbox.shutdown().await;
 }
