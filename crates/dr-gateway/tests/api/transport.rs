@@ -1,7 +1,9 @@
 //! The gRPC transport: compression both ways (gzip, deflate, zstd — zstd is proven
 //! here with tonic because neither Python's grpcio nor Node's grpc-js can send it),
 //! message size limits, and the maximum connection age (GOAWAY, in-flight calls
-//! finish, Subscribe ends cleanly, the grace period is enforced).
+//! finish, Subscribe ends cleanly, the grace period is enforced). Consume, the
+//! bidirectional stream, is compressed both ways like the rest; its connection
+//! age is in `groups.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -115,6 +117,79 @@ async fn subscribe_streams_compressed_events_to_clients_that_accept_them() {
         let id = format!("evt-{name}");
         deliver(&app, &event(&id, "order.accepted", "o-1", false)).await;
         assert_eq!(next_event(&mut stream).await.id, id);
+    }
+    app.stop().await;
+}
+
+/// The next Consume message other than a heartbeat, within [`WAIT`].
+async fn next_message(
+    stream: &mut tonic::Streaming<pb::ConsumeResponse>,
+) -> pb::consume_response::Kind {
+    loop {
+        let message = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("a Consume message in time")
+            .expect("the stream stays open")
+            .expect("the stream stays open");
+        match message.kind {
+            Some(pb::consume_response::Kind::Heartbeat(_)) => continue,
+            Some(kind) => return kind,
+            None => panic!("a message without a kind"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_consume_stream_is_compressed_both_ways_deliveries_out_and_acknowledgements_in() {
+    let app = spawn_app_with(settings("http://127.0.0.1:9")).await;
+    for (encoding, name) in ENCODINGS {
+        // The member's requests (start, then an ack) go compressed, deliveries come
+        // back compressed.
+        let (requests, rx) = tokio::sync::mpsc::channel(4);
+        requests
+            .send(pb::ConsumeRequest {
+                start: Some(pb::ConsumeStart {
+                    group_id: format!("compressed-{name}"),
+                    member_name: name.into(),
+                    create: Some(pb::ConsumerGroupSettings {
+                        reorder_window: Some(prost_types::Duration::default()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let response = EventStreamClient::new(app.channel.clone())
+            .send_compressed(encoding)
+            .accept_compressed(encoding)
+            .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(grpc_encoding(&response).as_deref(), Some(name));
+        let mut stream = response.into_inner();
+        assert!(matches!(
+            next_message(&mut stream).await,
+            pb::consume_response::Kind::Started(_)
+        ));
+        let id = format!("evt-consume-{name}");
+        deliver(&app, &event(&id, "order.accepted", "o-1", false)).await;
+        let pb::consume_response::Kind::Delivery(delivery) = next_message(&mut stream).await else {
+            panic!("{name}: no delivery");
+        };
+        assert_eq!(delivery.event.unwrap().id, id);
+        requests
+            .send(pb::ConsumeRequest {
+                ack_delivery_ids: vec![delivery.delivery_id.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let pb::consume_response::Kind::Receipt(receipt) = next_message(&mut stream).await else {
+            panic!("{name}: no receipt");
+        };
+        assert_eq!(receipt.acknowledged_delivery_ids, [delivery.delivery_id]);
     }
     app.stop().await;
 }
