@@ -833,8 +833,7 @@ async fn a_subscriber_joins_and_reads_consumer_groups_but_only_manage_groups_del
     // A reader may not join (the layer refuses the bidirectional stream up front).
     let refused = consume_as(channel.clone(), REPORTS, start.clone())
         .await
-        .err()
-        .expect("a reader does not join a group");
+        .expect_err("a reader does not join a group");
     assert_eq!(refused.code(), Code::PermissionDenied);
     assert_eq!(
         refused.get_details_error_info().unwrap().metadata["method"],
