@@ -1,5 +1,9 @@
 //! Builds the gateway from [`Settings`]: binds the listeners (so tests can use port 0
-//! and read the ports back), wires services, and runs until the shutdown token fires.
+//! and read the ports back), wires services, and runs until the shutdown token fires;
+//! then [`Application::run_until_stopped`] shuts down in the order
+//! [`crate::shutdown`] documents (NOT_SERVING, then drain: listeners closed, GOAWAY,
+//! streams ended; in-flight calls and fulfillment attempts waited for up to the
+//! grace period).
 //!
 //! Two listeners: gRPC (services, health, reflection) and HTTP (DR webhooks,
 //! `/healthz`, `/readyz`). Both share one event log: the webhook appends, the
@@ -14,6 +18,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::FusedFuture as _;
+use futures::FutureExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -30,11 +36,14 @@ use crate::events::{Backfill, BackfillConfig, EventEncoder, EventLog, MemoryLog,
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
 use crate::grpc::fulfillment::FulfillmentApi;
-use crate::grpc::reflection;
+use crate::grpc::message_limit::MessageLimitLayer;
+use crate::grpc::{health as grpc_health, reflection};
 use crate::health::{self, HealthGate};
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
-use crate::webhook::{self, Readiness, SignatureVerifier, WebhookConfig, WebhookState};
+use crate::webhook::{
+    self, ConnectionLimits, Readiness, SignatureVerifier, WebhookConfig, WebhookState,
+};
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +72,9 @@ pub enum AppError {
     /// The shared event bus could not be set up.
     #[error("event bus: {0}")]
     Bus(#[from] BusError),
+    /// A listener's server stopped although no shutdown was asked for.
+    #[error("the {0} server stopped unexpectedly")]
+    Stopped(&'static str),
 }
 
 /// Most concurrent RPCs (Subscribe streams included) on one client connection.
@@ -73,7 +85,15 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 pub struct Application {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// Cancelled to ask for a graceful shutdown (a signal, or a test).
     shutdown: CancellationToken,
+    /// Cancelled by [`Application::run_until_stopped`] once health says
+    /// NOT_SERVING: listeners stop accepting, connections get GOAWAY, streams end.
+    drain: CancellationToken,
+    /// gRPC health, turned NOT_SERVING first.
+    gate: HealthGate,
+    /// `/readyz`, failing from the same moment.
+    readiness: Readiness,
     grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     http_server: JoinHandle<std::io::Result<()>>,
@@ -150,13 +170,15 @@ impl Application {
             readiness.clone(),
             WebhookConfig {
                 max_body_bytes: webhook_body_limit(settings.webhook_max_body, max_event_bytes),
+                body_timeout: settings.webhook_body_timeout,
                 ..WebhookConfig::default()
             },
         ));
         let shutdown = CancellationToken::new();
+        let drain = CancellationToken::new();
         let event_stream = EventStreamServer::new(
             EventStreamApi::new(event_log.clone(), client.clone(), encoder, clock.clone())
-                .with_shutdown(shutdown.clone()),
+                .with_shutdown(drain.clone()),
         );
         let backfill = Backfill::new(
             client.clone(),
@@ -169,8 +191,9 @@ impl Application {
             clock.clone(),
         );
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let health = tonic_health::server::HealthReporter::new();
         health::set_all(&health, ServingStatus::NotServing).await;
+        let health_service = grpc_health::service(health.clone(), drain.clone());
         let gate = HealthGate::new(health);
         // Both serve the API, health and the google.rpc error model (grpc/reflection.rs).
         let reflection_v1 = reflection::v1()?;
@@ -179,6 +202,9 @@ impl Application {
 
         let router = Server::builder()
             .layer(tower_http::trace::TraceLayer::new_for_grpc())
+            .layer(MessageLimitLayer::new(
+                crate::defaults::GRPC_MAX_REQUEST_MESSAGE,
+            ))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             // why: tonic otherwise lifts hyper's cap, letting one client open unbounded
             // streams (each Subscribe holds a task and buffers) on a single connection.
@@ -195,40 +221,34 @@ impl Application {
             ))
             .add_service(event_stream);
 
-        let stop = {
-            let shutdown = shutdown.clone();
-            let gate = gate.clone();
-            async move {
-                shutdown.cancelled().await;
-                // why: load balancers must see NOT_SERVING before connections close.
-                gate.set_draining().await;
-                tracing::info!("stopped accepting; draining in-flight RPCs");
-            }
-        };
         // why: tonic ignores `Server::tcp_nodelay` for a listener passed in, so set it
         // on the accepted sockets ourselves; with Nagle on, a stream event written
         // while the previous one is unacknowledged waits for the client's delayed
         // ACK (~40 ms on Linux).
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop));
-        let http_stop = {
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                // why: /readyz fails first so DR's traffic is steered elsewhere while
-                // in-flight deliveries finish (unstored ones are re-sent by DR).
-                readiness.set_draining();
-            }
-        };
-        let http_server = tokio::spawn(webhook::serve(http_listener, webhook_router, http_stop));
+        // why: both servers start their graceful shutdown on the drain, which
+        // `run_until_stopped` starts only after health says NOT_SERVING.
+        let server = tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned()),
+        );
+        let http_server = tokio::spawn(webhook::serve(
+            http_listener,
+            webhook_router,
+            ConnectionLimits {
+                max_connections: settings.webhook_max_connections,
+                idle_timeout: settings.webhook_idle_timeout,
+                header_timeout: settings.webhook_header_timeout,
+            },
+            drain.clone().cancelled_owned(),
+        ));
         if settings.backfill_enabled {
-            tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
+            tokio::spawn(backfill.run(drain.clone().cancelled_owned()));
         }
         if shared {
             tokio::spawn(health::watch_bus_health(
                 event_log.clone(),
                 gate.clone(),
-                shutdown.clone(),
+                drain.clone(),
             ));
         }
         gate.set_bus_ok(true).await;
@@ -237,6 +257,9 @@ impl Application {
             grpc_addr,
             http_addr,
             shutdown,
+            drain,
+            gate,
+            readiness,
             grace: settings.shutdown_grace,
             server,
             http_server,
@@ -265,40 +288,73 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Runs until the shutdown token fires, then drains for at most the grace period:
-    /// in-flight RPCs and streams, then the fulfillment attempts still running (they
-    /// outlive the RPCs that started them).
+    /// Runs until the shutdown token fires, then shuts down in the order
+    /// [`crate::shutdown`] documents, within the grace period from that moment:
+    /// NOT_SERVING; drain (listeners closed, GOAWAY, streams ended); wait for the
+    /// in-flight calls and then for the fulfillment attempts still running (they
+    /// outlive the RPCs that started them); cut what is left at the end of the grace.
+    ///
+    /// A server that stops on its own (it failed) starts the same sequence for the
+    /// rest, and its error is returned at the end.
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
-        let mut server = self.server;
-        let mut http_server = self.http_server;
-        tokio::select! {
-            result = &mut server => return flatten(result),
-            result = &mut http_server => return flatten_http(result),
-            () = self.shutdown.cancelled() => {}
-        }
-        let until = std::time::Instant::now() + self.grace;
-        let drain = async {
-            let grpc = (&mut server).await;
-            let http = (&mut http_server).await;
-            flatten(grpc).and(flatten_http(http))
+        let (grpc_abort, http_abort) =
+            (self.server.abort_handle(), self.http_server.abort_handle());
+        let mut grpc = self.server.fuse();
+        let mut http = self.http_server.fuse();
+        // why: `biased`, shutdown first. The webhook server drains in a moment once
+        // the drain starts; had it already finished when this task wakes, an
+        // unbiased select could take its end for the end of everything and return
+        // while gRPC calls are still in flight.
+        let mut result = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Ok(()),
+            joined = &mut grpc => stopped_early("gRPC", flatten(joined)),
+            joined = &mut http => stopped_early("webhook HTTP", flatten_http(joined)),
         };
-        let result = match tokio::time::timeout(self.grace, drain).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(grace = ?self.grace, "drain took longer than the grace period; closing the rest");
-                server.abort();
-                http_server.abort();
-                Ok(())
+        self.shutdown.cancel();
+        let deadline = std::time::Instant::now() + self.grace;
+
+        // 1. NOT_SERVING, before anything closes, so health checkers move traffic.
+        self.gate.set_draining().await;
+        self.readiness.set_draining();
+        // 2. Drain: no new connections or calls; streams end; in-flight calls go on.
+        self.drain.cancel();
+        tracing::info!(grace = ?self.grace, "shutting down: NOT_SERVING, listeners closed, streams ended; waiting for in-flight calls");
+        // 3. Wait for both servers' connections to close, up to the grace.
+        let servers = async {
+            if !grpc.is_terminated() {
+                result = std::mem::replace(&mut result, Ok(())).and(flatten((&mut grpc).await));
+            }
+            if !http.is_terminated() {
+                result =
+                    std::mem::replace(&mut result, Ok(())).and(flatten_http((&mut http).await));
             }
         };
+        if tokio::time::timeout_at(deadline.into(), servers)
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "drain took longer than the grace period; closing the rest");
+            grpc_abort.abort();
+            http_abort.abort();
+        }
+        // 4. Fulfillment attempts that outlived their callers record their outcome.
         // why: an attempt cut off mid-POST leaves an outcome nobody records; let
         // each one finish and store its result (or its unknown outcome) first.
-        let left = self.fulfiller.wait_for_attempts(until).await;
+        let left = self.fulfiller.wait_for_attempts(deadline).await;
         if left > 0 {
             tracing::warn!(attempts = left, grace = ?self.grace, "fulfillment attempts still running at the end of the grace period; their outcome is not recorded");
         }
+        tracing::info!("shutdown complete");
         result
     }
+}
+
+/// A server ended before shutdown was asked for: its error, or [`AppError::Stopped`].
+fn stopped_early(which: &'static str, result: Result<(), AppError>) -> Result<(), AppError> {
+    let error = result.err().unwrap_or(AppError::Stopped(which));
+    tracing::error!(server = which, error = %error, "a server stopped on its own; shutting the rest down");
+    Err(error)
 }
 
 fn flatten(

@@ -13,6 +13,7 @@
 //!   filters, backfill, capture/cancel outcome correlation.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
 //! - [`money`]: exact decimal text → `Money`.
+//! - [`redact`]: credentials in URLs never printed.
 //! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,
 //!   events, signed webhooks, faults) with a control surface; imports nothing of the gateway.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
@@ -33,6 +34,7 @@ pub mod events;
 pub mod grpc;
 pub mod health;
 pub mod money;
+pub mod redact;
 pub mod shutdown;
 pub mod telemetry;
 pub mod webhook;

@@ -177,16 +177,23 @@ fn id_text(v: &Value) -> Option<String> {
     }
 }
 
+/// Longest event `id` and `type` accepted.
+///
+/// why: DR's event ids are UUIDs and its types short dotted names
+/// (docs/digital-river.md §3.2); a longer one would only make every subscriber's
+/// type match and every dedup lookup cost more.
+pub const MAX_ID_OR_TYPE_BYTES: usize = 255;
+
 fn take_nonempty_string(
     top: &mut Map<String, Value>,
     key: &str,
     field: &'static str,
 ) -> Result<String, EnvelopeError> {
     match top.remove(key) {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_OR_TYPE_BYTES => Ok(s),
         _ => Err(EnvelopeError::BadField {
             field,
-            expected: "a non-empty string",
+            expected: "a non-empty string of at most 255 bytes",
         }),
     }
 }

@@ -265,6 +265,8 @@ pub struct Cursor {
 
 const CURSOR_VERSION: u8 = 1;
 const CURSOR_LEN: usize = 17;
+/// A cursor is 23 characters; room for surrounding whitespace, nothing more.
+const MAX_CURSOR_TEXT: usize = 64;
 
 impl Cursor {
     /// The opaque string form.
@@ -276,8 +278,12 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// Parses the string form.
+    /// Parses the string form; anything longer than a cursor can be is refused
+    /// before decoding.
     pub fn decode(text: &str) -> Result<Self, CursorError> {
+        if text.len() > MAX_CURSOR_TEXT {
+            return Err(CursorError::Malformed);
+        }
         let bytes = URL_SAFE_NO_PAD
             .decode(text.trim())
             .map_err(|_| CursorError::Malformed)?;

@@ -24,7 +24,8 @@ pub use parse::{DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MIN_HEARTBEAT};
 pub use payload::decode_payload;
 pub use stream::{DecodedSubscribeStream, StreamEnd, SubscribeStream};
 
-use super::request::{self, required};
+use super::request;
+use crate::domain::ids::check_id;
 use crate::{
     clock::Clock,
     digital_river::{models, Client},
@@ -128,7 +129,7 @@ impl EventStream for EventStreamApi {
     ) -> Result<Response<pb::GetEventResponse>, Status> {
         let opts = request::call_options(&request);
         let id = request.into_inner().event_id;
-        required("event_id", &id)?;
+        check_id("event_id", &id)?;
         let event = self
             .client
             .get_event(&id, &opts)

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tonic::Status;
 
 use crate::digital_river::EventQuery;
+use crate::domain::ids::check_id;
 use crate::domain::ServiceError;
 use crate::events::{filter::TypePattern, EventFilter, Start};
 use crate::grpc::request;
@@ -67,6 +68,11 @@ pub(super) type ParsedSubscribe = (EventFilter, Start, Duration);
 #[allow(clippy::result_large_err)]
 pub(super) fn parse_subscribe(req: &pb::SubscribeRequest) -> Result<ParsedSubscribe, Status> {
     let f = req.filter.clone().unwrap_or_default();
+    if f.order_ids.len() <= crate::events::filter::MAX_FILTER_ENTRIES {
+        for (i, id) in f.order_ids.iter().enumerate() {
+            check_id(&format!("filter.order_ids[{i}]"), id)?;
+        }
+    }
     let filter = EventFilter::new(&f.types, &f.order_ids, f.live_mode)
         .map_err(|e| bad_request(&e.field, &e.reason))?;
     let start = match &req.start {
