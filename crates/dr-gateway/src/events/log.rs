@@ -93,6 +93,8 @@ pub struct StoredEvent {
     pub proto: pb::Event,
     /// `SubscribeResponse { event: proto }`, encoded once for every subscriber.
     pub encoded_response: Bytes,
+    /// Bytes the event holds in memory ([`super::footprint`]), computed once.
+    footprint: usize,
 }
 
 impl StoredEvent {
@@ -128,6 +130,7 @@ impl StoredEvent {
             envelope,
             proto,
             encoded_response,
+            footprint: prepared.footprint,
         }
     }
 
@@ -136,10 +139,10 @@ impl StoredEvent {
         &self.proto.cursor
     }
 
-    /// Approximate memory held by this event, for byte bounds.
+    /// Memory this event holds, for byte bounds: every form of it and its index
+    /// entries, as [`super::footprint`] counts them (computed once, when prepared).
     pub fn approx_size(&self) -> usize {
-        // why: raw JSON + parsed JSON (~2x raw) + proto (~encoded) + encoded bytes.
-        self.envelope.approx_size() * 3 + self.encoded_response.len() * 2 + 256
+        self.footprint
     }
 }
 
@@ -151,6 +154,9 @@ pub struct PreparedEvent {
     pub proto: pb::Event,
     /// `proto` encoded (no cursor field).
     pub encoded_event: Bytes,
+    /// What the stored event will hold in memory ([`super::footprint`]); computed
+    /// here, outside any log's lock.
+    pub footprint: usize,
 }
 
 impl PreparedEvent {

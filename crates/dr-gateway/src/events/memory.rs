@@ -31,7 +31,8 @@ use crate::defaults;
 pub struct MemoryLogConfig {
     /// Most events held; the oldest are dropped beyond it.
     pub max_events: usize,
-    /// Most bytes held (approximate: raw JSON, parsed forms and encodings).
+    /// Most bytes held: what the events really cost in memory, every form of them
+    /// and their index entries ([`super::footprint`]).
     pub max_bytes: usize,
     /// Most event ids remembered for dedup (never fewer than the held events).
     pub dedup_max_ids: usize,
@@ -76,7 +77,7 @@ impl std::fmt::Debug for MemoryLog {
 struct State {
     /// Held events, oldest first; `events[i].seq == first_seq + i`.
     events: VecDeque<Arc<StoredEvent>>,
-    /// Sum of `approx_size` of held events.
+    /// Sum of `approx_size` (the footprint) of held events.
     bytes: usize,
     /// Last assigned sequence.
     last_seq: Sequence,
@@ -106,6 +107,12 @@ impl MemoryLog {
             state: Mutex::new(State::default()),
             appended,
         }
+    }
+
+    /// Bytes the held events count against [`MemoryLogConfig::max_bytes`] (for
+    /// benchmarks and metrics).
+    pub fn held_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -10,6 +10,7 @@
 pub mod backfill;
 pub mod envelope;
 pub mod filter;
+pub mod footprint;
 pub mod log;
 pub mod memory;
 pub mod outcomes;

@@ -61,9 +61,12 @@ impl EventEncoder {
     pub fn prepare(&self, env: &Envelope) -> PreparedEvent {
         let proto = self.to_proto(env);
         let encoded_event = Bytes::from(proto.encode_to_vec());
+        // why: the response adds the cursor field and two frame headers.
+        let footprint = super::footprint::event_parts(env, &proto, encoded_event.len() + 32);
         PreparedEvent {
             proto,
             encoded_event,
+            footprint,
         }
     }
 }

@@ -7,7 +7,9 @@
 //! # Bounded answers
 //! A status travels in HTTP/2 trailers, and gRPC clients refuse trailers larger than
 //! their metadata limit (16 KiB by default in C-core, Go and Java), so every status
-//! stays far below it, whatever the request or DR's error body held:
+//! stays far below it, whatever the request or DR's error body held (at most about
+//! 8 KiB of details, 11 KiB once base64-encoded in `grpc-status-details-bin`, and a
+//! message of 512 bytes, 1.5 KiB at most once percent-encoded):
 //! - at most [`MAX_VIOLATIONS`] `BadRequest` field violations; `ErrorInfo` metadata
 //!   `violations` then says how many there were in all, and the message ends with
 //!   "(and N more)";
@@ -32,9 +34,9 @@ pub const ERROR_DOMAIN: &str = "digitalriver.com";
 /// Most `BadRequest` field violations in one status (see the module docs).
 pub const MAX_VIOLATIONS: usize = 20;
 /// Longest status message, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+pub const MAX_MESSAGE_BYTES: usize = 512;
 /// Longest violation field or description and `ErrorInfo` metadata value, in bytes.
-pub const MAX_DETAIL_BYTES: usize = 256;
+pub const MAX_DETAIL_BYTES: usize = 128;
 
 /// `text` cut to at most `max` bytes at a character boundary, ending in "…" when cut.
 pub fn bounded(text: &str, max: usize) -> String {

@@ -232,13 +232,19 @@ async fn read_body(
     }
     let collect = async {
         let mut stream = body.into_data_stream();
-        let mut buf = bytes::BytesMut::new();
+        // why: the event log keeps these bytes; a buffer sized by the declared
+        // length holds no spare capacity the log's byte bound would not see.
+        let declared = declared.map_or(0, |len| len as usize);
+        let mut buf = bytes::BytesMut::with_capacity(declared);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| WebhookError::BodyUnreadable)?;
             if buf.len() + chunk.len() > limit {
                 return Err(WebhookError::TooLarge { limit });
             }
             buf.extend_from_slice(&chunk);
+        }
+        if buf.capacity() > buf.len() + buf.len() / 8 {
+            return Ok(Bytes::copy_from_slice(&buf));
         }
         Ok(buf.freeze())
     };
