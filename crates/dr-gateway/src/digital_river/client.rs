@@ -587,3 +587,42 @@ fn log_undecodable(status: StatusCode, bytes: &[u8]) {
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
     tracing::warn!(status = status.as_u16(), body_head = %head, "DR sent an undecodable body");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::new(ClientConfig {
+            base_url: "https://gw:hunter2@dr.example/v1".into(),
+            api_key: SecretString::from("sk_test_x".to_owned()),
+            api_version: None,
+            max_timeout: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            rate_limit: None,
+        })
+        .expect("a valid base URL")
+    }
+
+    #[test]
+    fn a_path_segment_that_would_move_the_path_is_refused_not_resolved() {
+        let client = client();
+        for segments in [
+            &["orders", ".."][..],
+            &["fulfillments", "."],
+            &["charges", ""],
+        ] {
+            assert!(
+                matches!(client.url(segments), Err(Error::Request { .. })),
+                "{segments:?}"
+            );
+        }
+        let url = client.url(&["fulfillments", "a/..?#%"]).unwrap();
+        assert_eq!(url.path(), "/v1/fulfillments/a%2F..%3F%23%25");
+    }
+
+    #[test]
+    fn the_client_prints_no_credential_of_its_base_url() {
+        assert!(!format!("{:?}", client()).contains("hunter2"));
+    }
+}
