@@ -2,9 +2,10 @@
 # The one command that runs every test of dr-gateway, on a fresh machine too: it
 # installs what is missing (Debian packages, project-local npm tools, a Python venv),
 # then runs buf lint and buf breaking, the Rust unit + integration tests of every
-# crate, the crate boundaries and the production build, the README examples, the
-# Python, Node and Go client tests (compressed requests among them), a compile
-# check of the Java snippet and the Helm chart checks.
+# crate, a short fuzz run of every parser of outside input, the crate boundaries and
+# the production build, the README examples, the Python, Node and Go client tests
+# (compressed requests among them), a compile check of the Java snippet and the
+# Helm chart checks.
 #
 # Network use: Debian's archive, the npm registry, PyPI and crates.io, only when
 # something is missing.
@@ -47,6 +48,12 @@ step "cargo test (unit + integration, every crate)"
 # This also builds target/debug/dr-gateway, which the checks below run: building it
 # again with `cargo build` would recompile hyper and axum for other features.
 cargo test --locked --workspace --lib --bins --tests
+
+# --- fuzzing -------------------------------------------------------------------
+step "fuzz: every parser of outside input, 10 s per target (crates/dr-gateway/fuzz)"
+# why: a short run from the committed seeds (past findings' reproducers among them)
+# catches a parser that panics or goes super-linear again; long runs are by hand.
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/check-fuzz.sh
 
 # --- crate boundaries ----------------------------------------------------------
 step "crate boundaries and the production build (no sandbox)"

@@ -64,6 +64,20 @@ class Sandbox:
             raise AssertionError(f"sandbox {method} {path} answered {status}: {raw[:500]!r}")
         return json.loads(raw) if raw else None
 
+    def post_raw_json(self, path: str, raw: bytes, expect=(200, 201, 202)) -> dict:
+        """POSTs JSON text as written (json.dumps cannot write a number like 1e400)."""
+        req = urllib.request.Request(self.base_url + path, data=raw, method="POST")
+        req.add_header("Authorization", f"Bearer {SANDBOX_KEY}")
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                status, body = resp.status, resp.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        if status not in expect:
+            raise AssertionError(f"sandbox POST {path} answered {status}: {body[:500]!r}")
+        return json.loads(body) if body else None
+
     def create_order(self, items: list[dict], **spec) -> dict:
         """`POST /sandbox/orders` with a unique upstream id; returns DR's order JSON."""
         spec.setdefault("upstreamId", f"py-{uuid.uuid4().hex[:12]}")

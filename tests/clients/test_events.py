@@ -1,8 +1,12 @@
 """EventStream.Subscribe from Python: typed event payloads, and resuming after a
 cursor with no gap and no duplicate. Every stream has a deadline and is cancelled."""
 
+import time
+import uuid
+
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.json_format import MessageToDict
 
 from digitalriver.gateway.v1 import (
     charge_service_pb2,
@@ -128,3 +132,35 @@ def test_a_live_subscriber_receives_an_event_appended_after_it_subscribed(channe
             raise AssertionError("the stream ended before the event arrived")
     finally:
         stream.cancel()
+
+
+def test_an_amount_no_double_can_hold_arrives_as_text_and_the_event_still_converts_to_json(channel, sandbox):
+    # Arrange: DR sends an amount beyond any double (JSON allows it; json.dumps cannot write it).
+    order_id = f"py-inf-{uuid.uuid4().hex[:10]}"
+    sandbox.post_raw_json(
+        "/sandbox/events",
+        (
+            '{"type": "order.charge.capture.complete", "object": {"id": "ch-%s", "orderId": "%s", '
+            '"currency": "USD", "amount": 1e400, "captures": [{"id": "cap-%s", "amount": 12.5, '
+            '"state": "complete"}]}}' % (order_id, order_id, order_id)
+        ).encode(),
+    )
+
+    # Act: the event as the gateway streams it (the webhook may take a moment).
+    request = event_stream_pb2.SubscribeRequest(
+        filter=event_stream_pb2.EventFilter(order_ids=[order_id]),
+        position=event_stream_pb2.START_POSITION_OLDEST,
+    )
+    deadline = time.monotonic() + STREAM_DEADLINE_S
+    while not (events := events_until_idle(channel, request)):
+        assert time.monotonic() < deadline, "the event never reached the gateway"
+
+    # Assert: every client can print it as JSON (an infinity made MessageToDict raise) ...
+    [event] = events
+    as_json = MessageToDict(event)
+    # ... the amount arrives as its text, the typed payload leaves it unset ...
+    assert as_json["dataObject"]["amount"] == "1e+400"
+    assert not event.charge.HasField("amount")
+    # ... and the rest of the event is whole.
+    assert event.charge.captures[0].amount.units == 12
+    assert as_json["dataObject"]["captures"][0]["amount"] == 12.5

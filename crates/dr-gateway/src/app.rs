@@ -1,5 +1,9 @@
 //! Builds the gateway from [`Settings`]: binds the listeners (so tests can use port 0
-//! and read the ports back), wires services, and runs until the shutdown token fires.
+//! and read the ports back), wires services, and runs until the shutdown token fires;
+//! then [`Application::run_until_stopped`] shuts down in the order
+//! [`crate::shutdown`] documents (NOT_SERVING, then drain: listeners closed, GOAWAY,
+//! streams ended; in-flight calls and fulfillment attempts waited for up to the
+//! grace period).
 //!
 //! Two listeners: gRPC (services, health, reflection; connections served, aged and
 //! drained by [`grpc::server`]) and HTTP (DR webhooks, `/livez`, `/readyz`,
@@ -27,6 +31,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::FusedFuture as _;
+use futures::FutureExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -48,14 +54,16 @@ use crate::grpc;
 use crate::grpc::charge::ChargeApi;
 use crate::grpc::event_stream::{self, EventStreamApi, EventStreamServer};
 use crate::grpc::fulfillment::FulfillmentApi;
-use crate::grpc::reflection;
 use crate::grpc::server::{with_messages, ConnectionSettings, MessageSettings};
+use crate::grpc::{health as grpc_health, reflection};
 use crate::health::{watch_bus_health, HealthGate};
 use crate::listen::ListenAddr;
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
 use crate::tls::{ServerTls, TlsError};
-use crate::webhook::{self, BodyLimit, SignatureVerifier, WebhookConfig, WebhookState};
+use crate::webhook::{
+    self, BodyLimit, ConnectionLimits, SignatureVerifier, WebhookConfig, WebhookState,
+};
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +98,9 @@ pub enum AppError {
     /// The token file or the authorization policy cannot be used.
     #[error("authorization: {0}")]
     Auth(#[from] AuthError),
+    /// A listener's server stopped although no shutdown was asked for.
+    #[error("the {0} server stopped unexpectedly")]
+    Stopped(&'static str),
 }
 
 /// Most concurrent RPCs (Subscribe streams included) on one client connection.
@@ -101,7 +112,13 @@ pub struct Application {
     grpc_addr: SocketAddr,
     grpc_health_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
+    /// Cancelled to ask for a graceful shutdown (a signal, or a test).
     shutdown: CancellationToken,
+    /// Cancelled by [`Application::run_until_stopped`] once health says
+    /// NOT_SERVING: listeners stop accepting, connections get GOAWAY, streams end.
+    drain: CancellationToken,
+    /// gRPC health and `/readyz`, turned NOT_SERVING first.
+    gate: HealthGate,
     grace: Duration,
     server: JoinHandle<std::io::Result<()>>,
     http_server: JoinHandle<std::io::Result<()>>,
@@ -146,6 +163,7 @@ impl Application {
         // `events` does not depend on `grpc`.
         let encoder = EventEncoder::with_payload_decoder(Arc::new(event_stream::decode_payload));
         let shutdown = CancellationToken::new();
+        let drain = CancellationToken::new();
         let Backends {
             event_log,
             idempotency,
@@ -194,7 +212,10 @@ impl Application {
             settings.webhook_tolerance,
             clock.clone(),
         );
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let health_reporter = tonic_health::server::HealthReporter::new();
+        // why: health `Watch` streams end at the drain (grpc/health.rs), or one
+        // watcher would hold a graceful shutdown for the whole grace period.
+        let health_service = grpc_health::service(health_reporter.clone(), drain.clone());
         let gate = HealthGate::new(health_reporter, bus.is_some()).await;
         let webhook_state = WebhookState::new(
             verifier,
@@ -202,6 +223,7 @@ impl Application {
             gate.clone(),
             WebhookConfig {
                 max_body_bytes: settings.webhook_max_body,
+                body_timeout: settings.webhook_body_timeout,
                 enabled: !settings.webhook_secrets.is_empty(),
                 ..WebhookConfig::default()
             },
@@ -218,7 +240,9 @@ impl Application {
         );
         let event_stream = EventStreamServer::with_messages(
             EventStreamApi::new(event_log.clone(), client.clone(), encoder, clock.clone())
-                .with_shutdown(shutdown.clone())
+                // why: Subscribe and Consume streams never end by themselves; they end
+                // at the drain (crate::shutdown, step 2), not before NOT_SERVING.
+                .with_shutdown(drain.clone())
                 .with_groups(groups),
             messages,
         );
@@ -260,16 +284,6 @@ impl Application {
             ))
             .add_service(event_stream);
 
-        let stop = {
-            let shutdown = shutdown.clone();
-            let gate = gate.clone();
-            async move {
-                shutdown.cancelled().await;
-                // why: load balancers must see NOT_SERVING before connections close.
-                gate.set_draining().await;
-                tracing::info!("stopped accepting; draining in-flight RPCs");
-            }
-        };
         let connections = ConnectionSettings {
             // why: hyper's default would let one client open unbounded streams (each
             // Subscribe holds a task and buffers) on a single connection.
@@ -278,6 +292,7 @@ impl Application {
             keepalive_timeout: settings.grpc.keepalive_timeout,
             max_connection_age: settings.grpc.max_connection_age,
             max_connection_age_grace: settings.grpc.max_connection_age_grace,
+            max_request_message_size: settings.grpc.max_receive_message_size,
         };
         let server = tokio::spawn(grpc::server::serve(
             listener,
@@ -287,7 +302,9 @@ impl Application {
             // policy first (auth/), and the caller rides in the request extensions.
             Some(AuthLayer::new(authorizer.clone())),
             connections.clone(),
-            stop,
+            // why: every listener starts its graceful shutdown on the drain, which
+            // `run_until_stopped` starts only after health says NOT_SERVING.
+            drain.clone().cancelled_owned(),
         ));
         if let Some(tls) = &tls {
             tls.watch(settings.security.reload_interval, shutdown.clone());
@@ -301,26 +318,25 @@ impl Application {
                 health_listener,
                 health_only,
                 connections,
-                shutdown.clone(),
+                drain.clone(),
             ));
         }
-        let http_stop = {
-            let shutdown = shutdown.clone();
-            let gate = gate.clone();
-            async move {
-                shutdown.cancelled().await;
-                // why: /readyz fails first so DR's traffic is steered elsewhere while
-                // in-flight deliveries finish (unstored ones are re-sent by DR).
-                gate.set_draining().await;
-            }
-        };
-        let http_server = tokio::spawn(webhook::serve(http_listener, webhook_router, http_stop));
+        let http_server = tokio::spawn(webhook::serve(
+            http_listener,
+            webhook_router,
+            ConnectionLimits {
+                max_connections: settings.webhook_max_connections,
+                idle_timeout: settings.webhook_idle_timeout,
+                header_timeout: settings.webhook_header_timeout,
+            },
+            drain.clone().cancelled_owned(),
+        ));
         let rate_limiter = client.rate_limiter();
         let backfill = settings.backfill_enabled.then_some(backfill);
         match &bus {
             None => {
                 if let Some(backfill) = backfill {
-                    tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
+                    tokio::spawn(backfill.run(drain.clone().cancelled_owned()));
                 }
             }
             Some(bus) => {
@@ -328,7 +344,7 @@ impl Application {
                 tokio::spawn(watch_bus_health(
                     event_log.clone(),
                     gate.clone(),
-                    shutdown.clone(),
+                    drain.clone(),
                 ));
                 let pacing = rate_limiter.clone().zip(settings.upstream_rate_limit).map(
                     |(limiter, budget)| {
@@ -354,6 +370,8 @@ impl Application {
             grpc_health_addr,
             http_addr,
             shutdown,
+            drain,
+            gate,
             grace: settings.shutdown_grace,
             server,
             http_server,
@@ -394,38 +412,64 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Runs until the shutdown token fires, then drains for at most the grace period:
-    /// in-flight RPCs and streams, then the fulfillment attempts still running (they
-    /// outlive the RPCs that started them).
+    /// Runs until the shutdown token fires, then shuts down in the order
+    /// [`crate::shutdown`] documents, within the grace period from that moment:
+    /// NOT_SERVING; drain (listeners closed, GOAWAY, streams ended); wait for the
+    /// in-flight calls and then for the fulfillment attempts still running (they
+    /// outlive the RPCs that started them); cut what is left at the end of the grace.
+    ///
+    /// A server that stops on its own (it failed) starts the same sequence for the
+    /// rest, and its error is returned at the end.
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
-        let mut server = self.server;
-        let mut http_server = self.http_server;
-        tokio::select! {
-            result = &mut server => return flatten(result, AppError::Serve),
-            result = &mut http_server => return flatten(result, AppError::Http),
-            () = self.shutdown.cancelled() => {}
-        }
-        let until = std::time::Instant::now() + self.grace;
-        let drain = async {
-            let grpc = (&mut server).await;
-            let http = (&mut http_server).await;
-            flatten(grpc, AppError::Serve).and(flatten(http, AppError::Http))
+        let (grpc_abort, http_abort) =
+            (self.server.abort_handle(), self.http_server.abort_handle());
+        let mut grpc = self.server.fuse();
+        let mut http = self.http_server.fuse();
+        // why: `biased`, shutdown first. The webhook server drains in a moment once
+        // the drain starts; had it already finished when this task wakes, an
+        // unbiased select could take its end for the end of everything and return
+        // while gRPC calls are still in flight.
+        let mut result = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Ok(()),
+            joined = &mut grpc => stopped_early("gRPC", flatten(joined, AppError::Serve)),
+            joined = &mut http => stopped_early("webhook HTTP", flatten(joined, AppError::Http)),
         };
-        let result = match tokio::time::timeout(self.grace, drain).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(grace = ?self.grace, "drain took longer than the grace period; closing the rest");
-                server.abort();
-                http_server.abort();
-                Ok(())
+        self.shutdown.cancel();
+        let deadline = std::time::Instant::now() + self.grace;
+
+        // 1. NOT_SERVING, before anything closes, so health checkers move traffic.
+        self.gate.set_draining().await;
+        // 2. Drain: no new connections or calls; streams end; in-flight calls go on.
+        self.drain.cancel();
+        tracing::info!(grace = ?self.grace, "shutting down: NOT_SERVING, listeners closed, streams ended; waiting for in-flight calls");
+        // 3. Wait for both servers' connections to close, up to the grace.
+        let servers = async {
+            if !grpc.is_terminated() {
+                result = std::mem::replace(&mut result, Ok(()))
+                    .and(flatten((&mut grpc).await, AppError::Serve));
+            }
+            if !http.is_terminated() {
+                result = std::mem::replace(&mut result, Ok(()))
+                    .and(flatten((&mut http).await, AppError::Http));
             }
         };
+        if tokio::time::timeout_at(deadline.into(), servers)
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "drain took longer than the grace period; closing the rest");
+            grpc_abort.abort();
+            http_abort.abort();
+        }
+        // 4. Fulfillment attempts that outlived their callers record their outcome.
         // why: an attempt cut off mid-POST leaves an outcome nobody records; let
         // each one finish and store its result (or its unknown outcome) first.
-        let left = self.fulfiller.wait_for_attempts(until).await;
+        let left = self.fulfiller.wait_for_attempts(deadline).await;
         if left > 0 {
             tracing::warn!(attempts = left, grace = ?self.grace, "fulfillment attempts still running at the end of the grace period; their outcome is not recorded");
         }
+        tracing::info!("shutdown complete");
         result
     }
 }
@@ -439,6 +483,13 @@ async fn bind(addr: &ListenAddr) -> Result<(TcpListener, SocketAddr), AppError> 
     let listener = addr.bind().await.map_err(failed)?;
     let local = listener.local_addr().map_err(failed)?;
     Ok((listener, local))
+}
+
+/// A server ended before shutdown was asked for: its error, or [`AppError::Stopped`].
+fn stopped_early(which: &'static str, result: Result<(), AppError>) -> Result<(), AppError> {
+    let error = result.err().unwrap_or(AppError::Stopped(which));
+    tracing::error!(server = which, error = %error, "a server stopped on its own; shutting the rest down");
+    Err(error)
 }
 
 fn flatten(

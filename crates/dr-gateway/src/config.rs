@@ -16,6 +16,7 @@ use secrecy::SecretString;
 use crate::bus::{BusConfig, BusError};
 use crate::digital_river::RetryPolicy;
 use crate::listen::ListenAddr;
+use crate::redact::SensitiveUrl;
 use crate::{defaults, shown_bytes, shown_duration};
 pub use security::{SecurityArgs, SecurityError, SecuritySettings};
 
@@ -41,9 +42,9 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_HTTP_ADDR", default_value_t = ListenAddr::from(defaults::HTTP_ADDR))]
     pub http_addr: ListenAddr,
 
-    /// Digital River API base URL.
+    /// Digital River API base URL (printed with any credentials in it redacted).
     #[arg(long, env = "DR_GATEWAY_DR_BASE_URL", default_value = defaults::DR_BASE_URL)]
-    pub dr_base_url: String,
+    pub dr_base_url: SensitiveUrl,
 
     /// Digital River secret key (prefer --dr-api-key-file in production).
     #[arg(long, env = "DR_GATEWAY_DR_API_KEY", hide_env_values = true)]
@@ -64,6 +65,12 @@ pub struct ServeArgs {
     /// Attempts per idempotent DR read (1 = no retry); POSTs are never retried blindly.
     #[arg(long, env = "DR_GATEWAY_UPSTREAM_ATTEMPTS", default_value_t = defaults::UPSTREAM_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub upstream_attempts: u32,
+
+    /// Longest DR `Retry-After` a read waits out before trying again; DR asking for
+    /// longer ends the call with DR's error and its delay in RetryInfo (a deadline
+    /// caps the wait too).
+    #[arg(long, env = "DR_GATEWAY_UPSTREAM_MAX_RETRY_WAIT", default_value = shown_duration!(defaults::UPSTREAM_MAX_RETRY_WAIT), value_parser = humantime::parse_duration)]
+    pub upstream_max_retry_wait: Duration,
 
     /// Most DR calls per second with this key, across all replicas: `auto` (90 % of
     /// DR's documented per-key limit: 22/s for `sk_test_` keys, 225/s otherwise), a
@@ -146,6 +153,25 @@ pub struct ServeArgs {
     /// Largest accepted webhook body (e.g. 1MiB, 512KiB); larger bodies get 413.
     #[arg(long, env = "DR_GATEWAY_WEBHOOK_MAX_BODY", default_value = shown_bytes!(defaults::WEBHOOK_MAX_BODY), value_parser = parse_byte_size)]
     pub webhook_max_body: usize,
+
+    /// Webhook listener: longest from a request's first byte to the end of its
+    /// headers; slower connections are closed.
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_HEADER_TIMEOUT", default_value = shown_duration!(defaults::WEBHOOK_HEADER_TIMEOUT), value_parser = humantime::parse_duration)]
+    pub webhook_header_timeout: Duration,
+
+    /// Webhook listener: longest a request body may take to arrive (slower → 408).
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_BODY_TIMEOUT", default_value = shown_duration!(defaults::WEBHOOK_BODY_TIMEOUT), value_parser = humantime::parse_duration)]
+    pub webhook_body_timeout: Duration,
+
+    /// Webhook listener: longest a connection may stay silent before a request or
+    /// between requests (keep it above the idle timeout of the proxy in front).
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_IDLE_TIMEOUT", default_value = shown_duration!(defaults::WEBHOOK_IDLE_TIMEOUT), value_parser = humantime::parse_duration)]
+    pub webhook_idle_timeout: Duration,
+
+    /// Webhook listener: most connections open at once (probes included); past it,
+    /// new connections wait until one closes.
+    #[arg(long, env = "DR_GATEWAY_WEBHOOK_MAX_CONNECTIONS", default_value_t = defaults::WEBHOOK_MAX_CONNECTIONS, value_parser = parse_positive)]
+    pub webhook_max_connections: usize,
 
     /// Most events the in-memory event log holds (oldest dropped first).
     #[arg(long, env = "DR_GATEWAY_EVENT_LOG_MAX_EVENTS", default_value_t = defaults::EVENT_LOG_MAX_EVENTS)]
@@ -565,8 +591,8 @@ pub struct Settings {
     pub grpc_addr: ListenAddr,
     /// HTTP listen address.
     pub http_addr: ListenAddr,
-    /// DR base URL.
-    pub dr_base_url: String,
+    /// DR base URL; prints redacted.
+    pub dr_base_url: SensitiveUrl,
     /// DR secret key.
     pub dr_api_key: SecretString,
     /// `digitalriver-version`.
@@ -599,6 +625,14 @@ pub struct Settings {
     pub webhook_tolerance: Duration,
     /// Webhook body limit in bytes.
     pub webhook_max_body: usize,
+    /// Webhook listener: request-head timeout.
+    pub webhook_header_timeout: Duration,
+    /// Webhook listener: body timeout.
+    pub webhook_body_timeout: Duration,
+    /// Webhook listener: idle timeout.
+    pub webhook_idle_timeout: Duration,
+    /// Webhook listener: most open connections.
+    pub webhook_max_connections: usize,
     /// In-memory event log: most events.
     pub event_log_max_events: usize,
     /// In-memory event log: most bytes.
@@ -637,7 +671,7 @@ impl Settings {
         }
         .resolve(Some(&api_key))
         .expect("the default flags resolve");
-        settings.dr_base_url = dr_base_url.into();
+        settings.dr_base_url = SensitiveUrl::from(dr_base_url.into());
         settings.grpc_addr = ListenAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         settings.http_addr = ListenAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         settings.backfill_enabled = false;
@@ -714,6 +748,7 @@ impl ServeArgs {
             upstream_timeout: self.upstream_timeout,
             retry: RetryPolicy {
                 max_attempts: self.upstream_attempts,
+                max_retry_wait: self.upstream_max_retry_wait,
                 ..RetryPolicy::default()
             },
             upstream_rate_limit,
@@ -729,6 +764,10 @@ impl ServeArgs {
             webhook_secrets,
             webhook_tolerance: self.webhook_tolerance,
             webhook_max_body: self.webhook_max_body,
+            webhook_header_timeout: self.webhook_header_timeout,
+            webhook_body_timeout: self.webhook_body_timeout,
+            webhook_idle_timeout: self.webhook_idle_timeout,
+            webhook_max_connections: self.webhook_max_connections,
             event_log_max_events: self.event_log_max_events,
             event_log_max_bytes: self.event_log_max_bytes,
             backfill_interval: self.backfill_interval,
@@ -777,6 +816,18 @@ impl ServeArgs {
             (
                 "--backfill-lookback / DR_GATEWAY_BACKFILL_LOOKBACK",
                 self.backfill_lookback,
+            ),
+            (
+                "--webhook-header-timeout / DR_GATEWAY_WEBHOOK_HEADER_TIMEOUT",
+                self.webhook_header_timeout,
+            ),
+            (
+                "--webhook-body-timeout / DR_GATEWAY_WEBHOOK_BODY_TIMEOUT",
+                self.webhook_body_timeout,
+            ),
+            (
+                "--webhook-idle-timeout / DR_GATEWAY_WEBHOOK_IDLE_TIMEOUT",
+                self.webhook_idle_timeout,
             ),
         ] {
             positive(flag, value)?;
@@ -871,10 +922,11 @@ fn readable(flag: &'static str, path: &Path) -> Result<(), ConfigError> {
         })
 }
 
-/// DR is reached over HTTPS (http for a local sandbox), at a URL with a host.
-fn check_dr_base_url(url: &str) -> Result<(), ConfigError> {
+/// DR is reached over HTTPS (http for a local sandbox), at a URL with a host. The
+/// errors show the URL redacted: credentials in it are never printed.
+fn check_dr_base_url(url: &SensitiveUrl) -> Result<(), ConfigError> {
     const FLAG: &str = "--dr-base-url / DR_GATEWAY_DR_BASE_URL";
-    let uri: http::Uri = url.parse().map_err(|e| ConfigError::Invalid {
+    let uri: http::Uri = url.expose().parse().map_err(|e| ConfigError::Invalid {
         flag: FLAG,
         reason: format!("{url:?} is not a URL: {e}"),
     })?;
@@ -902,6 +954,14 @@ fn check_dr_base_url(url: &str) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+/// A whole number of at least 1.
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("{text:?} is not a whole number of at least 1")),
+        Ok(n) => Ok(n),
+    }
 }
 
 /// Renders a duration in the largest whole unit a person would write (`30d`, `24h`,

@@ -53,6 +53,16 @@ pub const UPSTREAM_ATTEMPTS: u32 = 3;
 pub const RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
 /// Longest backoff between two attempts of a DR read.
 pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+/// `--upstream-max-retry-wait`: the longest DR's `Retry-After` is waited out before
+/// a read is tried again. A longer one (DR documents up to 120 s for 429,
+/// docs/digital-river.md §5.2) is not waited for: the call fails at once with
+/// `RetryInfo` carrying DR's delay, so the caller decides. With a deadline, the time
+/// left caps the wait as well.
+pub const UPSTREAM_MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+/// Largest DR response body the client reads; larger ones are refused as
+/// unreadable (the biggest DR answer the gateway asks for, a page of 100 events,
+/// is a few MiB).
+pub const DR_MAX_RESPONSE_BYTES: usize = 16 * MIB;
 
 // === idempotency ===
 
@@ -105,6 +115,24 @@ pub const WEBHOOK_MAX_BODY: usize = MIB;
 /// why: DR gives a delivery about 3 s (docs/digital-river.md §4.2); answering
 /// within 2 s leaves it time to read the answer instead of timing out.
 pub const WEBHOOK_APPEND_TIMEOUT: Duration = Duration::from_millis(2000);
+/// `--webhook-header-timeout`: longest from a request's first byte to the end of
+/// its headers on the webhook listener.
+///
+/// why: DR's delivery gives up after about 3 s (docs/digital-river.md §4.2); a
+/// client still sending headers after 10 s is not DR.
+pub const WEBHOOK_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--webhook-body-timeout`: longest a request body may take to arrive.
+pub const WEBHOOK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--webhook-idle-timeout`: longest a webhook connection may stay silent, before
+/// its first request or between requests.
+///
+/// why: longer than the 60 s for which ingress-nginx and cloud load balancers keep
+/// idle upstream connections, so they close theirs first and never send a request
+/// on a connection the gateway is closing.
+pub const WEBHOOK_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// `--webhook-max-connections`: most webhook-listener connections open at once
+/// (probes included); past it the listener stops accepting until one closes.
+pub const WEBHOOK_MAX_CONNECTIONS: usize = 256;
 
 // === event log (in memory) ===
 

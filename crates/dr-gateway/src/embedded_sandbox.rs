@@ -81,7 +81,7 @@ impl EmbeddedSandbox {
         })
         .await?;
         tracing::info!(url = %sandbox.base_url(), "sandbox (Digital River emulator) serving");
-        settings.dr_base_url = sandbox.base_url();
+        settings.dr_base_url = sandbox.base_url().into();
         Ok((
             Self {
                 sandbox,

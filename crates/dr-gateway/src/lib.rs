@@ -21,6 +21,7 @@
 //!   filters, backfill, capture/cancel outcome correlation, consumer groups.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
 //! - [`money`]: exact decimal text → `Money`.
+//! - [`redact`]: credentials in URLs never printed.
 //! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,
 //!   events, signed webhooks, faults) with a control surface; imports nothing of the gateway.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
@@ -43,6 +44,7 @@ pub mod grpc;
 pub mod health;
 pub mod listen;
 pub mod money;
+pub mod redact;
 pub mod reload;
 pub mod shutdown;
 pub mod telemetry;

@@ -12,16 +12,37 @@ const NANOS_PER_UNIT: i128 = 1_000_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?} is not an exact amount: {reason}")]
 pub struct MoneyError {
+    /// The text (its first [`MAX_ERROR_TEXT`] bytes).
     text: String,
     reason: &'static str,
 }
 
+/// How much of a rejected text an error keeps.
+const MAX_ERROR_TEXT: usize = 64;
+
+/// Most significant digits an amount may have (an `i128` of nanos holds 38).
+const MAX_DIGITS: usize = 38;
+
+impl MoneyError {
+    fn new(text: &str, reason: &'static str) -> Self {
+        let mut end = text.len().min(MAX_ERROR_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self {
+            text: text[..end].to_owned(),
+            reason,
+        }
+    }
+}
+
 /// Parses a decimal number's text (`"26.89"`, `"-0.5"`, `"1.18026E3"`) into nanos.
+///
+/// Takes time linear in the text's length, whatever its exponent: the exponent only
+/// moves the decimal point, and a shift beyond what an `i128` of nanos can hold is
+/// refused before any arithmetic (`0e-2147483648` is zero, `1e40` too large).
 pub fn parse_nanos(text: &str) -> Result<i128, MoneyError> {
-    let err = |reason| MoneyError {
-        text: text.to_owned(),
-        reason,
-    };
+    let err = |reason| MoneyError::new(text, reason);
     let t = text.trim();
     let (negative, t) = match t.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -46,29 +67,27 @@ pub fn parse_nanos(text: &str) -> Result<i128, MoneyError> {
         return Err(err("not a decimal number"));
     }
     let digits = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
-    // value = digits × 10^(exponent − frac_len); nanos = value × 10^9
-    let scale = i64::from(exponent) - frac_part.len() as i64 + 9;
-    if digits.len() > 30 {
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
+    if significant.is_empty() {
+        return Ok(0);
+    }
+    // value = significant × 10^scale nanos, with the trailing zeros folded into scale:
+    // digits × 10^(exponent − frac_len) units, × 10^9 nanos.
+    let trailing_zeros = digits.trim_end_matches('0').len();
+    let trailing_zeros = digits.len() - trailing_zeros;
+    let scale = i64::from(exponent) - frac_part.len() as i64 + 9 + trailing_zeros as i64;
+    if scale < 0 {
+        return Err(err("finer than a nano"));
+    }
+    if significant.len() > MAX_DIGITS {
         return Err(err("too many digits"));
     }
-    let mut value: i128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().map_err(|_| err("too many digits"))?
-    };
-    if scale >= 0 {
-        for _ in 0..scale {
-            value = value.checked_mul(10).ok_or_else(|| err("too large"))?;
-        }
-    } else {
-        for _ in 0..(-scale) {
-            if value % 10 != 0 {
-                return Err(err("finer than a nano"));
-            }
-            value /= 10;
-        }
-    }
+    let value: i128 = significant.parse().map_err(|_| err("too many digits"))?;
+    let shift = u32::try_from(scale)
+        .ok()
+        .and_then(|scale| 10i128.checked_pow(scale))
+        .ok_or_else(|| err("too large"))?;
+    let value = value.checked_mul(shift).ok_or_else(|| err("too large"))?;
     Ok(if negative { -value } else { value })
 }
 
@@ -136,6 +155,27 @@ mod tests {
         assert!(parse("USD", "abc").is_err());
         assert!(parse("USD", "").is_err());
         assert!(parse("USD", "1e40").is_err());
+    }
+
+    #[test]
+    fn any_exponent_is_read_without_counting_to_it() {
+        // Each of these looped once per unit of the exponent (seconds for the first).
+        assert_eq!(parse_nanos("0e-2147483648"), Ok(0));
+        assert_eq!(parse_nanos("-0E+2147483647"), Ok(0));
+        assert!(parse_nanos("1e-2147483648").is_err());
+        assert!(parse_nanos("1e2147483647").is_err());
+        assert!(parse_nanos("9e-2147483648").is_err());
+        // Trailing zeros never count as precision.
+        assert_eq!(
+            m("26.890000000000000000000000000000000000000000"),
+            (26, 890_000_000)
+        );
+        assert_eq!(m("100000000000000000000000000000000e-30"), (100, 0));
+        assert_eq!(m("0.000000001"), (0, 1));
+        assert!(parse("USD", "0.0000000001").is_err());
+        // The error keeps only the start of a long text.
+        let long = "1".repeat(100_000);
+        assert!(parse_nanos(&long).unwrap_err().to_string().len() < 200);
     }
 
     #[test]

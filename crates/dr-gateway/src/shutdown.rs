@@ -1,4 +1,29 @@
-//! Turning SIGTERM / SIGINT into the gateway's shutdown token.
+//! Graceful shutdown: turning SIGTERM / SIGINT into the gateway's shutdown token,
+//! and the order in which a running gateway then stops.
+//!
+//! # The order of the steps
+//! [`crate::app::Application::run_until_stopped`] runs them when the token is
+//! cancelled (a signal, or [`crate::app::Application::shutdown_token`]); the
+//! grace period (`--shutdown-grace`) counts from that moment.
+//!
+//! 1. **NOT_SERVING.** gRPC health reports NOT_SERVING for the server and every
+//!    service, and `/readyz` answers 503, before anything closes: health checkers
+//!    and load balancers move traffic away while this process still answers.
+//! 2. **Drain** (one token, so these happen together):
+//!    - both listeners close: a new connection is refused;
+//!    - every gRPC connection gets HTTP/2 GOAWAY: a new call on it is refused
+//!      (UNAVAILABLE at the client, which retries elsewhere), while every call the
+//!      server already received runs to completion;
+//!    - webhook connections close after their in-flight request (idle ones at once);
+//!    - the streams that never end by themselves end: `Subscribe` with UNAVAILABLE
+//!      `SHUTTING_DOWN` (resume elsewhere from the last cursor), and health `Watch`,
+//!      after it delivered the NOT_SERVING of step 1, the same way;
+//!    - backfill and the bus-health watcher stop.
+//! 3. **Wait** for both servers' connections to close (every in-flight unary call
+//!    answered, every webhook acknowledged), then for the CreateFulfillment
+//!    attempts that outlive their callers to record their outcome.
+//! 4. **Cut** whatever is still running when the grace period ends (logged as "drain
+//!    took longer than the grace period"), and exit.
 
 use tokio_util::sync::CancellationToken;
 

@@ -256,3 +256,40 @@ Checks of the security values, with sentences helm's schema errors cannot give.
 {{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name (the cert-manager Issuer or ClusterIssuer that signs the gateway's certificate)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+A Kubernetes memory quantity ("256Mi", "1Gi", "512M", "1.5Gi", "268435456") in
+bytes.
+*/}}
+{{- define "dr-gateway.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $units := list (list "Ki" 1024) (list "Mi" 1048576) (list "Gi" 1073741824) (list "Ti" 1099511627776) (list "k" 1000) (list "K" 1000) (list "M" 1000000) (list "G" 1000000000) (list "T" 1000000000000) -}}
+{{- $bytes := "" -}}
+{{- range $units -}}
+{{- if and (eq $bytes "") (hasSuffix (index . 0) $q) -}}
+{{- $bytes = mulf (float64 (trimSuffix (index . 0) $q)) (index . 1) | floor | int64 | toString -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $bytes "" -}}{{- $bytes = float64 $q | floor | int64 | toString -}}{{- end -}}
+{{- $bytes -}}
+{{- end }}
+
+{{/*
+DR_GATEWAY_EVENT_LOG_MAX_BYTES: config.eventLog.maxBytes, or
+config.eventLog.memoryPercent of resources.limits.memory.
+*/}}
+{{- define "dr-gateway.eventLogMaxBytes" -}}
+{{- with .Values.config.eventLog.maxBytes -}}
+{{- . -}}
+{{- else -}}
+{{- $limit := dig "limits" "memory" "" .Values.resources -}}
+{{- if not $limit -}}
+{{- fail "resources.limits.memory is not set: the in-memory event log's byte bound derives from it (or set config.eventLog.maxBytes)" -}}
+{{- end -}}
+{{- $bytes := include "dr-gateway.quantityBytes" $limit | int64 -}}
+{{- if le $bytes 0 -}}
+{{- fail (printf "resources.limits.memory %q is not a memory quantity" (toString $limit)) -}}
+{{- end -}}
+{{- div (mul $bytes (int64 .Values.config.eventLog.memoryPercent)) 100 -}}
+{{- end -}}
+{{- end }}

@@ -186,16 +186,8 @@ fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// `nats://user:pass@host:4222` → `nats://***@host:4222`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        (None, Some(at)) => format!("***{}", &url[at..]),
-        _ => url.to_owned(),
-    }
-}
+// why: one redaction for every URL the gateway prints (NATS servers, DR's base URL).
+pub use crate::redact::redact_url;
 
 /// What the JetStream backend can fail with at start-up or at runtime.
 #[derive(Debug, thiserror::Error)]

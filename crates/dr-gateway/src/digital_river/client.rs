@@ -12,6 +12,7 @@ use super::models::{
     Charge, CreateFulfillment, Event, Fulfillment, ListResponse, Order, Source, UpdateFulfillment,
 };
 use super::{Error, ErrorBody, RateLimiter, Resource, RetryPolicy};
+use crate::redact::SensitiveUrl;
 
 /// A page of DR results.
 pub type Page<T> = ListResponse<T>;
@@ -19,8 +20,8 @@ pub type Page<T> = ListResponse<T>;
 /// How the client reaches DR.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Base URL, e.g. `https://api.digitalriver.com`.
-    pub base_url: String,
+    /// Base URL, e.g. `https://api.digitalriver.com` (printed redacted).
+    pub base_url: SensitiveUrl,
     /// DR secret key. Never logged: `SecretString` redacts it in `Debug`.
     pub api_key: SecretString,
     /// `digitalriver-version` header, when pinned.
@@ -86,12 +87,21 @@ pub struct EventQuery {
 }
 
 /// Digital River REST client. Cheap to clone: it shares one connection pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: Url,
     config: std::sync::Arc<ClientConfig>,
     limiter: Option<std::sync::Arc<RateLimiter>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // why: `Url`'s Debug prints a password the base URL may carry.
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request the client is about to send.
@@ -108,7 +118,7 @@ struct Call<'a> {
 impl Client {
     /// Builds the client; fails on a base URL that cannot carry paths.
     pub fn new(config: ClientConfig) -> Result<Self, Error> {
-        let base = Url::parse(&config.base_url).map_err(|e| Error::Request {
+        let base = Url::parse(config.base_url.expose()).map_err(|e| Error::Request {
             path: String::new(),
             reason: format!("invalid DR base URL: {e}"),
         })?;
@@ -277,7 +287,7 @@ impl Client {
         call: Call<'_>,
         opts: &CallOptions,
     ) -> Result<T, Error> {
-        let url = self.url(call.segments);
+        let url = self.url(call.segments)?;
         let path = url.path().to_owned();
         let method = method_name(&call.method);
         let request_id = opts
@@ -330,7 +340,9 @@ impl Client {
             if attempt >= max_attempts || !RetryPolicy::is_retryable(&error) {
                 return Err(error);
             }
-            let wait = self.config.retry.delay(attempt, &error);
+            let Some(wait) = self.config.retry.delay(attempt, &error) else {
+                return Err(error);
+            };
             // why: a retry that cannot finish before the caller gives up is wasted
             // load on DR; answer with what we have instead.
             if let Some(deadline) = opts.deadline {
@@ -384,10 +396,25 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
+        let Some(bytes) = read_capped(response, crate::defaults::DR_MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| transport_error(e, method, path, budget))?;
+            .map_err(|e| transport_error(e, method, path, budget))?
+        else {
+            tracing::warn!(
+                status = status.as_u16(),
+                limit = crate::defaults::DR_MAX_RESPONSE_BYTES,
+                "DR sent a body larger than the gateway reads"
+            );
+            return Err(Error::Decode {
+                status: status.as_u16(),
+                method,
+                path: path.to_owned(),
+                source: serde::de::Error::custom(format!(
+                    "the body is larger than {} bytes",
+                    crate::defaults::DR_MAX_RESPONSE_BYTES
+                )),
+            });
+        };
         let span = tracing::Span::current();
         span.record("http.status", status.as_u16());
         span.record("latency_ms", started.elapsed().as_millis() as u64);
@@ -431,14 +458,26 @@ impl Client {
         })
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    /// The URL of `segments` under the base URL.
+    ///
+    /// why: ids come from callers. Pushed as segments, `/`, `?`, `#` and `%` in them
+    /// are percent-encoded, so an id cannot address another resource; but `.` and
+    /// `..` are dot-segments URL parsing resolves (`/orders/..` is `/`), and an empty
+    /// one changes the path too. The handlers refuse such ids before any call
+    /// (`grpc::ids`); refusing them here as well keeps one forgotten check from
+    /// turning `POST /fulfillments/{id}` into `POST /fulfillments`.
+    fn url(&self, segments: &[&str]) -> Result<Url, Error> {
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            return Err(Error::Request {
+                path: format!("/{}", segments.first().copied().unwrap_or_default()),
+                reason: format!("refusing the path segment {bad:?}: it would change the path"),
+            });
+        }
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
-            // why: ids come from callers; pushing them as segments percent-encodes
-            // `/`, `?` and friends so an id can never address another resource.
             path.pop_if_empty().extend(segments);
         }
-        url
+        Ok(url)
     }
 
     fn budget(&self, deadline: Option<Instant>) -> Duration {
@@ -498,7 +537,34 @@ fn method_name(method: &Method) -> &'static str {
     }
 }
 
+/// The response body, or `None` when it is (or says it will be) larger than `limit`.
+///
+/// why: a body is held in memory whole; an upstream that streams without end must
+/// not be able to grow the gateway's memory without bound.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|declared| declared > limit as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
 fn transport_error(e: reqwest::Error, method: &'static str, path: &str, budget: Duration) -> Error {
+    // why: reqwest's errors print the whole URL, with any credentials the base URL
+    // carries; the path (all the error needs) is kept apart.
+    let e = e.without_url();
     let path = path.to_owned();
     if e.is_connect() {
         Error::Connect {
@@ -525,4 +591,43 @@ fn transport_error(e: reqwest::Error, method: &'static str, path: &str, budget: 
 fn log_undecodable(status: StatusCode, bytes: &[u8]) {
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
     tracing::warn!(status = status.as_u16(), body_head = %head, "DR sent an undecodable body");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::new(ClientConfig {
+            base_url: "https://gw:hunter2@dr.example/v1".into(),
+            api_key: SecretString::from("sk_test_x".to_owned()),
+            api_version: None,
+            max_timeout: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            rate_limit: None,
+        })
+        .expect("a valid base URL")
+    }
+
+    #[test]
+    fn a_path_segment_that_would_move_the_path_is_refused_not_resolved() {
+        let client = client();
+        for segments in [
+            &["orders", ".."][..],
+            &["fulfillments", "."],
+            &["charges", ""],
+        ] {
+            assert!(
+                matches!(client.url(segments), Err(Error::Request { .. })),
+                "{segments:?}"
+            );
+        }
+        let url = client.url(&["fulfillments", "a/..?#%"]).unwrap();
+        assert_eq!(url.path(), "/v1/fulfillments/a%2F..%3F%23%25");
+    }
+
+    #[test]
+    fn the_client_prints_no_credential_of_its_base_url() {
+        assert!(!format!("{:?}", client()).contains("hunter2"));
+    }
 }

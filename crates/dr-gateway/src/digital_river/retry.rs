@@ -16,6 +16,9 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Upper bound of one backoff.
     pub max_delay: Duration,
+    /// Longest `Retry-After` waited out; DR asking for longer ends the call with its
+    /// error (and DR's delay in `RetryInfo`) instead.
+    pub max_retry_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -24,6 +27,7 @@ impl Default for RetryPolicy {
             max_attempts: defaults::UPSTREAM_ATTEMPTS,
             base_delay: defaults::RETRY_BASE_DELAY,
             max_delay: defaults::RETRY_MAX_DELAY,
+            max_retry_wait: defaults::UPSTREAM_MAX_RETRY_WAIT,
         }
     }
 }
@@ -41,15 +45,17 @@ impl RetryPolicy {
         }
     }
 
-    /// How long to wait before attempt number `attempt + 1` (attempt counts from 1).
-    /// DR's `Retry-After` wins over the computed backoff (docs/digital-river.md §5.2).
-    pub fn delay(&self, attempt: u32, error: &Error) -> Duration {
+    /// How long to wait before attempt number `attempt + 1` (attempt counts from 1);
+    /// `None`: do not retry. DR's `Retry-After` wins over the computed backoff
+    /// (docs/digital-river.md §5.2), up to [`Self::max_retry_wait`]: a longer one is
+    /// not waited out (the caller gets DR's delay in `RetryInfo`).
+    pub fn delay(&self, attempt: u32, error: &Error) -> Option<Duration> {
         if let Error::Api {
             retry_after: Some(wait),
             ..
         } = error
         {
-            return *wait;
+            return (*wait <= self.max_retry_wait).then_some(*wait);
         }
         let exp = self
             .base_delay
@@ -57,7 +63,7 @@ impl RetryPolicy {
         let cap = exp.min(self.max_delay);
         // why: full jitter keeps many gateways retrying at once from syncing up.
         let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(0..=millis))
+        Some(Duration::from_millis(rand::rng().random_range(0..=millis)))
     }
 }
 
@@ -91,11 +97,30 @@ mod tests {
     fn retry_after_wins_and_backoff_is_capped() {
         let p = RetryPolicy::default();
         assert_eq!(
-            p.delay(1, &api(429, Some(Duration::from_secs(7)))),
-            Duration::from_secs(7)
+            p.delay(1, &api(429, Some(Duration::from_secs(4)))),
+            Some(Duration::from_secs(4))
         );
         for attempt in 1..20 {
-            assert!(p.delay(attempt, &api(503, None)) <= p.max_delay);
+            assert!(p
+                .delay(attempt, &api(503, None))
+                .is_some_and(|d| d <= p.max_delay));
         }
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_maximum_is_not_waited_out() {
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.delay(1, &api(429, Some(p.max_retry_wait))),
+            Some(p.max_retry_wait)
+        );
+        assert_eq!(
+            p.delay(
+                1,
+                &api(429, Some(p.max_retry_wait + Duration::from_secs(1)))
+            ),
+            None
+        );
+        assert_eq!(p.delay(1, &api(503, Some(Duration::from_secs(120)))), None);
     }
 }

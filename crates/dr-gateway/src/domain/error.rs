@@ -71,6 +71,18 @@ pub enum ServiceError {
     /// idempotency store; nothing was sent to DR, so retrying is safe.
     #[error("{0}")]
     Unavailable(String),
+    /// The gateway holds as much of something as it allows itself (e.g. the
+    /// idempotency store is full of requests in flight); nothing was sent to DR,
+    /// retrying later is safe.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// Stable reason, UPPER_SNAKE_CASE.
+        reason: &'static str,
+        /// Human explanation.
+        message: String,
+        /// When to retry.
+        retry_after: std::time::Duration,
+    },
     /// A gateway bug; details are logged, the caller gets this stable message.
     #[error("{0}")]
     Internal(String),

@@ -15,8 +15,8 @@ use futures::FutureExt;
 use serde_json::{Map, Value};
 use tokio_util::task::TaskTracker;
 
-use super::idempotency::{Claim, IdempotencyStore};
-use super::{FieldViolation, ServiceError};
+use super::idempotency::{Claim, IdempotencyError, IdempotencyStore};
+use super::{ids, FieldViolation, ServiceError};
 use crate::digital_river::models::{CreateFulfillment, CreateFulfillmentItem, Fulfillment};
 use crate::digital_river::{CallOptions, Client, FulfillmentQuery};
 
@@ -90,9 +90,7 @@ impl FulfillmentCommand {
     /// Checks the request before anything reaches DR. Field names follow the proto.
     pub fn validate(&self) -> Result<(), ServiceError> {
         let mut v = Vec::new();
-        if self.order_id.trim().is_empty() {
-            v.push(FieldViolation::new("order_id", "must not be empty"));
-        }
+        ids::push_id_violation(&mut v, "order_id".into(), &self.order_id);
         if self.items.is_empty() {
             v.push(FieldViolation::new(
                 "items",
@@ -100,10 +98,11 @@ impl FulfillmentCommand {
             ));
         }
         for (i, item) in self.items.iter().enumerate() {
-            if item.item_id.trim().is_empty() {
+            ids::push_id_violation(&mut v, format!("items[{i}].item_id"), &item.item_id);
+            if let Some(problem) = ids::text_problem(&item.shipment_item_id) {
                 v.push(FieldViolation::new(
-                    format!("items[{i}].item_id"),
-                    "must not be empty",
+                    format!("items[{i}].shipment_item_id"),
+                    problem,
                 ));
             }
             for (field, value) in [
@@ -147,6 +146,13 @@ impl FulfillmentCommand {
                 "request_id",
                 format!("must be at most {MAX_REQUEST_ID_LEN} bytes"),
             ));
+        } else if let Some(problem) = ids::text_problem(&self.request_id) {
+            // why: it travels as the `upstream-id` header too, where a control
+            // character cannot go.
+            v.push(FieldViolation::new("request_id", problem));
+        }
+        if let Some(problem) = ids::text_problem(&self.shipment_id) {
+            v.push(FieldViolation::new("shipment_id", problem));
         }
         if let Some(value) = self.metadata.get(REQUEST_ID_METADATA_KEY) {
             if *value != self.request_id {
@@ -321,11 +327,22 @@ impl Fulfiller {
                 .await
                 .map_err(|e| {
                     tracing::warn!(%request_id, error = %e, "cannot claim request_id");
-                    ServiceError::Unavailable(
-                        "the idempotency store is unavailable; nothing was sent to Digital River, \
-                     retry with the same request_id"
-                            .into(),
-                    )
+                    match e {
+                        IdempotencyError::Full(held) => ServiceError::ResourceExhausted {
+                            reason: "IDEMPOTENCY_STORE_FULL",
+                            message: format!(
+                                "the gateway holds {held} request_ids whose outcome is still \
+                                 open, as many as it keeps; nothing was sent to Digital River, \
+                                 retry with the same request_id"
+                            ),
+                            retry_after: crate::defaults::OUTCOME_PENDING_RETRY_DELAY,
+                        },
+                        IdempotencyError::Unavailable(_) => ServiceError::Unavailable(
+                            "the idempotency store is unavailable; nothing was sent to Digital \
+                             River, retry with the same request_id"
+                                .into(),
+                        ),
+                    }
                 })?;
             match claim {
                 Claim::Done(f) => {

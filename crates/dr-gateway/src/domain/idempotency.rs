@@ -1,7 +1,8 @@
 //! Remembers CreateFulfillment results per caller `request_id`, so a retry gets the
 //! first result instead of a second POST (DR has none of its own: docs/digital-river.md §5.3).
 //!
-//! Bounded by entry count and by age (TTL). A key is in one of three states:
+//! Bounded by entry count, for every kind of entry, and by age (TTL). A key is in one
+//! of three states:
 //! in flight (a reconciliation or POST is running; retries wait for it), done (the
 //! fulfillment is kept until the TTL passes), or unknown (nothing is running and no
 //! result is known: an attempt's outcome could not be established, or the key may
@@ -13,6 +14,13 @@
 //! outcome stays unknown ([`IdempotencyStore::mark_unknown`]); a later owner gets it
 //! back in [`Claim::Owner`] and must not post before it has passed. A key with such
 //! a time still ahead is never evicted or expired.
+//!
+//! When the count bound is reached, the oldest settled key (done, or unknown with no
+//! attempt that may still land) makes room. Keys that must be kept (in flight, or
+//! with an attempt that may still land) are never dropped; when only such keys are
+//! held, a new key is refused ([`IdempotencyError::Full`]: nothing is sent to DR, the
+//! caller retries later). A forgotten key (refused by DR, released) leaves nothing
+//! behind.
 //!
 //! [`IdempotencyStore`] is the interface the fulfiller uses; two backends implement
 //! it: [`MemoryIdempotencyStore`] (one process, the default) and, when several
@@ -35,6 +43,10 @@ pub enum IdempotencyError {
     /// The shared store (JetStream key-value bucket) cannot be reached or failed.
     #[error("idempotency store unavailable: {0}")]
     Unavailable(String),
+    /// Every slot holds a key that must be kept (in flight, or with an attempt that
+    /// may still land); a new key has to wait until one settles.
+    #[error("the idempotency store is full ({0} keys in flight or pending)")]
+    Full(usize),
 }
 
 /// Where CreateFulfillment results are remembered per `request_id`.
@@ -179,7 +191,7 @@ pub struct MemoryIdempotencyStore {
 #[async_trait]
 impl IdempotencyStore for MemoryIdempotencyStore {
     async fn claim(&self, key: &str, fingerprint: u64) -> Result<Claim, IdempotencyError> {
-        Ok(MemoryIdempotencyStore::claim(self, key, fingerprint))
+        MemoryIdempotencyStore::claim(self, key, fingerprint)
     }
 
     async fn record_attempt(
@@ -229,17 +241,18 @@ impl MemoryIdempotencyStore {
         self
     }
 
-    /// Claims `key` for a request whose body hashes to `fingerprint`.
-    pub fn claim(&self, key: &str, fingerprint: u64) -> Claim {
+    /// Claims `key` for a request whose body hashes to `fingerprint`; refuses a new
+    /// key when every slot holds one that must be kept.
+    pub fn claim(&self, key: &str, fingerprint: u64) -> Result<Claim, IdempotencyError> {
         let now = Instant::now();
         let startup = self.startup_hold_until.filter(|t| *t > now);
         let mut inner = self.lock();
         self.expire(&mut inner, now);
         if let Some(entry) = inner.entries.get_mut(key) {
             if entry.slot.fingerprint() != fingerprint {
-                return Claim::Mismatch;
+                return Ok(Claim::Mismatch);
             }
-            return match &entry.slot {
+            return Ok(match &entry.slot {
                 Slot::Done { fulfillment, .. } => Claim::Done(fulfillment.clone()),
                 Slot::InFlight { .. } => Claim::Wait(self.changed.subscribe()),
                 Slot::Unknown { may_land_until, .. } => {
@@ -250,7 +263,10 @@ impl MemoryIdempotencyStore {
                     };
                     Claim::Owner { hold_until: hold }
                 }
-            };
+            });
+        }
+        if !self.make_room(&mut inner, now) {
+            return Err(IdempotencyError::Full(inner.entries.len()));
         }
         self.insert(
             &mut inner,
@@ -261,9 +277,9 @@ impl MemoryIdempotencyStore {
             },
             now,
         );
-        Claim::Owner {
+        Ok(Claim::Owner {
             hold_until: startup,
-        }
+        })
     }
 
     /// The owner is about to post; its POST may land until `may_land_until`.
@@ -276,7 +292,9 @@ impl MemoryIdempotencyStore {
                 may_land_until: kept,
             };
         } else {
-            // The entry vanished (cannot happen while in flight); keep the attempt.
+            // The entry vanished (cannot happen while in flight); keep the attempt,
+            // over the bound if need be: a POST that may land is never forgotten.
+            self.make_room(&mut inner, Instant::now());
             self.insert(
                 &mut inner,
                 key,
@@ -339,18 +357,42 @@ impl MemoryIdempotencyStore {
                 }
                 None => {
                     inner.entries.remove(key);
+                    Self::compact_order(&mut inner);
                 }
             }
         }
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    fn insert(&self, inner: &mut Inner, key: &str, slot: Slot, now: Instant) {
+    /// Drops settled keys, oldest first, until a new one fits under the bound;
+    /// false when only keys that must be kept are left.
+    fn make_room(&self, inner: &mut Inner, now: Instant) -> bool {
         while inner.entries.len() >= self.max_entries {
             if !Self::evict_oldest_settled(inner, now) {
-                break;
+                return false;
             }
         }
+        true
+    }
+
+    /// Forgets the order records of keys no longer held, once they outnumber the
+    /// held keys: removals leave them behind, and they must not pile up.
+    fn compact_order(inner: &mut Inner) {
+        if inner.order.len() > 2 * inner.entries.len() + 64 {
+            let entries = &inner.entries;
+            inner
+                .order
+                .retain(|(seq, key)| entries.get(key).is_some_and(|e| e.seq == *seq));
+        }
+    }
+
+    /// Number of order records (live and stale), for the tests of the bounds.
+    #[cfg(test)]
+    fn order_records(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    fn insert(&self, inner: &mut Inner, key: &str, slot: Slot, now: Instant) {
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.order.push_back((seq, key.to_owned()));
@@ -366,20 +408,31 @@ impl MemoryIdempotencyStore {
 
     /// Drops the oldest key that is neither in flight nor holding an attempt that
     /// may still land; false when none could go.
+    ///
+    /// Keys that must be kept move from the front to the back as the search passes
+    /// them, so the next search does not walk past them again (each record is
+    /// looked at once per round through the store).
     fn evict_oldest_settled(inner: &mut Inner, now: Instant) -> bool {
-        let position = inner.order.iter().position(|(seq, key)| {
-            inner
-                .entries
-                .get(key)
-                .is_some_and(|e| e.seq == *seq && !e.slot.pinned(now))
-        });
-        match position.and_then(|p| inner.order.remove(p)) {
-            Some((_, key)) => {
-                inner.entries.remove(&key);
-                true
+        for _ in 0..inner.order.len() {
+            let Some((seq, key)) = inner.order.pop_front() else {
+                return false;
+            };
+            match inner.entries.get_mut(&key) {
+                Some(entry) if entry.seq == seq => {
+                    if entry.slot.pinned(now) {
+                        entry.seq = inner.next_seq;
+                        inner.next_seq += 1;
+                        inner.order.push_back((entry.seq, key));
+                    } else {
+                        inner.entries.remove(&key);
+                        return true;
+                    }
+                }
+                // A record of a key removed or re-inserted since: drop it.
+                _ => {}
             }
-            None => false,
         }
+        false
     }
 
     fn expire(&self, inner: &mut Inner, now: Instant) {
@@ -422,6 +475,12 @@ mod tests {
         MemoryIdempotencyStore::new(Duration::from_secs(60), 10)
     }
 
+    impl MemoryIdempotencyStore {
+        fn claim_ok(&self, key: &str, fingerprint: u64) -> Claim {
+            self.claim(key, fingerprint).expect("room in the store")
+        }
+    }
+
     fn owner_hold(claim: Claim) -> Option<Instant> {
         match claim {
             Claim::Owner { hold_until } => hold_until,
@@ -432,9 +491,9 @@ mod tests {
     #[test]
     fn a_completed_key_returns_the_stored_result() {
         let store = store();
-        assert_eq!(owner_hold(store.claim("k", 1)), None);
+        assert_eq!(owner_hold(store.claim_ok("k", 1)), None);
         store.complete("k", 1, ful("ful_1"));
-        match store.claim("k", 1) {
+        match store.claim_ok("k", 1) {
             Claim::Done(f) => assert_eq!(f.id, "ful_1"),
             other => panic!("expected Done, got {other:?}"),
         }
@@ -443,99 +502,134 @@ mod tests {
     #[test]
     fn a_running_key_makes_others_wait_and_a_different_body_is_refused() {
         let store = store();
-        assert!(matches!(store.claim("k", 1), Claim::Owner { .. }));
-        assert!(matches!(store.claim("k", 1), Claim::Wait(_)));
-        assert!(matches!(store.claim("k", 2), Claim::Mismatch));
+        assert!(matches!(store.claim_ok("k", 1), Claim::Owner { .. }));
+        assert!(matches!(store.claim_ok("k", 1), Claim::Wait(_)));
+        assert!(matches!(store.claim_ok("k", 2), Claim::Mismatch));
     }
 
     #[test]
     fn an_unknown_outcome_hands_the_next_owner_the_time_its_post_may_still_land() {
         let store = store();
-        let _ = store.claim("k", 1);
+        let _ = store.claim_ok("k", 1);
         let lands_by = Instant::now() + Duration::from_secs(30);
         store.record_attempt("k", 1, lands_by);
         store.mark_unknown("k", 1, None);
-        assert_eq!(owner_hold(store.claim("k", 1)), Some(lands_by));
+        assert_eq!(owner_hold(store.claim_ok("k", 1)), Some(lands_by));
         // The next owner only looked DR up (no attempt of its own): the earlier
         // attempt's time is kept, not forgotten.
         store.mark_unknown("k", 1, None);
-        assert_eq!(owner_hold(store.claim("k", 1)), Some(lands_by));
+        assert_eq!(owner_hold(store.claim_ok("k", 1)), Some(lands_by));
     }
 
     #[test]
     fn the_owners_own_unknown_attempt_replaces_the_time_recorded_before_it_posted() {
         let store = store();
-        let _ = store.claim("k", 1);
+        let _ = store.claim_ok("k", 1);
         let provisional = Instant::now() + Duration::from_secs(50);
         store.record_attempt("k", 1, provisional);
         let observed = provisional - Duration::from_secs(20);
         store.mark_unknown("k", 1, Some(observed));
-        assert_eq!(owner_hold(store.claim("k", 1)), Some(observed));
+        assert_eq!(owner_hold(store.claim_ok("k", 1)), Some(observed));
     }
 
     #[test]
     fn an_attempt_that_can_no_longer_land_holds_nothing() {
         let store = store();
-        let _ = store.claim("k", 1);
+        let _ = store.claim_ok("k", 1);
         store.mark_unknown("k", 1, Some(Instant::now()));
-        assert_eq!(owner_hold(store.claim("k", 1)), None);
+        assert_eq!(owner_hold(store.claim_ok("k", 1)), None);
     }
 
     #[test]
     fn released_keys_can_be_claimed_again() {
         let store = store();
-        let _ = store.claim("k", 1);
+        let _ = store.claim_ok("k", 1);
         store.release("k");
-        assert_eq!(owner_hold(store.claim("k", 1)), None);
+        assert_eq!(owner_hold(store.claim_ok("k", 1)), None);
     }
 
     #[test]
     fn after_a_start_every_key_not_held_may_have_been_posted_by_the_predecessor() {
         let store = store().with_startup_hold(Duration::from_secs(60));
-        let hold = owner_hold(store.claim("new", 1)).expect("held after a start");
+        let hold = owner_hold(store.claim_ok("new", 1)).expect("held after a start");
         assert!(hold > Instant::now() + Duration::from_secs(59));
         // A key whose attempt lands later than the start-up hold keeps its own time.
-        let _ = store.claim("late", 1);
+        let _ = store.claim_ok("late", 1);
         let lands_by = Instant::now() + Duration::from_secs(120);
         store.mark_unknown("late", 1, Some(lands_by));
-        assert_eq!(owner_hold(store.claim("late", 1)), Some(lands_by));
+        assert_eq!(owner_hold(store.claim_ok("late", 1)), Some(lands_by));
         let no_hold = self::store().with_startup_hold(Duration::ZERO);
-        assert_eq!(owner_hold(no_hold.claim("new", 1)), None);
+        assert_eq!(owner_hold(no_hold.claim_ok("new", 1)), None);
     }
 
     #[test]
     fn the_store_is_bounded_and_keeps_in_flight_keys() {
         let store = MemoryIdempotencyStore::new(Duration::from_secs(60), 3);
-        let _ = store.claim("running", 1);
+        let _ = store.claim_ok("running", 1);
         for i in 0..10 {
             let key = format!("k{i}");
-            let _ = store.claim(&key, 1);
+            let _ = store.claim_ok(&key, 1);
             store.complete(&key, 1, ful(&key));
         }
         assert_eq!(store.len(), 3);
-        assert!(matches!(store.claim("running", 1), Claim::Wait(_)));
-        assert!(matches!(store.claim("k9", 1), Claim::Done(_)));
+        assert!(matches!(store.claim_ok("running", 1), Claim::Wait(_)));
+        assert!(matches!(store.claim_ok("k9", 1), Claim::Done(_)));
     }
 
     #[test]
     fn a_key_whose_attempt_may_still_land_is_neither_evicted_nor_expired() {
         let store = MemoryIdempotencyStore::new(Duration::ZERO, 2);
-        let _ = store.claim("pending", 1);
+        let _ = store.claim_ok("pending", 1);
         let lands_by = Instant::now() + Duration::from_secs(30);
         store.mark_unknown("pending", 1, Some(lands_by));
         for i in 0..5 {
             let key = format!("k{i}");
-            let _ = store.claim(&key, 1);
+            let _ = store.claim_ok(&key, 1);
             store.complete(&key, 1, ful(&key));
         }
-        assert_eq!(owner_hold(store.claim("pending", 1)), Some(lands_by));
+        assert_eq!(owner_hold(store.claim_ok("pending", 1)), Some(lands_by));
+    }
+
+    #[test]
+    fn refused_keys_leave_nothing_behind() {
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(3600), 10);
+        for i in 0..10_000 {
+            let key = format!("refused-{i}");
+            let _ = store.claim_ok(&key, 1);
+            store.release(&key);
+        }
+        assert_eq!(store.len(), 0);
+        assert!(
+            store.order_records() <= 64,
+            "{} records",
+            store.order_records()
+        );
+    }
+
+    #[test]
+    fn keys_that_must_be_kept_are_bounded_too_and_a_new_key_waits_for_room() {
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(3600), 3);
+        let _ = store.claim_ok("running", 1);
+        let _ = store.claim_ok("pending", 1);
+        store.mark_unknown("pending", 1, Some(Instant::now() + Duration::from_secs(60)));
+        let _ = store.claim_ok("also-running", 1);
+        assert!(matches!(
+            store.claim("new", 1),
+            Err(IdempotencyError::Full(3))
+        ));
+        assert_eq!(store.len(), 3);
+        // Once one settles, the new key gets its slot (and the settled one goes).
+        store.complete("running", 1, ful("ful_1"));
+        assert!(matches!(store.claim("new", 1), Ok(Claim::Owner { .. })));
+        assert_eq!(store.len(), 3);
+        assert!(matches!(store.claim_ok("pending", 1), Claim::Owner { .. }));
     }
 
     #[test]
     fn entries_expire_after_the_ttl() {
         let store = MemoryIdempotencyStore::new(Duration::from_millis(0), 10);
-        let _ = store.claim("k", 1);
+        let _ = store.claim_ok("k", 1);
         store.complete("k", 1, ful("ful_1"));
-        assert!(matches!(store.claim("k", 1), Claim::Owner { .. }));
+        assert!(matches!(store.claim_ok("k", 1), Claim::Owner { .. }));
     }
 }

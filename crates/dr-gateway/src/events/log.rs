@@ -93,6 +93,8 @@ pub struct StoredEvent {
     pub proto: pb::Event,
     /// `SubscribeResponse { event: proto }`, encoded once for every subscriber.
     pub encoded_response: Bytes,
+    /// Bytes the event holds in memory ([`super::footprint`]), computed once.
+    footprint: usize,
 }
 
 impl StoredEvent {
@@ -128,6 +130,7 @@ impl StoredEvent {
             envelope,
             proto,
             encoded_response,
+            footprint: prepared.footprint,
         }
     }
 
@@ -153,10 +156,10 @@ impl StoredEvent {
         }
     }
 
-    /// Approximate memory held by this event, for byte bounds.
+    /// Memory this event holds, for byte bounds: every form of it and its index
+    /// entries, as [`super::footprint`] counts them (computed once, when prepared).
     pub fn approx_size(&self) -> usize {
-        // why: raw JSON + parsed JSON (~2x raw) + proto (~encoded) + encoded bytes.
-        self.envelope.approx_size() * 3 + self.encoded_response.len() * 2 + 256
+        self.footprint
     }
 }
 
@@ -168,6 +171,9 @@ pub struct PreparedEvent {
     pub proto: pb::Event,
     /// `proto` encoded (no cursor field).
     pub encoded_event: Bytes,
+    /// What the stored event will hold in memory ([`super::footprint`]); computed
+    /// here, outside any log's lock.
+    pub footprint: usize,
 }
 
 impl PreparedEvent {
@@ -282,6 +288,8 @@ pub struct Cursor {
 
 const CURSOR_VERSION: u8 = 1;
 const CURSOR_LEN: usize = 17;
+/// A cursor is 23 characters; room for surrounding whitespace, nothing more.
+const MAX_CURSOR_TEXT: usize = 64;
 
 impl Cursor {
     /// The opaque string form.
@@ -293,8 +301,12 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    /// Parses the string form.
+    /// Parses the string form; anything longer than a cursor can be is refused
+    /// before decoding.
     pub fn decode(text: &str) -> Result<Self, CursorError> {
+        if text.len() > MAX_CURSOR_TEXT {
+            return Err(CursorError::Malformed);
+        }
         let bytes = URL_SAFE_NO_PAD
             .decode(text.trim())
             .map_err(|_| CursorError::Malformed)?;

@@ -12,6 +12,7 @@
 pub mod backfill;
 pub mod envelope;
 pub mod filter;
+pub mod footprint;
 pub mod groups;
 pub mod log;
 pub mod memory;

@@ -61,9 +61,12 @@ impl EventEncoder {
     pub fn prepare(&self, env: &Envelope) -> PreparedEvent {
         let proto = self.to_proto(env);
         let encoded_event = Bytes::from(proto.encode_to_vec());
+        // why: the response adds the cursor field and two frame headers.
+        let footprint = super::footprint::event_parts(env, &proto, encoded_event.len() + 32);
         PreparedEvent {
             proto,
             encoded_event,
+            footprint,
         }
     }
 }
@@ -89,15 +92,20 @@ pub fn json_object_to_struct(map: &Map<String, Value>) -> Struct {
 
 /// A JSON value as `google.protobuf.Value`. Numbers become doubles parsed from the
 /// number's text (`arbitrary_precision` keeps DR's digits), which is exact for
-/// amounts with few decimals and for integers below 2^53.
+/// amounts with few decimals and for integers below 2^53. A number beyond what a
+/// double holds (`1e400`) becomes a string of DR's text.
+///
+/// why: parsing it gives an infinity, which proto3 JSON cannot express: clients that
+/// print events as JSON (Python's `MessageToDict`, grpcurl) fail on the whole event.
+/// The text keeps DR's value for anyone who wants it, and every client can read it.
 pub fn json_to_value(v: &Value) -> PbValue {
     let kind = match v {
         Value::Null => Kind::NullValue(0),
         Value::Bool(b) => Kind::BoolValue(*b),
         Value::Number(n) => match n.to_string().parse::<f64>() {
-            Ok(f) => Kind::NumberValue(f),
-            // why: unreachable for valid JSON numbers; keep the text rather than lose it.
-            Err(_) => Kind::StringValue(n.to_string()),
+            Ok(f) if f.is_finite() => Kind::NumberValue(f),
+            // Infinite, or (unreachable for valid JSON) not a number at all.
+            _ => Kind::StringValue(n.to_string()),
         },
         Value::String(s) => Kind::StringValue(s.clone()),
         Value::Array(items) => Kind::ListValue(ListValue {
@@ -149,6 +157,26 @@ mod tests {
             prev.fields["state"].kind,
             Some(Kind::StringValue("pending".into()))
         );
+    }
+
+    #[test]
+    fn a_number_beyond_a_double_keeps_its_text_instead_of_becoming_infinite() {
+        let body = r#"{"id":"e1","type":"order.charge.capture.complete",
+            "createdTime":"2022-03-02T16:52:01Z",
+            "data":{"object":{"amount":1e400,"low":-1E+400,"tiny":1e-400,"ok":12.5}}}"#;
+        let env = Envelope::parse(Bytes::from_static(body.as_bytes())).unwrap();
+        let obj = EventEncoder::default().to_proto(&env).data_object.unwrap();
+        // serde_json's text of the number: the exponent's sign written out.
+        assert_eq!(
+            obj.fields["amount"].kind,
+            Some(Kind::StringValue("1e+400".into()))
+        );
+        let Some(Kind::StringValue(low)) = &obj.fields["low"].kind else {
+            panic!("low is not a string: {:?}", obj.fields["low"])
+        };
+        assert_eq!(low.parse::<f64>(), Ok(f64::NEG_INFINITY));
+        assert_eq!(obj.fields["tiny"].kind, Some(Kind::NumberValue(0.0)));
+        assert_eq!(obj.fields["ok"].kind, Some(Kind::NumberValue(12.5)));
     }
 
     #[test]

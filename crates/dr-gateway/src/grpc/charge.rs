@@ -11,11 +11,12 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::fulfillment::tracking_command;
-use super::request::{self, required};
+use super::request;
 use crate::auth::Caller;
 use crate::digital_river::models::Fulfillment;
 use crate::digital_river::Client;
 use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand, MAX_QUANTITY};
+use crate::domain::ids::check_id;
 use crate::domain::{orders, payments};
 use crate::domain::{FieldViolation, ServiceError};
 use crate::events::outcomes::{self, Correlation, OperationKind, Outcomes};
@@ -180,7 +181,7 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::GetChargeResponse>, Status> {
         let opts = request::call_options(&req);
         let id = req.into_inner().charge_id;
-        required("charge_id", &id)?;
+        check_id("charge_id", &id)?;
         let charge = self
             .client
             .get_charge(&id, &opts)
@@ -204,7 +205,7 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::GetPaymentSourceResponse>, Status> {
         let opts = request::call_options(&req);
         let id = req.into_inner().source_id;
-        required("source_id", &id)?;
+        check_id("source_id", &id)?;
         let source = self
             .client
             .get_source(&id, &opts)
@@ -222,7 +223,7 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::ListOrderChargesResponse>, Status> {
         let opts = request::call_options(&req);
         let id = req.into_inner().order_id;
-        required("order_id", &id)?;
+        check_id("order_id", &id)?;
         let order = self
             .client
             .get_order(&id, &opts)
@@ -248,8 +249,8 @@ impl ChargeService for ChargeApi {
     ) -> Result<Response<pb::GetCaptureFailureResponse>, Status> {
         let opts = request::call_options(&req);
         let r = req.into_inner();
-        required("charge_id", &r.charge_id)?;
-        required("capture_id", &r.capture_id)?;
+        check_id("charge_id", &r.charge_id)?;
+        check_id("capture_id", &r.capture_id)?;
         let charge = self
             .client
             .get_charge(&r.charge_id, &opts)

@@ -8,6 +8,7 @@ use crate::auth::Caller;
 use crate::digital_river::models::{ItemRef, UpdateFulfillment};
 use crate::digital_river::{Client, FulfillmentQuery};
 use crate::domain::fulfillments::{Fulfiller, FulfillmentCommand, ItemCommand, TrackingCommand};
+use crate::domain::ids::{check_id, check_text};
 use crate::domain::orders::{self, OrderKey};
 use crate::domain::ServiceError;
 use crate::pb::v1 as pb;
@@ -36,6 +37,28 @@ pub fn tracking_command(tracking: Option<pb::Tracking>) -> Option<TrackingComman
             number: t.number,
             url: t.url,
         })
+}
+
+/// Most fulfillment ids one ListFulfillments may filter by (DR's largest page).
+pub const MAX_LIST_IDS: usize = 100;
+
+/// Checks ListFulfillments' filters before they become DR's query.
+fn list_filters_are_valid(r: &pb::ListFulfillmentsRequest) -> Result<(), ServiceError> {
+    if !r.order_id.is_empty() {
+        check_id("order_id", &r.order_id)?;
+    }
+    if r.ids.len() > MAX_LIST_IDS {
+        return Err(ServiceError::invalid(
+            "ids",
+            format!("at most {MAX_LIST_IDS} ids"),
+        ));
+    }
+    for (i, id) in r.ids.iter().enumerate() {
+        check_id(&format!("ids[{i}]"), id)?;
+    }
+    check_text("sku_id", &r.sku_id)?;
+    check_text("tracking_company", &r.tracking_company)?;
+    check_text("tracking_number", &r.tracking_number)
 }
 
 #[tonic::async_trait]
@@ -79,7 +102,7 @@ impl FulfillmentService for FulfillmentApi {
     ) -> Result<Response<pb::GetFulfillmentResponse>, Status> {
         let opts = request::call_options(&req);
         let id = req.into_inner().fulfillment_id;
-        required("fulfillment_id", &id)?;
+        check_id("fulfillment_id", &id)?;
         let f = self
             .client
             .get_fulfillment(&id, &opts)
@@ -97,6 +120,7 @@ impl FulfillmentService for FulfillmentApi {
     ) -> Result<Response<pb::ListFulfillmentsResponse>, Status> {
         let opts = request::call_options(&req);
         let r = req.into_inner();
+        list_filters_are_valid(&r)?;
         let time = |t: &Option<prost_types::Timestamp>| {
             t.as_ref().and_then(|t| {
                 chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
@@ -139,7 +163,7 @@ impl FulfillmentService for FulfillmentApi {
     ) -> Result<Response<pb::UpdateFulfillmentTrackingResponse>, Status> {
         let opts = request::call_options(&req);
         let r = req.into_inner();
-        required("fulfillment_id", &r.fulfillment_id)?;
+        check_id("fulfillment_id", &r.fulfillment_id)?;
         let Some(tracking) = tracking_command(r.tracking) else {
             return Err(ServiceError::invalid(
                 "tracking",
@@ -147,10 +171,8 @@ impl FulfillmentService for FulfillmentApi {
             )
             .into());
         };
-        if let Some(i) = r.item_ids.iter().position(|id| id.trim().is_empty()) {
-            return Err(
-                ServiceError::invalid(format!("item_ids[{i}]"), "must not be empty").into(),
-            );
+        for (i, id) in r.item_ids.iter().enumerate() {
+            check_id(&format!("item_ids[{i}]"), id)?;
         }
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let body = UpdateFulfillment {
@@ -181,11 +203,12 @@ impl FulfillmentService for FulfillmentApi {
         let opts = request::call_options(&req);
         let key = match req.into_inner().key {
             Some(pb::get_order_request::Key::OrderId(id)) => {
-                required("order_id", &id)?;
+                check_id("order_id", &id)?;
                 OrderKey::DrId(id)
             }
             Some(pb::get_order_request::Key::UpstreamId(id)) => {
                 required("upstream_id", &id)?;
+                check_text("upstream_id", &id)?;
                 OrderKey::UpstreamId(id)
             }
             None => return Err(ServiceError::invalid("key", "set order_id or upstream_id").into()),

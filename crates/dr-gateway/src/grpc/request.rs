@@ -100,6 +100,9 @@ struct TokenBody {
     f: String,
 }
 
+/// Longest page token this gateway issues (base64 of a DR id and a fingerprint).
+const MAX_PAGE_TOKEN_LEN: usize = 1024;
+
 /// Issues the token that continues a listing after `last_id` under `filters`.
 pub fn encode_page_token(last_id: &str, filters: &str) -> String {
     let body = TokenBody {
@@ -115,6 +118,11 @@ pub fn decode_page_token(token: &str, filters: &str) -> Result<Option<String>, S
         return Ok(None);
     }
     let invalid = || ServiceError::invalid("page_token", "is not a token this gateway issued");
+    // why: a token holds one DR id (at most 255 bytes) and a fingerprint; anything
+    // longer was not issued here and is refused before decoding.
+    if token.len() > MAX_PAGE_TOKEN_LEN {
+        return Err(invalid());
+    }
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let body: TokenBody = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
     if body.f != fingerprint(filters) {

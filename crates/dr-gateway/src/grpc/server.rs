@@ -5,10 +5,11 @@
 //!
 //! # The layers
 //! Every request passes, outermost first: error → status recovery, the client's
-//! `grpc-timeout` (as tonic's server enforces it), the trace span, then — on the
-//! main listener — the authorization layer ([`crate::auth::AuthLayer`]), then the
-//! service. So a refused call is traced and bounded like any other, and nothing
-//! reaches a handler before the caller is known.
+//! `grpc-timeout` (as tonic's server enforces it), the trace span, the request
+//! message size limit ([`super::message_limit`]), then — on the main listener — the
+//! authorization layer ([`crate::auth::AuthLayer`]), then the service. So a refused
+//! call is traced and bounded like any other, and nothing reaches a handler before
+//! the caller is known.
 //!
 //! # TLS
 //! With a [`ServerTls`], each accepted connection completes its handshake in a task
@@ -71,6 +72,7 @@ use tonic::service::{RecoverErrorLayer, Routes};
 use tonic::transport::server::Connected;
 use tower::{Service, ServiceBuilder};
 
+use super::message_limit::MessageLimitLayer;
 use super::request::parse_grpc_timeout;
 use crate::auth::AuthLayer;
 use crate::defaults;
@@ -166,6 +168,11 @@ pub struct ConnectionSettings {
     pub max_connection_age: Option<Duration>,
     /// After the age: time in-flight calls get before the connection is closed.
     pub max_connection_age_grace: Duration,
+    /// Largest request message as sent (compressed or not): a larger one is
+    /// refused when its frame header arrives ([`MessageLimitLayer`]). Decompressed
+    /// messages are held to the same bound by each service's
+    /// `max_decoding_message_size` ([`MessageSettings`]).
+    pub max_request_message_size: usize,
 }
 
 /// Put into every request's extensions: fires when the request's connection has
@@ -201,6 +208,9 @@ pub async fn serve(
         .layer(RecoverErrorLayer::new())
         .layer_fn(ClientDeadline)
         .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        // why: before any service reads a byte of an oversized message (and before
+        // the caller is checked, so a refused caller cannot make it buffer either).
+        .layer(MessageLimitLayer::new(settings.max_request_message_size))
         .option_layer(auth)
         .service(routes.prepare());
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

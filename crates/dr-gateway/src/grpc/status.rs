@@ -3,6 +3,19 @@
 //! Map on DR's HTTP status first, then refine with DR's `code` (docs/digital-river.md §5.1:
 //! `type` does not always match the status). Every status carries
 //! `google.rpc.ErrorInfo` so callers in any language can branch on `reason`.
+//!
+//! # Bounded answers
+//! A status travels in HTTP/2 trailers, and gRPC clients refuse trailers larger than
+//! their metadata limit (16 KiB by default in C-core, Go and Java), so every status
+//! stays far below it, whatever the request or DR's error body held (at most about
+//! 8 KiB of details, 11 KiB once base64-encoded in `grpc-status-details-bin`, and a
+//! message of 512 bytes, 1.5 KiB at most once percent-encoded):
+//! - at most [`MAX_VIOLATIONS`] `BadRequest` field violations; `ErrorInfo` metadata
+//!   `violations` then says how many there were in all, and the message ends with
+//!   "(and N more)";
+//! - the message at most [`MAX_MESSAGE_BYTES`] bytes; each violation's field and
+//!   description, and each metadata value, at most [`MAX_DETAIL_BYTES`] (cut at a
+//!   character boundary, ending in "…").
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -54,6 +67,64 @@ fn group_store_unavailable(message: &str) -> Status {
     )
 }
 
+/// Most `BadRequest` field violations in one status (see the module docs).
+pub const MAX_VIOLATIONS: usize = 20;
+/// Longest status message, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+/// Longest violation field or description and `ErrorInfo` metadata value, in bytes.
+pub const MAX_DETAIL_BYTES: usize = 128;
+
+/// `text` cut to at most `max` bytes at a character boundary, ending in "…" when cut.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// INVALID_ARGUMENT with a `BadRequest` of at most [`MAX_VIOLATIONS`] of
+/// `violations` (field, description); the message lists the same ones, prefixed by
+/// `lead` when DR wrote one, and says how many more there were.
+fn bad_request(
+    lead: Option<String>,
+    reason: &str,
+    mut metadata: HashMap<String, String>,
+    violations: Vec<(String, String)>,
+) -> Status {
+    let total = violations.len();
+    let shown: Vec<(String, String)> = violations
+        .into_iter()
+        .take(MAX_VIOLATIONS)
+        .map(|(field, description)| {
+            (
+                bounded(&field, MAX_DETAIL_BYTES),
+                bounded(&description, MAX_DETAIL_BYTES),
+            )
+        })
+        .collect();
+    let mut message = lead.unwrap_or_else(|| {
+        shown
+            .iter()
+            .map(|(field, description)| format!("{field}: {description}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
+    if total > shown.len() {
+        let more = format!(" (and {} more)", total - shown.len());
+        message = bounded(&message, MAX_MESSAGE_BYTES - more.len()) + &more;
+        metadata.insert("violations".to_owned(), total.to_string());
+    }
+    status_with_info(Code::InvalidArgument, message, reason, metadata, |d| {
+        for (field, description) in shown {
+            d.add_bad_request_violation(field, description);
+        }
+    })
+}
+
 /// `code` → `CODE` (`order_fulfilled` → `ORDER_FULFILLED`, `failed-request` → `FAILED_REQUEST`).
 pub fn upper_snake(code: &str) -> String {
     let mut out = String::with_capacity(code.len() + 4);
@@ -75,7 +146,9 @@ pub fn upper_snake(code: &str) -> String {
     out.trim_matches('_').to_owned()
 }
 
-/// Builds a status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) plus `extra` details.
+/// Builds a status with an `ErrorInfo` (domain [`ERROR_DOMAIN`]) plus `extra` details;
+/// the message, the reason and the metadata values are cut to their bounds (see the
+/// module docs).
 pub fn status_with_info(
     code: Code,
     message: impl Into<String>,
@@ -83,33 +156,28 @@ pub fn status_with_info(
     metadata: HashMap<String, String>,
     extra: impl FnOnce(&mut ErrorDetails),
 ) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(key, value)| (key, bounded(&value, MAX_DETAIL_BYTES)))
+        .collect();
     let mut details = ErrorDetails::new();
-    details.set_error_info(reason, ERROR_DOMAIN, metadata);
+    details.set_error_info(bounded(reason, MAX_DETAIL_BYTES), ERROR_DOMAIN, metadata);
     extra(&mut details);
-    Status::with_error_details(code, message, details)
+    Status::with_error_details(code, bounded(&message.into(), MAX_MESSAGE_BYTES), details)
 }
 
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
         match error {
-            ServiceError::InvalidArgument(violations) => {
-                let message = violations
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                status_with_info(
-                    Code::InvalidArgument,
-                    message,
-                    "INVALID_REQUEST",
-                    HashMap::new(),
-                    |d| {
-                        for v in violations {
-                            d.add_bad_request_violation(v.field, v.description);
-                        }
-                    },
-                )
-            }
+            ServiceError::InvalidArgument(violations) => bad_request(
+                None,
+                "INVALID_REQUEST",
+                HashMap::new(),
+                violations
+                    .into_iter()
+                    .map(|v| (v.field, v.description))
+                    .collect(),
+            ),
             ServiceError::Upstream(e) => from_dr_error(&e),
             ServiceError::NotFound {
                 resource_type,
@@ -176,6 +244,19 @@ impl From<ServiceError> for Status {
                     d.set_retry_info(Some(DEPENDENCY_RETRY_DELAY));
                 },
             ),
+            ServiceError::ResourceExhausted {
+                reason,
+                message,
+                retry_after,
+            } => status_with_info(
+                Code::ResourceExhausted,
+                message,
+                reason,
+                HashMap::new(),
+                |d| {
+                    d.set_retry_info(Some(retry_after));
+                },
+            ),
             ServiceError::Internal(message) => status_with_info(
                 Code::Internal,
                 message,
@@ -185,6 +266,36 @@ impl From<ServiceError> for Status {
             ),
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED for a request message of `len` bytes above `limit` (gRPC's
+/// convention for messages larger than the receiver accepts).
+pub fn message_too_large(len: usize, limit: usize) -> Status {
+    status_with_info(
+        Code::ResourceExhausted,
+        format!("the request message is {len} bytes; the gateway accepts at most {limit}"),
+        "MESSAGE_TOO_LARGE",
+        HashMap::from([
+            ("message_bytes".to_owned(), len.to_string()),
+            ("limit_bytes".to_owned(), limit.to_string()),
+        ]),
+        |_| {},
+    )
+}
+
+/// RESOURCE_EXHAUSTED for a compressed request message that inflates past `limit`
+/// (its size as sent was within it; see grpc/message_limit.rs).
+pub fn decompressed_message_too_large(limit: usize) -> Status {
+    status_with_info(
+        Code::ResourceExhausted,
+        format!("the request message decompresses to more than {limit} bytes, the most the gateway accepts"),
+        "MESSAGE_TOO_LARGE",
+        HashMap::from([
+            ("limit_bytes".to_owned(), limit.to_string()),
+            ("compressed".to_owned(), "true".to_owned()),
+        ]),
+        |_| {},
+    )
 }
 
 /// Subscribe refused at start.
@@ -478,14 +589,21 @@ fn api_status(
         dr_message.unwrap_or_else(|| format!("Digital River answered {status} to {method} {path}"));
 
     match status {
-        400 | 422 => status_with_info(Code::InvalidArgument, message, &reason, meta, |d| {
-            for e in body.map(|b| b.errors.as_slice()).unwrap_or_default() {
-                d.add_bad_request_violation(
-                    e.parameter.clone().unwrap_or_default(),
-                    e.text().unwrap_or("invalid").to_owned(),
-                );
-            }
-        }),
+        400 | 422 => bad_request(
+            Some(message),
+            &reason,
+            meta,
+            body.map(|b| b.errors.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    (
+                        e.parameter.clone().unwrap_or_default(),
+                        e.text().unwrap_or("invalid").to_owned(),
+                    )
+                })
+                .collect(),
+        ),
         401 => {
             tracing::error!("Digital River rejected the gateway's API key");
             status_with_info(
@@ -498,7 +616,12 @@ fn api_status(
         }
         403 => status_with_info(Code::PermissionDenied, message, &reason, meta, |_| {}),
         404 => status_with_info(Code::NotFound, message.clone(), &reason, meta, |d| {
-            d.set_resource_info(resource_type, resource_name, "", message);
+            d.set_resource_info(
+                bounded(&resource_type, MAX_DETAIL_BYTES),
+                bounded(&resource_name, MAX_DETAIL_BYTES),
+                "",
+                bounded(&message, MAX_DETAIL_BYTES),
+            );
         }),
         405 | 406 => {
             tracing::error!(status, %path, "DR refused the request's method or format: a gateway bug");
@@ -517,7 +640,11 @@ fn api_status(
                 &reason,
                 meta,
                 |d| {
-                    d.add_precondition_failure_violation(dr_code.clone(), subject, message);
+                    d.add_precondition_failure_violation(
+                        bounded(&dr_code, MAX_DETAIL_BYTES),
+                        bounded(&subject, MAX_DETAIL_BYTES),
+                        bounded(&message, MAX_DETAIL_BYTES),
+                    );
                 },
             )
         }
@@ -554,6 +681,7 @@ fn resource_of(path: &str) -> (String, String) {
 mod tests {
     use super::*;
     use crate::digital_river::ErrorEntry;
+    use crate::domain::FieldViolation;
 
     fn api(status: u16, code: Option<&str>, retry_after: Option<u64>) -> DrError {
         DrError::Api {
@@ -717,6 +845,81 @@ mod tests {
             (info.resource_type.as_str(), info.resource_name.as_str()),
             ("order", "999")
         );
+    }
+
+    #[test]
+    fn a_bad_request_keeps_twenty_violations_and_counts_the_rest() {
+        let violations = (0..10_000)
+            .map(|i| FieldViolation::new(format!("items[{i}]"), "set quantity"))
+            .collect();
+        let status = Status::from(ServiceError::InvalidArgument(violations));
+        let details = status.get_error_details();
+        assert_eq!(
+            details.bad_request().unwrap().field_violations.len(),
+            MAX_VIOLATIONS
+        );
+        assert_eq!(
+            details.error_info().unwrap().metadata["violations"],
+            "10000"
+        );
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+        assert!(
+            status.message().ends_with("(and 9980 more)"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.details().len() < 4096,
+            "{} bytes of details",
+            status.details().len()
+        );
+    }
+
+    #[test]
+    fn dr_error_bodies_cannot_grow_the_answer() {
+        let long = "é".repeat(100_000);
+        let error = DrError::Api {
+            status: 400,
+            method: "POST",
+            path: "/fulfillments".into(),
+            body: Some(Box::new(ErrorBody {
+                error_type: Some(long.clone()),
+                errors: (0..1000)
+                    .map(|_| ErrorEntry {
+                        code: Some(long.clone()),
+                        parameter: Some(long.clone()),
+                        message: Some(long.clone()),
+                        description: None,
+                    })
+                    .collect(),
+            })),
+            retry_after: None,
+            request_id: None,
+            resource: None,
+        };
+        let status = from_dr_error(&error);
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+        assert!(
+            status.details().len() < 16 * 1024,
+            "{} bytes",
+            status.details().len()
+        );
+        for code in [404, 409] {
+            let mut error = api(code, Some(&long), None);
+            if let DrError::Api {
+                body: Some(body), ..
+            } = &mut error
+            {
+                body.errors[0].message = Some(long.clone());
+            }
+            let status = from_dr_error(&error);
+            assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+            assert!(
+                status.details().len() < 4096,
+                "{code}: {} bytes",
+                status.details().len()
+            );
+        }
     }
 
     #[test]

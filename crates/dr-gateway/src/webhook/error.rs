@@ -1,6 +1,14 @@
 //! Webhook failures and the HTTP answers DR gets for them. DR treats any non-2xx as
 //! "not received" and retries (docs/digital-river.md §4.2), so only failures of the
 //! request itself are 4xx; our own failures are 503 so DR re-sends.
+//!
+//! Every answer is JSON: `{"error": "<code>", "message": "<text>"}`, plus `field`
+//! (which envelope field is wrong) for `not_an_event` and `limit_bytes` for
+//! `body_too_large`. Codes: `missing_signature`, `invalid_signature`,
+//! `stale_timestamp`, `webhook_not_configured` (401), `invalid_json`,
+//! `not_an_event`, `body_unreadable` (400), `body_timeout` (408), `body_too_large`
+//! (413), `temporarily_unavailable` (503); and for answers axum makes itself
+//! `not_found` (404), `method_not_allowed` (405).
 
 use axum::{
     http::StatusCode,
@@ -27,6 +35,12 @@ pub enum WebhookError {
     /// The body could not be read completely (client aborted mid-body).
     #[error("webhook body could not be read")]
     BodyUnreadable,
+    /// The body did not arrive within the body timeout.
+    #[error("webhook body did not arrive within {timeout:?}")]
+    BodyTimeout {
+        /// The timeout.
+        timeout: std::time::Duration,
+    },
     /// The body is not a DR event envelope.
     #[error("webhook body is not a DR event: {0}")]
     NotAnEvent(#[from] EnvelopeError),
@@ -45,6 +59,7 @@ impl WebhookError {
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyUnreadable | Self::NotAnEvent(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::LogUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Disabled => StatusCode::NOT_FOUND,
         }
@@ -59,6 +74,7 @@ impl WebhookError {
             Self::Signature(_) => "invalid_signature",
             Self::TooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::NotAnEvent(EnvelopeError::NotJson(_)) => "invalid_json",
             Self::NotAnEvent(_) => "not_an_event",
             Self::LogUnavailable(_) => "temporarily_unavailable",
@@ -70,12 +86,11 @@ impl WebhookError {
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = json!({ "error": self.code() });
+        // why: DR asks for a descriptive message on a payload we cannot process
+        // (docs/digital-river.md §4.2); no variant's text holds a secret.
+        let mut body = json!({ "error": self.code(), "message": self.to_string() });
         match &self {
             Self::NotAnEvent(e) => {
-                // why: DR asks for a descriptive message on a payload we cannot
-                // process (docs/digital-river.md §4.2); the parse error holds no secrets.
-                body["message"] = json!(e.to_string());
                 if let Some(field) = e.field() {
                     body["field"] = json!(field);
                 }

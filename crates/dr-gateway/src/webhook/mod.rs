@@ -10,8 +10,15 @@
 //!   SERVING, 503 when NOT_SERVING, for the whole server or `?service=<name>` (404
 //!   for a name health does not know); the body lists every name's status and the
 //!   event bus's state.
+//!
+//! Every answer that is not 2xx has a JSON body (`error` a stable snake_case code;
+//! see [`error`]); a layer gives the ones axum makes itself (404, 405) the same
+//! shape. [`listener`] bounds the connections (count, idle and request-head
+//! timeouts) of the whole listener, probes included; the webhook handler bounds the
+//! body (size, checked against `Content-Length` before reading, and read time).
 
 pub mod error;
+pub mod listener;
 pub mod signature;
 
 use std::{
@@ -25,17 +32,19 @@ use std::{
 };
 
 use axum::{
-    body::Bytes,
-    extract::{rejection::BytesRejection, DefaultBodyLimit, Query, State},
-    http::{HeaderMap, StatusCode},
-    response::IntoResponse,
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
+use futures::StreamExt as _;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 pub use error::WebhookError;
+pub use listener::{ConnectionLimits, ConnectionPhase, GuardedListener};
 pub use signature::{SignatureError, SignatureVerifier, SIGNATURE_HEADER};
 
 use crate::defaults;
@@ -57,6 +66,8 @@ pub struct WebhookConfig {
     pub append_timeout: Duration,
     /// False with `--webhooks-disabled`: the endpoint answers 404.
     pub enabled: bool,
+    /// Longest the body of one request may take to arrive (larger → 408).
+    pub body_timeout: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -65,6 +76,7 @@ impl Default for WebhookConfig {
             max_body_bytes: defaults::WEBHOOK_MAX_BODY,
             append_timeout: defaults::WEBHOOK_APPEND_TIMEOUT,
             enabled: true,
+            body_timeout: defaults::WEBHOOK_BODY_TIMEOUT,
         }
     }
 }
@@ -129,19 +141,60 @@ pub fn router(state: WebhookState) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(health))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(json_error_body))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight
-/// requests.
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves; then
+/// stops accepting, closes idle connections and finishes in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    let app = router
+        .layer(axum::middleware::from_fn(listener::track_phase))
+        .into_make_service_with_connect_info::<ConnectionPhase>();
+    axum::serve(GuardedListener::new(listener, limits), app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Gives an error answer axum made itself (404, 405, a rejection's text) the JSON
+/// shape of the listener's own errors; JSON answers pass unchanged.
+async fn json_error_body(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // why: axum's own texts are short; a cap keeps a surprise from growing the answer.
+    let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_client_error() => "bad_request",
+        _ => "internal",
+    };
+    let body =
+        serde_json::to_vec(&json!({ "error": code, "message": message })).unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
 }
 
 #[tracing::instrument(
@@ -152,22 +205,12 @@ pub async fn serve(
 async fn receive_event(
     State(state): State<WebhookState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<impl IntoResponse, WebhookError> {
     if !state.config.enabled {
         return Err(WebhookError::Disabled);
     }
-    let limit = state.limit.get();
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WebhookError::TooLarge { limit }
-        } else {
-            WebhookError::BodyUnreadable
-        }
-    })?;
-    if body.len() > limit {
-        return Err(WebhookError::TooLarge { limit });
-    }
+    let body = read_body(&state.config, state.limit.get(), &headers, body).await?;
     // why: verify the exact bytes DR signed, before any parsing (docs/digital-river.md §4.3).
     let header = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     match state.verifier.verify(header, &body) {
@@ -207,6 +250,48 @@ async fn livez() -> impl IntoResponse {
             Json(json!({ "status": "runtime_unresponsive" })),
         ),
     }
+}
+
+/// The whole body, within the size limit in force (`limit`) and the body timeout.
+///
+/// why: a declared `Content-Length` above the limit is refused before a byte of the
+/// body is read, so a client cannot hold the connection by promising a huge body.
+async fn read_body(
+    config: &WebhookConfig,
+    limit: usize,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, WebhookError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(WebhookError::TooLarge { limit });
+    }
+    let collect = async {
+        let mut stream = body.into_data_stream();
+        // why: the event log keeps these bytes; a buffer sized by the declared
+        // length holds no spare capacity the log's byte bound would not see.
+        let declared = declared.map_or(0, |len| len as usize);
+        let mut buf = bytes::BytesMut::with_capacity(declared);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| WebhookError::BodyUnreadable)?;
+            if buf.len() + chunk.len() > limit {
+                return Err(WebhookError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if buf.capacity() > buf.len() + buf.len() / 8 {
+            return Ok(Bytes::copy_from_slice(&buf));
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(config.body_timeout, collect)
+        .await
+        .map_err(|_| WebhookError::BodyTimeout {
+            timeout: config.body_timeout,
+        })?
 }
 
 /// `/readyz` and `/healthz`: what gRPC health shows, for `?service=` or the whole
@@ -299,6 +384,7 @@ mod tests {
             max_body_bytes: max_body,
             append_timeout: Duration::from_millis(200),
             enabled: true,
+            ..WebhookConfig::default()
         };
         let state = WebhookState::new(verifier, log, health, config);
         let limit = state.body_limit();

@@ -36,6 +36,10 @@ pub const SIGNATURE_HEADER: &str = "digitalriver-signature";
 /// header can cause).
 const MAX_CANDIDATES: usize = 8;
 
+/// Longest candidate worth decoding: a SHA-256 is 44 characters in base64 and 64 in
+/// hex; longer ones cannot match and are skipped undecoded.
+const MAX_CANDIDATE_LEN: usize = 128;
+
 /// Why a webhook's signature was rejected. Says nothing about the secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -127,6 +131,7 @@ impl SignatureVerifier {
         let decoded: Vec<Vec<u8>> = parsed
             .candidates
             .iter()
+            .filter(|c| c.len() <= MAX_CANDIDATE_LEN)
             .filter_map(|c| decode_signature(c))
             .collect();
         if decoded.is_empty() {

@@ -130,33 +130,6 @@ async fn get_fulfillment_includes_order_details() {
 }
 
 #[tokio::test]
-async fn ids_are_path_encoded_so_they_cannot_address_other_resources() {
-    let dr = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/fulfillments/a%2F..%2Fcharges%2Fx"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(dr_fulfillment(
-            "a/../charges/x",
-            "1",
-            "2",
-            1,
-            0,
-        )))
-        .expect(1)
-        .mount(&dr)
-        .await;
-    let mut app = spawn_app(&dr.uri()).await;
-    let f = app
-        .fulfillments
-        .get_fulfillment(pb::GetFulfillmentRequest {
-            fulfillment_id: "a/../charges/x".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(f.into_inner().fulfillment.unwrap().id, "a/../charges/x");
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn list_fulfillments_maps_filters_and_pages_with_an_opaque_token() {
     let dr = MockServer::start().await;
     Mock::given(method("GET"))

@@ -60,6 +60,17 @@ impl TestApp {
     pub fn shutdown_now(&self) {
         self.shutdown.cancel();
     }
+
+    /// Waits (at most `within`) for a shutdown started earlier to finish; panics if
+    /// `run_until_stopped` failed or did not return in time.
+    pub async fn wait_stopped(mut self, within: Duration) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(within, task)
+                .await
+                .unwrap_or_else(|_| panic!("the gateway did not stop within {within:?}"))
+                .expect("gateway task");
+        }
+    }
 }
 
 impl Drop for TestApp {
@@ -75,6 +86,7 @@ pub fn settings(dr_base_url: &str) -> Settings {
         max_attempts: 3,
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
+        ..RetryPolicy::default()
     };
     s.upstream_timeout = Duration::from_secs(5);
     s.reconcile_timeout = Duration::from_secs(5);
@@ -176,6 +188,27 @@ fn capture_logs() {
             .with_writer(move || writer.clone())
             .try_init();
     });
+}
+
+/// Polls `check` (every 20 ms) until it gives a value, or fails the test after
+/// `within`, naming `what` it waited for.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {within:?} for {what}"
+        );
+        // why: the polling interval of the wait, not a synchronisation.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The gRPC request with a deadline, as a client would send it.

@@ -6,11 +6,13 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use tonic::Status;
 
-use super::parse::{bad_request, reorder_window};
+use super::parse::{bad_request, check_filter_order_ids, reorder_window};
 use crate::{
     defaults,
     events::{
-        groups::{FilterSpec, GroupView, MemberInfo, NewGroup, StartSpec},
+        groups::{
+            settings::validate_group_id, FilterSpec, GroupView, MemberInfo, NewGroup, StartSpec,
+        },
         proto::timestamp,
         EventFilter, EventLog,
     },
@@ -32,6 +34,7 @@ pub(super) fn new_group(
         return Ok(NewGroup::default());
     };
     let f = s.filter.clone().unwrap_or_default();
+    check_filter_order_ids(&format!("{prefix}filter."), &f.order_ids)?;
     EventFilter::new(&f.types, &f.order_ids, f.live_mode)
         .map_err(|e| bad_request(&format!("{prefix}{}", e.field), &e.reason))?;
     let ack_deadline = match &s.ack_deadline {
@@ -145,10 +148,13 @@ fn member(m: &MemberInfo) -> pb::ConsumerGroupMember {
     }
 }
 
-/// A group id field: required (the registry checks its form).
+/// A group id field, in its documented form (1 to 64 letters, digits, `_` or `-`),
+/// checked before anything is looked up: every group RPC refuses another naming the
+/// field.
 #[allow(clippy::result_large_err)]
 pub(super) fn group_id<'a>(field: &str, id: &'a str) -> Result<&'a str, Status> {
     request::required(field, id)?;
+    validate_group_id(id).map_err(|reason| bad_request(field, reason))?;
     Ok(id)
 }
 

@@ -31,8 +31,9 @@ pub use parse::{DEFAULT_HEARTBEAT, MAX_HEARTBEAT, MAX_REORDER_WINDOW, MIN_HEARTB
 pub use payload::decode_payload;
 pub use stream::{DecodedSubscribeStream, StreamEnd, SubscribeStream};
 
-use super::request::{self, required};
+use super::request;
 use super::server::ConnectionAge;
+use crate::domain::ids::check_id;
 use crate::{
     clock::Clock,
     digital_river::{models, Client},
@@ -241,7 +242,7 @@ impl EventStream for EventStreamApi {
     ) -> Result<Response<pb::GetEventResponse>, Status> {
         let opts = request::call_options(&request);
         let id = request.into_inner().event_id;
-        required("event_id", &id)?;
+        check_id("event_id", &id)?;
         let event = self
             .client
             .get_event(&id, &opts)

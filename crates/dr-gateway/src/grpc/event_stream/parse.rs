@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use tonic::Status;
 
 use crate::digital_river::EventQuery;
+use crate::domain::ids::check_id;
 use crate::domain::ServiceError;
 use crate::events::{filter::TypePattern, EventFilter, Start};
 use crate::grpc::request;
@@ -61,6 +62,18 @@ pub(super) fn list_query(r: &pb::ListEventsRequest) -> Result<(EventQuery, Strin
     Ok((query, filters))
 }
 
+/// Each of a filter's `order_ids` is a DR order id ([`check_id`]), named
+/// `<prefix>order_ids[i]`; too many of them is the filter's own error.
+#[allow(clippy::result_large_err)]
+pub(super) fn check_filter_order_ids(prefix: &str, order_ids: &[String]) -> Result<(), Status> {
+    if order_ids.len() <= crate::events::filter::MAX_FILTER_ENTRIES {
+        for (i, id) in order_ids.iter().enumerate() {
+            check_id(&format!("{prefix}order_ids[{i}]"), id)?;
+        }
+    }
+    Ok(())
+}
+
 /// Longest reorder window a Subscribe (or a consumer group) may ask for.
 pub const MAX_REORDER_WINDOW: Duration = Duration::from_secs(300);
 
@@ -76,6 +89,7 @@ pub(super) struct ParsedSubscribe {
 #[allow(clippy::result_large_err)]
 pub(super) fn parse_subscribe(req: &pb::SubscribeRequest) -> Result<ParsedSubscribe, Status> {
     let f = req.filter.clone().unwrap_or_default();
+    check_filter_order_ids("filter.", &f.order_ids)?;
     let filter = EventFilter::new(&f.types, &f.order_ids, f.live_mode)
         .map_err(|e| bad_request(&e.field, &e.reason))?;
     let start = match &req.start {
