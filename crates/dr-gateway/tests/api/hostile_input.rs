@@ -406,3 +406,62 @@ async fn a_password_in_the_dr_base_url_is_never_logged() {
     );
     assert!(!logs.contains("hunter2"), "a DR password was logged");
 }
+
+#[tokio::test]
+async fn group_ids_and_group_filters_out_of_form_are_refused_naming_the_field() {
+    // Arrange
+    let dr = MockServer::start().await;
+    let mut app = spawn_app(&dr.uri()).await;
+    let megabyte = "g".repeat(1 << 20);
+    let events = &mut app.events;
+
+    for id in [".", "..", "a.b", "a/b", "x?y", "*", ">", " g", &megabyte] {
+        // Act + Assert: every group RPC that names a group
+        let statuses = [
+            events
+                .create_consumer_group(pb::CreateConsumerGroupRequest {
+                    group_id: id.into(),
+                    settings: None,
+                })
+                .await
+                .err(),
+            events
+                .get_consumer_group(pb::GetConsumerGroupRequest {
+                    group_id: id.into(),
+                })
+                .await
+                .err(),
+            events
+                .delete_consumer_group(pb::DeleteConsumerGroupRequest {
+                    group_id: id.into(),
+                })
+                .await
+                .err(),
+        ];
+        for (i, status) in statuses.into_iter().enumerate() {
+            let status = status.unwrap_or_else(|| panic!("call {i} with {:.20?} succeeded", id));
+            assert_eq!(
+                invalid_field(status),
+                "group_id",
+                "call {i} with {:.20?}",
+                id
+            );
+        }
+    }
+    // A group's filter holds DR order ids, checked as everywhere else.
+    let status = events
+        .create_consumer_group(pb::CreateConsumerGroupRequest {
+            group_id: "g".into(),
+            settings: Some(pb::ConsumerGroupSettings {
+                filter: Some(pb::EventFilter {
+                    order_ids: vec!["1".into(), "..".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("a hostile order id in the filter is refused");
+    assert_eq!(invalid_field(status), "settings.filter.order_ids[1]");
+    app.stop().await;
+}

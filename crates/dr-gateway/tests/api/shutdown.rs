@@ -335,6 +335,9 @@ async fn sigterm_lets_the_binary_answer_every_call_in_flight_against_a_separate_
                     &format!("{}s", GRACE.as_secs()),
                     "--backfill-interval",
                     "0s",
+                    // why: start-up refuses a gateway without a webhook secret unless
+                    // told it runs on backfill alone.
+                    "--webhooks-disabled",
                 ]
                 .map(str::to_owned)
                 .to_vec()

@@ -227,6 +227,21 @@ fn fulfillment_with_metadata(bytes: usize) -> pb::CreateFulfillmentRequest {
     }
 }
 
+/// RESOURCE_EXHAUSTED `MESSAGE_TOO_LARGE` against a 1 KiB limit; `inflated`: the
+/// size as sent was within it, the decompressed one was not.
+fn assert_message_too_large(status: &tonic::Status, inflated: bool) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "MESSAGE_TOO_LARGE", "{status:?}");
+    assert_eq!(info.metadata["limit_bytes"], "1024", "{status:?}");
+    if inflated {
+        assert_eq!(info.metadata["compressed"], "true", "{status:?}");
+    } else {
+        let sent: usize = info.metadata["message_bytes"].parse().unwrap();
+        assert!(sent > 1024, "{status:?}");
+    }
+}
+
 #[tokio::test]
 async fn messages_past_the_configured_sizes_are_refused_before_reaching_dr() {
     let sb = sandbox(SettleMode::Immediate).await;
@@ -237,20 +252,42 @@ async fn messages_past_the_configured_sizes_are_refused_before_reaching_dr() {
     let app = spawn_app_with(s).await;
     let mut fulfillments = FulfillmentServiceClient::new(app.channel.clone());
 
-    // Larger than the receive limit, plain and compressed (a small gzip body that
-    // inflates past the limit).
+    // Larger than the receive limit: plain; compressed but still larger as sent
+    // (refused at the frame header); and a small gzip body that inflates past the
+    // limit (a decompression bomb, 64 KiB from ~200 bytes): all RESOURCE_EXHAUSTED
+    // MESSAGE_TOO_LARGE, nothing sent to DR.
     let plain = fulfillments
         .create_fulfillment(fulfillment_with_metadata(4096))
         .await
         .unwrap_err();
-    assert_eq!(plain.code(), Code::OutOfRange, "{plain:?}");
-    let inflating = fulfillments
+    assert_message_too_large(&plain, false);
+    let incompressible: String = (0..128)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    let mut compressed_but_large = fulfillment_with_metadata(0);
+    compressed_but_large
+        .metadata
+        .insert("note".to_owned(), incompressible);
+    let large = fulfillments
         .clone()
         .send_compressed(CompressionEncoding::Gzip)
-        .create_fulfillment(fulfillment_with_metadata(64 * 1024))
+        .create_fulfillment(compressed_but_large)
         .await
         .unwrap_err();
-    assert_eq!(inflating.code(), Code::ResourceExhausted, "{inflating:?}");
+    assert_message_too_large(&large, false);
+    for (encoding, name) in ENCODINGS {
+        let inflating = fulfillments
+            .clone()
+            .send_compressed(encoding)
+            .create_fulfillment(fulfillment_with_metadata(64 * 1024))
+            .await
+            .unwrap_err();
+        assert_message_too_large(&inflating, true);
+        assert!(
+            inflating.message().contains("decompresses"),
+            "{name}: {inflating:?}"
+        );
+    }
     assert!(
         sb.control_client()
             .requests(Some("POST"), Some("/fulfillments"))
