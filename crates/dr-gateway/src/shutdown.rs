@@ -7,21 +7,27 @@
 //! grace period (`--shutdown-grace`) counts from that moment.
 //!
 //! 1. **NOT_SERVING.** gRPC health reports NOT_SERVING for the server and every
-//!    service, and `/readyz` answers 503, before anything closes: health checkers
-//!    and load balancers move traffic away while this process still answers.
+//!    service (on the health-only listener too: one reporter), and `/readyz` and
+//!    `/healthz` answer 503 ([`crate::health::HealthGate::set_draining`]), before
+//!    anything closes: health checkers and load balancers move traffic away while
+//!    this process still answers. `/livez` stays 200.
 //! 2. **Drain** (one token, so these happen together):
-//!    - both listeners close: a new connection is refused;
-//!    - every gRPC connection gets HTTP/2 GOAWAY: a new call on it is refused
-//!      (UNAVAILABLE at the client, which retries elsewhere), while every call the
-//!      server already received runs to completion;
+//!    - every listener closes — gRPC (plaintext or TLS), the health-only one
+//!      (`--grpc-health-addr`) and the webhook / probe HTTP one: a new connection
+//!      is refused (a TLS handshake still running is dropped);
+//!    - every gRPC connection gets HTTP/2 GOAWAY ([`crate::grpc::server`]): a new
+//!      call on it is refused (UNAVAILABLE at the client, which retries
+//!      elsewhere), while every call the server already received runs to
+//!      completion;
 //!    - webhook connections close after their in-flight request (idle ones at once);
 //!    - the streams that never end by themselves end: `Subscribe` with UNAVAILABLE
-//!      `SHUTTING_DOWN` (resume elsewhere from the last cursor), and health `Watch`,
-//!      after it delivered the NOT_SERVING of step 1, the same way;
+//!      `SHUTTING_DOWN` (resume elsewhere from the last cursor), `Consume` the same
+//!      way (the member leaves; what it held goes to the group's other members),
+//!      and health `Watch`, after it delivered the NOT_SERVING of step 1;
 //!    - backfill and the bus-health watcher stop.
-//! 3. **Wait** for both servers' connections to close (every in-flight unary call
-//!    answered, every webhook acknowledged), then for the CreateFulfillment
-//!    attempts that outlive their callers to record their outcome.
+//! 3. **Wait** for the gRPC and HTTP servers' connections to close (every
+//!    in-flight unary call answered, every webhook acknowledged), then for the
+//!    CreateFulfillment attempts that outlive their callers to record their outcome.
 //! 4. **Cut** whatever is still running when the grace period ends (logged as "drain
 //!    took longer than the grace period"), and exit.
 

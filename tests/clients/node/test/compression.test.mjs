@@ -27,9 +27,10 @@ for (const [name, algorithm] of Object.entries(ALGORITHMS)) {
       'grpc.default_compression_algorithm': algorithm,
     });
     try {
-      // A long, compressible upstream id: the gateway must inflate it exactly to
+      // A long, compressible upstream id (within the 255 bytes the gateway accepts
+      // for a filter text): the gateway must inflate it exactly to
       // pass it on to DR.
-      const upstreamId = `node-${name}-${'x'.repeat(2000)}`;
+      const upstreamId = `node-${name}-${'x'.repeat(240)}`;
       const order = await ctx.sandbox.createOrder([{ quantity: 1, amount: '12.50' }], { upstreamId });
       for (let call = 0; call < 2; call += 1) {
         const reply = await unary(client, 'GetOrder', { upstream_id: upstreamId });
