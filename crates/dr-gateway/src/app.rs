@@ -2,8 +2,12 @@
 //! and read the ports back), wires services, and runs until the shutdown token fires.
 //!
 //! Two listeners: gRPC (services, health, reflection) and HTTP (DR webhooks,
-//! `/healthz`, `/readyz`). Both share one event log: the webhook appends, the
-//! EventStream and ChargeService read.
+//! `/healthz`, `/readyz`, `/metrics`). Both share one event log: the webhook appends,
+//! the EventStream and ChargeService read. `--metrics-addr` moves `/metrics` to a
+//! listener of its own.
+//!
+//! Every RPC passes the telemetry layers ([`crate::telemetry`]: server span and
+//! request id, access log, metrics), then the authorization layer.
 //!
 //! The gRPC listener speaks TLS when configured ([`crate::tls`], reloaded on change)
 //! and every call passes the authorization layer ([`crate::auth`]) first; an optional
@@ -39,6 +43,7 @@ use crate::grpc::reflection;
 use crate::health::{self, HealthGate};
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
+use crate::telemetry::{AccessLogLayer, Metrics, RpcMetricsLayer, RpcSpanLayer};
 use crate::tls::{ServerTls, TlsError};
 use crate::webhook::{self, Readiness, SignatureVerifier, WebhookConfig, WebhookState};
 
@@ -86,6 +91,7 @@ pub struct Application {
     grpc_addr: SocketAddr,
     grpc_health_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     grace: Duration,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -163,7 +169,8 @@ impl Application {
             clock.clone(),
         );
         let readiness = Readiness::default();
-        let webhook_router = webhook::router(WebhookState::new(
+        let metrics = settings.metrics.enabled.then(Metrics::install);
+        let mut webhook_router = webhook::router(WebhookState::new(
             verifier,
             event_log.clone(),
             readiness.clone(),
@@ -198,7 +205,11 @@ impl Application {
 
         let health_only = health_service.clone();
         let router = Server::builder()
-            .layer(tower_http::trace::TraceLayer::new_for_grpc())
+            // why: outermost, so the span, the request id and the access log cover the
+            // whole call, authorization refusals included (telemetry/).
+            .layer(RpcSpanLayer::new())
+            .layer(AccessLogLayer::new())
+            .layer(RpcMetricsLayer::new(metrics.as_ref()))
             // why: before any service: callers are identified and checked against the
             // policy first (auth/), and the caller rides in the request extensions.
             .layer(AuthLayer::new(authorizer.clone()))
@@ -257,6 +268,16 @@ impl Application {
                 readiness.set_draining();
             }
         };
+        let mut metrics_addr = None;
+        if let Some(metrics) = &metrics {
+            let scrape = metrics.router(crate::events::gauges::collector(event_log.clone()));
+            match settings.metrics.addr {
+                None => webhook_router = webhook_router.merge(scrape),
+                Some(addr) => {
+                    metrics_addr = Some(serve_metrics(addr, scrape, shutdown.clone()).await?);
+                }
+            }
+        }
         let http_server = tokio::spawn(webhook::serve(http_listener, webhook_router, http_stop));
         if settings.backfill_enabled {
             tokio::spawn(backfill.run(shutdown.clone().cancelled_owned()));
@@ -269,11 +290,12 @@ impl Application {
             ));
         }
         gate.set_bus_ok(true).await;
-        tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), ?grpc_health_addr, dr_base_url = %settings.dr_base_url, shared_bus = shared, "gateway serving");
+        tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), ?grpc_health_addr, metrics = metrics.is_some(), ?metrics_addr, dr_base_url = %settings.dr_base_url, shared_bus = shared, "gateway serving");
         Ok(Self {
             grpc_addr,
             grpc_health_addr,
             http_addr,
+            metrics_addr,
             shutdown,
             grace: settings.shutdown_grace,
             server,
@@ -286,6 +308,12 @@ impl Application {
     /// The bound webhook / health HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound address of the metrics listener, when `/metrics` has one of its own
+    /// (else it is on [`http_addr`](Self::http_addr)).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The event log the webhook appends to (tests inspect it).
@@ -395,6 +423,26 @@ async fn serve_health_only(
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the health-only gRPC listener failed");
+        }
+    });
+    Ok(bound)
+}
+
+/// Serves `/metrics` alone on `addr` until `shutdown` (`--metrics-addr`).
+async fn serve_metrics(
+    addr: SocketAddr,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, AppError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AppError::Bind { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = webhook::serve(listener, router, shutdown.cancelled_owned()).await {
+            tracing::error!(error = %e, "the metrics listener failed");
         }
     });
     Ok(bound)

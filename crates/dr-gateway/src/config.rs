@@ -104,6 +104,14 @@ pub struct ServeArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Record Prometheus metrics and serve them at /metrics (`--metrics false`: none).
+    #[arg(long, env = "DR_GATEWAY_METRICS", default_value_t = defaults::METRICS, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
+    /// Serve /metrics on this address (an admin port) instead of on --http-addr.
+    #[arg(long, env = "DR_GATEWAY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Webhook signing secret (Dashboard → Webhooks → reveal secret); repeat it to
     /// accept an old and a new secret while rotating. The env var takes a
     /// comma-separated list.
@@ -404,6 +412,17 @@ pub struct Settings {
     pub bus: Option<BusConfig>,
     /// TLS, caller identities and authorization of the gRPC listener.
     pub security: SecuritySettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
+}
+
+/// Whether and where Prometheus metrics are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Record metrics and serve `/metrics`.
+    pub enabled: bool,
+    /// Serve `/metrics` on this address; `None`: on the HTTP listener.
+    pub addr: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -503,6 +522,10 @@ impl ServeArgs {
             backfill_enabled: true,
             bus: self.bus.resolve()?,
             security: self.security.resolve()?,
+            metrics: MetricsSettings {
+                enabled: self.metrics,
+                addr: self.metrics_addr,
+            },
         })
     }
 
@@ -677,6 +700,14 @@ mod tests {
             "the start-up hold defaults to the commit bound"
         );
         assert!(settings.bus.is_none());
+        assert_eq!(
+            settings.metrics,
+            MetricsSettings {
+                enabled: true,
+                addr: None
+            },
+            "metrics on, on the HTTP listener"
+        );
         let test = Settings::for_upstream("http://dr", "sk_test_x");
         assert_eq!(test.idempotency_ttl, settings.idempotency_ttl);
         assert_eq!(test.grpc_addr.port(), 0);
@@ -723,6 +754,28 @@ mod tests {
             none.fulfillment_commit_bound,
             defaults::FULFILLMENT_COMMIT_BOUND
         );
+    }
+
+    #[test]
+    fn metrics_can_move_to_an_admin_port_or_be_turned_off() {
+        let resolve = |args: &[&str]| {
+            let argv = [&["x", "--dr-api-key", "sk"], args].concat();
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .serve
+                .resolve(None)
+                .unwrap()
+                .metrics
+        };
+        assert_eq!(
+            resolve(&["--metrics-addr", "127.0.0.1:9464"]),
+            MetricsSettings {
+                enabled: true,
+                addr: Some("127.0.0.1:9464".parse().unwrap())
+            }
+        );
+        assert!(!resolve(&["--metrics", "false"]).enabled);
+        assert!(Cli::try_parse_from(["x", "--metrics", "maybe"]).is_err());
     }
 
     #[test]

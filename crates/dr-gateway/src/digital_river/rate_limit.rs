@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 // why: the schedule runs on tokio's clock, so tests can pause and advance it.
 use tokio::time::Instant as TokioInstant;
 
+use crate::telemetry::metrics::names;
+
 /// Paces calls to `rate` per second with bursts of up to `burst` calls.
 #[derive(Debug)]
 pub struct RateLimiter {
@@ -52,12 +54,18 @@ impl RateLimiter {
                 .max(now);
             if let Some(deadline) = deadline.map(TokioInstant::from_std) {
                 if start_at >= deadline {
+                    metrics::counter!(names::DR_RATE_LIMIT_REFUSALS).increment(1);
                     return Err(WouldExceedDeadline {
                         retry_after: start_at - now,
                     });
                 }
             }
             *tat = base + self.interval;
+            if start_at > now {
+                metrics::counter!(names::DR_RATE_LIMIT_WAITS).increment(1);
+                metrics::histogram!(names::DR_RATE_LIMIT_WAIT_SECONDS)
+                    .record((start_at - now).as_secs_f64());
+            }
             start_at
         };
         tokio::time::sleep_until(start_at).await;

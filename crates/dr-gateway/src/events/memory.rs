@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use super::{
     envelope::Envelope,
-    log::{Appended, Bounds, EventLog, LogError, Sequence, StoredEvent},
+    log::{Appended, Bounds, EventLog, LogError, LogStats, Sequence, StoredEvent},
     proto::EventEncoder,
 };
 use crate::clock::Clock;
@@ -259,6 +259,15 @@ impl EventLog for MemoryLog {
 
     fn watch_appends(&self) -> watch::Receiver<Sequence> {
         self.appended.subscribe()
+    }
+
+    async fn stats(&self) -> Result<LogStats, LogError> {
+        let st = self.lock();
+        Ok(LogStats {
+            events: st.events.len() as u64,
+            bytes: Some(st.bytes as u64),
+            oldest_received_at: st.events.front().map(|e| e.received_at),
+        })
     }
 }
 

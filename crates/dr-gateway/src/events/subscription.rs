@@ -3,8 +3,21 @@
 //! ([`Tail`]), so the webhook path never waits for subscribers and a slow one only
 //! delays itself; once the log drops its position the subscription ends with
 //! [`SubscriptionItem::Expired`] rather than skipping events.
+//!
+//! Each running subscription is counted (`dr_gateway_subscribers`) and registered
+//! with its progress, so a scrape can tell how far behind the slowest one is
+//! ([`max_lag`]); with traces exported, handing an event to a subscriber is a span
+//! (`event.deliver`) whose parent is the span that stored the event and which links
+//! to the Subscribe call.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use tokio::{
@@ -17,6 +30,11 @@ use super::{
     log::{CursorError, EventLog, LogError, Sequence, StoredEvent},
 };
 use crate::clock::Clock;
+use crate::telemetry::logging::DELIVERY_TARGET;
+use crate::telemetry::metrics::names;
+use crate::telemetry::otel;
+use opentelemetry::trace::SpanContext;
+use tracing::Instrument as _;
 
 /// Events read from the log per batch.
 const READ_BATCH: usize = 128;
@@ -173,8 +191,53 @@ pub async fn subscribe(
     let after = resolve_start(log.as_ref(), start).await?;
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
-    tokio::spawn(run(tail, filter, heartbeat, clock, tx));
+    let delivery = Delivery {
+        progress: Progress::register(&tail),
+        subscribe_span: otel::current_span_context(),
+        seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
+    };
+    tokio::spawn(run(tail, filter, heartbeat, clock, tx, delivery));
     Ok(rx)
+}
+
+/// What a subscription task reports about its deliveries.
+struct Delivery {
+    progress: Progress,
+    /// The Subscribe call's span, linked from each delivery span.
+    subscribe_span: Option<SpanContext>,
+    /// `dr_gateway_subscriber_delivery_seconds`.
+    seconds: metrics::Histogram,
+}
+
+impl Delivery {
+    /// The span of handing `event` to the subscriber (DEBUG: only exported, never
+    /// printed, and not created at all unless traces are exported).
+    fn span(&self, event: &StoredEvent) -> tracing::Span {
+        let span = tracing::debug_span!(
+            target: DELIVERY_TARGET,
+            "event.deliver",
+            otel.kind = "producer",
+            event_id = %crate::telemetry::capped(&event.envelope.id),
+            event_type = %crate::telemetry::capped(&event.envelope.event_type),
+            seq = event.seq,
+        );
+        if !span.is_disabled() {
+            if let Some(parent) = &event.intake_span {
+                otel::set_parent(&span, parent);
+            }
+            if let Some(subscribe) = &self.subscribe_span {
+                otel::add_link(&span, subscribe.clone());
+            }
+        }
+        span
+    }
+
+    /// `event` was handed over (`now` is the gateway's time).
+    fn delivered(&self, event: &StoredEvent, now: DateTime<Utc>) {
+        let age = now.signed_duration_since(event.received_at);
+        self.seconds
+            .record(age.to_std().unwrap_or_default().as_secs_f64());
+    }
 }
 
 async fn run(
@@ -183,6 +246,7 @@ async fn run(
     heartbeat: Duration,
     clock: Arc<dyn Clock>,
     tx: mpsc::Sender<SubscriptionItem>,
+    delivery: Delivery,
 ) {
     let mut idle_until = Instant::now() + heartbeat;
     loop {
@@ -200,13 +264,18 @@ async fn run(
         };
         let caught_up = batch.is_empty();
         for event in batch {
+            let seq = event.seq;
             if filter.matches(&event.envelope) {
+                let span = delivery.span(&event);
+                let item = SubscriptionItem::Event(event.clone());
                 // why: a full queue blocks only this task; the log keeps the events.
-                if tx.send(SubscriptionItem::Event(event)).await.is_err() {
+                if tx.send(item).instrument(span).await.is_err() {
                     return;
                 }
+                delivery.delivered(&event, clock.now());
                 idle_until = Instant::now() + heartbeat;
             }
+            delivery.progress.reached(seq);
         }
         if Instant::now() >= idle_until {
             if !send_heartbeat(&tail, &clock, &tx).await {
@@ -228,6 +297,73 @@ async fn run(
             () = tx.closed() => return,
         }
     }
+}
+
+/// A running subscription's progress, registered for the lag gauge while it runs.
+struct Progress {
+    id: u64,
+    shared: Arc<Position>,
+}
+
+/// How far a subscription got, and how far its log got.
+struct Position {
+    /// The last sequence handed over (or filtered out).
+    reached: AtomicU64,
+    /// The log's last sequence.
+    appended: watch::Receiver<Sequence>,
+}
+
+type Registry = Mutex<HashMap<u64, Arc<Position>>>;
+
+fn registry() -> &'static Registry {
+    static OPEN: OnceLock<Registry> = OnceLock::new();
+    OPEN.get_or_init(Registry::default)
+}
+
+impl Progress {
+    fn register(tail: &Tail) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(Position {
+            reached: AtomicU64::new(tail.position()),
+            appended: tail.log.watch_appends(),
+        });
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, shared.clone());
+        metrics::gauge!(names::SUBSCRIBERS).increment(1.0);
+        Self { id, shared }
+    }
+
+    fn reached(&self, seq: Sequence) {
+        self.shared.reached.store(seq, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        metrics::gauge!(names::SUBSCRIBERS).decrement(1.0);
+    }
+}
+
+/// Events the furthest-behind running subscription of this process has still to
+/// read (0 without subscriptions).
+pub fn max_lag() -> u64 {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .map(|p| {
+            let appended = *p.appended.borrow();
+            appended.saturating_sub(p.reached.load(Ordering::Relaxed))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 async fn send_heartbeat(

@@ -1,7 +1,12 @@
 //! Webhook intake: an axum router on its own listener that receives DR's event
 //! POSTs, verifies the signature on the raw bytes, parses the envelope, appends it
 //! to the event log and only then answers 2xx, so DR re-sends anything not stored
-//! (docs/digital-river.md §4.2). Also serves `/healthz` and `/readyz`.
+//! (docs/digital-river.md §4.2). Also serves `/healthz` and `/readyz` (and, unless
+//! it has a listener of its own, `/metrics`: see `app.rs`).
+//!
+//! Each delivery is a server span `webhook` and is counted by outcome
+//! (`dr_gateway_webhooks_*`: received, accepted, duplicates, rejected by reason) and
+//! timed from arrival to answer.
 
 pub mod error;
 pub mod signature;
@@ -12,7 +17,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -30,7 +35,8 @@ pub use error::WebhookError;
 pub use signature::{SignatureError, SignatureVerifier, SIGNATURE_HEADER};
 
 use crate::defaults;
-use crate::events::{Envelope, EventLog};
+use crate::events::{Appended, Envelope, EventLog};
+use crate::telemetry::{capped, metrics::names};
 
 /// Path DR posts events to.
 pub const WEBHOOK_PATH: &str = "/webhooks/digitalriver";
@@ -123,13 +129,59 @@ pub async fn serve(
 #[tracing::instrument(
     name = "webhook",
     skip_all,
-    fields(event_id, event_type, seq, duplicate)
+    fields(
+        otel.kind = "server",
+        otel.name = "POST /webhooks/digitalriver",
+        event_id,
+        event_type,
+        seq,
+        duplicate,
+    )
 )]
 async fn receive_event(
     State(state): State<WebhookState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, WebhookError> {
+    let started = Instant::now();
+    metrics::counter!(names::WEBHOOKS_RECEIVED).increment(1);
+    let result = intake(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok(appended) if appended.duplicate => {
+            metrics::counter!(names::WEBHOOKS_DUPLICATES).increment(1);
+            "duplicate"
+        }
+        Ok(_) => {
+            metrics::counter!(names::WEBHOOKS_ACCEPTED).increment(1);
+            metrics::counter!(names::EVENTS_STORED, "source" => "webhook").increment(1);
+            "accepted"
+        }
+        Err(e) => {
+            metrics::counter!(names::WEBHOOKS_REJECTED, "reason" => e.code()).increment(1);
+            "rejected"
+        }
+    };
+    if result.is_ok() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(names::WEBHOOK_LAST_ACK_TIMESTAMP).set(now.as_secs_f64());
+    }
+    metrics::histogram!(names::WEBHOOK_ACK_SECONDS, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    let appended = result?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "received": true, "duplicate": appended.duplicate })),
+    ))
+}
+
+/// Verifies, parses and stores one delivery.
+async fn intake(
+    state: &WebhookState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Appended, WebhookError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             WebhookError::TooLarge {
@@ -152,8 +204,11 @@ async fn receive_event(
         tracing::warn!(error = %e, "webhook body is not a DR event");
     })?;
     let span = tracing::Span::current();
-    span.record("event_id", envelope.id.as_str());
-    span.record("event_type", envelope.event_type.as_str());
+    span.record("event_id", tracing::field::display(capped(&envelope.id)));
+    span.record(
+        "event_type",
+        tracing::field::display(capped(&envelope.event_type)),
+    );
 
     let appended = tokio::time::timeout(state.config.append_timeout, state.log.append(envelope))
         .await
@@ -162,10 +217,7 @@ async fn receive_event(
     span.record("seq", appended.seq);
     span.record("duplicate", appended.duplicate);
     tracing::info!("webhook event stored");
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "received": true, "duplicate": appended.duplicate })),
-    ))
+    Ok(appended)
 }
 
 async fn healthz() -> impl IntoResponse {
