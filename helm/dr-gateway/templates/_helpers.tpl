@@ -102,6 +102,32 @@ Name of the webhook Service.
 {{- end }}
 
 {{/*
+Name of the container and Service port that serves /metrics.
+*/}}
+{{- define "dr-gateway.metricsPortName" -}}
+{{- if .Values.serviceMonitor.port }}
+{{- .Values.serviceMonitor.port }}
+{{- else if .Values.metrics.port -}}
+metrics
+{{- else -}}
+http
+{{- end }}
+{{- end }}
+
+{{/*
+PromQL label matchers selecting this release's series in the alerts: the
+release namespace and the job the ServiceMonitor gives them (the webhook
+Service's name), unless prometheusRule.selector says otherwise.
+*/}}
+{{- define "dr-gateway.alertSelector" -}}
+{{- if .Values.prometheusRule.selector -}}
+{{ .Values.prometheusRule.selector }}
+{{- else -}}
+namespace="{{ .Release.Namespace }}",job="{{ include "dr-gateway.webhookServiceName" . }}"
+{{- end }}
+{{- end }}
+
+{{/*
 How many pods may run at once: replicaCount, or the HPA's maxReplicas.
 */}}
 {{- define "dr-gateway.maxPods" -}}

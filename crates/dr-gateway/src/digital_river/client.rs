@@ -551,6 +551,9 @@ fn method_name(method: &Method) -> &'static str {
 
 fn transport_error(e: reqwest::Error, method: &'static str, path: &str, budget: Duration) -> Error {
     let path = path.to_owned();
+    // why: the URL holds caller-supplied ids of any length; the error keeps the
+    // path in its own (capped) field, and logs of the source stay short.
+    let e = e.without_url();
     if e.is_connect() {
         Error::Connect {
             method,

@@ -193,7 +193,7 @@ pub async fn subscribe(
     let tail = Tail::new(log, after);
     let delivery = Delivery {
         progress: Progress::register(&tail),
-        subscribe_span: otel::current_span_context(),
+        subscribe_span: otel::current_rpc_span_context(),
         seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
     };
     tokio::spawn(run(tail, filter, heartbeat, clock, tx, delivery));

@@ -128,6 +128,8 @@ pub struct RequestContext {
     /// exports no traces of its own (with tracing on, DR gets the gateway's client
     /// span as parent instead).
     pub caller_trace: Option<TraceHeaders>,
+    /// The RPC's server span.
+    pub span: tracing::Span,
 }
 
 tokio::task_local! {
@@ -159,7 +161,13 @@ pub fn in_current_context<F: Future>(future: F) -> impl Future<Output = F::Outpu
     let context = RequestContext::current();
     async move {
         match context {
-            Some(context) => context.scope(future).await,
+            // why: the server span is entered around the current (a handler's) span,
+            // so spans of the task find it among their ancestors even where the
+            // handler's span is filtered out (the trace exporter leaves it out).
+            Some(context) => {
+                let server = context.span.clone();
+                context.scope(future).instrument(server).await
+            }
             None => future.await,
         }
     }
@@ -264,6 +272,7 @@ mod tests {
                 "traceparent",
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             )])),
+            span: tracing::Span::none(),
         };
         let sent = context
             .scope(async {

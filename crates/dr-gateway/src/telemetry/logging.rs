@@ -5,7 +5,8 @@
 //! Each output has its own filter: `RUST_LOG` decides what is printed, while the
 //! exporter takes the gateway's INFO spans and events plus the DEBUG-level delivery
 //! spans of the event stream (one per event and subscriber: too many to print, worth
-//! exporting). Without an exporter those spans are never even created.
+//! exporting; without an exporter they are never even created). It leaves out the
+//! handlers' own spans, which repeat the server span of their RPC.
 //!
 //! Every printed line is at most [`LOG_LINE_MAX_BYTES`]: a longer one is cut (pretty)
 //! or replaced by a short JSON object saying so (JSON), so one oversized value can
@@ -15,7 +16,7 @@
 use std::io::{self, Write};
 
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{self, FilterExt as _, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter, Layer, Registry};
 
@@ -76,9 +77,14 @@ pub fn init(format: LogFormat) -> Telemetry {
         destination: d,
     }) = export
     {
+        // why: the handlers' own spans (`grpc::…`) repeat the RPC the server span
+        // already is; without them the DR client spans are its direct children.
         let exported = Targets::new()
             .with_target("dr_gateway", LevelFilter::INFO)
-            .with_target(DELIVERY_TARGET, LevelFilter::DEBUG);
+            .with_target(DELIVERY_TARGET, LevelFilter::DEBUG)
+            .and(filter::filter_fn(|meta| {
+                !(meta.is_span() && meta.target().starts_with("dr_gateway::grpc"))
+            }));
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -116,6 +116,44 @@ pub mod names {
 
     /// Always 1. Label: `version`.
     pub const BUILD_INFO: &str = "dr_gateway_build_info";
+    /// Unix time the process started recording metrics (alerts tell "no webhook
+    /// since start" from "no webhook for hours").
+    pub const START_TIME: &str = "dr_gateway_start_time_seconds";
+
+    /// Every name above (histograms add `_bucket`, `_sum` and `_count` series).
+    pub const ALL: &[&str] = &[
+        GRPC_STARTED,
+        GRPC_HANDLED,
+        GRPC_HANDLING_SECONDS,
+        GRPC_MSG_RECEIVED,
+        GRPC_MSG_SENT,
+        DR_REQUESTS,
+        DR_REQUEST_SECONDS,
+        DR_RETRIES,
+        DR_RATE_LIMIT_WAITS,
+        DR_RATE_LIMIT_WAIT_SECONDS,
+        DR_RATE_LIMIT_REFUSALS,
+        WEBHOOKS_RECEIVED,
+        WEBHOOKS_ACCEPTED,
+        WEBHOOKS_DUPLICATES,
+        WEBHOOKS_REJECTED,
+        WEBHOOK_ACK_SECONDS,
+        WEBHOOK_LAST_ACK_TIMESTAMP,
+        EVENTS_STORED,
+        EVENT_LOG_EVENTS,
+        EVENT_LOG_BYTES,
+        EVENT_LOG_OLDEST_AGE,
+        SUBSCRIBERS,
+        SUBSCRIBER_LAG,
+        SUBSCRIBER_DELIVERY_SECONDS,
+        IDEMPOTENCY_REPLAYS,
+        IDEMPOTENCY_RECONCILIATIONS,
+        FULFILLMENT_OUTCOMES,
+        NATS_CONNECTED,
+        NATS_DISCONNECTS,
+        BUILD_INFO,
+        START_TIME,
+    ];
 }
 
 /// Bucket bounds of each histogram, in seconds.
@@ -189,6 +227,14 @@ impl Metrics {
                 describe();
                 metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"))
                     .set(1.0);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                metrics::gauge!(names::START_TIME).set(now.as_secs_f64());
+                // why: a counter appears at its first increment; alerts on "no
+                // webhook" need the zero before the first one.
+                metrics::counter!(names::WEBHOOKS_RECEIVED).increment(0);
+                metrics::counter!(names::WEBHOOKS_ACCEPTED).increment(0);
                 // why: histogram samples are kept until folded into their buckets;
                 // fold them regularly so memory stays flat between scrapes. A thread,
                 // not a task: the recorder outlives any one runtime.
@@ -342,6 +388,11 @@ fn describe() {
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS.");
     describe_counter!(NATS_DISCONNECTS, "Times the NATS connection was lost.");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+    describe_gauge!(
+        START_TIME,
+        Unit::Seconds,
+        "Unix time the process started recording metrics."
+    );
 }
 
 /// Counts and times every RPC (the `grpc_server_*` metrics); passes calls through
@@ -515,12 +566,32 @@ impl MethodMetrics {
     }
 }
 
-/// Seconds since `since`, for latency histograms.
-pub fn seconds_since(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Seconds of a duration, for latency histograms.
-pub fn seconds(duration: Duration) -> f64 {
-    duration.as_secs_f64()
+    #[test]
+    fn every_metric_is_named_once_and_as_prometheus_expects() {
+        let mut seen = std::collections::HashSet::new();
+        for name in names::ALL {
+            assert!(seen.insert(name), "{name} listed twice");
+            assert!(
+                name.starts_with("grpc_server_") || name.starts_with("dr_gateway_"),
+                "{name}"
+            );
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+        }
+        for (histogram, buckets) in BUCKETS {
+            assert!(names::ALL.contains(&histogram), "{histogram}");
+            assert!(histogram.ends_with("_seconds"), "{histogram} has a unit");
+            assert!(
+                buckets.windows(2).all(|w| w[0] < w[1]),
+                "{histogram} buckets ascend"
+            );
+        }
+    }
 }

@@ -268,6 +268,17 @@ pub fn current_span_context() -> Option<SpanContext> {
     span_context.is_valid().then_some(span_context)
 }
 
+/// The OpenTelemetry identity of the server span of the RPC the current task works
+/// for, when traces are exported.
+pub fn current_rpc_span_context() -> Option<SpanContext> {
+    if !enabled() {
+        return None;
+    }
+    let span = super::context::RequestContext::current()?.span;
+    let span_context = span.context().span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
 /// Makes `parent` (e.g. the webhook span that stored an event) the parent of `span`.
 pub fn set_parent(span: &tracing::Span, parent: &SpanContext) {
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent.clone()));

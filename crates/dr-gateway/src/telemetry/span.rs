@@ -88,6 +88,7 @@ where
         let context = RequestContext {
             request_id: request_id.clone(),
             caller_trace: TraceHeaders::from_headers(request.headers()),
+            span: span.clone(),
         };
         request.extensions_mut().insert(request_id.clone());
         let response = {
