@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -515,26 +515,19 @@ pub struct MethodMetrics {
     /// Client-streaming methods only.
     received: Option<Counter>,
     /// `grpc_server_handled_total` per (code, policy rule): few per method.
-    handled: Mutex<Vec<(Code, String, Counter)>>,
+    handled: RwLock<Vec<(Code, String, Counter)>>,
 }
 
 impl MethodMetrics {
     /// The series of `method`, registered with the installed recorder on first use.
     fn of(method: &'static Method) -> &'static Self {
-        static ALL: OnceLock<Mutex<std::collections::HashMap<usize, &'static MethodMetrics>>> =
-            OnceLock::new();
-        let key = std::ptr::from_ref(method) as usize;
-        let mut all = ALL
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        all.entry(key).or_insert_with(|| {
+        method.metrics.get_or_init(|| {
             let labels = [
                 ("grpc_type", method.kind),
                 ("grpc_service", method.service),
                 ("grpc_method", method.name),
             ];
-            Box::leak(Box::new(MethodMetrics {
+            MethodMetrics {
                 started: metrics::counter!(names::GRPC_STARTED, &labels),
                 seconds: metrics::histogram!(names::GRPC_HANDLING_SECONDS, &labels),
                 sent: method
@@ -543,15 +536,24 @@ impl MethodMetrics {
                 received: method
                     .client_streams()
                     .then(|| metrics::counter!(names::GRPC_MSG_RECEIVED, &labels)),
-                handled: Mutex::new(Vec::new()),
-            }))
+                handled: RwLock::new(Vec::new()),
+            }
         })
     }
 
     fn handled(&self, method: &Method, code: Code, policy: &str) -> Counter {
-        let mut handled = self.handled.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, counter)) = handled.iter().find(|(c, p, _)| *c == code && p == policy) {
-            return counter.clone();
+        let find = |handled: &[(Code, String, Counter)]| {
+            handled
+                .iter()
+                .find(|(c, p, _)| *c == code && p == policy)
+                .map(|(_, _, counter)| counter.clone())
+        };
+        if let Some(counter) = find(&self.handled.read().unwrap_or_else(|p| p.into_inner())) {
+            return counter;
+        }
+        let mut handled = self.handled.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = find(&handled) {
+            return counter;
         }
         let counter = metrics::counter!(
             names::GRPC_HANDLED,

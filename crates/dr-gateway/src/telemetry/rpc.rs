@@ -4,7 +4,7 @@
 //! **Methods.** Every service the gateway serves is described in a descriptor set
 //! (the API, health, reflection v1 and v1alpha); [`Method::of`] looks the path up in
 //! the table built from them, so service and method labels come from a fixed set.
-//! Any other path is [`Method::UNKNOWN`]: a caller cannot mint label values.
+//! Any other path is [`UNKNOWN`]: a caller cannot mint label values.
 //!
 //! **The end of an RPC.** Its status is in the trailers, or in the headers of a
 //! trailers-only answer (every error before the first message), and a stream ends
@@ -25,7 +25,7 @@ use prost::Message as _;
 use tonic::Code;
 
 /// A gRPC method as the label values name it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Method {
     /// Fully qualified service, e.g. `digitalriver.gateway.v1.ChargeService`.
     pub service: &'static str,
@@ -36,20 +36,40 @@ pub struct Method {
     pub kind: &'static str,
     /// `service/name`, the span name.
     pub full_name: &'static str,
+    /// Its metric series, registered on first use ([`super::metrics`]).
+    pub(super) metrics: OnceLock<super::metrics::MethodMetrics>,
 }
 
-impl Method {
-    /// Anything the gateway does not serve.
-    pub const UNKNOWN: Method = Method {
-        service: "unknown",
-        name: "unknown",
-        kind: "unary",
-        full_name: "unknown",
-    };
+impl PartialEq for Method {
+    fn eq(&self, other: &Self) -> bool {
+        self.full_name == other.full_name
+    }
+}
 
-    /// The method `path` (`/package.Service/Method`) names, or [`Method::UNKNOWN`].
+impl Eq for Method {}
+
+/// Anything the gateway does not serve.
+pub static UNKNOWN: Method = Method::new("unknown", "unknown", "unary", "unknown");
+
+impl Method {
+    const fn new(
+        service: &'static str,
+        name: &'static str,
+        kind: &'static str,
+        full_name: &'static str,
+    ) -> Self {
+        Self {
+            service,
+            name,
+            kind,
+            full_name,
+            metrics: OnceLock::new(),
+        }
+    }
+
+    /// The method `path` (`/package.Service/Method`) names, or [`UNKNOWN`].
     pub fn of(path: &str) -> &'static Method {
-        table().get(path).copied().unwrap_or(&Self::UNKNOWN)
+        table().get(path).copied().unwrap_or(&UNKNOWN)
     }
 
     /// Whether the client sends a stream of messages.
@@ -95,12 +115,12 @@ fn table() -> &'static HashMap<&'static str, &'static Method> {
                         let path = leak(format!("/{full_name}"));
                         // why: built once per process from a fixed set of descriptors;
                         // `'static` strings make label values free to copy.
-                        let entry: &'static Method = Box::leak(Box::new(Method {
-                            service: leak(service_name.clone()),
-                            name: leak(method.name().to_owned()),
+                        let entry: &'static Method = Box::leak(Box::new(Method::new(
+                            leak(service_name.clone()),
+                            leak(method.name().to_owned()),
                             kind,
-                            full_name: leak(full_name),
-                        }));
+                            leak(full_name),
+                        )));
                         table.insert(path, entry);
                     }
                 }
@@ -457,7 +477,7 @@ mod tests {
             "/digitalriver.gateway.v1.ChargeService/Nope",
             &format!("/x.Y/{}", "z".repeat(10_000)),
         ] {
-            assert_eq!(Method::of(path), &Method::UNKNOWN, "{path}");
+            assert_eq!(Method::of(path), &UNKNOWN, "{path}");
         }
     }
 
