@@ -104,6 +104,8 @@ pub struct Application {
 impl Application {
     /// Binds the listeners and starts serving; health reports SERVING once all is up.
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        // why: first, so what start-up records (the NATS connection) is kept.
+        let metrics = settings.metrics.enabled.then(Metrics::install);
         // why: unusable TLS or policy files stop start-up before anything listens.
         let tls = match settings.security.tls.clone() {
             Some(tls) => Some(Arc::new(ServerTls::load(tls)?)),
@@ -169,7 +171,6 @@ impl Application {
             clock.clone(),
         );
         let readiness = Readiness::default();
-        let metrics = settings.metrics.enabled.then(Metrics::install);
         let mut webhook_router = webhook::router(WebhookState::new(
             verifier,
             event_log.clone(),

@@ -323,6 +323,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stats_count_what_the_log_holds_and_how_old_its_oldest_event_is() {
+        let (log, clock) = log_with(MemoryLogConfig {
+            max_events: 2,
+            ..MemoryLogConfig::default()
+        });
+        assert_eq!(
+            log.stats().await.unwrap(),
+            LogStats {
+                events: 0,
+                bytes: Some(0),
+                oldest_received_at: None
+            }
+        );
+        let first_at = clock.now();
+        log.append(event("a")).await.unwrap();
+        clock.advance(chrono::Duration::seconds(30));
+        let second_at = clock.now();
+        log.append(event("b")).await.unwrap();
+        let stats = log.stats().await.unwrap();
+        assert_eq!(stats.events, 2);
+        assert_eq!(stats.oldest_received_at, Some(first_at));
+        let bytes = stats.bytes.unwrap();
+        assert!(bytes > 0);
+        // the bound drops "a": the oldest is now "b"
+        log.append(event("c")).await.unwrap();
+        let stats = log.stats().await.unwrap();
+        assert_eq!(stats.events, 2);
+        assert_eq!(stats.oldest_received_at, Some(second_at));
+    }
+
+    #[tokio::test]
     async fn a_redelivered_id_is_acknowledged_but_not_stored_twice() {
         let (log, _) = log_with(MemoryLogConfig::default());
         log.append(event("a")).await.unwrap();

@@ -307,10 +307,19 @@ struct Progress {
 
 /// How far a subscription got, and how far its log got.
 struct Position {
+    /// The log it reads ([`EventLog::log_id`]).
+    log_id: u64,
     /// The last sequence handed over (or filtered out).
     reached: AtomicU64,
     /// The log's last sequence.
     appended: watch::Receiver<Sequence>,
+}
+
+impl Position {
+    fn lag(&self) -> u64 {
+        let appended = *self.appended.borrow();
+        appended.saturating_sub(self.reached.load(Ordering::Relaxed))
+    }
 }
 
 type Registry = Mutex<HashMap<u64, Arc<Position>>>;
@@ -325,6 +334,7 @@ impl Progress {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Position {
+            log_id: tail.log.log_id(),
             reached: AtomicU64::new(tail.position()),
             appended: tail.log.watch_appends(),
         });
@@ -354,14 +364,21 @@ impl Drop for Progress {
 /// Events the furthest-behind running subscription of this process has still to
 /// read (0 without subscriptions).
 pub fn max_lag() -> u64 {
+    max_lag_where(|_| true)
+}
+
+/// [`max_lag`] among the subscriptions that read the log `log_id`.
+pub fn max_lag_of(log_id: u64) -> u64 {
+    max_lag_where(|p| p.log_id == log_id)
+}
+
+fn max_lag_where(keep: impl Fn(&Position) -> bool) -> u64 {
     registry()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .values()
-        .map(|p| {
-            let appended = *p.appended.borrow();
-            appended.saturating_sub(p.reached.load(Ordering::Relaxed))
-        })
+        .filter(|p| keep(p))
+        .map(|p| p.lag())
         .max()
         .unwrap_or(0)
 }
@@ -562,5 +579,58 @@ mod tests {
                 .unwrap(),
             3
         );
+    }
+
+    /// Polls `check` (yielding to the runtime) until it holds, or fails after [`WAIT`].
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        timeout(WAIT, async {
+            while !check() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+    }
+
+    #[tokio::test]
+    async fn the_lag_is_what_a_stalled_subscriber_has_still_to_read() {
+        let log = log(1000);
+        let mut rx = subscribe(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        // The subscriber reads nothing: its queue fills, then the task waits.
+        let appended = SUBSCRIBER_QUEUE as u64 + 8;
+        for i in 0..appended {
+            log.append(event(&format!("e{i}"), "order.accepted"))
+                .await
+                .unwrap();
+        }
+        until(
+            "the stalled subscriber lags by what did not fit its queue",
+            || max_lag_of(log.log_id()) == appended - SUBSCRIBER_QUEUE as u64,
+        )
+        .await;
+        for _ in 0..appended {
+            next_event(&mut rx).await;
+        }
+        until("a subscriber that caught up lags by nothing", || {
+            max_lag_of(log.log_id()) == 0
+        })
+        .await;
+        drop(rx);
+        until("a subscription that ended is forgotten", || {
+            !registry()
+                .lock()
+                .unwrap()
+                .values()
+                .any(|p| p.log_id == log.log_id())
+        })
+        .await;
     }
 }

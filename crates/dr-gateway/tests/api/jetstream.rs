@@ -33,8 +33,9 @@ use crate::helpers::{
 
 // === nats-server ===
 
-/// A `nats-server -js` child process on a free loopback port, with its own store.
-struct NatsServer {
+/// A `nats-server -js` child process on a free loopback port, with its own store
+/// (the metrics tests use it too).
+pub(crate) struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
@@ -42,7 +43,7 @@ struct NatsServer {
 
 impl NatsServer {
     /// Starts one and waits until JetStream answers, or fails the test.
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let store = unique_dir("nats");
         let mut server = Self {
             child: None,
@@ -53,7 +54,7 @@ impl NatsServer {
         server
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -100,7 +101,7 @@ impl NatsServer {
     }
 
     /// SIGKILL; the store survives for [`restart`](Self::restart).
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -108,7 +109,7 @@ impl NatsServer {
     }
 
     /// Same port, same store.
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
     }

@@ -431,3 +431,69 @@ async fn metrics_are_on_the_http_listener_by_default_and_absent_when_turned_off(
     on.stop().await;
     off.stop().await;
 }
+
+/// The value of the unlabelled series `name` in an exposition.
+fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_nats_connection_and_the_shared_event_log_are_gauges_that_follow_the_bus() {
+    let mut nats = crate::jetstream::NatsServer::start().await;
+    let dr = spawn_sandbox().await;
+    let url = nats.url();
+    let gateway = GatewayProcess::start(
+        &dr.base_url(),
+        &["--bus-url", &url, "--bus-timeout", "800ms"],
+        &[],
+    )
+    .await;
+    let metrics = format!("http://{}/metrics", gateway.http_addr);
+    let scrape = || {
+        let metrics = metrics.clone();
+        async move { reqwest::get(metrics).await.ok()?.text().await.ok() }
+    };
+    let value = |name: &'static str, want: f64| {
+        move || async move { (sample(&scrape().await?, name) == Some(want)).then_some(()) }
+    };
+    eventually("connected", value("dr_gateway_nats_connected", 1.0)).await;
+    let body = serde_json::to_vec(&crate::event_support::event(
+        "evt_on_nats",
+        "order.accepted",
+        "o-nats",
+        false,
+    ))
+    .unwrap();
+    let stored = reqwest::Client::new()
+        .post(gateway.webhook_url())
+        .header(
+            "DigitalRiver-Signature",
+            crate::event_support::signature(WEBHOOK_SECRET, &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    eventually(
+        "the stream's own count",
+        value("dr_gateway_event_log_events", 1.0),
+    )
+    .await;
+    let bytes = sample(&scrape().await.unwrap(), "dr_gateway_event_log_bytes");
+    assert!(
+        bytes.is_some_and(|b| b > 100.0),
+        "the stream's bytes: {bytes:?}"
+    );
+    nats.kill();
+    eventually("disconnected", value("dr_gateway_nats_connected", 0.0)).await;
+    eventually(
+        "the loss counted",
+        value("dr_gateway_nats_disconnects_total", 1.0),
+    )
+    .await;
+    nats.restart().await;
+    eventually("connected again", value("dr_gateway_nats_connected", 1.0)).await;
+}
