@@ -14,6 +14,9 @@
 //! | WARN | UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE — refused, rate-limited, out of time, or a dependency (DR, NATS) down: worth a look when it piles up |
 //! | ERROR | UNKNOWN, INTERNAL, UNIMPLEMENTED, DATA_LOSS — the gateway failed |
 //!
+//! Successful health checks (`grpc.health.v1.Health`, what Kubernetes probes every few
+//! seconds) log at DEBUG: they would otherwise outnumber real calls.
+//!
 //! Every value from outside is capped ([`capped`]): a megabyte id or message
 //! cannot make a megabyte line.
 
@@ -36,6 +39,9 @@ use crate::auth::Caller;
 
 /// The `tracing` target of access log lines.
 pub const TARGET: &str = "dr_gateway::access";
+
+/// The standard health service, whose successful checks log at DEBUG.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
 /// Logs every RPC once it ends; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -177,9 +183,15 @@ impl RpcObserver for Line {
                 )
             };
         }
-        match level(end.code) {
+        let probe = self.method.service == HEALTH_SERVICE && end.code == Code::Ok;
+        match if probe {
+            tracing::Level::DEBUG
+        } else {
+            level(end.code)
+        } {
             tracing::Level::ERROR => line!(tracing::Level::ERROR),
             tracing::Level::WARN => line!(tracing::Level::WARN),
+            tracing::Level::DEBUG => line!(tracing::Level::DEBUG),
             _ => line!(tracing::Level::INFO),
         }
     }

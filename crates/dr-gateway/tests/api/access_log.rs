@@ -182,6 +182,21 @@ async fn a_success_and_a_caller_error_are_one_info_line_each_and_a_gateway_failu
     access_line(&replaced).await;
     assert!(lines_with("<script>").is_empty());
 
+    // Kubernetes' probes every few seconds would drown the log: DEBUG.
+    let probe = unique("al-probe");
+    tonic_health::pb::health_client::HealthClient::new(app.channel.clone())
+        .check(with_request_id(
+            tonic_health::pb::HealthCheckRequest::default(),
+            &probe,
+        ))
+        .await
+        .expect("health check");
+    let line = access_line(&probe).await;
+    assert!(
+        line.contains(" DEBUG ") && line.contains("grpc.method=\"Check\""),
+        "{line}"
+    );
+
     for secret in [API_KEY, WEBHOOK_SECRET] {
         assert!(!captured_logs().contains(secret), "a secret in the logs");
     }
