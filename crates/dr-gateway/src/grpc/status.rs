@@ -501,7 +501,7 @@ fn api_status(
             d.set_resource_info(resource_type, resource_name, "", message);
         }),
         405 | 406 => {
-            tracing::error!(status, %path, "DR refused the request's method or format: a gateway bug");
+            tracing::error!(status, path = %crate::telemetry::capped(path), "DR refused the request's method or format: a gateway bug");
             status_with_info(Code::Internal, message, &reason, meta, |_| {})
         }
         408 | 504 => status_with_info(Code::DeadlineExceeded, message, &reason, meta, |_| {}),
