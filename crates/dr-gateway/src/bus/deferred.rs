@@ -28,7 +28,7 @@ use crate::domain::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use crate::events::groups::store::{Created, StoreChange, Versioned, WriteError, Written};
 use crate::events::groups::{GroupDef, GroupStore, KeyRecord, MemberInfo, Position, StoreError};
 use crate::events::{
-    Appended, Bounds, Envelope, EventEncoder, EventLog, LogError, Sequence, StoredEvent,
+    Appended, Bounds, Envelope, EventEncoder, EventLog, LogError, LogStats, Sequence, StoredEvent,
 };
 use crate::telemetry::metrics::names;
 
@@ -266,6 +266,11 @@ impl EventLog for DeferredLog {
 
     async fn check_ready(&self) -> Result<(), LogError> {
         self.log()?.check_ready().await
+    }
+
+    /// The stream's own figures (bytes included) once connected.
+    async fn stats(&self) -> Result<LogStats, LogError> {
+        self.log()?.stats().await
     }
 
     fn watch_appends(&self) -> watch::Receiver<Sequence> {
