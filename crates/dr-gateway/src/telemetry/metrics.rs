@@ -96,6 +96,21 @@ pub mod names {
     /// Seconds from storing an event to handing it to a subscriber's stream.
     pub const SUBSCRIBER_DELIVERY_SECONDS: &str = "dr_gateway_subscriber_delivery_seconds";
 
+    // === consumer groups (label `group`, bounded by --consumer-groups-max) ===
+    /// Events handed to a group's members by this replica (first and later attempts).
+    pub const GROUP_DELIVERIES: &str = "dr_gateway_consumer_group_deliveries_total";
+    /// Deliveries that were not an event's first (its ack deadline passed, its member
+    /// left or handed it back).
+    pub const GROUP_REDELIVERIES: &str = "dr_gateway_consumer_group_redeliveries_total";
+    /// Events a group's members acknowledged on this replica.
+    pub const GROUP_ACKS: &str = "dr_gateway_consumer_group_acks_total";
+    /// Events this replica's scheduler of a group has read and not yet left behind
+    /// (from the oldest unacknowledged one on; bounded by
+    /// --consumer-group-max-pending).
+    pub const GROUP_PENDING: &str = "dr_gateway_consumer_group_pending_events";
+    /// Members of a group connected to this replica.
+    pub const GROUP_MEMBERS: &str = "dr_gateway_consumer_group_members";
+
     // === idempotent fulfillment ===
     /// CreateFulfillment (CaptureItems, CancelItems) retries answered from the
     /// idempotency store, without DR.
@@ -146,6 +161,11 @@ pub mod names {
         SUBSCRIBERS,
         SUBSCRIBER_LAG,
         SUBSCRIBER_DELIVERY_SECONDS,
+        GROUP_DELIVERIES,
+        GROUP_REDELIVERIES,
+        GROUP_ACKS,
+        GROUP_PENDING,
+        GROUP_MEMBERS,
         IDEMPOTENCY_REPLAYS,
         IDEMPOTENCY_RECONCILIATIONS,
         FULFILLMENT_OUTCOMES,
@@ -375,6 +395,26 @@ fn describe() {
         SUBSCRIBER_DELIVERY_SECONDS,
         Unit::Seconds,
         "Time from storing an event to handing it to a subscriber's stream."
+    );
+    describe_counter!(
+        GROUP_DELIVERIES,
+        "Events handed to a consumer group's members, by group."
+    );
+    describe_counter!(
+        GROUP_REDELIVERIES,
+        "Consumer group deliveries that were not the event's first, by group."
+    );
+    describe_counter!(
+        GROUP_ACKS,
+        "Events a consumer group's members acknowledged, by group."
+    );
+    describe_gauge!(
+        GROUP_PENDING,
+        "Events a consumer group has read from its oldest unacknowledged one on, by group."
+    );
+    describe_gauge!(
+        GROUP_MEMBERS,
+        "Consumer group members connected to this replica, by group."
     );
     describe_counter!(
         IDEMPOTENCY_REPLAYS,

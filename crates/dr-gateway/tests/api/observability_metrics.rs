@@ -497,3 +497,123 @@ async fn the_nats_connection_and_the_shared_event_log_are_gauges_that_follow_the
     nats.restart().await;
     eventually("connected again", value("dr_gateway_nats_connected", 1.0)).await;
 }
+
+#[tokio::test]
+async fn a_gateway_started_while_nats_is_down_shows_it_disconnected_then_connected_once_nats_comes()
+{
+    let mut nats = crate::jetstream::NatsServer::not_started();
+    let dr = spawn_sandbox().await;
+    let url = nats.url();
+    let gateway = GatewayProcess::start(
+        &dr.base_url(),
+        &["--bus-url", &url, "--bus-startup-timeout", "200ms"],
+        &[],
+    )
+    .await;
+    let metrics = format!("http://{}/metrics", gateway.http_addr);
+    let scrape = || {
+        let metrics = metrics.clone();
+        async move { reqwest::get(metrics).await.ok()?.text().await.ok() }
+    };
+    let exposition = scrape().await.expect("/metrics answers without NATS");
+    assert_eq!(
+        sample(&exposition, "dr_gateway_nats_connected"),
+        Some(0.0),
+        "NATS down at start is a 0, not a missing series"
+    );
+    nats.restart().await;
+    eventually("connected once NATS comes", || async {
+        (sample(&scrape().await?, "dr_gateway_nats_connected") == Some(1.0)).then_some(())
+    })
+    .await;
+}
+
+/// The value of the series `name` whose labels include every one of `labels`.
+fn labelled(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|pair| pair == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+#[tokio::test]
+async fn a_consumer_group_counts_its_deliveries_redeliveries_and_acks_and_consume_counts_messages_both_ways(
+) {
+    use crate::group_support::{connect, create_group, group_settings, order_event, start};
+    let dr = spawn_sandbox().await;
+    let gateway = GatewayProcess::start(&dr.base_url(), &[], &[]).await;
+    let metrics = format!("http://{}/metrics", gateway.http_addr);
+    let mut client = EventStreamClient::new(gateway.channel().await);
+    // why: the shortest deadline the gateway allows, so the unacknowledged event
+    // comes back within the test.
+    create_group(
+        &mut client,
+        "billing",
+        group_settings(std::time::Duration::from_secs(1), std::time::Duration::ZERO),
+    )
+    .await;
+    let mut member = crate::group_support::Member::join(
+        connect(gateway.grpc_addr).await,
+        start("billing", "m1", 8),
+    )
+    .await;
+    let poster = crate::group_support::Poster::new(gateway.http_addr);
+    let now = chrono::Utc::now();
+    poster
+        .post(&order_event("evt_g1", "order.accepted", "o-g1", now))
+        .await;
+    poster
+        .post(&order_event("evt_g2", "order.accepted", "o-g2", now))
+        .await;
+
+    // Two first deliveries; the first is acknowledged, the second left to expire.
+    let first = member.next_delivery().await;
+    let second = member.next_delivery().await;
+    assert_eq!((first.attempt, second.attempt), (1, 1));
+    member.ack(&first.delivery_id).await;
+    let again = member.next_delivery().await;
+    assert_eq!(again.attempt, 2, "the unacknowledged event comes back");
+    member.ack(&again.delivery_id).await;
+
+    let group = &[("group", "billing")];
+    let consume = &[("grpc_method", "Consume"), ("grpc_type", "bidi_stream")];
+    let wait = |name, labels, ok| wait_for_series(&metrics, name, labels, ok);
+    wait("dr_gateway_consumer_group_deliveries_total", group, |v| {
+        v == 3.0
+    })
+    .await;
+    wait("dr_gateway_consumer_group_redeliveries_total", group, |v| {
+        v == 1.0
+    })
+    .await;
+    wait("dr_gateway_consumer_group_acks_total", group, |v| v == 2.0).await;
+    wait("dr_gateway_consumer_group_members", group, |v| v == 1.0).await;
+    // The start and two acknowledgements in; started, 3 deliveries and 2 receipts
+    // out (heartbeats may add more).
+    wait("grpc_server_msg_received_total", consume, |v| v == 3.0).await;
+    wait("grpc_server_msg_sent_total", consume, |v| v >= 6.0).await;
+    member.leave().await.expect("left cleanly");
+    wait("dr_gateway_consumer_group_members", group, |v| v == 0.0).await;
+}
+
+/// Waits until `/metrics` at `url` has the series `name` with `labels` and a value
+/// `ok` accepts.
+async fn wait_for_series(
+    url: &str,
+    name: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    ok: fn(f64) -> bool,
+) {
+    eventually(name, || {
+        let url = url.to_owned();
+        async move {
+            let exposition = reqwest::get(url).await.ok()?.text().await.ok()?;
+            labelled(&exposition, name, labels).filter(|v| ok(*v))
+        }
+    })
+    .await;
+}
