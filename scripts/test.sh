@@ -21,6 +21,9 @@ missing=()
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 # openssl: the README's "Securing the gateway" examples make their certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# prometheus (with promtool): the metrics tests start a real Prometheus; the chart
+# tests run promtool on the alerts.
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   step "installing Debian packages: ${missing[*]}"
   if [[ "$(id -u)" == 0 ]]; then SUDO=(); else SUDO=(sudo); fi

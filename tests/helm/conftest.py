@@ -55,7 +55,9 @@ class Rendered(list):
 
     @property
     def config(self) -> dict:
-        return self.one("ConfigMap")["data"]
+        """The gateway's settings (the ConfigMap loaded with envFrom)."""
+        (config,) = [d for d in self.of_kind("ConfigMap") if "DR_GATEWAY_GRPC_ADDR" in d.get("data", {})]
+        return config["data"]
 
     def pod_specs(self) -> list[dict]:
         """Every pod spec rendered: the gateway's and the helm test pod's."""

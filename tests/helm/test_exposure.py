@@ -23,7 +23,9 @@ def test_grpc_service_is_internal_clusterip_with_grpc_app_protocol(any_render):
 def test_webhook_has_its_own_service_on_the_http_port(any_render):
     service = any_render.one("Service", "dr-gateway-webhook")
     assert service["spec"]["type"] == "ClusterIP"
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    # metrics.port (all features) adds /metrics alone on a port of its own.
+    metrics = ["metrics"] if "DR_GATEWAY_METRICS_ADDR" in any_render.config else []
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", *metrics]
     assert _selects_gateway(service, any_render)
 
 

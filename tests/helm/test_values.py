@@ -27,12 +27,14 @@ def test_all_features_values_turn_every_optional_object_on(all_features_render):
     assert all_features_render.kinds() == sorted(
         [
             "ConfigMap",
+            "ConfigMap",
             "Deployment",
             "HorizontalPodAutoscaler",
             "Ingress",
             "NetworkPolicy",
             "Pod",
             "PodDisruptionBudget",
+            "PrometheusRule",
             "Service",
             "Service",
             "Service",

@@ -7,8 +7,12 @@
 //!
 //! Two listeners: gRPC (services, health, reflection; connections served, aged and
 //! drained by [`grpc::server`]) and HTTP (DR webhooks, `/livez`, `/readyz`,
-//! `/healthz`). Both share one event log: the webhook appends, the EventStream and
-//! ChargeService read.
+//! `/healthz`, `/metrics`). Both share one event log: the webhook appends, the
+//! EventStream and ChargeService read. `--metrics-addr` moves `/metrics` to a
+//! listener of its own.
+//!
+//! Every RPC passes the telemetry layers ([`crate::telemetry`]: server span and
+//! request id, access log, metrics), then the authorization layer.
 //!
 //! The gRPC listener speaks TLS when configured ([`crate::tls`], reloaded on change)
 //! and every call passes the authorization layer ([`crate::auth`]) first; an optional
@@ -60,6 +64,7 @@ use crate::health::{watch_bus_health, HealthGate};
 use crate::listen::ListenAddr;
 use crate::pb::v1::charge_service_server::ChargeServiceServer;
 use crate::pb::v1::fulfillment_service_server::FulfillmentServiceServer;
+use crate::telemetry::{Metrics, RpcMetricsLayer};
 use crate::tls::{ServerTls, TlsError};
 use crate::webhook::{
     self, BodyLimit, ConnectionLimits, SignatureVerifier, WebhookConfig, WebhookState,
@@ -112,6 +117,7 @@ pub struct Application {
     grpc_addr: SocketAddr,
     grpc_health_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     /// Cancelled to ask for a graceful shutdown (a signal, or a test).
     shutdown: CancellationToken,
     /// Cancelled by [`Application::run_until_stopped`] once health says
@@ -132,6 +138,8 @@ impl Application {
     /// Binds the listeners and starts serving; health reports SERVING once all is up
     /// (EventStream once the bus, if any, is reachable).
     pub async fn build(settings: Settings) -> Result<Self, AppError> {
+        // why: first, so what start-up records (the NATS connection) is kept.
+        let metrics = settings.metrics.enabled.then(Metrics::install);
         // why: unusable TLS or policy files stop start-up before anything listens.
         let tls = match settings.security.tls.clone() {
             Some(tls) => Some(Arc::new(ServerTls::load(tls)?)),
@@ -145,6 +153,11 @@ impl Application {
             None => None,
         };
         let grpc_health_addr = health_listener.as_ref().map(|(_, addr)| *addr);
+        let metrics_listener = match (&metrics, &settings.metrics.addr) {
+            (Some(_), Some(addr)) => Some(bind(addr).await?),
+            _ => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
 
         let client = Client::new(ClientConfig {
             base_url: settings.dr_base_url.clone(),
@@ -232,7 +245,7 @@ impl Application {
         if let Some(connected) = bus.as_ref().and_then(DeferredBus::connected) {
             lower_body_limit(&body_limit, connected.bus.max_event_bytes());
         }
-        let webhook_router = webhook::router(webhook_state);
+        let mut webhook_router = webhook::router(webhook_state);
         let messages = MessageSettings::new(
             settings.grpc.max_receive_message_size,
             settings.grpc.max_send_message_size,
@@ -301,6 +314,7 @@ impl Application {
             // why: before any service: callers are identified and checked against the
             // policy first (auth/), and the caller rides in the request extensions.
             Some(AuthLayer::new(authorizer.clone())),
+            RpcMetricsLayer::new(metrics.as_ref()),
             connections.clone(),
             // why: every listener starts its graceful shutdown on the drain, which
             // `run_until_stopped` starts only after health says NOT_SERVING.
@@ -317,18 +331,37 @@ impl Application {
             tokio::spawn(serve_health_only(
                 health_listener,
                 health_only,
+                RpcMetricsLayer::new(metrics.as_ref()),
                 connections,
                 drain.clone(),
             ));
         }
+        let connection_limits = ConnectionLimits {
+            max_connections: settings.webhook_max_connections,
+            idle_timeout: settings.webhook_idle_timeout,
+            header_timeout: settings.webhook_header_timeout,
+        };
+        if let Some(metrics) = &metrics {
+            let scrape = metrics.router(crate::events::gauges::collector(event_log.clone()));
+            match metrics_listener {
+                // why: also with --webhooks-disabled: the listener still serves the
+                // probes, and the metrics with them.
+                None => webhook_router = webhook_router.merge(scrape),
+                // why: scraped until the drain, like the probes on the HTTP listener.
+                Some((listener, _)) => {
+                    tokio::spawn(serve_metrics(
+                        listener,
+                        scrape,
+                        connection_limits,
+                        drain.clone(),
+                    ));
+                }
+            }
+        }
         let http_server = tokio::spawn(webhook::serve(
             http_listener,
             webhook_router,
-            ConnectionLimits {
-                max_connections: settings.webhook_max_connections,
-                idle_timeout: settings.webhook_idle_timeout,
-                header_timeout: settings.webhook_header_timeout,
-            },
+            connection_limits,
             drain.clone().cancelled_owned(),
         ));
         let rate_limiter = client.rate_limiter();
@@ -364,11 +397,12 @@ impl Application {
             }
         }
         gate.set_started().await;
-        tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), ?grpc_health_addr, dr_base_url = %settings.dr_base_url, shared_bus = bus.is_some(), "gateway serving");
+        tracing::info!(%grpc_addr, %http_addr, tls = tls.is_some(), ?grpc_health_addr, metrics = metrics.is_some(), ?metrics_addr, dr_base_url = %settings.dr_base_url, shared_bus = bus.is_some(), "gateway serving");
         Ok(Self {
             grpc_addr,
             grpc_health_addr,
             http_addr,
+            metrics_addr,
             shutdown,
             drain,
             gate,
@@ -384,6 +418,12 @@ impl Application {
     /// The bound webhook / health HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound address of the metrics listener, when `/metrics` has one of its own
+    /// (else it is on [`http_addr`](Self::http_addr)).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The event log the webhook appends to (tests inspect it).
@@ -508,11 +548,12 @@ fn flatten(
 
 /// Serves only `grpc.health.v1` (`routes`) in plaintext on `listener` until
 /// `shutdown`, for probes that cannot speak TLS (Kubernetes' gRPC probe); nothing
-/// else is reachable through it. Same loop, keepalive and limits as the main
-/// listener; only TLS and the authorization layer are left out.
+/// else is reachable through it. Same loop, keepalive, limits and telemetry as the
+/// main listener; only TLS and the authorization layer are left out.
 async fn serve_health_only(
     listener: TcpListener,
     routes: Routes,
+    metrics: RpcMetricsLayer,
     connections: ConnectionSettings,
     shutdown: CancellationToken,
 ) {
@@ -521,12 +562,26 @@ async fn serve_health_only(
         None,
         routes,
         None,
+        metrics,
         connections,
         shutdown.cancelled_owned(),
     )
     .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "the health-only gRPC listener failed");
+    }
+}
+
+/// Serves `/metrics` alone on `listener` until `shutdown` (`--metrics-addr`), with
+/// the HTTP listener's connection limits.
+async fn serve_metrics(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = webhook::serve(listener, router, limits, shutdown.cancelled_owned()).await {
+        tracing::error!(error = %e, "the metrics listener failed");
     }
 }
 

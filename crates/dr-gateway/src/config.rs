@@ -38,7 +38,7 @@ pub struct ServeArgs {
     #[arg(long, env = "DR_GATEWAY_GRPC_ADDR", default_value_t = ListenAddr::from(defaults::GRPC_ADDR))]
     pub grpc_addr: ListenAddr,
 
-    /// Webhook, /livez, /readyz and /healthz listen address, host:port.
+    /// Webhook, /livez, /readyz, /healthz and /metrics listen address, host:port.
     #[arg(long, env = "DR_GATEWAY_HTTP_ADDR", default_value_t = ListenAddr::from(defaults::HTTP_ADDR))]
     pub http_addr: ListenAddr,
 
@@ -124,6 +124,14 @@ pub struct ServeArgs {
         default_value = "pretty"
     )]
     pub log_format: LogFormat,
+
+    /// Record Prometheus metrics and serve them at /metrics (`--metrics false`: none).
+    #[arg(long, env = "DR_GATEWAY_METRICS", default_value_t = defaults::METRICS, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+
+    /// Serve /metrics on this address (an admin port) instead of on --http-addr.
+    #[arg(long, env = "DR_GATEWAY_METRICS_ADDR")]
+    pub metrics_addr: Option<ListenAddr>,
 
     /// Webhook signing secret (Dashboard → Webhooks → reveal secret); repeat it to
     /// accept an old and a new secret while rotating. The env var takes a
@@ -654,6 +662,17 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// The gRPC transport.
     pub grpc: GrpcSettings,
+    /// Prometheus metrics.
+    pub metrics: MetricsSettings,
+}
+
+/// Whether and where Prometheus metrics are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Record metrics and serve `/metrics`.
+    pub enabled: bool,
+    /// Serve `/metrics` on this address; `None`: on the HTTP listener.
+    pub addr: Option<ListenAddr>,
 }
 
 impl Settings {
@@ -782,6 +801,10 @@ impl ServeArgs {
             bus: self.bus.resolve()?,
             security: self.security.resolve()?,
             grpc: self.grpc.resolve()?,
+            metrics: MetricsSettings {
+                enabled: self.metrics,
+                addr: self.metrics_addr.clone(),
+            },
         })
     }
 
@@ -1119,6 +1142,14 @@ mod tests {
             defaults::CONSUMER_GROUP_MAX_PENDING
         );
         assert!(settings.bus.is_none());
+        assert_eq!(
+            settings.metrics,
+            MetricsSettings {
+                enabled: true,
+                addr: None
+            },
+            "metrics on, on the HTTP listener"
+        );
         let test = Settings::for_upstream("http://dr", "sk_test_x");
         assert_eq!(test.idempotency_ttl, settings.idempotency_ttl);
         assert_eq!(test.grpc_addr.port(), 0);
@@ -1165,6 +1196,31 @@ mod tests {
             none.fulfillment_commit_bound,
             defaults::FULFILLMENT_COMMIT_BOUND
         );
+    }
+
+    #[test]
+    fn metrics_can_move_to_an_admin_port_or_be_turned_off() {
+        let resolve = |args: &[&str]| {
+            let argv = [&["x", "--dr-api-key", "sk", "--webhooks-disabled"], args].concat();
+            Cli::try_parse_from(argv)
+                .unwrap()
+                .serve
+                .resolve(None)
+                .unwrap()
+                .metrics
+        };
+        assert_eq!(
+            resolve(&["--metrics-addr", "127.0.0.1:9464"]),
+            MetricsSettings {
+                enabled: true,
+                addr: Some(ListenAddr::from(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    9464
+                ))))
+            }
+        );
+        assert!(!resolve(&["--metrics", "false"]).enabled);
+        assert!(Cli::try_parse_from(["x", "--metrics", "maybe"]).is_err());
     }
 
     #[test]

@@ -244,6 +244,27 @@ pub const CONSUME_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--bus-groups-bucket`: KV bucket of consumer group definitions and positions.
 pub const BUS_GROUPS_BUCKET: &str = "DR_GATEWAY_GROUPS";
 
+// === telemetry ===
+
+/// `--metrics`: serve Prometheus metrics at `/metrics`.
+pub const METRICS: bool = true;
+/// How often histogram samples are folded into their buckets (bounds the memory
+/// samples take between scrapes).
+pub const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest a scrape waits for the event log's size and age (NATS in JetStream mode).
+///
+/// why: under Prometheus' default 10 s scrape timeout; a slow bus yields the last
+/// known values instead of a failed scrape.
+pub const METRICS_COLLECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest logged value that comes from outside (ids, messages, headers), in bytes.
+pub const LOG_VALUE_MAX_BYTES: usize = 256;
+/// Longest log line in bytes; longer ones are cut. A last resort: values from
+/// outside are capped at [`LOG_VALUE_MAX_BYTES`] first.
+pub const LOG_LINE_MAX_BYTES: usize = 16 * 1024;
+/// Longest `x-request-id` taken from a caller; a longer (or malformed) one is
+/// replaced by a generated id.
+pub const REQUEST_ID_MAX_BYTES: usize = 128;
+
 /// A duration as flag text (`24h`), rendered once per call site.
 #[macro_export]
 #[doc(hidden)]

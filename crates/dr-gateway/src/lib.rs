@@ -25,7 +25,8 @@
 //! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,
 //!   events, signed webhooks, faults) with a control surface; imports nothing of the gateway.
 //! - [`pb`]: code generated from `proto/` and the reflection descriptor set.
-//! - [`shutdown`], [`telemetry`]: signals and logging.
+//! - [`shutdown`] turns signals into a graceful stop.
+//! - [`telemetry`] is logs, the access log, OpenTelemetry traces, Prometheus metrics.
 //!
 //! Dependencies flow one way: `grpc` / `webhook` → `domain` / `events` → `digital_river`.
 pub mod app;

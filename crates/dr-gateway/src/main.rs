@@ -23,10 +23,18 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init(args.log_format);
-    if args.sandbox {
-        return serve_with_sandbox(args).await;
-    }
+    let telemetry = telemetry::init(args.log_format);
+    let code = if args.sandbox {
+        serve_with_sandbox(args).await
+    } else {
+        serve_upstream(args).await
+    };
+    // why: spans still queued for export would be lost at exit.
+    telemetry.shutdown().await;
+    code
+}
+
+async fn serve_upstream(args: ServeArgs) -> ExitCode {
     let settings = match args.resolve(None) {
         Ok(s) => s,
         Err(e) => return fail_with(e, 2),
@@ -77,7 +85,7 @@ async fn serve_with_sandbox(_args: ServeArgs) -> ExitCode {
 
 #[cfg(feature = "sandbox")]
 async fn run_sandbox(args: dr_gateway::cli::SandboxArgs) -> ExitCode {
-    telemetry::init(dr_gateway::config::LogFormat::Pretty);
+    let _telemetry = telemetry::init(dr_gateway::config::LogFormat::Pretty);
     let token = tokio_util::sync::CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(token.clone()));
     let stop = async move { token.cancelled().await };

@@ -109,6 +109,32 @@ Name of the webhook Service.
 {{- end }}
 
 {{/*
+Name of the container and Service port that serves /metrics.
+*/}}
+{{- define "dr-gateway.metricsPortName" -}}
+{{- if .Values.serviceMonitor.port }}
+{{- .Values.serviceMonitor.port }}
+{{- else if .Values.metrics.port -}}
+metrics
+{{- else -}}
+http
+{{- end }}
+{{- end }}
+
+{{/*
+PromQL label matchers selecting this release's series in the alerts: the
+release namespace and the job the ServiceMonitor gives them (the webhook
+Service's name), unless prometheusRule.selector says otherwise.
+*/}}
+{{- define "dr-gateway.alertSelector" -}}
+{{- if .Values.prometheusRule.selector -}}
+{{ .Values.prometheusRule.selector }}
+{{- else -}}
+namespace="{{ .Release.Namespace }}",job="{{ include "dr-gateway.webhookServiceName" . }}"
+{{- end }}
+{{- end }}
+
+{{/*
 How many pods may run at once: replicaCount, or the HPA's maxReplicas.
 */}}
 {{- define "dr-gateway.maxPods" -}}
@@ -254,6 +280,9 @@ Checks of the security values, with sentences helm's schema errors cannot give.
 {{- end }}
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
 {{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name (the cert-manager Issuer or ClusterIssuer that signs the gateway's certificate)" }}
+{{- end }}
+{{- if and .Values.tls.enabled .Values.metrics.enabled .Values.metrics.port (eq (int .Values.metrics.port) (int .Values.tls.healthPort)) }}
+{{- fail (printf "metrics.port (%d) is tls.healthPort: give /metrics a port of its own" (int .Values.metrics.port)) }}
 {{- end }}
 {{- end }}
 

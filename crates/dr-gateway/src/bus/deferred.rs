@@ -28,8 +28,9 @@ use crate::domain::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use crate::events::groups::store::{Created, StoreChange, Versioned, WriteError, Written};
 use crate::events::groups::{GroupDef, GroupStore, KeyRecord, MemberInfo, Position, StoreError};
 use crate::events::{
-    Appended, Bounds, Envelope, EventEncoder, EventLog, LogError, Sequence, StoredEvent,
+    Appended, Bounds, Envelope, EventEncoder, EventLog, LogError, LogStats, Sequence, StoredEvent,
 };
+use crate::telemetry::metrics::names;
 
 /// Each background connection round retries this long before pausing.
 const RETRY_ROUND: Duration = Duration::from_secs(10);
@@ -88,6 +89,9 @@ impl DeferredBus {
     ) -> Self {
         let (tx, ready) = watch::channel(None);
         let replica = settings.replica.clone();
+        // why: 0 until the first connection, so a gateway started while NATS is down
+        // shows it (and the alert fires) instead of showing nothing.
+        metrics::gauge!(names::NATS_CONNECTED).set(0.0);
         tokio::spawn(connect_in_background(
             settings, encoder, clock, tx, shutdown,
         ));
@@ -162,6 +166,9 @@ async fn connect_in_background(
                 tracing::warn!(error = %e, source = ?std::error::Error::source(&e), round, "event bus not ready; serving without it and retrying");
             }
         }
+        // why: a round that connected to NATS but failed later dropped that
+        // connection with it.
+        metrics::gauge!(names::NATS_CONNECTED).set(0.0);
         config.startup_timeout = RETRY_ROUND;
         let pause = (Duration::from_secs(1) * round).min(MAX_PAUSE);
         // why: retry pacing between connection rounds, not synchronisation.
@@ -259,6 +266,11 @@ impl EventLog for DeferredLog {
 
     async fn check_ready(&self) -> Result<(), LogError> {
         self.log()?.check_ready().await
+    }
+
+    /// The stream's own figures (bytes included) once connected.
+    async fn stats(&self) -> Result<LogStats, LogError> {
+        self.log()?.stats().await
     }
 
     fn watch_appends(&self) -> watch::Receiver<Sequence> {

@@ -56,13 +56,17 @@ use crate::{
     clock::Clock,
     events::{
         envelope::Envelope,
-        log::{Appended, Bounds, EventLog, LogError, Sequence, StoredEvent},
+        log::{Appended, Bounds, EventLog, LogError, LogStats, Sequence, StoredEvent},
         proto::EventEncoder,
     },
 };
 
 /// Header carrying when the receiving replica accepted the event (RFC 3339).
 pub const RECEIVED_AT_HEADER: &str = "Dr-Gateway-Received-At";
+
+/// Header carrying the span that stored the event (W3C `traceparent`), when traces
+/// are exported.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Fetches by sequence in flight at once when a read misses the cache.
 const FETCH_CONCURRENCY: usize = 16;
@@ -264,13 +268,12 @@ impl Inner {
             .and_then(|h| h.get(RECEIVED_AT_HEADER))
             .and_then(|v| DateTime::parse_from_rfc3339(v.as_str()).ok())
             .map_or(server_time, |t| t.with_timezone(&Utc));
-        Some(Arc::new(StoredEvent::build(
-            seq,
-            self.log_id,
-            received_at,
-            envelope,
-            &self.encoder,
-        )))
+        let mut stored = StoredEvent::build(seq, self.log_id, received_at, envelope, &self.encoder);
+        if let Some(traceparent) = headers.and_then(|h| h.get(TRACEPARENT_HEADER)) {
+            stored.intake_span =
+                crate::telemetry::otel::span_context_from_traceparent(traceparent.as_str());
+        }
+        Some(Arc::new(stored))
     }
 
     /// The event at `seq`: cached, or fetched (and cached). `Ok(None)` when the
@@ -364,6 +367,10 @@ impl EventLog for JetStreamLog {
                 .to_rfc3339_opts(SecondsFormat::Millis, true)
                 .as_str(),
         );
+        // why: a replica that tails this event delivers it as a child of this span.
+        if let Some(traceparent) = crate::telemetry::otel::current_traceparent() {
+            headers.insert(TRACEPARENT_HEADER, traceparent.as_str());
+        }
         let subject = subject_for(&inner.bus.config().stream, &envelope.event_type);
         let js = inner.bus.jetstream();
         let pending = timed(
@@ -554,6 +561,25 @@ impl EventLog for JetStreamLog {
 
     fn watch_appends(&self) -> watch::Receiver<Sequence> {
         self.inner.appended.subscribe()
+    }
+
+    /// The stream's own count, bytes and oldest message time (one request).
+    async fn stats(&self) -> Result<LogStats, LogError> {
+        let inner = &self.inner;
+        let info = timed(
+            inner.timeout(),
+            "reading stream state",
+            inner.stream.get_info(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let state = &info.state;
+        Ok(LogStats {
+            events: state.messages,
+            bytes: Some(state.bytes),
+            oldest_received_at: (state.messages > 0)
+                .then(|| from_nanos(state.first_timestamp.unix_timestamp_nanos())),
+        })
     }
 }
 

@@ -330,6 +330,7 @@ impl Bus {
             }
         };
         tracing::info!(servers = %redacted, "connected to NATS");
+        metrics::gauge!(crate::telemetry::metrics::names::NATS_CONNECTED).set(1.0);
         let js = jetstream::ContextBuilder::new()
             .timeout(config.request_timeout)
             .build(client.clone());
@@ -463,13 +464,20 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Logs a connection event and keeps `dr_gateway_nats_connected` current.
 fn log_event(event: Event, connected: &watch::Sender<u64>) {
+    use crate::telemetry::metrics::names;
     match event {
         Event::Connected => {
             tracing::info!("NATS connection (re)established");
+            metrics::gauge!(names::NATS_CONNECTED).set(1.0);
             connected.send_modify(|n| *n = n.wrapping_add(1));
         }
-        Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+        Event::Disconnected => {
+            metrics::gauge!(names::NATS_CONNECTED).set(0.0);
+            metrics::counter!(names::NATS_DISCONNECTS).increment(1);
+            tracing::warn!("NATS connection lost; reconnecting");
+        }
         Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
         Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
         Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer"),

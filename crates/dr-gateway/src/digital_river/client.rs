@@ -1,5 +1,10 @@
 //! The pooled HTTP client: one async fn per DR operation, with per-call time budgets,
 //! retries for idempotent reads and none for writes.
+//!
+//! Each HTTP request (each attempt) is a client span `dr.call` named after its route
+//! template (`GET /charges/{id}`), carries the RPC's `x-request-id` and the trace
+//! context (`traceparent`), and is counted and timed by method, route template and
+//! status (`dr_gateway_dr_*`); ids never reach a label.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +18,7 @@ use super::models::{
 };
 use super::{Error, ErrorBody, RateLimiter, Resource, RetryPolicy};
 use crate::redact::SensitiveUrl;
+use crate::telemetry::{self, capped, metrics::names};
 
 /// A page of DR results.
 pub type Page<T> = ListResponse<T>;
@@ -107,6 +113,8 @@ impl std::fmt::Debug for Client {
 /// A request the client is about to send.
 struct Call<'a> {
     method: Method,
+    /// The path as a template (`/charges/{id}`): metrics labels and span names.
+    route: &'static str,
     segments: &'a [&'a str],
     query: Vec<(&'static str, String)>,
     body: Option<Vec<u8>>,
@@ -161,7 +169,8 @@ impl Client {
     ) -> Result<Fulfillment, Error> {
         // why: an unknown order is DR's 404 here (`parameter: orderId`); the order is
         // what the POST addresses (docs/digital-river.md §1.6).
-        let call = Call::post(&["fulfillments"], body)?.about("order", &body.order_id);
+        let call =
+            Call::post("/fulfillments", &["fulfillments"], body)?.about("order", &body.order_id);
         self.send(call, opts).await
     }
 
@@ -172,7 +181,8 @@ impl Client {
         opts: &CallOptions,
     ) -> Result<Fulfillment, Error> {
         self.send(
-            Call::get(&["fulfillments", id], Vec::new()).about("fulfillment", id),
+            Call::get("/fulfillments/{id}", &["fulfillments", id], Vec::new())
+                .about("fulfillment", id),
             opts,
         )
         .await
@@ -196,7 +206,8 @@ impl Client {
         push_opt(&mut q, "createdTime[lt]", &query.created_lt);
         push_opt(&mut q, "limit", &query.limit.map(|l| l.to_string()));
         push_opt(&mut q, "startingAfter", &query.starting_after);
-        self.send(Call::get(&["fulfillments"], q), opts).await
+        self.send(Call::get("/fulfillments", &["fulfillments"], q), opts)
+            .await
     }
 
     /// `POST /fulfillments/{id}`: tracking update (docs/digital-river.md §1.5). Not retried.
@@ -207,7 +218,7 @@ impl Client {
         opts: &CallOptions,
     ) -> Result<Fulfillment, Error> {
         self.send(
-            Call::post(&["fulfillments", id], body)?.about("fulfillment", id),
+            Call::post("/fulfillments/{id}", &["fulfillments", id], body)?.about("fulfillment", id),
             opts,
         )
         .await
@@ -216,7 +227,7 @@ impl Client {
     /// `GET /charges/{id}`.
     pub async fn get_charge(&self, id: &str, opts: &CallOptions) -> Result<Charge, Error> {
         self.send(
-            Call::get(&["charges", id], Vec::new()).about("charge", id),
+            Call::get("/charges/{id}", &["charges", id], Vec::new()).about("charge", id),
             opts,
         )
         .await
@@ -225,7 +236,7 @@ impl Client {
     /// `GET /sources/{id}`: a payment source (type, card brand, last four digits, expiry).
     pub async fn get_source(&self, id: &str, opts: &CallOptions) -> Result<Source, Error> {
         self.send(
-            Call::get(&["sources", id], Vec::new()).about("source", id),
+            Call::get("/sources/{id}", &["sources", id], Vec::new()).about("source", id),
             opts,
         )
         .await
@@ -234,7 +245,7 @@ impl Client {
     /// `GET /orders/{id}`.
     pub async fn get_order(&self, id: &str, opts: &CallOptions) -> Result<Order, Error> {
         self.send(
-            Call::get(&["orders", id], Vec::new()).about("order", id),
+            Call::get("/orders/{id}", &["orders", id], Vec::new()).about("order", id),
             opts,
         )
         .await
@@ -247,13 +258,13 @@ impl Client {
         opts: &CallOptions,
     ) -> Result<Page<Order>, Error> {
         let q = vec![("upstreamIds", upstream_id.to_owned())];
-        self.send(Call::get(&["orders"], q), opts).await
+        self.send(Call::get("/orders", &["orders"], q), opts).await
     }
 
     /// `GET /events/{id}`.
     pub async fn get_event(&self, id: &str, opts: &CallOptions) -> Result<Event, Error> {
         self.send(
-            Call::get(&["events", id], Vec::new()).about("event", id),
+            Call::get("/events/{id}", &["events", id], Vec::new()).about("event", id),
             opts,
         )
         .await
@@ -279,7 +290,7 @@ impl Client {
         push_opt(&mut q, "limit", &query.limit.map(|l| l.to_string()));
         push_opt(&mut q, "startingAfter", &query.starting_after);
         push_opt(&mut q, "endingBefore", &query.ending_before);
-        self.send(Call::get(&["events"], q), opts).await
+        self.send(Call::get("/events", &["events"], q), opts).await
     }
 
     async fn send<T: DeserializeOwned>(
@@ -310,6 +321,10 @@ impl Client {
                     maybe_sent: false,
                 });
             }
+            if attempt > 1 {
+                metrics::counter!(names::DR_RETRIES, "method" => method, "route" => call.route)
+                    .increment(1);
+            }
             if let Some(limiter) = &self.limiter {
                 // why: every attempt, retries included, counts against DR's limit.
                 if let Err(w) = limiter.acquire(opts.deadline).await {
@@ -322,11 +337,16 @@ impl Client {
             }
             let span = tracing::info_span!(
                 "dr.call",
-                http.method = method,
-                dr.path = %path,
+                otel.name = %format_args!("{method} {}", call.route),
+                otel.kind = "client",
+                otel.status_code = field::Empty,
+                http.request.method = method,
+                url.template = call.route,
+                url.path = %capped(&path),
+                http.request.resend_count = attempt - 1,
+                http.response.status_code = field::Empty,
                 attempt,
-                upstream_id = %request_id,
-                http.status = field::Empty,
+                upstream_id = %capped(&request_id),
                 latency_ms = field::Empty,
             );
             let result = self
@@ -366,6 +386,24 @@ impl Client {
     ) -> Result<T, Error> {
         let method = method_name(&call.method);
         let started = Instant::now();
+        let result = self
+            .exchange::<T>(call, url, path, request_id, budget, started)
+            .await;
+        record(method, call.route, &result, started);
+        result.map(|(value, _)| value)
+    }
+
+    /// One HTTP request and its answer; see [`Self::attempt`].
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        call: &Call<'_>,
+        url: &Url,
+        path: &str,
+        request_id: &str,
+        budget: Duration,
+        started: Instant,
+    ) -> Result<(T, u16), Error> {
+        let method = method_name(&call.method);
         let mut url = url.clone();
         if !call.query.is_empty() {
             url.query_pairs_mut().extend_pairs(&call.query);
@@ -376,7 +414,10 @@ impl Client {
             .timeout(budget)
             .bearer_auth(self.config.api_key.expose_secret())
             .header(header::ACCEPT, "application/json")
-            .header("upstream-id", request_id);
+            .header("upstream-id", request_id)
+            // why: the RPC's x-request-id and the trace context, so DR's side of a
+            // call can be found from the caller's (telemetry/context.rs).
+            .headers(telemetry::context::dr_request_headers());
         if let Some(version) = &self.config.api_version {
             builder = builder.header("digitalriver-version", version);
         }
@@ -416,19 +457,24 @@ impl Client {
             });
         };
         let span = tracing::Span::current();
-        span.record("http.status", status.as_u16());
+        span.record("http.response.status_code", status.as_u16());
         span.record("latency_ms", started.elapsed().as_millis() as u64);
+        if !status.is_success() {
+            span.record("otel.status_code", "ERROR");
+        }
 
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|source| {
-                log_undecodable(status, &bytes);
-                Error::Decode {
-                    status: status.as_u16(),
-                    method,
-                    path: path.to_owned(),
-                    source,
-                }
-            });
+            return serde_json::from_slice(&bytes)
+                .map(|value| (value, status.as_u16()))
+                .map_err(|source| {
+                    log_undecodable(status, &bytes);
+                    Error::Decode {
+                        status: status.as_u16(),
+                        method,
+                        path: path.to_owned(),
+                        source,
+                    }
+                });
         }
         let body = if bytes.iter().all(u8::is_ascii_whitespace) {
             None
@@ -490,9 +536,14 @@ impl Client {
 }
 
 impl<'a> Call<'a> {
-    fn get(segments: &'a [&'a str], query: Vec<(&'static str, String)>) -> Self {
+    fn get(
+        route: &'static str,
+        segments: &'a [&'a str],
+        query: Vec<(&'static str, String)>,
+    ) -> Self {
         Self {
             method: Method::GET,
+            route,
             segments,
             query,
             body: None,
@@ -501,13 +552,18 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn post(segments: &'a [&'a str], body: &impl Serialize) -> Result<Self, Error> {
+    fn post(
+        route: &'static str,
+        segments: &'a [&'a str],
+        body: &impl Serialize,
+    ) -> Result<Self, Error> {
         let body = serde_json::to_vec(body).map_err(|e| Error::Request {
             path: segments.join("/"),
             reason: format!("could not encode the body: {e}"),
         })?;
         Ok(Self {
             method: Method::POST,
+            route,
             segments,
             query: Vec::new(),
             body: Some(body),
@@ -563,7 +619,8 @@ async fn read_capped(
 
 fn transport_error(e: reqwest::Error, method: &'static str, path: &str, budget: Duration) -> Error {
     // why: reqwest's errors print the whole URL, with any credentials the base URL
-    // carries; the path (all the error needs) is kept apart.
+    // carries and caller-supplied ids of any length; the error keeps the path in
+    // its own (capped) field.
     let e = e.without_url();
     let path = path.to_owned();
     if e.is_connect() {
@@ -586,6 +643,32 @@ fn transport_error(e: reqwest::Error, method: &'static str, path: &str, budget: 
             source: e,
         }
     }
+}
+
+/// Counts and times one HTTP request to DR: by status, or how it failed without one.
+fn record<T>(
+    method: &'static str,
+    route: &'static str,
+    result: &Result<(T, u16), Error>,
+    started: Instant,
+) {
+    let status = match result {
+        Ok((_, status)) => status.to_string(),
+        Err(Error::Api { status, .. } | Error::Decode { status, .. }) => status.to_string(),
+        Err(Error::Timeout { .. }) => "timeout".to_owned(),
+        Err(Error::Connect { .. }) => "connect_error".to_owned(),
+        Err(Error::Connection { .. }) => "connection_error".to_owned(),
+        Err(Error::Request { .. } | Error::RateLimited { .. }) => "not_sent".to_owned(),
+    };
+    if let Err(e) = result {
+        if !matches!(e, Error::Api { .. }) {
+            tracing::Span::current().record("otel.status_code", "ERROR");
+        }
+    }
+    metrics::counter!(names::DR_REQUESTS, "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    metrics::histogram!(names::DR_REQUEST_SECONDS, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn log_undecodable(status: StatusCode, bytes: &[u8]) {

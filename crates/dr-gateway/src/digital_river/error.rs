@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::telemetry::capped;
+
 /// DR's error body: `{ "type": …, "errors": [{ "code", "parameter", "message" }] }`.
 ///
 /// why: every field is optional — DR's own examples omit `type`, use `description`
@@ -74,7 +76,7 @@ impl Resource {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// DR answered with a non-2xx status and a DR-shaped (or empty) error body.
-    #[error("Digital River answered {status} to {method} {path}")]
+    #[error("Digital River answered {status} to {method} {}", capped(.path))]
     Api {
         /// HTTP status.
         status: u16,
@@ -94,7 +96,7 @@ pub enum Error {
     },
     /// DR answered, but the body is not JSON of the expected shape. The first bytes
     /// are logged by the client, never returned to callers.
-    #[error("Digital River sent an undecodable body ({status}) to {method} {path}")]
+    #[error("Digital River sent an undecodable body ({status}) to {method} {}", capped(.path))]
     Decode {
         /// HTTP status.
         status: u16,
@@ -107,7 +109,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// No answer within the call's time budget (our upstream timeout or the caller's deadline).
-    #[error("Digital River did not answer {method} {path} within {budget:?}")]
+    #[error("Digital River did not answer {method} {} within {budget:?}", capped(.path))]
     Timeout {
         /// HTTP method.
         method: &'static str,
@@ -119,7 +121,7 @@ pub enum Error {
         maybe_sent: bool,
     },
     /// The connection could not be opened: nothing reached DR.
-    #[error("could not connect to Digital River for {method} {path}")]
+    #[error("could not connect to Digital River for {method} {}", capped(.path))]
     Connect {
         /// HTTP method.
         method: &'static str,
@@ -130,7 +132,7 @@ pub enum Error {
         source: reqwest::Error,
     },
     /// The connection failed after the request was (maybe) sent: reset, closed early.
-    #[error("connection to Digital River failed during {method} {path}")]
+    #[error("connection to Digital River failed during {method} {}", capped(.path))]
     Connection {
         /// HTTP method.
         method: &'static str,
@@ -142,7 +144,7 @@ pub enum Error {
     },
     /// The gateway's own pacing toward DR's rate limit could not start the call
     /// before the caller's deadline; nothing was sent.
-    #[error("the call to {method} {path} would wait {retry_after:?} for DR's rate limit, past the deadline")]
+    #[error("the call to {method} {} would wait {retry_after:?} for DR's rate limit, past the deadline", capped(.path))]
     RateLimited {
         /// HTTP method.
         method: &'static str,
@@ -152,7 +154,7 @@ pub enum Error {
         retry_after: Duration,
     },
     /// The request could not even be built (bad base URL, unserializable body).
-    #[error("could not build the request for {path}: {reason}")]
+    #[error("could not build the request for {}: {reason}", capped(.path))]
     Request {
         /// DR path.
         path: String,

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 // why: the schedule runs on tokio's clock, so tests can pause and advance it.
 use tokio::time::Instant as TokioInstant;
 
+use crate::telemetry::metrics::names;
+
 /// (rate per second, burst) for one of `replicas` replicas sharing a budget of
 /// `per_second` calls in any one-second window: together they never exceed it.
 pub fn replica_share(per_second: u32, replicas: u32) -> (u32, u32) {
@@ -112,12 +114,18 @@ impl RateLimiter {
                 .max(now);
             if let Some(deadline) = deadline.map(TokioInstant::from_std) {
                 if start_at >= deadline {
+                    metrics::counter!(names::DR_RATE_LIMIT_REFUSALS).increment(1);
                     return Err(WouldExceedDeadline {
                         retry_after: start_at - now,
                     });
                 }
             }
             schedule.tat = base + schedule.interval;
+            if start_at > now {
+                metrics::counter!(names::DR_RATE_LIMIT_WAITS).increment(1);
+                metrics::histogram!(names::DR_RATE_LIMIT_WAIT_SECONDS)
+                    .record((start_at - now).as_secs_f64());
+            }
             start_at
         };
         tokio::time::sleep_until(start_at).await;

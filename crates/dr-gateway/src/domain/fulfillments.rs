@@ -5,6 +5,10 @@
 //! `metadata.requestId`; DR's list of the order's fulfillments is the record, looked
 //! up before the first POST of a key; a POST whose outcome is unknown may still be
 //! committed for the commit bound (§5.5), and no retry posts until then.
+//!
+//! Metrics: answers replayed from the store (`dr_gateway_idempotency_replays_total`),
+//! lookups in DR (`…_reconciliations_total` by when and result) and how each attempt
+//! ended (`dr_gateway_fulfillment_outcomes_total`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +23,7 @@ use super::idempotency::{Claim, IdempotencyError, IdempotencyStore};
 use super::{ids, FieldViolation, ServiceError};
 use crate::digital_river::models::{CreateFulfillment, CreateFulfillmentItem, Fulfillment};
 use crate::digital_river::{CallOptions, Client, FulfillmentQuery};
+use crate::telemetry::{self, metrics::names};
 
 /// The metadata key that carries the idempotency key to DR.
 pub const REQUEST_ID_METADATA_KEY: &str = "requestId";
@@ -326,6 +331,7 @@ impl Fulfiller {
                 .claim(&request_id, fingerprint)
                 .await
                 .map_err(|e| {
+                    outcome("store_unavailable");
                     tracing::warn!(%request_id, error = %e, "cannot claim request_id");
                     match e {
                         IdempotencyError::Full(held) => ServiceError::ResourceExhausted {
@@ -346,10 +352,14 @@ impl Fulfiller {
                 })?;
             match claim {
                 Claim::Done(f) => {
-                    tracing::info!(%request_id, fulfillment_id = %f.id, "replayed stored fulfillment");
+                    metrics::counter!(names::IDEMPOTENCY_REPLAYS).increment(1);
+                    tracing::info!(%request_id, fulfillment_id = %telemetry::capped(&f.id), "replayed stored fulfillment");
                     return Ok(*f);
                 }
-                Claim::Mismatch => return Err(reused_request_id()),
+                Claim::Mismatch => {
+                    outcome("reused_request_id");
+                    return Err(reused_request_id());
+                }
                 Claim::Wait(mut changed) => {
                     let wait = changed.changed();
                     match deadline {
@@ -386,7 +396,8 @@ impl Fulfiller {
         attempt: impl Future<Output = Result<Fulfillment, ServiceError>> + Send + 'static,
         deadline: Option<Instant>,
     ) -> Result<Fulfillment, ServiceError> {
-        let task = self.attempts.spawn(attempt);
+        // why: the attempt belongs to the RPC's trace and carries its request id to DR.
+        let task = self.attempts.spawn(telemetry::in_current_context(attempt));
         let joined = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), task).await {
                 Ok(joined) => joined,
@@ -444,7 +455,9 @@ impl Fulfiller {
         // this key (a new process, evicted, expired), or an earlier attempt's
         // outcome is unknown: only DR knows whether a fulfillment exists.
         let looked_at = Instant::now();
-        match self.find_by_request_id(&body.order_id, key).await {
+        let looked = self.find_by_request_id(&body.order_id, key).await;
+        reconciled("before_post", &looked);
+        match looked {
             Ok(Some(found)) => {
                 return self
                     .found(&body, key, fingerprint, found, "before posting")
@@ -452,12 +465,14 @@ impl Fulfiller {
             }
             Ok(None) => {}
             Err(e) => {
+                outcome("lookup_failed");
                 tracing::warn!(request_id = %key, error = %e, "cannot look the request up in DR; not posting");
                 self.store.mark_unknown(key, fingerprint, None).await;
                 return Err(e.into());
             }
         }
         if let Some(until) = hold_until.filter(|until| looked_at < *until) {
+            outcome("outcome_pending");
             tracing::info!(request_id = %key, "an earlier attempt may still land; not posting");
             self.store.mark_unknown(key, fingerprint, None).await;
             return Err(pending(key, until, None));
@@ -473,6 +488,7 @@ impl Fulfiller {
             .record_attempt(key, fingerprint, provisional)
             .await
         {
+            outcome("store_unavailable");
             tracing::warn!(request_id = %key, error = %e, "cannot record the attempt; not posting");
             self.store.mark_unknown(key, fingerprint, None).await;
             return Err(ServiceError::Unavailable(
@@ -487,6 +503,7 @@ impl Fulfiller {
         };
         match self.client.create_fulfillment(&body, &opts).await {
             Ok(created) => {
+                outcome("created");
                 self.store.complete(key, fingerprint, created.clone()).await;
                 Ok(created)
             }
@@ -495,7 +512,9 @@ impl Fulfiller {
                 // from now (docs/digital-river.md §5.5).
                 let may_land_until = Instant::now() + self.config.commit_bound;
                 tracing::warn!(request_id = %key, error = %e, "fulfillment outcome unknown; looking it up");
-                match self.find_by_request_id(&body.order_id, key).await {
+                let looked = self.find_by_request_id(&body.order_id, key).await;
+                reconciled("after_unknown_outcome", &looked);
+                match looked {
                     Ok(Some(found)) => {
                         self.found(&body, key, fingerprint, found, "after an unknown outcome")
                             .await
@@ -507,6 +526,7 @@ impl Fulfiller {
                         self.store
                             .mark_unknown(key, fingerprint, Some(may_land_until))
                             .await;
+                        outcome("outcome_pending");
                         Err(pending(key, may_land_until, Some(e.to_string())))
                     }
                 }
@@ -514,6 +534,7 @@ impl Fulfiller {
             Err(e) => {
                 // why: DR answered and refused: nothing of this POST can land, and
                 // no earlier one can either (we only post once those are done).
+                outcome("rejected_by_dr");
                 self.store.release(key).await;
                 Err(e.into())
             }
@@ -531,11 +552,13 @@ impl Fulfiller {
         when: &'static str,
     ) -> Result<Fulfillment, ServiceError> {
         if !same_items(body, &found) || !same_caller(body, &found) {
-            tracing::warn!(request_id = %key, fulfillment_id = %found.id, "DR holds this request_id for other items or another caller");
+            outcome("reused_request_id");
+            tracing::warn!(request_id = %key, fulfillment_id = %telemetry::capped(&found.id), "DR holds this request_id for other items or another caller");
             self.store.mark_unknown(key, fingerprint, None).await;
             return Err(reused_request_id());
         }
-        tracing::info!(request_id = %key, fulfillment_id = %found.id, when, "DR already holds the fulfillment");
+        outcome("found_in_dr");
+        tracing::info!(request_id = %key, fulfillment_id = %telemetry::capped(&found.id), when, "DR already holds the fulfillment");
         self.store.complete(key, fingerprint, found.clone()).await;
         Ok(found)
     }
@@ -551,15 +574,29 @@ impl Fulfiller {
             request_id: Some(key.clone()),
         };
         match self.client.create_fulfillment(&body, &opts).await {
-            Ok(created) => Ok(created),
+            Ok(created) => {
+                outcome("created");
+                Ok(created)
+            }
             Err(e) if e.outcome_unknown() => {
                 tracing::warn!(generated_request_id = %key, error = %e, "fulfillment outcome unknown (no request_id); looking it up once");
-                match self.find_by_request_id(&body.order_id, &key).await {
-                    Ok(Some(found)) => Ok(found),
-                    _ => Err(e.into()),
+                let looked = self.find_by_request_id(&body.order_id, &key).await;
+                reconciled("after_unknown_outcome", &looked);
+                match looked {
+                    Ok(Some(found)) => {
+                        outcome("found_in_dr");
+                        Ok(found)
+                    }
+                    _ => {
+                        outcome("outcome_unknown");
+                        Err(e.into())
+                    }
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                outcome("rejected_by_dr");
+                Err(e.into())
+            }
         }
     }
 
@@ -589,6 +626,25 @@ impl Fulfiller {
             }
         }
     }
+}
+
+/// Counts how a fulfillment attempt ended (`dr_gateway_fulfillment_outcomes_total`).
+fn outcome(outcome: &'static str) {
+    metrics::counter!(names::FULFILLMENT_OUTCOMES, "outcome" => outcome).increment(1);
+}
+
+/// Counts a lookup of a request id in DR (`…_reconciliations_total`).
+fn reconciled(
+    when: &'static str,
+    looked: &Result<Option<Fulfillment>, crate::digital_river::Error>,
+) {
+    let result = match looked {
+        Ok(Some(_)) => "found",
+        Ok(None) => "not_found",
+        Err(_) => "failed",
+    };
+    metrics::counter!(names::IDEMPOTENCY_RECONCILIATIONS, "when" => when, "result" => result)
+        .increment(1);
 }
 
 /// INVALID_ARGUMENT for a request id that already names other work.

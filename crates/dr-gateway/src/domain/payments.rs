@@ -19,7 +19,7 @@ pub async fn source_of(
         // why: the charge itself was read; a source DR does not return leaves the
         // charge without one rather than failing the whole read.
         Err(Error::Api { status: 404, .. }) => {
-            tracing::warn!(%source_id, "DR has no source for the charge's sourceId");
+            tracing::warn!(source_id = %crate::telemetry::capped(source_id), "DR has no source for the charge's sourceId");
             Ok(None)
         }
         Err(e) => Err(e.into()),

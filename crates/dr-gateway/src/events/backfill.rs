@@ -13,6 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::{envelope::Envelope, log::EventLog, LogError};
 use crate::defaults;
+use crate::telemetry::{capped, metrics::names};
 use crate::{
     clock::Clock,
     digital_river::{self, CallOptions, Client, EventQuery},
@@ -135,7 +136,7 @@ impl Backfill {
                     Ok(env) => found.push(env),
                     Err(e) => {
                         report.skipped += 1;
-                        tracing::warn!(event_id = %event.id, error = %e, "backfill: skipping malformed DR event");
+                        tracing::warn!(event_id = %capped(&event.id), error = %e, "backfill: skipping malformed DR event");
                     }
                 }
             }
@@ -154,6 +155,7 @@ impl Backfill {
         for env in found {
             if !self.log.append(env).await?.duplicate {
                 report.appended += 1;
+                metrics::counter!(names::EVENTS_STORED, "source" => "backfill").increment(1);
             }
         }
         if report.truncated {

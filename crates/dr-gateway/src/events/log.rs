@@ -32,6 +32,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use opentelemetry::trace::SpanContext;
+
 use super::{envelope::Envelope, proto::EventEncoder};
 use crate::pb::v1 as pb;
 
@@ -95,6 +97,9 @@ pub struct StoredEvent {
     pub encoded_response: Bytes,
     /// Bytes the event holds in memory ([`super::footprint`]), computed once.
     footprint: usize,
+    /// The span that stored it (webhook intake or backfill), when traces are
+    /// exported: the parent of its deliveries to subscribers.
+    pub intake_span: Option<SpanContext>,
 }
 
 impl StoredEvent {
@@ -131,6 +136,7 @@ impl StoredEvent {
             proto,
             encoded_response,
             footprint: prepared.footprint,
+            intake_span: crate::telemetry::otel::current_span_context(),
         }
     }
 
@@ -197,6 +203,17 @@ impl PreparedEvent {
     }
 }
 
+/// Size and age of what a log holds (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Events held.
+    pub events: u64,
+    /// Bytes held, when the backend knows.
+    pub bytes: Option<u64>,
+    /// When the oldest held event was received.
+    pub oldest_received_at: Option<DateTime<Utc>>,
+}
+
 /// An append-only, bounded, deduplicating log of DR events; see the module docs for
 /// the contract every implementation keeps.
 #[async_trait]
@@ -242,6 +259,26 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// cost nothing while idle; a reader loops "read everything after my position,
     /// then `changed().await`".
     fn watch_appends(&self) -> watch::Receiver<Sequence>;
+
+    /// Size and age of what the log holds, for metrics. The default counts the held
+    /// range and reads the oldest event; a backend that knows more overrides it.
+    async fn stats(&self) -> Result<LogStats, LogError> {
+        let bounds = self.bounds().await?;
+        if bounds.first > bounds.last {
+            return Ok(LogStats::default());
+        }
+        let oldest = match self.read_after(bounds.first - 1, 1).await {
+            Ok(events) => events.first().map(|e| e.received_at),
+            // Dropped meanwhile: the count is still right, the age unknown.
+            Err(LogError::Expired { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(LogStats {
+            events: bounds.last - bounds.first + 1,
+            bytes: None,
+            oldest_received_at: oldest,
+        })
+    }
 
     /// The cursor of a position in this log.
     fn cursor_for(&self, seq: Sequence) -> String {

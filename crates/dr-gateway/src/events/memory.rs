@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::{
     envelope::Envelope,
-    log::{Appended, Bounds, EventLog, LogError, Sequence, StoredEvent},
+    log::{Appended, Bounds, EventLog, LogError, LogStats, Sequence, StoredEvent},
     proto::EventEncoder,
 };
 use crate::clock::Clock;
@@ -268,6 +268,15 @@ impl EventLog for MemoryLog {
     fn watch_appends(&self) -> watch::Receiver<Sequence> {
         self.appended.subscribe()
     }
+
+    async fn stats(&self) -> Result<LogStats, LogError> {
+        let st = self.lock();
+        Ok(LogStats {
+            events: st.events.len() as u64,
+            bytes: Some(st.bytes as u64),
+            oldest_received_at: st.events.front().map(|e| e.received_at),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -319,6 +328,37 @@ mod tests {
         assert!(log.read_after(3, 10).await.unwrap().is_empty());
         assert_eq!(log.read_after(0, 2).await.unwrap().len(), 2);
         assert_eq!(*log.watch_appends().borrow(), 3);
+    }
+
+    #[tokio::test]
+    async fn stats_count_what_the_log_holds_and_how_old_its_oldest_event_is() {
+        let (log, clock) = log_with(MemoryLogConfig {
+            max_events: 2,
+            ..MemoryLogConfig::default()
+        });
+        assert_eq!(
+            log.stats().await.unwrap(),
+            LogStats {
+                events: 0,
+                bytes: Some(0),
+                oldest_received_at: None
+            }
+        );
+        let first_at = clock.now();
+        log.append(event("a")).await.unwrap();
+        clock.advance(chrono::Duration::seconds(30));
+        let second_at = clock.now();
+        log.append(event("b")).await.unwrap();
+        let stats = log.stats().await.unwrap();
+        assert_eq!(stats.events, 2);
+        assert_eq!(stats.oldest_received_at, Some(first_at));
+        let bytes = stats.bytes.unwrap();
+        assert!(bytes > 0);
+        // the bound drops "a": the oldest is now "b"
+        log.append(event("c")).await.unwrap();
+        let stats = log.stats().await.unwrap();
+        assert_eq!(stats.events, 2);
+        assert_eq!(stats.oldest_received_at, Some(second_at));
     }
 
     #[tokio::test]

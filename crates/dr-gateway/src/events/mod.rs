@@ -13,6 +13,7 @@ pub mod backfill;
 pub mod envelope;
 pub mod filter;
 pub mod footprint;
+pub mod gauges;
 pub mod groups;
 pub mod log;
 pub mod memory;
@@ -25,7 +26,9 @@ pub mod subscription;
 pub use backfill::{Backfill, BackfillConfig, BackfillReport};
 pub use envelope::{Envelope, EnvelopeError};
 pub use filter::{EventFilter, FilterError};
-pub use log::{Appended, Bounds, Cursor, CursorError, EventLog, LogError, Sequence, StoredEvent};
+pub use log::{
+    Appended, Bounds, Cursor, CursorError, EventLog, LogError, LogStats, Sequence, StoredEvent,
+};
 pub use memory::{MemoryLog, MemoryLogConfig};
 pub use proto::{EventEncoder, PayloadDecoder};
 pub use subscription::{Start, SubscribeError, SubscriptionItem, Tail};

@@ -3,8 +3,21 @@
 //! ([`Tail`]), so the webhook path never waits for subscribers and a slow one only
 //! delays itself; once the log drops its position the subscription ends with
 //! [`SubscriptionItem::Expired`] rather than skipping events.
+//!
+//! Each running subscription is counted (`dr_gateway_subscribers`) and registered
+//! with its progress, so a scrape can tell how far behind the slowest one is
+//! ([`max_lag`]); with traces exported, handing an event to a subscriber is a span
+//! (`event.deliver`) whose parent is the span that stored the event and which links
+//! to the Subscribe call.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use tokio::{
@@ -18,6 +31,11 @@ use super::{
     reorder::{ReorderBuffer, MAX_HELD},
 };
 use crate::clock::Clock;
+use crate::telemetry::logging::DELIVERY_TARGET;
+use crate::telemetry::metrics::names;
+use crate::telemetry::otel;
+use opentelemetry::trace::SpanContext;
+use tracing::Instrument as _;
 
 /// Events read from the log per batch.
 const READ_BATCH: usize = 128;
@@ -182,7 +200,12 @@ pub async fn subscribe(
     let after = resolve_start(log.as_ref(), start).await?;
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
-    tokio::spawn(run(tail, filter, heartbeat, clock, tx));
+    let delivery = Delivery {
+        progress: Progress::register(&tail),
+        subscribe_span: otel::current_rpc_span_context(),
+        seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
+    };
+    tokio::spawn(run(tail, filter, heartbeat, clock, tx, delivery));
     Ok(rx)
 }
 
@@ -201,6 +224,11 @@ pub async fn subscribe_reordered(
     let after = resolve_start(log.as_ref(), start).await?;
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
+    let delivery = Delivery {
+        progress: Progress::register(&tail),
+        subscribe_span: otel::current_rpc_span_context(),
+        seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
+    };
     tokio::spawn(run_reordered(
         tail,
         filter,
@@ -208,6 +236,7 @@ pub async fn subscribe_reordered(
         ReorderBuffer::new(window),
         clock,
         tx,
+        delivery,
     ));
     Ok(rx)
 }
@@ -227,6 +256,7 @@ async fn run_reordered(
     mut buffer: ReorderBuffer,
     clock: Arc<dyn Clock>,
     tx: mpsc::Sender<SubscriptionItem>,
+    delivery: Delivery,
 ) {
     let mut idle_until = Instant::now() + heartbeat;
     loop {
@@ -268,16 +298,21 @@ async fn run_reordered(
                 (Some(a), None) | (None, Some(a)) => a.saturating_sub(1),
                 (None, None) => tail.position(),
             };
+            let span = delivery.span(&event);
             let item = SubscriptionItem::Reordered {
-                event,
+                event: event.clone(),
                 resume_cursor: tail.log.cursor_for(position),
             };
             // why: a full queue blocks only this task; the log keeps the events.
-            if tx.send(item).await.is_err() {
+            if tx.send(item).instrument(span).await.is_err() {
                 return;
             }
+            delivery.delivered(&event, clock.now());
+            delivery.progress.reached(position);
             idle_until = Instant::now() + heartbeat;
         }
+        // why: held events are not delivered yet; the lag counts them.
+        delivery.progress.reached(resume_position(&tail, &buffer));
         if Instant::now() >= idle_until {
             if !send_heartbeat_at(&tail, resume_position(&tail, &buffer), &clock, &tx).await {
                 return;
@@ -312,12 +347,53 @@ async fn send_heartbeat_at(
     tx.send(item).await.is_ok()
 }
 
+/// What a subscription task reports about its deliveries.
+struct Delivery {
+    progress: Progress,
+    /// The Subscribe call's span, linked from each delivery span.
+    subscribe_span: Option<SpanContext>,
+    /// `dr_gateway_subscriber_delivery_seconds`.
+    seconds: metrics::Histogram,
+}
+
+impl Delivery {
+    /// The span of handing `event` to the subscriber (DEBUG: only exported, never
+    /// printed, and not created at all unless traces are exported).
+    fn span(&self, event: &StoredEvent) -> tracing::Span {
+        let span = tracing::debug_span!(
+            target: DELIVERY_TARGET,
+            "event.deliver",
+            otel.kind = "producer",
+            event_id = %crate::telemetry::capped(&event.envelope.id),
+            event_type = %crate::telemetry::capped(&event.envelope.event_type),
+            seq = event.seq,
+        );
+        if !span.is_disabled() {
+            if let Some(parent) = &event.intake_span {
+                otel::set_parent(&span, parent);
+            }
+            if let Some(subscribe) = &self.subscribe_span {
+                otel::add_link(&span, subscribe.clone());
+            }
+        }
+        span
+    }
+
+    /// `event` was handed over (`now` is the gateway's time).
+    fn delivered(&self, event: &StoredEvent, now: DateTime<Utc>) {
+        let age = now.signed_duration_since(event.received_at);
+        self.seconds
+            .record(age.to_std().unwrap_or_default().as_secs_f64());
+    }
+}
+
 async fn run(
     mut tail: Tail,
     filter: EventFilter,
     heartbeat: Duration,
     clock: Arc<dyn Clock>,
     tx: mpsc::Sender<SubscriptionItem>,
+    delivery: Delivery,
 ) {
     let mut idle_until = Instant::now() + heartbeat;
     loop {
@@ -335,13 +411,18 @@ async fn run(
         };
         let caught_up = batch.is_empty();
         for event in batch {
+            let seq = event.seq;
             if filter.matches(&event.envelope) {
+                let span = delivery.span(&event);
+                let item = SubscriptionItem::Event(event.clone());
                 // why: a full queue blocks only this task; the log keeps the events.
-                if tx.send(SubscriptionItem::Event(event)).await.is_err() {
+                if tx.send(item).instrument(span).await.is_err() {
                     return;
                 }
+                delivery.delivered(&event, clock.now());
                 idle_until = Instant::now() + heartbeat;
             }
+            delivery.progress.reached(seq);
         }
         if Instant::now() >= idle_until {
             if !send_heartbeat(&tail, &clock, &tx).await {
@@ -363,6 +444,90 @@ async fn run(
             () = tx.closed() => return,
         }
     }
+}
+
+/// A running subscription's progress, registered for the lag gauge while it runs.
+struct Progress {
+    id: u64,
+    shared: Arc<Position>,
+}
+
+/// How far a subscription got, and how far its log got.
+struct Position {
+    /// The log it reads ([`EventLog::log_id`]).
+    log_id: u64,
+    /// The last sequence handed over (or filtered out).
+    reached: AtomicU64,
+    /// The log's last sequence.
+    appended: watch::Receiver<Sequence>,
+}
+
+impl Position {
+    fn lag(&self) -> u64 {
+        let appended = *self.appended.borrow();
+        appended.saturating_sub(self.reached.load(Ordering::Relaxed))
+    }
+}
+
+type Registry = Mutex<HashMap<u64, Arc<Position>>>;
+
+fn registry() -> &'static Registry {
+    static OPEN: OnceLock<Registry> = OnceLock::new();
+    OPEN.get_or_init(Registry::default)
+}
+
+impl Progress {
+    fn register(tail: &Tail) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(Position {
+            log_id: tail.log.log_id(),
+            reached: AtomicU64::new(tail.position()),
+            appended: tail.log.watch_appends(),
+        });
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, shared.clone());
+        metrics::gauge!(names::SUBSCRIBERS).increment(1.0);
+        Self { id, shared }
+    }
+
+    fn reached(&self, seq: Sequence) {
+        self.shared.reached.store(seq, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        metrics::gauge!(names::SUBSCRIBERS).decrement(1.0);
+    }
+}
+
+/// Events the furthest-behind running subscription of this process has still to
+/// read (0 without subscriptions).
+pub fn max_lag() -> u64 {
+    max_lag_where(|_| true)
+}
+
+/// [`max_lag`] among the subscriptions that read the log `log_id`.
+pub fn max_lag_of(log_id: u64) -> u64 {
+    max_lag_where(|p| p.log_id == log_id)
+}
+
+fn max_lag_where(keep: impl Fn(&Position) -> bool) -> u64 {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .filter(|p| keep(p))
+        .map(|p| p.lag())
+        .max()
+        .unwrap_or(0)
 }
 
 async fn send_heartbeat(
@@ -608,5 +773,58 @@ mod tests {
                 .unwrap(),
             3
         );
+    }
+
+    /// Polls `check` (yielding to the runtime) until it holds, or fails after [`WAIT`].
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        timeout(WAIT, async {
+            while !check() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never: {what}"));
+    }
+
+    #[tokio::test]
+    async fn the_lag_is_what_a_stalled_subscriber_has_still_to_read() {
+        let log = log(1000);
+        let mut rx = subscribe(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        // The subscriber reads nothing: its queue fills, then the task waits.
+        let appended = SUBSCRIBER_QUEUE as u64 + 8;
+        for i in 0..appended {
+            log.append(event(&format!("e{i}"), "order.accepted"))
+                .await
+                .unwrap();
+        }
+        until(
+            "the stalled subscriber lags by what did not fit its queue",
+            || max_lag_of(log.log_id()) == appended - SUBSCRIBER_QUEUE as u64,
+        )
+        .await;
+        for _ in 0..appended {
+            next_event(&mut rx).await;
+        }
+        until("a subscriber that caught up lags by nothing", || {
+            max_lag_of(log.log_id()) == 0
+        })
+        .await;
+        drop(rx);
+        until("a subscription that ended is forgotten", || {
+            !registry()
+                .lock()
+                .unwrap()
+                .values()
+                .any(|p| p.log_id == log.log_id())
+        })
+        .await;
     }
 }

@@ -174,7 +174,7 @@ fn items(items: Vec<pb::ChargeItem>, op: Operation) -> Result<Vec<ItemCommand>, 
 
 #[tonic::async_trait]
 impl ChargeService for ChargeApi {
-    #[tracing::instrument(skip_all, fields(rpc = "GetCharge", charge_id = %req.get_ref().charge_id))]
+    #[tracing::instrument(skip_all, fields(rpc = "GetCharge", charge_id = %crate::telemetry::capped(&req.get_ref().charge_id)))]
     async fn get_charge(
         &self,
         req: Request<pb::GetChargeRequest>,
@@ -198,7 +198,7 @@ impl ChargeService for ChargeApi {
         Ok(Response::new(pb::GetChargeResponse { charge: Some(out) }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetPaymentSource", source_id = %req.get_ref().source_id))]
+    #[tracing::instrument(skip_all, fields(rpc = "GetPaymentSource", source_id = %crate::telemetry::capped(&req.get_ref().source_id)))]
     async fn get_payment_source(
         &self,
         req: Request<pb::GetPaymentSourceRequest>,
@@ -216,7 +216,7 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListOrderCharges", order_id = %req.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(rpc = "ListOrderCharges", order_id = %crate::telemetry::capped(&req.get_ref().order_id)))]
     async fn list_order_charges(
         &self,
         req: Request<pb::ListOrderChargesRequest>,
@@ -242,7 +242,7 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetCaptureFailure", charge_id = %req.get_ref().charge_id))]
+    #[tracing::instrument(skip_all, fields(rpc = "GetCaptureFailure", charge_id = %crate::telemetry::capped(&req.get_ref().charge_id)))]
     async fn get_capture_failure(
         &self,
         req: Request<pb::GetCaptureFailureRequest>,
@@ -269,7 +269,7 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "CaptureItems", order_id = %req.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(rpc = "CaptureItems", order_id = %crate::telemetry::capped(&req.get_ref().order_id)))]
     async fn capture_items(
         &self,
         req: Request<pb::CaptureItemsRequest>,
@@ -296,7 +296,7 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "CancelItems", order_id = %req.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(rpc = "CancelItems", order_id = %crate::telemetry::capped(&req.get_ref().order_id)))]
     async fn cancel_items(
         &self,
         req: Request<pb::CancelItemsRequest>,

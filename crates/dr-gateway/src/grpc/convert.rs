@@ -21,7 +21,7 @@ pub fn timestamp(text: &str) -> Option<Timestamp> {
             nanos: t.timestamp_subsec_nanos() as i32,
         }),
         Err(e) => {
-            tracing::warn!(%text, error = %e, "DR sent an unparsable time");
+            tracing::warn!(text = %crate::telemetry::capped(text), error = %e, "DR sent an unparsable time");
             None
         }
     }

@@ -5,11 +5,13 @@
 //!
 //! # The layers
 //! Every request passes, outermost first: error → status recovery, the client's
-//! `grpc-timeout` (as tonic's server enforces it), the trace span, the request
-//! message size limit ([`super::message_limit`]), then — on the main listener — the
-//! authorization layer ([`crate::auth::AuthLayer`]), then the service. So a refused
-//! call is traced and bounded like any other, and nothing reaches a handler before
-//! the caller is known.
+//! `grpc-timeout` (as tonic's server enforces it), the telemetry layers
+//! ([`crate::telemetry`]: the server span and request id, the access log, the RPC
+//! metrics), the request message size limit ([`super::message_limit`]), then — on
+//! the main listener — the authorization layer ([`crate::auth::AuthLayer`]), then
+//! the service. So a refused call is traced, logged (with the caller the
+//! authorization layer found), counted and bounded like any other, and nothing
+//! reaches a handler before the caller is known.
 //!
 //! # TLS
 //! With a [`ServerTls`], each accepted connection completes its handshake in a task
@@ -76,6 +78,7 @@ use super::message_limit::MessageLimitLayer;
 use super::request::parse_grpc_timeout;
 use crate::auth::AuthLayer;
 use crate::defaults;
+use crate::telemetry::{AccessLogLayer, RpcMetricsLayer, RpcSpanLayer};
 use crate::tls::ServerTls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -195,19 +198,24 @@ impl ConnectionAge {
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains; see the
 /// module docs. With `tls`, every connection is TLS; with `auth`, every call passes
-/// the authorization layer first.
+/// the authorization layer first; `metrics` records the RPC metrics (when on).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
     routes: Routes,
     auth: Option<AuthLayer>,
+    metrics: RpcMetricsLayer,
     settings: ConnectionSettings,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let service = ServiceBuilder::new()
         .layer(RecoverErrorLayer::new())
         .layer_fn(ClientDeadline)
-        .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        // why: outside authorization, so the span, the request id, the access line
+        // and the metrics cover refused calls too, and see the caller it found.
+        .layer(RpcSpanLayer::new())
+        .layer(AccessLogLayer::new())
+        .layer(metrics)
         // why: before any service reads a byte of an oversized message (and before
         // the caller is checked, so a refused caller cannot make it buffer either).
         .layer(MessageLimitLayer::new(settings.max_request_message_size))

@@ -624,7 +624,7 @@ fn api_status(
             );
         }),
         405 | 406 => {
-            tracing::error!(status, %path, "DR refused the request's method or format: a gateway bug");
+            tracing::error!(status, path = %crate::telemetry::capped(path), "DR refused the request's method or format: a gateway bug");
             status_with_info(Code::Internal, message, &reason, meta, |_| {})
         }
         408 | 504 => status_with_info(Code::DeadlineExceeded, message, &reason, meta, |_| {}),

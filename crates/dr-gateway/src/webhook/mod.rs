@@ -3,7 +3,12 @@
 //! to the event log and only then answers 2xx, so DR re-sends anything not stored
 //! (docs/digital-river.md §4.2).
 //!
-//! The same listener serves the HTTP probes:
+//! Each delivery is a server span `webhook` and is counted by outcome
+//! (`dr_gateway_webhooks_*`: received, accepted, duplicates, rejected by reason) and
+//! timed from arrival to answer.
+//!
+//! The same listener serves the HTTP probes (and, unless it has a listener of its
+//! own, `/metrics`: see `app.rs`):
 //! - `/livez` — 200 while the process and its runtime answer; never asks a
 //!   dependency (the liveness probe);
 //! - `/readyz`, `/healthz` — gRPC health over HTTP (see `crate::health`): 200 when
@@ -28,7 +33,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -48,8 +53,9 @@ pub use listener::{ConnectionLimits, ConnectionPhase, GuardedListener};
 pub use signature::{SignatureError, SignatureVerifier, SIGNATURE_HEADER};
 
 use crate::defaults;
-use crate::events::{Envelope, EventLog};
+use crate::events::{Appended, Envelope, EventLog};
 use crate::health::HealthGate;
+use crate::telemetry::{capped, metrics::names};
 
 /// How long `/livez` waits for a task spawned on the runtime to run.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -200,17 +206,63 @@ async fn json_error_body(response: Response) -> Response {
 #[tracing::instrument(
     name = "webhook",
     skip_all,
-    fields(event_id, event_type, seq, duplicate)
+    fields(
+        otel.kind = "server",
+        otel.name = "POST /webhooks/digitalriver",
+        event_id,
+        event_type,
+        seq,
+        duplicate,
+    )
 )]
 async fn receive_event(
     State(state): State<WebhookState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, WebhookError> {
+    let started = Instant::now();
+    metrics::counter!(names::WEBHOOKS_RECEIVED).increment(1);
+    let result = intake(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok(appended) if appended.duplicate => {
+            metrics::counter!(names::WEBHOOKS_DUPLICATES).increment(1);
+            "duplicate"
+        }
+        Ok(_) => {
+            metrics::counter!(names::WEBHOOKS_ACCEPTED).increment(1);
+            metrics::counter!(names::EVENTS_STORED, "source" => "webhook").increment(1);
+            "accepted"
+        }
+        Err(e) => {
+            metrics::counter!(names::WEBHOOKS_REJECTED, "reason" => e.code()).increment(1);
+            "rejected"
+        }
+    };
+    if result.is_ok() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics::gauge!(names::WEBHOOK_LAST_ACK_TIMESTAMP).set(now.as_secs_f64());
+    }
+    metrics::histogram!(names::WEBHOOK_ACK_SECONDS, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    let appended = result?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "received": true, "duplicate": appended.duplicate })),
+    ))
+}
+
+/// Verifies, parses and stores one delivery.
+async fn intake(
+    state: &WebhookState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Appended, WebhookError> {
     if !state.config.enabled {
         return Err(WebhookError::Disabled);
     }
-    let body = read_body(&state.config, state.limit.get(), &headers, body).await?;
+    let body = read_body(&state.config, state.limit.get(), headers, body).await?;
     // why: verify the exact bytes DR signed, before any parsing (docs/digital-river.md §4.3).
     let header = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     match state.verifier.verify(header, &body) {
@@ -224,8 +276,11 @@ async fn receive_event(
         tracing::warn!(error = %e, "webhook body is not a DR event");
     })?;
     let span = tracing::Span::current();
-    span.record("event_id", envelope.id.as_str());
-    span.record("event_type", envelope.event_type.as_str());
+    span.record("event_id", tracing::field::display(capped(&envelope.id)));
+    span.record(
+        "event_type",
+        tracing::field::display(capped(&envelope.event_type)),
+    );
 
     let appended = tokio::time::timeout(state.config.append_timeout, state.log.append(envelope))
         .await
@@ -234,10 +289,7 @@ async fn receive_event(
     span.record("seq", appended.seq);
     span.record("duplicate", appended.duplicate);
     tracing::info!("webhook event stored");
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "received": true, "duplicate": appended.duplicate })),
-    ))
+    Ok(appended)
 }
 
 /// Liveness: a task spawned on the runtime gets to run. A wedged runtime (every

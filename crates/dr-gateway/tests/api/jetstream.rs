@@ -33,8 +33,9 @@ use crate::helpers::{
 
 // === nats-server ===
 
-/// A `nats-server -js` child process on a free loopback port, with its own store.
-struct NatsServer {
+/// A `nats-server -js` child process on a free loopback port, with its own store
+/// (the metrics tests use it too).
+pub(crate) struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
@@ -42,14 +43,14 @@ struct NatsServer {
 
 impl NatsServer {
     /// Starts one and waits until JetStream answers, or fails the test.
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let mut server = Self::not_started();
         server.spawn().await;
         server
     }
 
     /// A port and store for a server started later ([`spawn`](Self::spawn)).
-    fn not_started() -> Self {
+    pub(crate) fn not_started() -> Self {
         Self {
             child: None,
             port: free_port(),
@@ -57,7 +58,7 @@ impl NatsServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -104,7 +105,7 @@ impl NatsServer {
     }
 
     /// SIGKILL; the store survives for [`restart`](Self::restart).
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -112,7 +113,7 @@ impl NatsServer {
     }
 
     /// Same port, same store.
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
     }

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access_log;
 mod charges;
 mod config;
 mod errors;
@@ -21,6 +22,9 @@ mod idempotency;
 mod jetstream;
 mod modes;
 mod money_safety;
+mod observability_metrics;
+mod observability_support;
+mod observability_traces;
 mod orders;
 mod security;
 mod serving;

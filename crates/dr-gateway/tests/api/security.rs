@@ -905,3 +905,78 @@ async fn a_subscriber_joins_and_reads_consumer_groups_but_only_manage_groups_del
     app.stop().await;
     dr.sandbox.shutdown().await;
 }
+
+// === the telemetry layers run inside the serve loop on both listeners ===
+
+/// `message` with `x-request-id: id`.
+fn with_request_id<T>(message: T, id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-request-id", id.parse().unwrap());
+    request
+}
+
+/// The access log line of the call with request id `id`.
+async fn access_line(id: &str) -> String {
+    let needle = format!("request_id=\"{id}\"");
+    crate::observability_support::eventually(&format!("the access line of {id}"), || {
+        let line = captured_logs()
+            .lines()
+            .find(|l| l.contains("dr_gateway::access") && l.contains(&needle))
+            .map(str::to_owned);
+        async move { line }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn calls_over_mutual_tls_and_on_the_health_only_listener_are_in_the_access_log_with_caller_and_peer(
+) {
+    let dr = spawn_sandbox().await;
+    let ca = Ca::new("cluster CA");
+    let files = Files::new("access-tls", &ca.server(), &ca);
+    let mut s = secured(&dr, Some(files.tls(true)), AuthSettings::default());
+    s.security.grpc_health_addr = Some("127.0.0.1:0".parse().unwrap());
+    let app = spawn_app_with(s).await;
+    let client = ca.client("spiffe://cluster.local/ns/shop/sa/access-log");
+    let channel = tls_channel(app.grpc_addr, &ca.pem(), Some(&client))
+        .await
+        .expect("mutual TLS");
+
+    let request_id = format!("tls-{}", uuid::Uuid::new_v4());
+    let answer = ChargeServiceClient::new(channel)
+        .list_order_charges(with_request_id(list_charges("no-such-order"), &request_id))
+        .await;
+    let returned = match &answer {
+        Ok(r) => r.metadata().get("x-request-id").cloned(),
+        Err(status) => status.metadata().get("x-request-id").cloned(),
+    };
+    assert_eq!(
+        returned.as_ref().and_then(|v| v.to_str().ok()),
+        Some(request_id.as_str()),
+        "the TLS path returns the request id"
+    );
+    let line = access_line(&request_id).await;
+    assert!(
+        line.contains("spiffe://cluster.local/ns/shop/sa/access-log"),
+        "the certificate's identity is the caller: {line}"
+    );
+    assert!(
+        line.contains("peer=\"127.0.0.1:"),
+        "the TLS connection's peer: {line}"
+    );
+
+    // The health-only listener: plaintext, no authorization, the same layers.
+    let health_id = format!("health-{}", uuid::Uuid::new_v4());
+    let refused = ChargeServiceClient::new(plaintext_channel(app.grpc_health_addr.expect("bound")))
+        .list_order_charges(with_request_id(list_charges("1"), &health_id))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented);
+    let line = access_line(&health_id).await;
+    assert!(line.contains("grpc.code=\"Unimplemented\""), "{line}");
+    assert!(line.contains("caller=anonymous"), "{line}");
+    app.stop().await;
+    dr.sandbox.shutdown().await;
+}

@@ -102,7 +102,7 @@ impl EventStreamApi {
         let id = event.id.clone();
         let value = serde_json::to_value(&event).unwrap_or_default();
         let env = Envelope::from_value(value).map_err(|e| {
-            tracing::error!(event_id = %id, error = %e, "DR sent an event without the envelope fields");
+            tracing::error!(event_id = %crate::telemetry::capped(&id), error = %e, "DR sent an event without the envelope fields");
             Status::internal("Digital River sent a malformed event")
         })?;
         let mut proto = self.encoder.to_proto(&env);
@@ -235,7 +235,7 @@ impl EventStream for EventStreamApi {
         Ok(resp.map(DecodedSubscribeStream))
     }
 
-    #[tracing::instrument(name = "EventStream.GetEvent", skip_all, fields(event_id = %request.get_ref().event_id))]
+    #[tracing::instrument(name = "EventStream.GetEvent", skip_all, fields(event_id = %crate::telemetry::capped(&request.get_ref().event_id)))]
     async fn get_event(
         &self,
         request: Request<pb::GetEventRequest>,

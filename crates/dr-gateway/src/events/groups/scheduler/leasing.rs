@@ -144,7 +144,6 @@ impl Scheduler {
             return Ok(());
         };
         if granted.attempt > 1 {
-            // Hook point for redelivery metrics (another issue adds the metrics).
             tracing::debug!(key = %key, seq, attempt = granted.attempt, "delivering again");
         }
         let delivered = Delivered {
@@ -176,7 +175,9 @@ impl Scheduler {
             }
             None => false,
         };
-        if !sent {
+        if sent {
+            self.metrics.delivered(granted.attempt);
+        } else {
             self.release_lease(id).await;
         }
         self.evaluate(key);

@@ -217,6 +217,9 @@ impl Scheduler {
         match outcome {
             Ok(Ok(fresh)) => {
                 self.drop_local_lease(id);
+                if fresh {
+                    self.metrics.acknowledged();
+                }
                 if let Some(m) = self.members.get_mut(&member) {
                     if fresh {
                         m.acked += 1;

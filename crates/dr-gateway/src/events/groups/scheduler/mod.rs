@@ -31,6 +31,7 @@
 //! - `leasing`: leasing to members, compare-and-set on key records;
 //! - `members`: joining, leaving, acknowledging, handing back, extending.
 
+mod counted;
 mod leasing;
 mod members;
 mod readiness;
@@ -282,6 +283,8 @@ pub(crate) struct Scheduler {
     log_backoff: Duration,
     members_published_at: Instant,
     idle_since: Option<Instant>,
+    /// `dr_gateway_consumer_group_*` of this group.
+    metrics: counted::GroupMetrics,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -306,6 +309,7 @@ impl Scheduler {
         let (tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let tail = Tail::new(shared.log.clone(), def.start_after);
         let now = Instant::now();
+        let metrics = counted::GroupMetrics::new(&def.id);
         let scheduler = Self {
             position: Position {
                 floor: def.start_after,
@@ -335,6 +339,7 @@ impl Scheduler {
             log_backoff: MIN_BACKOFF,
             members_published_at: now,
             idle_since: Some(now),
+            metrics,
         };
         tokio::spawn(scheduler.run());
         tx
@@ -365,6 +370,7 @@ impl Scheduler {
             self.advance_floor();
             self.flush_position(false).await;
             self.publish_members(false).await;
+            self.metrics.holding(self.tracked.len(), self.members.len());
             if self.store_outage_too_long() {
                 tracing::error!(
                     "consumer group state unavailable for too long; ending member streams"
