@@ -147,7 +147,6 @@ pub fn router(state: WebhookState) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(health))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::map_response(json_error_body))
         .with_state(state)
 }
 
@@ -159,7 +158,10 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // why: here rather than in `router`, so the answers of routes merged in later
+    // (`/metrics`) and the fallback of the merged router get the JSON shape too.
     let app = router
+        .layer(axum::middleware::map_response(json_error_body))
         .layer(axum::middleware::from_fn(listener::track_phase))
         .into_make_service_with_connect_info::<ConnectionPhase>();
     axum::serve(GuardedListener::new(listener, limits), app)
