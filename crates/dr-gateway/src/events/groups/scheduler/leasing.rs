@@ -112,18 +112,7 @@ impl Scheduler {
             .write_key(&self.def, key, expected, &record)
             .await
         {
-            Ok(written) => {
-                self.store_ok();
-                if let Some(state) = self.keys.get_mut(key) {
-                    state.record = match written {
-                        Written::Revision(revision) => Cached::Present(Versioned {
-                            revision,
-                            value: record,
-                        }),
-                        Written::Forgotten => Cached::Absent,
-                    };
-                }
-            }
+            Ok(written) => self.remember_written(key, written, record),
             Err(WriteError::Conflict) => {
                 // Someone else wrote it first: read what they wrote, decide again.
                 self.refresh(key).await?;
@@ -213,6 +202,21 @@ impl Scheduler {
         matches!(released, Ok(Ok(())))
     }
 
+    /// Caches what a successful compare-and-set left in the store for `key`, so
+    /// the next change starts from it without a read.
+    fn remember_written(&mut self, key: &Arc<str>, written: Written, record: KeyRecord) {
+        self.store_ok();
+        if let Some(state) = self.keys.get_mut(key) {
+            state.record = match written {
+                Written::Revision(revision) => Cached::Present(Versioned {
+                    revision,
+                    value: record,
+                }),
+                Written::Forgotten => Cached::Absent,
+            };
+        }
+    }
+
     /// Applies `change` to `key`'s record with compare-and-set, re-reading on
     /// conflict. `Err` when the store failed; `Ok(Err(_))` when the change was
     /// refused by the record.
@@ -246,16 +250,7 @@ impl Scheduler {
                 .await
             {
                 Ok(written) => {
-                    self.store_ok();
-                    if let Some(state) = self.keys.get_mut(key) {
-                        state.record = match written {
-                            Written::Revision(revision) => Cached::Present(Versioned {
-                                revision,
-                                value: record,
-                            }),
-                            Written::Forgotten => Cached::Absent,
-                        };
-                    }
+                    self.remember_written(key, written, record);
                     return Ok(Ok(outcome));
                 }
                 Err(WriteError::Conflict) => {
