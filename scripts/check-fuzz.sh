@@ -19,7 +19,11 @@ SECONDS_PER_TARGET="${FUZZ_SECONDS:-10}"
 # A single input slower than this is a finding: every parser is linear in its
 # input, and the largest seed takes milliseconds.
 INPUT_TIMEOUT=2
+# why: the fuzz workspace builds into the gateway's target directory (its own would
+# be crates/dr-gateway/fuzz/target): the binaries are found where this script looks,
+# and the dependencies, built without instrumentation, are the test build's.
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export CARGO_TARGET_DIR="$TARGET_DIR"
 
 cd "$FUZZ_DIR"
 RUSTC_BOOTSTRAP=1 cargo build --locked --quiet --bins
@@ -32,7 +36,7 @@ for target in $targets; do
   "$TARGET_DIR/debug/$target" -max_total_time="$SECONDS_PER_TARGET" -timeout="$INPUT_TIMEOUT" \
     -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="artifacts/$target-" \
     "$corpus" "seeds/$target" >"$log" 2>&1 || status=$?
-  runs="$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}')"
+  runs="$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)"
   echo "fuzz: $target ${SECONDS_PER_TARGET}s, ${runs:-?} inputs (seeds: seeds/$target)"
   rm -rf "$corpus"
   if [[ "$status" != 0 ]]; then
