@@ -268,13 +268,19 @@ async fn get_charge(client: &mut ChargeServiceClient<Channel>) -> Result<(), Str
         })
         .await
         .map_err(|e| format!("GetCharge failed: {e}"))?;
-    if reply.get_ref().charge.is_none() {
+    let Some(charge) = &reply.get_ref().charge else {
         return Err("GetCharge answered without a charge".into());
+    };
+    // why: without its source the gateway took DR's 404 path, not the one measured.
+    if charge.source.is_none() {
+        return Err("GetCharge answered without the charge's payment source".into());
     }
     Ok(())
 }
 
-/// A DR that answers every `GET /charges/{id}` with the same captured charge.
+/// A DR that answers every `GET /charges/{id}` with the same captured charge and every
+/// `GET /sources/{id}` with its payment source (`GetCharge` reads both), so no call
+/// takes a 404 path the gateway would log.
 async fn stub_dr() -> SocketAddr {
     let charge = serde_json::json!({
         "id": "ch_bench",
@@ -292,13 +298,34 @@ async fn stub_dr() -> SocketAddr {
         "liveMode": false
     })
     .to_string();
-    let router = axum::Router::new().route(
-        "/charges/{id}",
-        axum::routing::get(move || {
-            let charge = charge.clone();
-            async move { ([("content-type", "application/json")], charge) }
-        }),
-    );
+    let source = serde_json::json!({
+        "id": "src_bench",
+        "createdTime": "2024-05-01T09:59:00Z",
+        "type": "creditCard",
+        "currency": "USD",
+        "amount": 26.89,
+        "reusable": false,
+        "state": "consumed",
+        "owner": {"firstName": "Jane", "lastName": "Doe", "email": "jane.doe@example.com"},
+        "creditCard": {"brand": "Visa", "expirationMonth": 12, "expirationYear": 2030, "lastFourDigits": "1111"},
+        "liveMode": false
+    })
+    .to_string();
+    let router = axum::Router::new()
+        .route(
+            "/charges/{id}",
+            axum::routing::get(move || {
+                let charge = charge.clone();
+                async move { ([("content-type", "application/json")], charge) }
+            }),
+        )
+        .route(
+            "/sources/{id}",
+            axum::routing::get(move || {
+                let source = source.clone();
+                async move { ([("content-type", "application/json")], source) }
+            }),
+        );
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
         Ok(l) => l,
         Err(e) => panic!("stub DR cannot bind: {e}"),

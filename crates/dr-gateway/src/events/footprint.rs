@@ -41,7 +41,7 @@ pub fn json_value(v: &Value) -> usize {
     match v {
         Value::Null | Value::Bool(_) => 0,
         // why: with `arbitrary_precision` a number keeps its text in a String.
-        Value::Number(n) => alloc(n.to_string().len()),
+        Value::Number(n) => alloc(n.as_str().len()),
         Value::String(s) => string(s),
         Value::Array(items) => {
             alloc(items.len() * size_of::<Value>()) + items.iter().map(json_value).sum::<usize>()

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::Deserialize as _;
 use tokio::time::Instant;
 
 use super::{subscription::Tail, LogError};
@@ -124,8 +125,8 @@ pub async fn wait_for_outcomes(
             {
                 continue;
             }
-            let object = serde_json::Value::Object(event.envelope.object.clone());
-            let Ok(charge) = serde_json::from_value::<models::Charge>(object) else {
+            // why: read the parsed object in place, not a copy of it.
+            let Ok(charge) = models::Charge::deserialize(&event.envelope.object) else {
                 continue;
             };
             absorb(&mut seen, correlation, &charge, currency);

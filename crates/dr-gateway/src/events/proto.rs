@@ -102,10 +102,11 @@ pub fn json_to_value(v: &Value) -> PbValue {
     let kind = match v {
         Value::Null => Kind::NullValue(0),
         Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => match n.to_string().parse::<f64>() {
-            Ok(f) if f.is_finite() => Kind::NumberValue(f),
-            // Infinite, or (unreachable for valid JSON) not a number at all.
-            _ => Kind::StringValue(n.to_string()),
+        // why: `as_f64` parses the number's own text in place (no copy of it per
+        // number); it is `None` for a number beyond a double.
+        Value::Number(n) => match n.as_f64() {
+            Some(f) => Kind::NumberValue(f),
+            None => Kind::StringValue(n.to_string()),
         },
         Value::String(s) => Kind::StringValue(s.clone()),
         Value::Array(items) => Kind::ListValue(ListValue {

@@ -249,9 +249,20 @@ async fn receive_event(
     metrics::histogram!(names::WEBHOOK_ACK_SECONDS, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
     let appended = result?;
+    // why: two fixed answers, written once, instead of a JSON map built and
+    // serialised per event.
+    let body: &'static [u8] = if appended.duplicate {
+        br#"{"received":true,"duplicate":true}"#
+    } else {
+        br#"{"received":true,"duplicate":false}"#
+    };
     Ok((
         StatusCode::OK,
-        Json(json!({ "received": true, "duplicate": appended.duplicate })),
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Bytes::from_static(body),
     ))
 }
 
@@ -487,10 +498,17 @@ mod tests {
         let (app, clock) = app(log.clone(), 1024 * 1024).await;
         let (status, body) = call(&app, signed(&clock, &event_body("e1"))).await;
         assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["received"], true);
         assert_eq!(body["duplicate"], false);
         let (status, body) = call(&app, signed(&clock, &event_body("e1"))).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["duplicate"], true);
+        let resp = app
+            .clone()
+            .oneshot(signed(&clock, &event_body("e1")))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(log.bounds().await.unwrap(), Bounds { first: 1, last: 1 });
     }
 

@@ -25,6 +25,7 @@ use tonic::{
 use super::consume::ConsumeStream;
 use super::stream::SubscribeStream;
 use super::EventStreamApi;
+use crate::defaults;
 use crate::grpc::server::MessageSettings;
 use crate::pb::v1::{self as pb, event_stream_server};
 
@@ -267,6 +268,37 @@ fn grpc_with<C: tonic::codec::Codec>(
 const SUBSCRIBE_PATH: &str = "/digitalriver.gateway.v1.EventStream/Subscribe";
 const CONSUME_PATH: &str = "/digitalriver.gateway.v1.EventStream/Consume";
 
+/// Subscribe's codec: tonic's prost codec with a small encode buffer per stream.
+///
+/// why: tonic gives every response stream an encode buffer of 8 KiB up front and
+/// keeps it while the stream lives, most of what an idle subscriber costs
+/// (`cargo bench --bench fan_out`). A Subscribe stream starts with
+/// [`defaults::SUBSCRIBE_ENCODE_BUFFER`] and grows only while it has frames to send.
+#[derive(Debug, Clone, Copy, Default)]
+struct SubscribeCodec;
+
+impl tonic::codec::Codec for SubscribeCodec {
+    type Encode = SubscribeItem;
+    type Decode = pb::SubscribeRequest;
+    type Encoder = tonic_prost::ProstEncoder<SubscribeItem>;
+    type Decoder = tonic_prost::ProstDecoder<pb::SubscribeRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::new(subscribe_buffer_settings())
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+fn subscribe_buffer_settings() -> tonic::codec::BufferSettings {
+    tonic::codec::BufferSettings::new(
+        defaults::SUBSCRIBE_ENCODE_BUFFER,
+        defaults::SUBSCRIBE_YIELD_THRESHOLD,
+    )
+}
+
 /// Consume as a bidirectional streaming service whose items are [`ConsumeItem`]s.
 struct SharedConsume(Arc<EventStreamApi>);
 
@@ -313,9 +345,7 @@ where
         let messages = self.messages;
         match req.uri().path() {
             SUBSCRIBE_PATH => Box::pin(async move {
-                let codec =
-                    tonic_prost::ProstCodec::<SubscribeItem, pb::SubscribeRequest>::default();
-                Ok(grpc_with(messages, codec)
+                Ok(grpc_with(messages, SubscribeCodec)
                     .server_streaming(SharedSubscribe(api), req)
                     .await)
             }),
