@@ -152,12 +152,10 @@ fn bench_encoding() -> Encoding {
         StoredEvent::build(1, 1, Utc::now(), env, &encoder)
     };
     let stored = build();
-    assert!(
-        stored.proto.payload.is_some(),
-        "the typed payload is filled"
-    );
+    let event = stored.decode_event().expect("the stored event decodes");
+    assert!(event.payload.is_some(), "the typed payload is filled");
     let msg = pb::SubscribeResponse {
-        kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
+        kind: Some(pb::subscribe_response::Kind::Event(event)),
         ..Default::default()
     };
     // Compare like with like: both ways put the same bytes on the wire.

@@ -66,7 +66,7 @@ impl EventCache {
             return;
         }
         self.bytes += event.approx_size();
-        self.ids.insert(event.envelope.id.clone(), event.seq);
+        self.ids.insert(event.meta.id.clone(), event.seq);
         self.events.insert(event.seq, event);
         while self.events.len() > self.max_events
             || (self.bytes > self.max_bytes && self.events.len() > 1)
@@ -75,8 +75,8 @@ impl EventCache {
                 break;
             };
             self.bytes = self.bytes.saturating_sub(old.approx_size());
-            if self.ids.get(&old.envelope.id) == Some(&old.seq) {
-                self.ids.remove(&old.envelope.id);
+            if self.ids.get(&old.meta.id) == Some(&old.seq) {
+                self.ids.remove(&old.meta.id);
             }
         }
     }

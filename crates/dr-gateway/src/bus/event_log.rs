@@ -521,7 +521,7 @@ impl EventLog for JetStreamLog {
             return Ok(None);
         };
         match inner.event_at(seq).await {
-            Ok(Some(e)) if e.envelope.id == id => Ok(Some(e)),
+            Ok(Some(e)) if e.meta.id == id => Ok(Some(e)),
             Ok(_) | Err(FetchError::NotFound) => Ok(None),
             Err(FetchError::Bus(e)) => Err(unavailable(e)),
         }
@@ -545,7 +545,7 @@ impl EventLog for JetStreamLog {
             }
             Err(e) => return Err(e),
         };
-        Ok(events.iter().map(|e| e.envelope.created_time).max())
+        Ok(events.iter().map(|e| e.meta.created_time).max())
     }
 
     async fn check_ready(&self) -> Result<(), LogError> {

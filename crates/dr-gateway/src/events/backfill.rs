@@ -288,7 +288,7 @@ mod tests {
             .await
             .unwrap()
             .iter()
-            .map(|e| e.envelope.id.clone())
+            .map(|e| e.meta.id.clone())
             .collect();
         assert_eq!(ids, ["e2", "e1", "e3"]);
     }

@@ -156,6 +156,39 @@ impl Envelope {
     }
 }
 
+/// What the gateway routes and orders a stored event by, taken from its envelope:
+/// the one part of an event kept beside its encoding (the parsed `data.object` is
+/// not kept; subscribers get the pre-encoded event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    /// DR event id.
+    pub id: String,
+    /// Event type.
+    pub event_type: String,
+    /// When DR created the event.
+    pub created_time: DateTime<Utc>,
+    /// Live or test mode.
+    pub live_mode: bool,
+    /// The DR order the event is about ([`order_id_of`]).
+    pub order_id: Option<String>,
+    /// `data.object.id`, when the object has one.
+    pub object_id: Option<String>,
+}
+
+impl From<Envelope> for EventMeta {
+    fn from(env: Envelope) -> Self {
+        let object_id = env.object_id();
+        Self {
+            id: env.id,
+            event_type: env.event_type,
+            created_time: env.created_time,
+            live_mode: env.live_mode,
+            order_id: env.order_id,
+            object_id,
+        }
+    }
+}
+
 /// The DR order id an event is about: `data.object.orderId`, or `data.object.id` for
 /// `order.*` events whose object is the order itself.
 pub fn order_id_of(event_type: &str, object: &Map<String, Value>) -> Option<String> {

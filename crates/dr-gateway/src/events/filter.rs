@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::envelope::Envelope;
+use super::envelope::EventMeta;
 
 /// Most type patterns / order ids one filter may hold.
 pub const MAX_FILTER_ENTRIES: usize = 100;
@@ -124,7 +124,7 @@ impl EventFilter {
     }
 
     /// True when the event passes every part of the filter.
-    pub fn matches(&self, env: &Envelope) -> bool {
+    pub fn matches(&self, env: &EventMeta) -> bool {
         if self.live_mode.is_some_and(|live| live != env.live_mode) {
             return false;
         }
@@ -146,14 +146,15 @@ impl EventFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Envelope;
     use bytes::Bytes;
 
-    fn env(t: &str, order: &str, live: bool) -> Envelope {
+    fn env(t: &str, order: &str, live: bool) -> EventMeta {
         let body = format!(
             r#"{{"id":"e","type":"{t}","createdTime":"2024-01-01T00:00:00Z","liveMode":{live},
                 "data":{{"object":{{"orderId":"{order}"}}}}}}"#
         );
-        Envelope::parse(Bytes::from(body)).unwrap()
+        Envelope::parse(Bytes::from(body)).unwrap().into()
     }
 
     #[test]

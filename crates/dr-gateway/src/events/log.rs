@@ -34,7 +34,12 @@ use tokio::sync::watch;
 
 use opentelemetry::trace::SpanContext;
 
-use super::{envelope::Envelope, proto::EventEncoder};
+use prost::Message as _;
+
+use super::{
+    envelope::{Envelope, EventMeta},
+    proto::EventEncoder,
+};
 use crate::pb::v1 as pb;
 
 /// Position of an event in a log; see the module docs.
@@ -81,20 +86,27 @@ impl Bounds {
     }
 }
 
-/// An event as the log stores and hands it out: parsed once, converted to protobuf
-/// once, and encoded once as a `SubscribeResponse`, shared by every reader via `Arc`.
+/// An event as the log stores and hands it out: what it is routed by ([`EventMeta`])
+/// and one encoding of it, the `SubscribeResponse` every subscriber is sent, shared
+/// by every reader via `Arc`.
+///
+/// why: this is the only form of the event the log keeps. DR's bytes, the parsed
+/// JSON and the protobuf message are each as large as the event or larger; holding
+/// them all made an event cost ~20 times its JSON (`cargo bench --bench
+/// event_memory`). Readers that need more than the routing facts decode the
+/// encoding ([`decode_event`](Self::decode_event)), which few do (outcome waits).
 #[derive(Debug)]
 pub struct StoredEvent {
     /// Position in the log.
     pub seq: Sequence,
     /// When the gateway stored it (monotonic within a log).
     pub received_at: DateTime<Utc>,
-    /// The parsed DR envelope.
-    pub envelope: Envelope,
-    /// The protobuf event, `cursor` set.
-    pub proto: pb::Event,
-    /// `SubscribeResponse { event: proto }`, encoded once for every subscriber.
+    /// What the event is routed and ordered by.
+    pub meta: EventMeta,
+    /// `SubscribeResponse { event }`, cursor set, encoded once for every subscriber.
     pub encoded_response: Bytes,
+    /// The log the event is in (for its cursor).
+    log_id: u64,
     /// Bytes the event holds in memory ([`super::footprint`]), computed once.
     footprint: usize,
     /// The span that stored it (webhook intake or backfill), when traces are
@@ -127,22 +139,24 @@ impl StoredEvent {
     ) -> Self {
         let cursor = Cursor { log_id, seq }.encode();
         let encoded_response = prepared.encode_response_with_cursor(&cursor);
-        let mut proto = prepared.proto;
-        proto.cursor = cursor;
         Self {
             seq,
             received_at,
-            envelope,
-            proto,
+            meta: EventMeta::from(envelope),
             encoded_response,
+            log_id,
             footprint: prepared.footprint,
             intake_span: crate::telemetry::otel::current_span_context(),
         }
     }
 
     /// The event's cursor.
-    pub fn cursor(&self) -> &str {
-        &self.proto.cursor
+    pub fn cursor(&self) -> String {
+        Cursor {
+            log_id: self.log_id,
+            seq: self.seq,
+        }
+        .encode()
     }
 
     /// The encoded `Event` inside [`encoded_response`](Self::encoded_response)
@@ -162,8 +176,15 @@ impl StoredEvent {
         }
     }
 
-    /// Memory this event holds, for byte bounds: every form of it and its index
-    /// entries, as [`super::footprint`] counts them (computed once, when prepared).
+    /// The protobuf event, cursor set, decoded from the stored encoding (a copy;
+    /// costs a decode, so only for the few readers that look inside an event).
+    pub fn decode_event(&self) -> Result<pb::Event, prost::DecodeError> {
+        pb::Event::decode(self.encoded_event())
+    }
+
+    /// Memory this event holds, for byte bounds: its encoding, its routing facts and
+    /// its index entries, as [`super::footprint`] counts them (computed once, when
+    /// prepared).
     pub fn approx_size(&self) -> usize {
         self.footprint
     }
@@ -173,9 +194,7 @@ impl StoredEvent {
 /// expensive part of [`StoredEvent::build`], done before a sequence is assigned).
 #[derive(Debug)]
 pub struct PreparedEvent {
-    /// The protobuf event with an empty `cursor`.
-    pub proto: pb::Event,
-    /// `proto` encoded (no cursor field).
+    /// The protobuf `Event` encoded, without its cursor field.
     pub encoded_event: Bytes,
     /// What the stored event will hold in memory ([`super::footprint`]); computed
     /// here, outside any log's lock.

@@ -320,7 +320,7 @@ mod tests {
             );
         }
         let all = log.read_after(0, 10).await.unwrap();
-        let ids: Vec<_> = all.iter().map(|e| e.envelope.id.as_str()).collect();
+        let ids: Vec<_> = all.iter().map(|e| e.meta.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         let tail = log.read_after(2, 10).await.unwrap();
         assert_eq!(tail.len(), 1);

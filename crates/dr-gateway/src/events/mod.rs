@@ -24,7 +24,7 @@ pub mod reorder;
 pub mod subscription;
 
 pub use backfill::{Backfill, BackfillConfig, BackfillReport};
-pub use envelope::{Envelope, EnvelopeError};
+pub use envelope::{Envelope, EnvelopeError, EventMeta};
 pub use filter::{EventFilter, FilterError};
 pub use log::{
     Appended, Bounds, Cursor, CursorError, EventLog, LogError, LogStats, Sequence, StoredEvent,

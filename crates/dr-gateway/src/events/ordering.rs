@@ -2,7 +2,7 @@
 //! not overtake each other) and DR's creation order within one key.
 //!
 //! # Keys
-//! An event's key is the DR order it is about ([`Envelope::order_id`]); for an
+//! An event's key is the DR order it is about ([`EventMeta::order_id`]); for an
 //! event without an order (a customer, a subscription, a sales transaction without
 //! `orderId`), the id of its `data.object`, so events about the same object stay in
 //! order; lacking that, the event's own id (it is ordered with nothing).
@@ -15,14 +15,15 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{envelope::Envelope, log::Sequence};
+use super::{envelope::EventMeta, log::Sequence};
 
 /// The ordering key of an event; see the module docs.
-pub fn ordering_key(env: &Envelope) -> String {
+pub fn ordering_key(env: &EventMeta) -> String {
     env.order_id
+        .as_ref()
+        .or(env.object_id.as_ref())
+        .unwrap_or(&env.id)
         .clone()
-        .or_else(|| env.object_id())
-        .unwrap_or_else(|| env.id.clone())
 }
 
 /// An event's place in its key's creation order: compare these to order events of
@@ -30,17 +31,20 @@ pub fn ordering_key(env: &Envelope) -> String {
 pub type CreationOrder = (DateTime<Utc>, Sequence);
 
 /// The creation-order position of the event stored at `seq`.
-pub fn creation_order(env: &Envelope, seq: Sequence) -> CreationOrder {
+pub fn creation_order(env: &EventMeta, seq: Sequence) -> CreationOrder {
     (env.created_time, seq)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Envelope;
     use bytes::Bytes;
 
-    fn env(body: &str) -> Envelope {
-        Envelope::parse(Bytes::from(body.to_owned())).unwrap()
+    fn env(body: &str) -> EventMeta {
+        Envelope::parse(Bytes::from(body.to_owned()))
+            .unwrap()
+            .into()
     }
 
     #[test]

@@ -8,14 +8,17 @@
 //! fulfillment's `chargeOperationIds` (DR's cancel example has no `fulfillmentId`).
 //!
 //! Callers position a [`Tail`] *before* sending the POST, so no event is missed.
+//!
+//! The charges are read in the API's terms (`pb::Charge`, exact `Money`): DR's reads
+//! converted by the caller, and each event's typed payload decoded from the log's
+//! encoding of it (the log keeps no parsed JSON).
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize as _;
 use tokio::time::Instant;
 
-use super::{subscription::Tail, LogError};
-use crate::digital_river::models;
+use super::{log::StoredEvent, subscription::Tail, LogError};
+use crate::pb::v1 as pb;
 
 /// Which operations to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +37,7 @@ impl OperationKind {
         }
     }
 
-    fn operations(self, charge: &models::Charge) -> &[models::ChargeOperation] {
+    fn operations(self, charge: &pb::Charge) -> &[pb::ChargeOperation] {
         match self {
             Self::Capture => &charge.captures,
             Self::Cancel => &charge.cancels,
@@ -43,8 +46,8 @@ impl OperationKind {
 }
 
 /// True for the final states of a capture or cancel.
-pub fn is_terminal(state: Option<&str>) -> bool {
-    matches!(state, Some("complete" | "failed"))
+pub fn is_terminal(state: &str) -> bool {
+    matches!(state, "complete" | "failed")
 }
 
 /// The latest known state of one operation.
@@ -52,10 +55,9 @@ pub fn is_terminal(state: Option<&str>) -> bool {
 pub struct OperationOutcome {
     /// Charge the operation runs on.
     pub charge_id: String,
-    /// Currency of the charge (for the amount).
-    pub currency: String,
-    /// The operation as the newest event showed it.
-    pub operation: models::ChargeOperation,
+    /// The operation as the newest event showed it; its amount in the charge's
+    /// currency (the order's when the charge names none).
+    pub operation: pb::ChargeOperation,
 }
 
 /// What waiting found.
@@ -79,8 +81,8 @@ pub struct Correlation {
 }
 
 impl Correlation {
-    fn belongs(&self, op: &models::ChargeOperation) -> bool {
-        op.fulfillment_id.as_deref() == Some(self.fulfillment_id.as_str())
+    fn belongs(&self, op: &pb::ChargeOperation) -> bool {
+        (!op.fulfillment_id.is_empty() && op.fulfillment_id == self.fulfillment_id)
             || self.operation_ids.contains(&op.id)
     }
 }
@@ -89,15 +91,15 @@ impl Correlation {
 /// or `deadline` passes. Settled means: at least one operation seen, all seen ones
 /// terminal, and every id in `chargeOperationIds` seen.
 ///
-/// `known` are the order's charges as DR reported them after the tail started
-/// (`currency` is the order's, for charges that name none). They seed the outcomes:
+/// `known` are the order's charges as DR reported them after the tail started,
+/// converted (`currency` is the order's, for amounts whose charge names none). They seed the outcomes:
 /// events older than the tail (a replayed `request_id`, whose POST happened earlier)
 /// are then not needed, and every operation the fulfillment started is known even
 /// before its first event arrives.
 pub async fn wait_for_outcomes(
     tail: &mut Tail,
     correlation: &Correlation,
-    known: &[models::Charge],
+    known: &[pb::Charge],
     currency: &str,
     deadline: Instant,
 ) -> Result<Outcomes, LogError> {
@@ -119,14 +121,13 @@ pub async fn wait_for_outcomes(
         let caught_up = batch.is_empty();
         for event in batch {
             if !event
-                .envelope
+                .meta
                 .event_type
                 .starts_with(correlation.kind.event_prefix())
             {
                 continue;
             }
-            // why: read the parsed object in place, not a copy of it.
-            let Ok(charge) = models::Charge::deserialize(&event.envelope.object) else {
+            let Some(charge) = charge_of(&event) else {
                 continue;
             };
             absorb(&mut seen, correlation, &charge, currency);
@@ -144,11 +145,28 @@ pub async fn wait_for_outcomes(
     }
 }
 
+/// The charge an `order.charge.*` event carries, from its typed payload; `None`
+/// when the payload is not a charge (DR sent a `data.object` the gateway could not
+/// read as one).
+fn charge_of(event: &StoredEvent) -> Option<pb::Charge> {
+    match event.decode_event() {
+        Ok(pb::Event {
+            payload: Some(pb::event::Payload::Charge(charge)),
+            ..
+        }) => Some(charge),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::error!(seq = event.seq, error = %e, "a stored event does not decode");
+            None
+        }
+    }
+}
+
 /// Records the fulfillment's operations found on `charge`.
 fn absorb(
     seen: &mut BTreeMap<String, OperationOutcome>,
     correlation: &Correlation,
-    charge: &models::Charge,
+    charge: &pb::Charge,
     fallback_currency: &str,
 ) {
     for op in correlation.kind.operations(charge) {
@@ -159,18 +177,20 @@ fn absorb(
         // event still in the log; never let a "pending" overwrite a final state.
         let keep_old = seen
             .get(&op.id)
-            .is_some_and(|old| is_terminal(old.operation.state.as_deref()))
-            && !is_terminal(op.state.as_deref());
+            .is_some_and(|old| is_terminal(&old.operation.state))
+            && !is_terminal(&op.state);
         if !keep_old {
+            let mut operation = op.clone();
+            if let Some(amount) = operation.amount.as_mut() {
+                if amount.currency_code.is_empty() {
+                    fallback_currency.clone_into(&mut amount.currency_code);
+                }
+            }
             seen.insert(
                 op.id.clone(),
                 OperationOutcome {
                     charge_id: charge.id.clone(),
-                    currency: charge
-                        .currency
-                        .clone()
-                        .unwrap_or_else(|| fallback_currency.to_owned()),
-                    operation: op.clone(),
+                    operation,
                 },
             );
         }
@@ -184,9 +204,7 @@ fn outcomes(seen: BTreeMap<String, OperationOutcome>, correlation: &Correlation)
         .all(|id| seen.contains_key(id));
     let settled = !seen.is_empty()
         && all_expected_seen
-        && seen
-            .values()
-            .all(|o| is_terminal(o.operation.state.as_deref()));
+        && seen.values().all(|o| is_terminal(&o.operation.state));
     Outcomes {
         operations: seen.into_values().collect(),
         settled,
@@ -217,9 +235,12 @@ mod tests {
     }
 
     fn log() -> Arc<dyn EventLog> {
+        // The production encoder: outcomes read the events' typed payloads.
+        let encoder =
+            EventEncoder::with_payload_decoder(Arc::new(crate::grpc::event_stream::decode_payload));
         Arc::new(MemoryLog::new(
             MemoryLogConfig::default(),
-            EventEncoder::default(),
+            encoder,
             Arc::new(SystemClock),
         ))
     }
@@ -269,11 +290,43 @@ mod tests {
         appender.await.unwrap();
         assert!(got.settled);
         assert_eq!(got.operations.len(), 1);
-        assert_eq!(
-            got.operations[0].operation.state.as_deref(),
-            Some("complete")
-        );
+        assert_eq!(got.operations[0].operation.state, "complete");
         assert_eq!(got.operations[0].charge_id, "ch1");
+        let amount = got.operations[0].operation.amount.clone().unwrap();
+        assert_eq!(
+            (amount.currency_code.as_str(), amount.units, amount.nanos),
+            ("USD", 5, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_amount_stays_exact_and_takes_the_orders_currency_when_the_charge_names_none() {
+        let log = log();
+        let mut tail = Tail::new(log.clone(), 0);
+        let event = Envelope::from_value(json!({
+            "id": "e1", "type": "order.charge.capture.complete",
+            "createdTime": "2024-01-01T00:00:00Z",
+            "data": {"object": {"id": "ch1", "orderId": "o1", "captures": [
+                {"id": "cap1", "state": "complete", "amount": 1234567.89, "fulfillmentId": "ful_1"}
+            ]}}
+        }))
+        .unwrap();
+        log.append(event).await.unwrap();
+        let got = wait_for_outcomes(
+            &mut tail,
+            &correlation(OperationKind::Capture, &[]),
+            &[],
+            "EUR",
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(got.settled);
+        let amount = got.operations[0].operation.amount.clone().unwrap();
+        assert_eq!(
+            (amount.currency_code.as_str(), amount.units, amount.nanos),
+            ("EUR", 1_234_567, 890_000_000)
+        );
     }
 
     #[tokio::test]
@@ -292,10 +345,7 @@ mod tests {
         .await
         .unwrap();
         assert!(got.settled);
-        assert_eq!(
-            got.operations[0].operation.failure_code.as_deref(),
-            Some("failed-request")
-        );
+        assert_eq!(got.operations[0].operation.failure_code, "failed-request");
     }
 
     #[tokio::test]
@@ -344,10 +394,7 @@ mod tests {
         .await
         .unwrap();
         assert!(!got.settled);
-        assert_eq!(
-            got.operations[0].operation.state.as_deref(),
-            Some("pending")
-        );
+        assert_eq!(got.operations[0].operation.state, "pending");
     }
 
     #[tokio::test]

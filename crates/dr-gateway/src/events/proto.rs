@@ -59,12 +59,10 @@ impl EventEncoder {
 
     /// Converts and encodes an envelope once, ready for any log position.
     pub fn prepare(&self, env: &Envelope) -> PreparedEvent {
-        let proto = self.to_proto(env);
-        let encoded_event = Bytes::from(proto.encode_to_vec());
+        let encoded_event = Bytes::from(self.to_proto(env).encode_to_vec());
         // why: the response adds the cursor field and two frame headers.
-        let footprint = super::footprint::event_parts(env, &proto, encoded_event.len() + 32);
+        let footprint = super::footprint::event_parts(env, encoded_event.len() + 32);
         PreparedEvent {
-            proto,
             encoded_event,
             footprint,
         }
@@ -197,10 +195,14 @@ mod tests {
     #[test]
     fn the_shared_encoding_equals_encoding_the_response_with_its_cursor() {
         let stored = StoredEvent::build(7, 99, Utc::now(), envelope(), &EventEncoder::default());
-        assert_eq!(stored.cursor(), Cursor { log_id: 99, seq: 7 }.encode());
+        let cursor = Cursor { log_id: 99, seq: 7 }.encode();
+        assert_eq!(stored.cursor(), cursor);
         let decoded = pb::SubscribeResponse::decode(stored.encoded_response.clone()).unwrap();
+        let mut event = EventEncoder::default().to_proto(&envelope());
+        event.cursor = cursor;
+        assert_eq!(stored.decode_event().unwrap(), event);
         let expected = pb::SubscribeResponse {
-            kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
+            kind: Some(pb::subscribe_response::Kind::Event(event)),
             ..Default::default()
         };
         assert_eq!(decoded, expected);

@@ -65,12 +65,12 @@ impl ReorderBuffer {
             .received_at
             .checked_add_signed(self.window)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let key = ordering_key(&event.envelope);
+        let key = ordering_key(&event.meta);
         self.by_due.insert((due, event.seq));
         self.by_key
             .entry(key.clone())
             .or_default()
-            .insert(creation_order(&event.envelope, event.seq));
+            .insert(creation_order(&event.meta, event.seq));
         self.held.insert(event.seq, Held { event, key, due });
     }
 
@@ -88,7 +88,7 @@ impl ReorderBuffer {
                 continue;
             };
             let key = first.key.clone();
-            let upto = creation_order(&first.event.envelope, seq);
+            let upto = creation_order(&first.event.meta, seq);
             let Some(queue) = self.by_key.get_mut(&key) else {
                 self.by_due.remove(&(due, seq));
                 continue;

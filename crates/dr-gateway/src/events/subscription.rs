@@ -267,7 +267,7 @@ async fn run_reordered(
                 Ok(batch) => {
                     caught_up = batch.is_empty();
                     for event in batch {
-                        if filter.matches(&event.envelope) {
+                        if filter.matches(&event.meta) {
                             buffer.push(event);
                         }
                     }
@@ -364,8 +364,8 @@ impl Delivery {
             target: DELIVERY_TARGET,
             "event.deliver",
             otel.kind = "producer",
-            event_id = %crate::telemetry::capped(&event.envelope.id),
-            event_type = %crate::telemetry::capped(&event.envelope.event_type),
+            event_id = %crate::telemetry::capped(&event.meta.id),
+            event_type = %crate::telemetry::capped(&event.meta.event_type),
             seq = event.seq,
         );
         if !span.is_disabled() {
@@ -412,7 +412,7 @@ async fn run(
         let caught_up = batch.is_empty();
         for event in batch {
             let seq = event.seq;
-            if filter.matches(&event.envelope) {
+            if filter.matches(&event.meta) {
                 let span = delivery.span(&event);
                 let item = SubscriptionItem::Event(event.clone());
                 // why: a full queue blocks only this task; the log keeps the events.
@@ -600,7 +600,7 @@ mod tests {
         log.append(event("b", "order.charge.capture.complete"))
             .await
             .unwrap();
-        assert_eq!(next_event(&mut rx).await.envelope.id, "b");
+        assert_eq!(next_event(&mut rx).await.meta.id, "b");
     }
 
     #[tokio::test]
@@ -702,7 +702,7 @@ mod tests {
                 SubscriptionItem::Reordered {
                     event,
                     resume_cursor,
-                } => got.push((event.envelope.id.clone(), resume_cursor)),
+                } => got.push((event.meta.id.clone(), resume_cursor)),
                 SubscriptionItem::Heartbeat { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }

@@ -93,7 +93,15 @@ async fn wait_outcomes(
         request_id: None,
     };
     let (known, currency) = match client.get_order(&created.order_id, &opts).await {
-        Ok(order) => (order.charges().to_vec(), order.currency.unwrap_or_default()),
+        Ok(order) => {
+            let currency = order.currency.clone().unwrap_or_default();
+            let charges = order
+                .charges()
+                .iter()
+                .map(|c| convert::charge(c, &currency))
+                .collect::<Vec<_>>();
+            (charges, currency)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "could not read the order's charges; waiting on events only");
             (Vec::new(), String::new())
@@ -122,7 +130,7 @@ async fn wait_outcomes(
         .into_iter()
         .map(|o| pb::ChargeOperationOutcome {
             charge_id: o.charge_id,
-            operation: Some(convert::charge_operation(&o.operation, &o.currency)),
+            operation: Some(o.operation),
         })
         .collect();
     Ok((outcomes, settled))

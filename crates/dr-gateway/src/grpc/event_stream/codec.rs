@@ -380,10 +380,12 @@ mod tests {
         ))
         .unwrap();
         let encoder = EventEncoder::with_payload_decoder(Arc::new(decode_payload));
+        let mut event = encoder.to_proto(&env);
         let stored = StoredEvent::build(3, 7, Utc::now(), env, &encoder);
+        event.cursor = stored.cursor();
         let shared = SubscribeItem::Shared(stored.encoded_response.clone());
         let owned = SubscribeItem::Owned(Box::new(pb::SubscribeResponse {
-            kind: Some(pb::subscribe_response::Kind::Event(stored.proto.clone())),
+            kind: Some(pb::subscribe_response::Kind::Event(event.clone())),
             ..Default::default()
         }));
         assert_eq!(shared.encoded_len(), owned.encoded_len());
@@ -397,7 +399,7 @@ mod tests {
             back.into_response().unwrap(),
             owned.into_response().unwrap()
         );
-        let Some(pb::event::Payload::Charge(charge)) = stored.proto.payload.clone() else {
+        let Some(pb::event::Payload::Charge(charge)) = event.payload.clone() else {
             panic!("typed payload missing")
         };
         assert_eq!(charge.captures[0].fulfillment_id, "ful_1");
@@ -411,7 +413,7 @@ mod tests {
         assert_eq!(decoded.resume_cursor, "abc");
         assert_eq!(
             decoded.kind,
-            Some(pb::subscribe_response::Kind::Event(stored.proto.clone()))
+            Some(pb::subscribe_response::Kind::Event(event))
         );
     }
 
@@ -422,6 +424,7 @@ mod tests {
                 "data":{"object":{"id":"o1"}}}"#,
         ))
         .unwrap();
+        let mut event = EventEncoder::default().to_proto(&env);
         let stored = Arc::new(StoredEvent::build(
             9,
             7,
@@ -429,6 +432,7 @@ mod tests {
             env,
             &EventEncoder::default(),
         ));
+        event.cursor = stored.cursor();
         let delivered = crate::events::groups::Delivered {
             delivery_id: "d1".into(),
             attempt: 3,
@@ -448,6 +452,6 @@ mod tests {
         assert_eq!(d.attempt, 3);
         assert_eq!(d.ordering_key, "o1");
         assert!(d.late);
-        assert_eq!(d.event.as_ref(), Some(&stored.proto));
+        assert_eq!(d.event, Some(event));
     }
 }

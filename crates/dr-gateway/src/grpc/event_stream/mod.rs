@@ -108,7 +108,7 @@ impl EventStreamApi {
         let mut proto = self.encoder.to_proto(&env);
         // why: a log outage must not fail a read that DR answered; the cursor is a bonus.
         if let Ok(Some(stored)) = self.log.get_by_id(&id).await {
-            proto.cursor = stored.cursor().to_owned();
+            proto.cursor = stored.cursor();
         }
         Ok(proto)
     }

@@ -59,17 +59,17 @@ impl Scheduler {
 
     /// Tracks a newly read event; returns its key when it waits for delivery.
     pub(super) fn take_in(&mut self, event: Arc<StoredEvent>) -> Option<Arc<str>> {
-        if event.seq <= self.position.floor || !self.filter.matches(&event.envelope) {
+        if event.seq <= self.position.floor || !self.filter.matches(&event.meta) {
             return None;
         }
-        let key: Arc<str> = Arc::from(ordering_key(&event.envelope));
+        let key: Arc<str> = Arc::from(ordering_key(&event.meta));
         let window = chrono::Duration::from_std(self.def.settings.reorder_window())
             .unwrap_or(chrono::Duration::MAX);
         let due = event
             .received_at
             .checked_add_signed(window)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let created = event.envelope.created_time;
+        let created = event.meta.created_time;
         let seq = event.seq;
         let state = self.keys.entry(key.clone()).or_insert_with(KeyState::new);
         state.queue.insert((created, seq));
