@@ -228,13 +228,40 @@ async fn capture_items_with_wait_returns_the_completed_capture() {
         .expect("RPC returns")
         .unwrap();
 
-    // Assert
+    // Assert: the outcome came from the capture's event (DR's read before settling
+    // said pending), its amount exactly what DR holds for the capture, and DR holds
+    // the one fulfillment.
     assert!(resp.settled);
     assert_eq!(resp.outcomes.len(), 1);
     let op = resp.outcomes[0].operation.clone().unwrap();
     assert_eq!(op.state, "complete");
-    assert_eq!(op.fulfillment_id, resp.fulfillment.unwrap().id);
-    assert!(op.amount.is_some());
+    let fulfillment = resp.fulfillment.unwrap();
+    assert_eq!(op.fulfillment_id, fulfillment.id);
+    let charges = app
+        .charges
+        .clone()
+        .list_order_charges(pb::ListOrderChargesRequest {
+            order_id: fulfillment.order_id.clone(),
+        })
+        .await
+        .expect("charges listed")
+        .into_inner()
+        .charges;
+    let held_capture = charges
+        .iter()
+        .flat_map(|c| &c.captures)
+        .find(|c| c.id == op.id)
+        .expect("DR holds the capture");
+    assert_eq!(op.amount, held_capture.amount);
+    let amount = op.amount.clone().expect("an amount");
+    assert_eq!(amount.currency_code, "USD");
+    assert!(amount.units > 0 || amount.nanos > 0, "{amount:?}");
+    let held = fulfillments_held_at(&sb.base_url(), KeyMode::Test).await;
+    let for_order = held
+        .iter()
+        .filter(|f| f["orderId"] == fulfillment.order_id.as_str())
+        .count();
+    assert_eq!(for_order, 1, "{held:?}");
     app.stop().await;
     sb.shutdown().await;
 }
