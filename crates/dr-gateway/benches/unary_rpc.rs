@@ -302,7 +302,11 @@ fn measure(mode: Mode, calls: u64) -> ExitCode {
                 post: Some(fulfillment_post_body()),
             },
         };
-        for _ in 0..WARM_UP + calls {
+        for _ in 0..WARM_UP {
+            caller.call().await?;
+        }
+        callgrind::start_counting(std::process::id())?;
+        for _ in 0..calls {
             caller.call().await?;
         }
         Ok::<(), String>(())

@@ -12,9 +12,10 @@
 //! - **Instructions.** This binary starts itself (`--serve gateway|bare`) under
 //!   `valgrind --tool=callgrind`: one server process on a current-thread runtime. The
 //!   driver (this process, not under valgrind) posts pre-signed events to it over one
-//!   keep-alive connection, one at a time: a short and a long run per server, and
-//!   `(long - short) / (LONG - SHORT)` is one event, start-up and shutdown cancelled
-//!   out. Signing and the client are not in the count: they happen in the driver.
+//!   keep-alive connection, one at a time: a short and a long run per server.
+//!   Counting starts after the warm-up events (start-up's cost varies between runs,
+//!   see `support/callgrind.rs`), and `(long - short) / (LONG - SHORT)` is one event,
+//!   shutdown cancelled out. Signing and the client are not in the count: they happen in the driver.
 //!   Each server's per-function breakdown of one event (`callgrind_annotate` of the
 //!   long run minus the short one) is printed.
 //! - **Accepted per second.** The gateway and the bare handler in this process
@@ -291,8 +292,17 @@ async fn callgrind(me: &str, server: Server, events: usize) -> Result<callgrind:
         .build()
         .map_err(|e| format!("client: {e}"))?;
     let prefix = format!("cg-{}-{events}", server.name());
-    for event in signed_events(&prefix, WARM_UP + events) {
-        post(&http, &url, event).await?;
+    let signed = signed_events(&prefix, WARM_UP + events);
+    let (warm_up, measured) = signed.split_at(WARM_UP);
+    for event in warm_up {
+        post(&http, &url, event.clone()).await?;
+    }
+    let pid = child.id();
+    tokio::task::spawn_blocking(move || callgrind::start_counting(pid))
+        .await
+        .map_err(|e| format!("callgrind_control: {e}"))??;
+    for event in measured {
+        post(&http, &url, event.clone()).await?;
     }
     drop(http);
     // Closing stdin tells the server to stop.

@@ -1,8 +1,9 @@
 //! Counting instructions with `valgrind --tool=callgrind`, shared by the benches that
 //! include it (`#[path = "support/callgrind.rs"] mod callgrind;`).
 //!
-//! A bench runs the same workload twice, short and long; `(long - short) / units` is
-//! the cost of one unit with start-up and shutdown cancelled out. The per-function
+//! A bench runs the same workload twice, short and long, counting from the end of
+//! its warm-up ([`start_counting`]); `(long - short) / units` is the cost of one unit
+//! with shutdown cancelled out. The per-function
 //! breakdown is the same difference taken per function (each function's own
 //! instructions, from `callgrind_annotate`), so it shows where one unit's instructions
 //! go, not where start-up's do.
@@ -28,14 +29,42 @@ pub(crate) fn out_file(bench: &str, label: &str, units: u64) -> PathBuf {
     ))
 }
 
-/// `valgrind --tool=callgrind` writing to `out`, running `args`.
+/// `valgrind --tool=callgrind` writing to `out`, running `args`, counting nothing
+/// until [`start_counting`] (start-up and warm-up are left out).
+///
+/// why: start-up's cost differs by millions of instructions from one run to the
+/// next (the metrics recorder's clock calibrates by spinning for a stretch of wall
+/// time, which valgrind stretches by a different amount each run), and that does
+/// not cancel out between a short and a long run: it made one event's count vary
+/// from 150 k to 270 k instructions.
 pub(crate) fn command(out: &Path, args: &[&str]) -> Command {
     let mut command = Command::new("valgrind");
     command
         .arg("--tool=callgrind")
+        .arg("--instr-atstart=no")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .args(args);
     command
+}
+
+/// Turns counting on in the callgrind run of process `pid` (valgrind runs the
+/// program in its own process, so a child's id or, from inside, this process's);
+/// returns once callgrind confirmed it.
+pub(crate) fn start_counting(pid: u32) -> Result<(), String> {
+    let output = Command::new("callgrind_control")
+        .arg("--instr=on")
+        .arg(pid.to_string())
+        .output()
+        .map_err(|e| format!("cannot run callgrind_control: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() && stdout.contains("OK") {
+        Ok(())
+    } else {
+        Err(format!(
+            "callgrind_control did not turn counting on in {pid}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 /// One finished callgrind run: its instruction count and its profile on disk.
