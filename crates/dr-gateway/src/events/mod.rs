@@ -21,6 +21,7 @@ pub mod ordering;
 pub mod outcomes;
 pub mod proto;
 pub mod reorder;
+pub mod struct_encoding;
 pub mod subscription;
 
 pub use backfill::{Backfill, BackfillConfig, BackfillReport};

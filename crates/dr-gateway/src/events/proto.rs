@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::envelope::Envelope;
 use super::log::PreparedEvent;
+use super::struct_encoding::encode_struct_field;
 use crate::pb::v1 as pb;
 
 /// Decodes `data.object` into the typed `Event.payload` (Charge / Fulfillment /
@@ -44,14 +45,37 @@ impl EventEncoder {
     /// The protobuf event (empty cursor) for an envelope.
     pub fn to_proto(&self, env: &Envelope) -> pb::Event {
         pb::Event {
+            data_object: Some(json_object_to_struct(&env.object)),
+            previous_attributes: env.previous_attributes.as_ref().map(json_object_to_struct),
+            ..self.without_objects(env)
+        }
+    }
+
+    /// [`to_proto`](Self::to_proto) encoded, the `Struct`s written straight from
+    /// the parsed JSON ([`super::struct_encoding`]) after the other fields.
+    pub fn encode(&self, env: &Envelope) -> Vec<u8> {
+        let mut buf = self.without_objects(env).encode_to_vec();
+        // why: a `Struct` spells every key and wraps every value, so its encoding
+        // is somewhat larger than DR's JSON of it; one reservation covers most.
+        buf.reserve(env.raw.len() + env.raw.len() / 2);
+        encode_struct_field(DATA_OBJECT_FIELD, &env.object, &mut buf);
+        if let Some(previous) = &env.previous_attributes {
+            encode_struct_field(PREVIOUS_ATTRIBUTES_FIELD, previous, &mut buf);
+        }
+        buf
+    }
+
+    /// The event without `data_object` and `previous_attributes` (empty cursor).
+    fn without_objects(&self, env: &Envelope) -> pb::Event {
+        pb::Event {
             cursor: String::new(),
             id: env.id.clone(),
             r#type: env.event_type.clone(),
             create_time: Some(timestamp(env.created_time)),
             live_mode: env.live_mode,
             payload: self.payload.as_ref().and_then(|decode| decode(env)),
-            data_object: Some(json_object_to_struct(&env.object)),
-            previous_attributes: env.previous_attributes.as_ref().map(json_object_to_struct),
+            data_object: None,
+            previous_attributes: None,
             webhook_ids: env.webhook_ids.clone(),
             digitalriver_version: env.digitalriver_version.clone().unwrap_or_default(),
         }
@@ -59,7 +83,7 @@ impl EventEncoder {
 
     /// Converts and encodes an envelope once, ready for any log position.
     pub fn prepare(&self, env: &Envelope) -> PreparedEvent {
-        let encoded_event = Bytes::from(self.to_proto(env).encode_to_vec());
+        let encoded_event = Bytes::from(self.encode(env));
         // why: the response adds the cursor field and two frame headers.
         let footprint = super::footprint::event_parts(env, encoded_event.len() + 32);
         PreparedEvent {
@@ -68,6 +92,11 @@ impl EventEncoder {
         }
     }
 }
+
+/// Field numbers of `Event.data_object` and `Event.previous_attributes`
+/// (`proto/digitalriver/gateway/v1/event_stream.proto`).
+const DATA_OBJECT_FIELD: u32 = 9;
+const PREVIOUS_ATTRIBUTES_FIELD: u32 = 10;
 
 /// A protobuf timestamp for a UTC time.
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
@@ -176,6 +205,16 @@ mod tests {
         assert_eq!(low.parse::<f64>(), Ok(f64::NEG_INFINITY));
         assert_eq!(obj.fields["tiny"].kind, Some(Kind::NumberValue(0.0)));
         assert_eq!(obj.fields["ok"].kind, Some(Kind::NumberValue(12.5)));
+    }
+
+    #[test]
+    fn the_direct_encoding_decodes_to_the_built_event() {
+        let encoder =
+            EventEncoder::with_payload_decoder(Arc::new(crate::grpc::event_stream::decode_payload));
+        let env = envelope();
+        let decoded = pb::Event::decode(encoder.encode(&env).as_slice()).unwrap();
+        assert_eq!(decoded, encoder.to_proto(&env));
+        assert!(decoded.previous_attributes.is_some());
     }
 
     #[test]
