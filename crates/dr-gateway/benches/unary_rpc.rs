@@ -42,7 +42,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dr_gateway::app::Application;
-use dr_gateway::config::Settings;
+use dr_gateway::config::{LogFormat, Settings};
 use dr_gateway::digital_river::models;
 use dr_gateway::grpc::convert;
 use dr_gateway::pb::v1 as pb;
@@ -258,16 +258,13 @@ fn callgrind(me: &str, mode: Mode, calls: u64) -> Result<callgrind::Profile, Str
     callgrind::Profile::from_output(&output, out, mode.name())
 }
 
-/// The JSON subscriber at INFO that production runs, writing to a sink.
+/// The JSON log output at INFO that production runs (the gateway's own layer),
+/// writing to a sink.
 fn json_logs_at_info() {
     use tracing_subscriber::prelude::*;
+    let printed = dr_gateway::telemetry::logging::printed_layer(LogFormat::Json, std::io::sink);
     let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_writer(std::io::sink)
-                .with_filter(tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with(printed.with_filter(tracing_subscriber::EnvFilter::new("info")))
         .try_init();
 }
 

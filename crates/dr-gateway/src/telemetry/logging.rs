@@ -18,9 +18,11 @@ use std::io::{self, Write};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::{self, FilterExt as _, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter, Layer, Registry};
 
 use super::otel::{self, Export};
+use super::span_fields::SpanFieldsJson;
 use crate::config::LogFormat;
 use crate::defaults::LOG_LINE_MAX_BYTES;
 
@@ -50,20 +52,9 @@ impl Telemetry {
 /// and export stays off (the gateway still serves).
 pub fn init(format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let printed = match format {
-        LogFormat::Json => fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(CappedLines::stdout(LogFormat::Json))
-            .with_filter(filter)
-            .boxed(),
-        LogFormat::Pretty => fmt::layer()
-            .compact()
-            .with_writer(CappedLines::stdout(LogFormat::Pretty))
-            .with_filter(filter)
-            .boxed(),
-    };
+    let printed = printed_layer(format, CappedLines::stdout(format))
+        .with_filter(filter)
+        .boxed();
     let (export, export_error) = match otel::from_env() {
         Ok(export) => (export, None),
         Err(e) => (None, Some(e)),
@@ -109,6 +100,25 @@ pub fn init(format: LogFormat) -> Telemetry {
         tracing::error!(error = %e, "trace export is off: the OTEL_* settings cannot be used");
     }
     Telemetry { export: provider }
+}
+
+/// The printed output in `format`, lines written to `writer`, without a filter: what
+/// [`init`] installs (and what the benchmarks measure, writing to a sink).
+pub fn printed_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .fmt_fields(SpanFieldsJson)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => fmt::layer().compact().with_writer(writer).boxed(),
+    }
 }
 
 /// Writes each formatted line to `W`, cut to [`LOG_LINE_MAX_BYTES`].

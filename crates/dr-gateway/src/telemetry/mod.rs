@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod otel;
 pub mod rpc;
 pub mod span;
+pub mod span_fields;
 
 pub use access_log::AccessLogLayer;
 pub use capped::capped;
