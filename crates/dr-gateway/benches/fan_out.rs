@@ -24,6 +24,9 @@
 //!    stdin); time until every subscriber has every event, and the server's CPU per
 //!    delivery, and per extra delivery over the 1-subscriber run (the publishing, e.g.
 //!    the gateway's webhook intake, cancelled out).
+//! 4. **Idle Consume members.** The gateway's RSS with no stream, then with
+//!    [`CONSUME_MEMBERS`] Consume streams (group members) open and idle
+//!    (`-- --consume-only` runs this part alone).
 //!
 //! The subscribers live in a **child process** (this binary with `--client`), and each
 //! server in another, so a server's figures are its own; the client's cost is printed
@@ -86,6 +89,10 @@ const SERVERS: [ServerKind; 3] = [
 /// processes need ~100 file descriptors each, not 10,000; the gateway sets no
 /// per-connection stream limit: tonic passes `None` over hyper's default of 200).
 const STREAMS_PER_CONNECTION: usize = 100;
+/// Idle Consume streams (group members) in the Consume memory point.
+const CONSUME_MEMBERS: usize = 1000;
+/// The client mode that opens idle Consume streams instead of Subscribe streams.
+const CONSUME_MODE: &str = "consume";
 /// Events published before measuring, with no stream open.
 const WARM_UP_EVENTS: usize = 20;
 /// Webhooks posted per delivery run.
@@ -117,14 +124,29 @@ fn main() -> ExitCode {
     if let Some(i) = args.iter().position(|a| a == "--serve") {
         return serve::main(&args[i + 1..]);
     }
-    let encoding = bench_encoding();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(bench_servers()) {
-        Ok(points) => {
+    if args.iter().any(|a| a == "--consume-only") {
+        return match runtime.block_on(consume_members()) {
+            Ok(point) => {
+                print_consume(&point);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fan_out: FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let encoding = bench_encoding();
+    match runtime
+        .block_on(async { Ok::<_, String>((bench_servers().await?, consume_members().await?)) })
+    {
+        Ok((points, consume)) => {
             print_report(&encoding, &points);
+            print_consume(&consume);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -635,13 +657,18 @@ struct Clients {
 impl Clients {
     /// Starts a child that opens `subscribers` streams to `grpc_addr`.
     fn spawn(grpc_addr: SocketAddr, subscribers: usize, pace: Pace) -> Result<Self, String> {
+        Self::spawn_mode(grpc_addr, subscribers, pace.name())
+    }
+
+    /// Starts a child in `mode`: a [`Pace`]'s name, or [`CONSUME_MODE`].
+    fn spawn_mode(grpc_addr: SocketAddr, subscribers: usize, mode: &str) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let mut child = Command::new(exe)
             .arg("--client")
             .arg(grpc_addr.to_string())
             .arg(subscribers.to_string())
             .arg(EVENTS.to_string())
-            .arg(pace.name())
+            .arg(mode)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -724,22 +751,26 @@ mod client {
     }
 
     pub(super) fn main(args: &[String]) -> ExitCode {
-        let (Some(addr), Some(Ok(subscribers)), Some(Ok(expected)), Some(Ok(pace))) = (
+        let (Some(addr), Some(Ok(subscribers)), Some(Ok(expected)), Some(mode)) = (
             args.first(),
             args.get(1).map(|s| s.parse::<usize>()),
             args.get(2).map(|s| s.parse::<usize>()),
-            args.get(3).map(|s| Pace::parse(s)),
+            args.get(3),
         ) else {
-            eprintln!(
-                "usage: fan_out --client <grpc addr> <subscribers> <events> <burst|lockstep>"
-            );
-            return ExitCode::FAILURE;
+            return usage();
+        };
+        let run = if mode == CONSUME_MODE {
+            futures::FutureExt::boxed(consume_idle(addr, subscribers))
+        } else {
+            match Pace::parse(mode) {
+                Ok(pace) => futures::FutureExt::boxed(run(addr, subscribers, expected, pace)),
+                Err(_) => return usage(),
+            }
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let run = run(addr, subscribers, expected, pace);
         let result = runtime.block_on(async {
             tokio::select! {
                 r = run => r,
@@ -755,6 +786,74 @@ mod client {
                 ExitCode::FAILURE
             }
         }
+    }
+
+    fn usage() -> ExitCode {
+        eprintln!(
+            "usage: fan_out --client <grpc addr> <streams> <events> <burst|lockstep|consume>"
+        );
+        ExitCode::FAILURE
+    }
+
+    /// Opens `members` Consume streams (group members, [`STREAMS_PER_CONNECTION`] per
+    /// group and per connection), waits for each one's `Started`, prints `ready <n>`
+    /// and keeps them open and idle until stdin closes.
+    async fn consume_idle(addr: &str, members: usize) -> Result<(), String> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("endpoint: {e}"))?;
+        let mut channels = Vec::new();
+        for _ in 0..members.div_ceil(STREAMS_PER_CONNECTION) {
+            channels.push(
+                endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| format!("connect to {addr}: {e}"))?,
+            );
+        }
+        let opens = (0..members).map(|i| {
+            let channel = channels[i % channels.len()].clone();
+            async move {
+                let (requests, rx) = tokio::sync::mpsc::channel(1);
+                let start = pb::ConsumeRequest {
+                    start: Some(pb::ConsumeStart {
+                        group_id: format!("idle-{}", i / STREAMS_PER_CONNECTION),
+                        member_name: format!("member-{i}"),
+                        create: Some(pb::ConsumerGroupSettings::default()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                requests
+                    .send(start)
+                    .await
+                    .map_err(|_| "request channel closed".to_owned())?;
+                let mut stream = pb::event_stream_client::EventStreamClient::new(channel)
+                    .consume(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map_err(|e| format!("consume: {e}"))?
+                    .into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(pb::ConsumeResponse {
+                            kind: Some(pb::consume_response::Kind::Started(_)),
+                            ..
+                        })) => return Ok::<_, String>((requests, stream)),
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Err("the stream ended before Started".into()),
+                        Err(e) => return Err(format!("consume stream: {e}")),
+                    }
+                }
+            }
+        });
+        let open: Vec<_> = futures::stream::iter(opens)
+            .buffer_unordered(64)
+            .try_collect()
+            .await?;
+        println!("ready {}", open.len());
+        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(_)) = stdin.next_line().await {}
+        drop(open);
+        Ok(())
     }
 
     async fn run(
@@ -891,7 +990,7 @@ mod client {
                     if seen == expected {
                         progress.complete.fetch_add(1, Ordering::SeqCst);
                         progress.changed.notify_one();
-                    } else if events % progress.subscribers == 0 {
+                    } else if events.is_multiple_of(progress.subscribers) {
                         // As many events as streams: maybe every stream has one more
                         // (what a lockstep run waits for).
                         progress.changed.notify_one();
@@ -907,6 +1006,44 @@ mod client {
             }
         }
     }
+}
+
+// === 4. idle Consume streams ===
+
+/// The gateway's RSS with no stream, then with [`CONSUME_MEMBERS`] idle Consume
+/// streams (group members, 100 per group) open.
+struct ConsumePoint {
+    idle_empty: Window,
+    idle_members: Window,
+}
+
+async fn consume_members() -> Result<ConsumePoint, String> {
+    eprintln!("fan_out: dr-gateway with {CONSUME_MEMBERS} idle Consume members");
+    let server = Server::spawn(ServerKind::Gateway).await?;
+    let target = Pid::Child(server.pid);
+    let idle_empty = idle_window(&[target]).await?.remove(0);
+    let mut members = Clients::spawn_mode(server.grpc_addr, CONSUME_MEMBERS, CONSUME_MODE)?;
+    members.expect("ready", OPEN_DEADLINE).await?;
+    let idle_members = idle_window(&[target]).await?.remove(0);
+    members.finish().await?;
+    server.stop().await?;
+    Ok(ConsumePoint {
+        idle_empty,
+        idle_members,
+    })
+}
+
+fn print_consume(point: &ConsumePoint) {
+    let per_member = (point.idle_members.rss_kib as f64 - point.idle_empty.rss_kib as f64)
+        / CONSUME_MEMBERS as f64;
+    println!();
+    println!(
+        "gateway RSS per idle Consume member ({CONSUME_MEMBERS} members, 100 per group): \
+         {per_member:+.1} KiB ({:.1} → {:.1} MiB); {} over {IDLE_WINDOW:?} with them",
+        point.idle_empty.rss_kib as f64 / 1024.0,
+        point.idle_members.rss_kib as f64 / 1024.0,
+        point.idle_members.cpu,
+    );
 }
 
 mod serve {
