@@ -27,6 +27,10 @@
 //! 4. **Idle Consume members.** The gateway's RSS with no stream, then with
 //!    [`CONSUME_MEMBERS`] Consume streams (group members) open and idle
 //!    (`-- --consume-only` runs this part alone).
+//! 5. **Instructions per delivery** (`-- --callgrind`, instead of the rest). Each
+//!    server alone under `valgrind --tool=callgrind` with [`CALLGRIND_SUBSCRIBERS`]
+//!    subscribers, a short and a long lockstep run; their difference per extra
+//!    delivery, and where those instructions go (`callgrind_annotate`).
 //!
 //! The subscribers live in a **child process** (this binary with `--client`), and each
 //! server in another, so a server's figures are its own; the client's cost is printed
@@ -69,6 +73,11 @@ use tokio::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+#[path = "support/callgrind.rs"]
+// why: a module shared by the benches; this one does not repeat runs (median_run).
+#[allow(dead_code)]
+mod callgrind;
+
 /// Subscribers in the encoding comparison.
 const SUBSCRIBERS: usize = 1000;
 /// Subscribers of the server runs: each number with each server.
@@ -89,6 +98,15 @@ const SERVERS: [ServerKind; 3] = [
 /// processes need ~100 file descriptors each, not 10,000; the gateway sets no
 /// per-connection stream limit: tonic passes `None` over hyper's default of 200).
 const STREAMS_PER_CONNECTION: usize = 100;
+/// Subscribers of the instruction counts (`-- --callgrind`).
+const CALLGRIND_SUBSCRIBERS: usize = 10_000;
+/// Events of the short and the long callgrind run, published in lockstep.
+const CALLGRIND_SHORT: usize = 5;
+const CALLGRIND_LONG: usize = 15;
+/// Longest a server under valgrind may take to exit and write its profile.
+const CALLGRIND_EXIT_DEADLINE: Duration = Duration::from_secs(300);
+/// Functions shown in each server's breakdown of one delivery.
+const TOP_FUNCTIONS: usize = 15;
 /// Idle Consume streams (group members) in the Consume memory point.
 const CONSUME_MEMBERS: usize = 1000;
 /// The client mode that opens idle Consume streams instead of Subscribe streams.
@@ -105,12 +123,13 @@ const IDLE_WINDOW: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(60);
 /// Timed rounds of the encoding comparison (the median is reported).
 const ENCODE_ROUNDS: usize = 51;
-/// Deadline for a server to start, and for the subscribers to open their streams.
-const OPEN_DEADLINE: Duration = Duration::from_secs(60);
+/// Deadline for a server to start, and for the subscribers to open their streams
+/// (generous: under valgrind a server is ~50× slower).
+const OPEN_DEADLINE: Duration = Duration::from_secs(300);
 /// Deadline for one delivery run (publishing and delivering).
-const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(600);
 /// Longest the client child lives, whatever happens to the parent.
-const CLIENT_LIFETIME: Duration = Duration::from_secs(300);
+const CLIENT_LIFETIME: Duration = Duration::from_secs(1200);
 /// Webhook signing secret of the benchmark gateway.
 const WEBHOOK_SECRET: &str = "whsec_bench";
 /// gRPC path of Subscribe.
@@ -128,6 +147,15 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if args.iter().any(|a| a == "--callgrind") {
+        return match runtime.block_on(count_instructions()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fan_out: FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.iter().any(|a| a == "--consume-only") {
         return match runtime.block_on(consume_members()) {
             Ok(point) => {
@@ -419,9 +447,28 @@ struct Server {
 impl Server {
     async fn spawn(kind: ServerKind) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-        let mut child = Command::new(exe)
-            .arg("--serve")
-            .args(kind.args())
+        let mut command = Command::new(exe);
+        command.arg("--serve").args(kind.args());
+        Self::spawn_with(kind, command).await
+    }
+
+    /// Starts the server under `valgrind --tool=callgrind`, writing its profile to `out`.
+    async fn spawn_under_callgrind(
+        kind: ServerKind,
+        out: &std::path::Path,
+    ) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+        let exe = exe.to_string_lossy().into_owned();
+        let mut args = vec![exe.as_str(), "--serve"];
+        let kind_args = kind.args();
+        args.extend(kind_args.iter().map(String::as_str));
+        let mut command = Command::from(callgrind::command(out, &args));
+        command.stderr(std::process::Stdio::piped());
+        Self::spawn_with(kind, command).await
+    }
+
+    async fn spawn_with(kind: ServerKind, mut command: Command) -> Result<Self, String> {
+        let mut child = command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -479,6 +526,16 @@ impl Server {
             }
             _ => Err(format!("{:?} has no way to publish", self.kind)),
         }
+    }
+
+    /// Closes the server's stdin and waits for it (and valgrind) to finish; returns
+    /// its output for [`callgrind::Profile::from_output`].
+    async fn stop_with_output(mut self) -> Result<std::process::Output, String> {
+        drop(self.child.stdin.take());
+        tokio::time::timeout(CALLGRIND_EXIT_DEADLINE, self.child.wait_with_output())
+            .await
+            .map_err(|_| format!("the server did not exit within {CALLGRIND_EXIT_DEADLINE:?}"))?
+            .map_err(|e| format!("waiting for the server: {e}"))
     }
 
     /// Closes the server's stdin (its signal to stop) and waits for a clean exit.
@@ -590,10 +647,10 @@ async fn deliver(
     let start = Instant::now();
     let mut fan_out = Vec::new();
     let mut acks = match pace {
-        Pace::Burst => server.publish(http, "burst", EVENTS).await?,
+        Pace::Burst => server.publish(http, "burst", clients.events).await?,
         Pace::Lockstep => {
             let mut acks = Vec::new();
-            for k in 1..=EVENTS {
+            for k in 1..=clients.events {
                 let sent = Instant::now();
                 acks.extend(server.publish(http, &format!("step-{k}"), 1).await?);
                 let remaining = DELIVERY_DEADLINE.saturating_sub(start.elapsed());
@@ -612,7 +669,7 @@ async fn deliver(
     let elapsed = start.elapsed();
     let cpu = ProcSample::read(target)?.cpu_since(&before.0);
     let client_cpu = ProcSample::read(client)?.cpu_since(&before.1);
-    let expected = clients.subscribers * EVENTS;
+    let expected = clients.subscribers * clients.events;
     let counts = clients.expect("settled", Duration::from_secs(5)).await?;
     let delivered: usize = counts
         .first()
@@ -620,8 +677,8 @@ async fn deliver(
         .ok_or_else(|| format!("client reported no event count: {counts:?}"))?;
     if delivered != expected {
         return Err(format!(
-            "{delivered} events delivered, expected {expected} ({} subscribers × {EVENTS})",
-            clients.subscribers
+            "{delivered} events delivered, expected {expected} ({} subscribers × {})",
+            clients.subscribers, clients.events
         ));
     }
     acks.sort();
@@ -652,22 +709,31 @@ struct Clients {
     pid: u32,
     lines: Lines<BufReader<ChildStdout>>,
     subscribers: usize,
+    /// Events each stream expects.
+    events: usize,
 }
 
 impl Clients {
-    /// Starts a child that opens `subscribers` streams to `grpc_addr`.
+    /// Starts a child that opens `subscribers` streams to `grpc_addr`, each expecting
+    /// [`EVENTS`] events.
     fn spawn(grpc_addr: SocketAddr, subscribers: usize, pace: Pace) -> Result<Self, String> {
-        Self::spawn_mode(grpc_addr, subscribers, pace.name())
+        Self::spawn_mode(grpc_addr, subscribers, EVENTS, pace.name())
     }
 
-    /// Starts a child in `mode`: a [`Pace`]'s name, or [`CONSUME_MODE`].
-    fn spawn_mode(grpc_addr: SocketAddr, subscribers: usize, mode: &str) -> Result<Self, String> {
+    /// Starts a child in `mode` (a [`Pace`]'s name, or [`CONSUME_MODE`]) whose streams
+    /// expect `events` events.
+    fn spawn_mode(
+        grpc_addr: SocketAddr,
+        subscribers: usize,
+        events: usize,
+        mode: &str,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
         let mut child = Command::new(exe)
             .arg("--client")
             .arg(grpc_addr.to_string())
             .arg(subscribers.to_string())
-            .arg(EVENTS.to_string())
+            .arg(events.to_string())
             .arg(mode)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -681,6 +747,7 @@ impl Clients {
             pid,
             lines: BufReader::new(stdout).lines(),
             subscribers,
+            events,
         })
     }
 
@@ -1022,7 +1089,7 @@ async fn consume_members() -> Result<ConsumePoint, String> {
     let server = Server::spawn(ServerKind::Gateway).await?;
     let target = Pid::Child(server.pid);
     let idle_empty = idle_window(&[target]).await?.remove(0);
-    let mut members = Clients::spawn_mode(server.grpc_addr, CONSUME_MEMBERS, CONSUME_MODE)?;
+    let mut members = Clients::spawn_mode(server.grpc_addr, CONSUME_MEMBERS, EVENTS, CONSUME_MODE)?;
     members.expect("ready", OPEN_DEADLINE).await?;
     let idle_members = idle_window(&[target]).await?.remove(0);
     members.finish().await?;
@@ -1044,6 +1111,84 @@ fn print_consume(point: &ConsumePoint) {
         point.idle_members.rss_kib as f64 / 1024.0,
         point.idle_members.cpu,
     );
+}
+
+// === 5. instructions per delivery (callgrind) ===
+
+/// Instructions per delivery of each server at [`CALLGRIND_SUBSCRIBERS`]: the server
+/// process alone under callgrind, a short and a long lockstep run, and
+/// `(long - short) / ((LONG - SHORT) × subscribers)`: start-up, opening the streams
+/// and shutdown cancel out; the publishing (the gateway's webhook intake) is in it,
+/// spread over the subscribers.
+async fn count_instructions() -> Result<(), String> {
+    if !callgrind::installed() {
+        return Err("valgrind is not installed (apt-get install valgrind)".into());
+    }
+    let http = reqwest::Client::new();
+    let units = ((CALLGRIND_LONG - CALLGRIND_SHORT) * CALLGRIND_SUBSCRIBERS) as u64;
+    let mut lines = Vec::new();
+    let mut breakdowns = Vec::new();
+    for kind in SERVERS {
+        let mut runs = Vec::new();
+        for events in [CALLGRIND_SHORT, CALLGRIND_LONG] {
+            eprintln!(
+                "fan_out: callgrind, {} with {CALLGRIND_SUBSCRIBERS} subscribers, {events} events",
+                kind.label()
+            );
+            runs.push(callgrind_run(&http, kind, events).await?);
+        }
+        let long = runs.pop().ok_or("no long run")?;
+        let short = runs.pop().ok_or("no short run")?;
+        let per_delivery = (long.instructions as f64 - short.instructions as f64) / units as f64;
+        breakdowns.push((
+            kind.label(),
+            callgrind::breakdown(&short, &long, units, TOP_FUNCTIONS)?,
+        ));
+        short.finish();
+        long.finish();
+        lines.push((kind.label(), per_delivery));
+    }
+    println!();
+    println!(
+        "fan_out --callgrind: {CALLGRIND_SUBSCRIBERS} subscribers, lockstep runs of \
+         {CALLGRIND_SHORT} and {CALLGRIND_LONG} events, server process only"
+    );
+    let gateway = lines.first().map_or(f64::NAN, |l| l.1);
+    for (label, per_delivery) in &lines {
+        println!(
+            "instructions per delivery, {label}: {per_delivery:.0} (gateway / this: {:.2})",
+            gateway / per_delivery
+        );
+    }
+    for (label, breakdown) in breakdowns {
+        println!();
+        println!("where one delivery's instructions go, {label}:");
+        println!("{breakdown}");
+    }
+    Ok(())
+}
+
+/// One server under callgrind: its warm-up, [`CALLGRIND_SUBSCRIBERS`] streams opened,
+/// `events` published in lockstep, every stream checked, then the profile.
+async fn callgrind_run(
+    http: &reqwest::Client,
+    kind: ServerKind,
+    events: usize,
+) -> Result<callgrind::Profile, String> {
+    let out = callgrind::out_file("fan_out", &kind.args().join("-"), events as u64);
+    let mut server = Server::spawn_under_callgrind(kind, &out).await?;
+    server.publish(http, "warmup", WARM_UP_EVENTS).await?;
+    let mut clients = Clients::spawn_mode(
+        server.grpc_addr,
+        CALLGRIND_SUBSCRIBERS,
+        events,
+        Pace::Lockstep.name(),
+    )?;
+    clients.expect("ready", OPEN_DEADLINE).await?;
+    deliver(http, &mut server, &mut clients, Pace::Lockstep).await?;
+    clients.finish().await?;
+    let output = server.stop_with_output().await?;
+    callgrind::Profile::from_output(&output, out, &kind.label())
 }
 
 mod serve {
