@@ -8,7 +8,8 @@
 # Benches (crates/dr-gateway/benches/, figures in its README.md):
 #   webhook_intake  instructions per signed event (callgrind) and accepted/s, vs a bare axum handler
 #   unary_rpc       GetCharge / CreateFulfillment instructions vs the floor, p50, RPS vs a bare proxy
-#   fan_out         idle-subscriber RSS and fan-out delivery, vs 0 / 1 subscribers
+#   fan_out         idle-subscriber RSS and fan-out delivery at 1 / 1,000 / 10,000 subscribers,
+#                   vs a bare tonic broadcast stream
 #   event_memory    RSS per stored event vs the events' own bytes
 #
 # Installs valgrind (Debian) when missing. Builds once with the `bench` profile

@@ -191,15 +191,17 @@ pub const BUS_CACHE_MAX_EVENTS: usize = 10_000;
 /// Bytes of decoded events each replica caches for fan-out.
 pub const BUS_CACHE_MAX_BYTES: usize = 64 * MIB;
 
-/// Bytes of the encode buffer each Subscribe stream starts with; it grows while the
-/// stream has frames to send.
+/// Bytes of the encode buffer each Subscribe and Consume stream starts with; it grows
+/// while the stream has frames to send.
 ///
 /// why: tonic's default, 8 KiB per stream held for the stream's life, was most of an
-/// idle subscriber's memory (`cargo bench --bench fan_out`); a ~1 KB DR event fits
+/// idle subscriber's memory (`cargo bench --bench fan_out`), and a group member's
+/// stream is the same kind of long-lived, mostly idle stream; a ~1 KB DR event fits
 /// in the first growth. Not zero: tonic sizes compression buffers in steps of it.
-pub const SUBSCRIBE_ENCODE_BUFFER: usize = 1024;
-/// Bytes of ready frames a Subscribe stream batches into one write (tonic's default).
-pub const SUBSCRIBE_YIELD_THRESHOLD: usize = 32 * 1024;
+pub const EVENT_STREAM_ENCODE_BUFFER: usize = 1024;
+/// Bytes of ready frames a Subscribe or Consume stream batches into one write (tonic's
+/// default).
+pub const EVENT_STREAM_YIELD_THRESHOLD: usize = 32 * 1024;
 
 // === securing the gRPC listener ===
 

@@ -268,23 +268,34 @@ fn grpc_with<C: tonic::codec::Codec>(
 const SUBSCRIBE_PATH: &str = "/digitalriver.gateway.v1.EventStream/Subscribe";
 const CONSUME_PATH: &str = "/digitalriver.gateway.v1.EventStream/Consume";
 
-/// Subscribe's codec: tonic's prost codec with a small encode buffer per stream.
+/// Subscribe's and Consume's codec: tonic's prost codec with a small encode buffer
+/// per stream, encoding `E` (the stream's item) and decoding `D` (its requests).
 ///
 /// why: tonic gives every response stream an encode buffer of 8 KiB up front and
-/// keeps it while the stream lives, most of what an idle subscriber costs
-/// (`cargo bench --bench fan_out`). A Subscribe stream starts with
-/// [`defaults::SUBSCRIBE_ENCODE_BUFFER`] and grows only while it has frames to send.
-#[derive(Debug, Clone, Copy, Default)]
-struct SubscribeCodec;
+/// keeps it while the stream lives, most of what an idle subscriber or an idle group
+/// member costs (`cargo bench --bench fan_out`). These streams start with
+/// [`defaults::EVENT_STREAM_ENCODE_BUFFER`] and grow only while they have frames to send.
+#[derive(Debug)]
+struct SmallBufferCodec<E, D>(std::marker::PhantomData<fn(E) -> D>);
 
-impl tonic::codec::Codec for SubscribeCodec {
-    type Encode = SubscribeItem;
-    type Decode = pb::SubscribeRequest;
-    type Encoder = tonic_prost::ProstEncoder<SubscribeItem>;
-    type Decoder = tonic_prost::ProstDecoder<pb::SubscribeRequest>;
+impl<E, D> Default for SmallBufferCodec<E, D> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<E, D> tonic::codec::Codec for SmallBufferCodec<E, D>
+where
+    E: Message + Send + 'static,
+    D: Message + Default + Send + 'static,
+{
+    type Encode = E;
+    type Decode = D;
+    type Encoder = tonic_prost::ProstEncoder<E>;
+    type Decoder = tonic_prost::ProstDecoder<D>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::new(subscribe_buffer_settings())
+        tonic_prost::ProstEncoder::new(small_buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -292,10 +303,15 @@ impl tonic::codec::Codec for SubscribeCodec {
     }
 }
 
-fn subscribe_buffer_settings() -> tonic::codec::BufferSettings {
+/// Subscribe's codec: shared event bytes out, `SubscribeRequest` in.
+type SubscribeCodec = SmallBufferCodec<SubscribeItem, pb::SubscribeRequest>;
+/// Consume's codec: deliveries around shared event bytes out, `ConsumeRequest`s in.
+type ConsumeCodec = SmallBufferCodec<ConsumeItem, pb::ConsumeRequest>;
+
+fn small_buffer_settings() -> tonic::codec::BufferSettings {
     tonic::codec::BufferSettings::new(
-        defaults::SUBSCRIBE_ENCODE_BUFFER,
-        defaults::SUBSCRIBE_YIELD_THRESHOLD,
+        defaults::EVENT_STREAM_ENCODE_BUFFER,
+        defaults::EVENT_STREAM_YIELD_THRESHOLD,
     )
 }
 
@@ -345,13 +361,12 @@ where
         let messages = self.messages;
         match req.uri().path() {
             SUBSCRIBE_PATH => Box::pin(async move {
-                Ok(grpc_with(messages, SubscribeCodec)
+                Ok(grpc_with(messages, SubscribeCodec::default())
                     .server_streaming(SharedSubscribe(api), req)
                     .await)
             }),
             CONSUME_PATH => Box::pin(async move {
-                let codec = tonic_prost::ProstCodec::<ConsumeItem, pb::ConsumeRequest>::default();
-                Ok(grpc_with(messages, codec)
+                Ok(grpc_with(messages, ConsumeCodec::default())
                     .streaming(SharedConsume(api), req)
                     .await)
             }),
