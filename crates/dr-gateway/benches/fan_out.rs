@@ -1114,10 +1114,10 @@ fn print_consume(point: &ConsumePoint) {
 // === 5. instructions per delivery (callgrind) ===
 
 /// Instructions per delivery of each server at [`CALLGRIND_SUBSCRIBERS`]: the server
-/// process alone under callgrind, a short and a long lockstep run, and
-/// `(long - short) / ((LONG - SHORT) × subscribers)`: start-up, opening the streams
-/// and shutdown cancel out; the publishing (the gateway's webhook intake) is in it,
-/// spread over the subscribers.
+/// process alone under callgrind, a short and a long lockstep run, counting from the
+/// moment every stream is open ([`callgrind::start_counting`]), and
+/// `(long - short) / ((LONG - SHORT) × subscribers)`: shutdown cancels out; the
+/// publishing (the gateway's webhook intake) is in it, spread over the subscribers.
 async fn count_instructions() -> Result<(), String> {
     if !callgrind::installed() {
         return Err("valgrind is not installed (apt-get install valgrind)".into());
