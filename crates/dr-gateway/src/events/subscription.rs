@@ -84,6 +84,14 @@ impl Tail {
     pub async fn wait_for_append(&mut self) -> bool {
         self.appended.changed().await.is_ok()
     }
+
+    /// True when the position has reached the last sequence the log announced: a
+    /// reader can wait for the next append instead of reading an empty batch. (An
+    /// append announced after the last `next_batch` still wakes
+    /// [`wait_for_append`](Self::wait_for_append): this does not mark it seen.)
+    pub fn reached_announced(&self) -> bool {
+        *self.appended.borrow() <= self.pos
+    }
 }
 
 /// Where a subscription starts.
@@ -396,6 +404,11 @@ async fn run(
     delivery: Delivery,
 ) {
     let mut idle_until = Instant::now() + heartbeat;
+    // why: one timer for the subscription's life, moved on with `reset`: moving a
+    // registered timer later does not touch the timer wheel, where a new `sleep`
+    // per wake-up registered and removed an entry for every delivery.
+    let heartbeat_due = tokio::time::sleep_until(idle_until);
+    tokio::pin!(heartbeat_due);
     loop {
         let batch = match tail.next_batch().await {
             Ok(batch) => batch,
@@ -409,7 +422,9 @@ async fn run(
                 return;
             }
         };
-        let caught_up = batch.is_empty();
+        // why: a short batch that reaches the last announced append is the end; an
+        // empty read to confirm it would cost a log read per delivery.
+        let caught_up = batch.is_empty() || (batch.len() < READ_BATCH && tail.reached_announced());
         for event in batch {
             let seq = event.seq;
             if filter.matches(&event.meta) {
@@ -433,9 +448,12 @@ async fn run(
         if !caught_up {
             continue;
         }
+        if heartbeat_due.deadline() != idle_until {
+            heartbeat_due.as_mut().reset(idle_until);
+        }
         tokio::select! {
             alive = tail.wait_for_append() => if !alive { return },
-            () = tokio::time::sleep_until(idle_until) => {
+            () = &mut heartbeat_due => {
                 if !send_heartbeat(&tail, &clock, &tx).await {
                     return;
                 }
@@ -579,6 +597,41 @@ mod tests {
                 SubscriptionItem::Heartbeat { .. } => continue,
                 other => panic!("unexpected {other:?}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_at_the_last_announced_append_waits_and_the_next_append_wakes_it() {
+        let log = log(100);
+        log.append(event("a", "t")).await.unwrap();
+        let mut tail = Tail::new(log.clone(), 0);
+        assert!(!tail.reached_announced());
+        assert_eq!(tail.next_batch().await.unwrap().len(), 1);
+        assert!(tail.reached_announced(), "read up to the announced append");
+        log.append(event("b", "t")).await.unwrap();
+        assert!(!tail.reached_announced());
+        // The append came after the read: waiting returns at once, not never.
+        assert!(timeout(WAIT, tail.wait_for_append()).await.expect("woken"));
+        let batch = tail.next_batch().await.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].meta.id, "b");
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_caught_up_gets_each_later_append() {
+        let log = log(100);
+        let mut rx = subscribe(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        for id in ["a", "b", "c"] {
+            log.append(event(id, "t")).await.unwrap();
+            assert_eq!(next_event(&mut rx).await.meta.id, id);
         }
     }
 
