@@ -586,6 +586,19 @@ mod tests {
         ))
     }
 
+    /// A subscription to everything appended from now on (heartbeats every 60 s).
+    async fn subscribe_from_now(log: &Arc<dyn EventLog>) -> mpsc::Receiver<SubscriptionItem> {
+        subscribe(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap()
+    }
+
     async fn next_event(rx: &mut mpsc::Receiver<SubscriptionItem>) -> Arc<StoredEvent> {
         loop {
             match timeout(WAIT, rx.recv())
@@ -620,15 +633,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_caught_up_gets_each_later_append() {
         let log = log(100);
-        let mut rx = subscribe(
-            log.clone(),
-            EventFilter::default(),
-            &Start::Now,
-            Duration::from_secs(60),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let mut rx = subscribe_from_now(&log).await;
         for id in ["a", "b", "c"] {
             log.append(event(id, "t")).await.unwrap();
             assert_eq!(next_event(&mut rx).await.meta.id, id);
@@ -684,15 +689,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_falls_behind_the_log_gets_expired_not_a_gap() {
         let log = log(3);
-        let mut rx = subscribe(
-            log.clone(),
-            EventFilter::default(),
-            &Start::Now,
-            Duration::from_secs(60),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let mut rx = subscribe_from_now(&log).await;
         log.append(event("first", "order.accepted")).await.unwrap();
         assert_eq!(next_event(&mut rx).await.seq, 1);
         // Append far more than the log holds without reading.
@@ -842,15 +839,7 @@ mod tests {
     #[tokio::test]
     async fn the_lag_is_what_a_stalled_subscriber_has_still_to_read() {
         let log = log(1000);
-        let mut rx = subscribe(
-            log.clone(),
-            EventFilter::default(),
-            &Start::Now,
-            Duration::from_secs(60),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let mut rx = subscribe_from_now(&log).await;
         // The subscriber reads nothing: its queue fills, then the task waits.
         let appended = SUBSCRIBER_QUEUE as u64 + 8;
         for i in 0..appended {
