@@ -262,10 +262,12 @@ fn callgrind(me: &str, mode: Mode, calls: u64) -> Result<callgrind::Profile, Str
 /// writing to a sink.
 fn json_logs_at_info() {
     use tracing_subscriber::prelude::*;
-    let printed = dr_gateway::telemetry::logging::printed_layer(LogFormat::Json, std::io::sink);
-    let _ = tracing_subscriber::registry()
-        .with(printed.with_filter(tracing_subscriber::EnvFilter::new("info")))
-        .try_init();
+    let printed = dr_gateway::telemetry::logging::printed_layer(
+        LogFormat::Json,
+        std::io::sink,
+        tracing_subscriber::EnvFilter::new("info"),
+    );
+    let _ = tracing_subscriber::registry().with(printed).try_init();
 }
 
 /// One callgrind run: the servers `mode` needs and `calls` sequential calls.

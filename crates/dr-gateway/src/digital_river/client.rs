@@ -2,9 +2,10 @@
 //! retries for idempotent reads and none for writes.
 //!
 //! Each HTTP request (each attempt) is a client span `dr.call` named after its route
-//! template (`GET /charges/{id}`), carries the RPC's `x-request-id` and the trace
-//! context (`traceparent`), and is counted and timed by method, route template and
-//! status (`dr_gateway_dr_*`); ids never reach a label.
+//! template (`GET /charges/{id}`; exported, not printed: a line logged during a call
+//! names the call itself), carries the RPC's `x-request-id` and the trace context
+//! (`traceparent`), and is counted and timed by method, route template and status
+//! (`dr_gateway_dr_*`); ids never reach a label.
 
 use std::time::{Duration, Instant};
 
@@ -336,6 +337,7 @@ impl Client {
                 }
             }
             let span = tracing::info_span!(
+                target: telemetry::logging::DR_CALL_TARGET,
                 "dr.call",
                 otel.name = %format_args!("{method} {}", call.route),
                 otel.kind = "client",
@@ -442,6 +444,8 @@ impl Client {
             .map_err(|e| transport_error(e, method, path, budget))?
         else {
             tracing::warn!(
+                method,
+                route = call.route,
                 status = status.as_u16(),
                 limit = crate::defaults::DR_MAX_RESPONSE_BYTES,
                 "DR sent a body larger than the gateway reads"
@@ -480,7 +484,7 @@ impl Client {
             return serde_json::from_slice(&bytes)
                 .map(|value| (value, status.as_u16()))
                 .map_err(|source| {
-                    log_undecodable(status, &bytes);
+                    log_undecodable(call, status, &bytes);
                     Error::Decode {
                         status: status.as_u16(),
                         method,
@@ -495,7 +499,7 @@ impl Client {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => Some(Box::new(body)),
                 Err(source) => {
-                    log_undecodable(status, &bytes);
+                    log_undecodable(call, status, &bytes);
                     return Err(Error::Decode {
                         status: status.as_u16(),
                         method,
@@ -505,7 +509,12 @@ impl Client {
                 }
             }
         };
-        tracing::info!(status = status.as_u16(), "DR answered with an error");
+        tracing::info!(
+            method,
+            route = call.route,
+            status = status.as_u16(),
+            "DR answered with an error"
+        );
         Err(Error::Api {
             status: status.as_u16(),
             method,
@@ -684,9 +693,15 @@ fn record<T>(
         .record(started.elapsed().as_secs_f64());
 }
 
-fn log_undecodable(status: StatusCode, bytes: &[u8]) {
+fn log_undecodable(call: &Call<'_>, status: StatusCode, bytes: &[u8]) {
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
-    tracing::warn!(status = status.as_u16(), body_head = %head, "DR sent an undecodable body");
+    tracing::warn!(
+        method = method_name(&call.method),
+        route = call.route,
+        status = status.as_u16(),
+        body_head = %head,
+        "DR sent an undecodable body"
+    );
 }
 
 #[cfg(test)]

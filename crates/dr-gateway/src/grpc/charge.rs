@@ -182,7 +182,6 @@ fn items(items: Vec<pb::ChargeItem>, op: Operation) -> Result<Vec<ItemCommand>, 
 
 #[tonic::async_trait]
 impl ChargeService for ChargeApi {
-    #[tracing::instrument(skip_all, fields(rpc = "GetCharge", charge_id = %crate::telemetry::capped(&req.get_ref().charge_id)))]
     async fn get_charge(
         &self,
         req: Request<pb::GetChargeRequest>,
@@ -206,7 +205,6 @@ impl ChargeService for ChargeApi {
         Ok(Response::new(pb::GetChargeResponse { charge: Some(out) }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetPaymentSource", source_id = %crate::telemetry::capped(&req.get_ref().source_id)))]
     async fn get_payment_source(
         &self,
         req: Request<pb::GetPaymentSourceRequest>,
@@ -224,7 +222,6 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListOrderCharges", order_id = %crate::telemetry::capped(&req.get_ref().order_id)))]
     async fn list_order_charges(
         &self,
         req: Request<pb::ListOrderChargesRequest>,
@@ -250,7 +247,6 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetCaptureFailure", charge_id = %crate::telemetry::capped(&req.get_ref().charge_id)))]
     async fn get_capture_failure(
         &self,
         req: Request<pb::GetCaptureFailureRequest>,
@@ -277,7 +273,6 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "CaptureItems", order_id = %crate::telemetry::capped(&req.get_ref().order_id)))]
     async fn capture_items(
         &self,
         req: Request<pb::CaptureItemsRequest>,
@@ -304,7 +299,6 @@ impl ChargeService for ChargeApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "CancelItems", order_id = %crate::telemetry::capped(&req.get_ref().order_id)))]
     async fn cancel_items(
         &self,
         req: Request<pb::CancelItemsRequest>,

@@ -63,7 +63,6 @@ fn list_filters_are_valid(r: &pb::ListFulfillmentsRequest) -> Result<(), Service
 
 #[tonic::async_trait]
 impl FulfillmentService for FulfillmentApi {
-    #[tracing::instrument(skip_all, fields(rpc = "CreateFulfillment", order_id = %crate::telemetry::capped(&req.get_ref().order_id), request_id = %crate::telemetry::capped(&req.get_ref().request_id)))]
     async fn create_fulfillment(
         &self,
         req: Request<pb::CreateFulfillmentRequest>,
@@ -95,7 +94,6 @@ impl FulfillmentService for FulfillmentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetFulfillment", fulfillment_id = %crate::telemetry::capped(&req.get_ref().fulfillment_id)))]
     async fn get_fulfillment(
         &self,
         req: Request<pb::GetFulfillmentRequest>,
@@ -113,7 +111,6 @@ impl FulfillmentService for FulfillmentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListFulfillments", order_id = %crate::telemetry::capped(&req.get_ref().order_id)))]
     async fn list_fulfillments(
         &self,
         req: Request<pb::ListFulfillmentsRequest>,
@@ -156,7 +153,6 @@ impl FulfillmentService for FulfillmentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "UpdateFulfillmentTracking", fulfillment_id = %crate::telemetry::capped(&req.get_ref().fulfillment_id)))]
     async fn update_fulfillment_tracking(
         &self,
         req: Request<pb::UpdateFulfillmentTrackingRequest>,
@@ -195,7 +191,6 @@ impl FulfillmentService for FulfillmentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetOrder", order_id = tracing::field::Empty))]
     async fn get_order(
         &self,
         req: Request<pb::GetOrderRequest>,
@@ -214,10 +209,6 @@ impl FulfillmentService for FulfillmentApi {
             None => return Err(ServiceError::invalid("key", "set order_id or upstream_id").into()),
         };
         let order = orders::find_order(&self.client, &key, &opts).await?;
-        tracing::Span::current().record(
-            "order_id",
-            tracing::field::display(crate::telemetry::capped(&order.id)),
-        );
         let progress = orders::fulfillment_progress(&self.client, &order.id, &opts).await?;
         let mut out = convert::order(&order);
         for item in &mut out.items {

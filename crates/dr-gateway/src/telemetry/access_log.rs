@@ -85,11 +85,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let method = Method::of(request.uri().path());
         let peer = peer_of(request.extensions());
-        let request_id = request.extensions().get::<RequestId>().cloned();
+        let request_id = RequestId::of_request(&mut request);
         let user_agent = request
             .headers()
             .get(http::header::USER_AGENT)
@@ -122,7 +122,7 @@ pub struct Line {
     started: Instant,
     method: &'static Method,
     peer: Option<std::net::SocketAddr>,
-    request_id: Option<RequestId>,
+    request_id: RequestId,
     user_agent: Option<String>,
     caller: Option<Caller>,
     sent: u64,
@@ -149,7 +149,7 @@ impl RpcObserver for Line {
         let peer = self
             .peer
             .map_or_else(|| "-".to_owned(), |peer| peer.to_string());
-        let request_id = self.request_id.as_ref().map_or("-", RequestId::as_str);
+        let request_id = self.request_id.as_str();
         let user_agent = self.user_agent.as_deref().unwrap_or("-");
         let message = if end.code == Code::Ok {
             None

@@ -47,6 +47,18 @@ impl RequestId {
         usable.then(|| Self(value.clone()))
     }
 
+    /// The id of `request`: the one an outer layer settled on, else the caller's when
+    /// it is usable, else a new one. Kept in the request's extensions, so every layer
+    /// (the access line, the span, the handler) sees the same id.
+    pub fn of_request<B>(request: &mut http::Request<B>) -> Self {
+        if let Some(id) = request.extensions().get::<Self>() {
+            return id.clone();
+        }
+        let id = Self::from_headers(request.headers()).unwrap_or_else(Self::generate);
+        request.extensions_mut().insert(id.clone());
+        id
+    }
+
     /// A new random id (a UUID).
     pub fn generate() -> Self {
         let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();

@@ -29,6 +29,10 @@ use crate::defaults::LOG_LINE_MAX_BYTES;
 /// The target of the per-event delivery spans of the event stream.
 pub const DELIVERY_TARGET: &str = "dr_gateway::events::delivery";
 
+/// The target of the `dr.call` client spans, one per HTTP request to DR: exported,
+/// never printed (see [`printed_layer`]).
+pub const DR_CALL_TARGET: &str = "dr_gateway::digital_river::call";
+
 /// What [`init`] set up; [`Telemetry::shutdown`] flushes spans still queued.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -52,9 +56,7 @@ impl Telemetry {
 /// and export stays off (the gateway still serves).
 pub fn init(format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let printed = printed_layer(format, CappedLines::stdout(format))
-        .with_filter(filter)
-        .boxed();
+    let printed = printed_layer(format, CappedLines::stdout(format), filter);
     let (export, export_error) = match otel::from_env() {
         Ok(export) => (export, None),
         Err(e) => (None, Some(e)),
@@ -102,13 +104,28 @@ pub fn init(format: LogFormat) -> Telemetry {
     Telemetry { export: provider }
 }
 
-/// The printed output in `format`, lines written to `writer`, without a filter: what
-/// [`init`] installs (and what the benchmarks measure, writing to a sink).
-pub fn printed_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+/// The printed output in `format`, lines written to `writer`, what `filter` lets
+/// through: what [`init`] installs (and what the benchmarks measure, writing to a
+/// sink).
+///
+/// The `dr.call` spans ([`DR_CALL_TARGET`]) are never printed, at any level. A
+/// printed line shows only its innermost span, so inside a DR call it would show the
+/// call's fields instead of the RPC's request id; and formatting each call's dozen
+/// fields for lines that almost never come costs more per RPC than its access line
+/// (crates/dr-gateway/benches/README.md, Optimisation 9). A line logged during a DR
+/// call carries the RPC's span, and says which call itself.
+pub fn printed_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    filter: EnvFilter,
+) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    let printed = filter.and(filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == DR_CALL_TARGET)
+    }));
     match format {
         LogFormat::Json => fmt::layer()
             .json()
@@ -116,8 +133,13 @@ where
             .with_span_list(false)
             .fmt_fields(SpanFieldsJson)
             .with_writer(writer)
+            .with_filter(printed)
             .boxed(),
-        LogFormat::Pretty => fmt::layer().compact().with_writer(writer).boxed(),
+        LogFormat::Pretty => fmt::layer()
+            .compact()
+            .with_writer(writer)
+            .with_filter(printed)
+            .boxed(),
     }
 }
 

@@ -69,8 +69,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let method = Method::of(request.uri().path());
-        let request_id =
-            RequestId::from_headers(request.headers()).unwrap_or_else(RequestId::generate);
+        let request_id = RequestId::of_request(&mut request);
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = method.full_name,
@@ -90,7 +89,6 @@ where
             caller_trace: TraceHeaders::from_headers(request.headers()),
             span: span.clone(),
         };
-        request.extensions_mut().insert(request_id.clone());
         let response = {
             let _entered = span.enter();
             context.clone().sync_scope(|| self.inner.call(request))

@@ -192,13 +192,34 @@ mod tests {
             move || buffer.clone()
         };
         // The layer the gateway prints JSON logs with.
-        let layer =
-            crate::telemetry::logging::printed_layer(crate::config::LogFormat::Json, writer);
+        let layer = crate::telemetry::logging::printed_layer(
+            crate::config::LogFormat::Json,
+            writer,
+            tracing_subscriber::EnvFilter::new("trace"),
+        );
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, act);
         let bytes = buffer.0.lock().unwrap().clone();
         let line: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         line["span"].clone()
+    }
+
+    #[test]
+    fn a_line_logged_during_a_dr_call_carries_the_rpcs_span() {
+        let span = logged_span(|| {
+            let rpc = tracing::info_span!("grpc.server", request_id = "req-1");
+            let _rpc = rpc.enter();
+            let call = tracing::info_span!(
+                target: crate::telemetry::logging::DR_CALL_TARGET,
+                "dr.call",
+                url.path = "/charges/c1",
+            );
+            let _call = call.enter();
+            tracing::info!("DR answered with an error");
+        });
+        assert_eq!(span["name"], "grpc.server");
+        assert_eq!(span["request_id"], "req-1");
+        assert_eq!(span.get("url.path"), None);
     }
 
     #[test]
