@@ -21,6 +21,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter, Layer, Registry};
 
+use super::json_lines::JsonLines;
 use super::otel::{self, Export};
 use super::span_fields::SpanFieldsJson;
 use crate::config::LogFormat;
@@ -128,10 +129,8 @@ where
     }));
     match format {
         LogFormat::Json => fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
             .fmt_fields(SpanFieldsJson)
+            .event_format(JsonLines)
             .with_writer(writer)
             .with_filter(printed)
             .boxed(),

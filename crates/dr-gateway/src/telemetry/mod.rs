@@ -12,14 +12,18 @@
 //! - [`rpc`]: what those layers share: the method a request path names (a fixed set,
 //!   so labels stay bounded) and the response body that sees an RPC end.
 //! - [`capped`]: the length cap of every logged value that comes from outside.
+//! - [`span_fields`] and [`json_lines`]: how the JSON log output writes span fields
+//!   and lines.
 //!
 //! The three layers wrap the gRPC routes in this order (outermost first), each with
-//! one `.layer(...)` in `app.rs`: span, access log, metrics, then authorization, so
-//! the access log and the metrics see the caller the authorization layer found.
+//! one `.layer(...)` in `grpc/server.rs`: access log, span, metrics, then
+//! authorization, so the access log and the metrics see the caller the
+//! authorization layer found, and the access line is not logged inside the span.
 
 pub mod access_log;
 pub mod capped;
 pub mod context;
+pub mod json_lines;
 pub mod logging;
 pub mod metrics;
 pub mod otel;

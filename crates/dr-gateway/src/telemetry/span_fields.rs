@@ -30,7 +30,9 @@ impl<'writer> FormatFields<'writer> for SpanFieldsJson {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut members = Members::new(String::from("{"));
+        let mut text = String::with_capacity(256);
+        text.push('{');
+        let mut members = Members::new(text);
         fields.record(&mut members);
         let mut text = members.finish()?;
         text.push('}');
@@ -61,12 +63,14 @@ impl<'writer> FormatFields<'writer> for SpanFieldsJson {
 
 /// Writes `"name":value` members after the text it was given (an object's `{` and
 /// any members already there).
-struct Members {
-    text: String,
+pub(super) struct Members {
+    /// The text so far; serde_json writes bytes, and the text is checked once at
+    /// the end instead of after every member.
+    bytes: Vec<u8>,
     /// Whether a member precedes the next one (it needs a comma).
     after_member: bool,
-    /// Scratch for values serde_json escapes (it writes bytes).
-    scratch: Vec<u8>,
+    /// Scratch for `Debug` values, reused from member to member.
+    debugged: String,
     failed: bool,
 }
 
@@ -74,19 +78,29 @@ impl Members {
     fn new(text: String) -> Self {
         let after_member = text.len() > 1;
         Self {
-            text,
+            bytes: text.into_bytes(),
             after_member,
-            scratch: Vec::new(),
+            debugged: String::new(),
             failed: false,
         }
     }
 
-    fn finish(self) -> Result<String, fmt::Error> {
-        if self.failed {
-            Err(fmt::Error)
-        } else {
-            Ok(self.text)
+    /// Members written after `text`, which ends with an object's `{`.
+    pub(super) fn opening(text: String) -> Self {
+        Self {
+            after_member: false,
+            ..Self::new(text)
         }
+    }
+
+    /// The text with the members; an error if a value could not be written.
+    pub(super) fn finish(self) -> Result<String, fmt::Error> {
+        if self.failed {
+            return Err(fmt::Error);
+        }
+        // why: serde_json writes valid UTF-8 after valid UTF-8; anything else is a
+        // bug, not a line.
+        String::from_utf8(self.bytes).map_err(|_| fmt::Error)
     }
 
     /// The member's key, or `None` for a field the log leaves out.
@@ -103,23 +117,16 @@ impl Members {
         let Some(key) = Self::key(field) else {
             return;
         };
-        self.scratch.clear();
         if self.after_member {
-            self.scratch.push(b',');
+            self.bytes.push(b',');
         }
-        let written = serde_json::to_writer(&mut self.scratch, key)
-            .and_then(|()| {
-                self.scratch.push(b':');
-                serde_json::to_writer(&mut self.scratch, value)
-            })
-            .is_ok();
-        // why: serde_json writes valid UTF-8; anything else is a bug, not a line.
-        match std::str::from_utf8(&self.scratch) {
-            Ok(json) if written => {
-                self.text.push_str(json);
-                self.after_member = true;
-            }
-            _ => self.failed = true,
+        let written = serde_json::to_writer(&mut self.bytes, key).and_then(|()| {
+            self.bytes.push(b':');
+            serde_json::to_writer(&mut self.bytes, value)
+        });
+        match written {
+            Ok(()) => self.after_member = true,
+            Err(_) => self.failed = true,
         }
     }
 }
@@ -154,12 +161,14 @@ impl Visit for Members {
             return;
         }
         // why: `%value` fields arrive here too (their Debug is their Display).
-        let mut text = String::new();
+        let mut text = std::mem::take(&mut self.debugged);
+        text.clear();
         if write!(text, "{value:?}").is_err() {
             self.failed = true;
             return;
         }
         self.member(field, text.as_str());
+        self.debugged = text;
     }
 }
 

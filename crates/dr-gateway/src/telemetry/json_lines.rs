@@ -1,0 +1,208 @@
+//! [`JsonLines`]: the JSON log line of an event, in the shape of tracing-subscriber's
+//! JSON format with the current span (`timestamp`, `level`, `fields`, `target`, and
+//! `span`: the span's fields and `name`).
+//!
+//! why: tracing-subscriber's JSON formatter writes each key, quote and value through
+//! an adaptor that checks the bytes are UTF-8 and hands them on one by one, and
+//! parses the current span's fields back into a map for every line. With JSON logs
+//! at INFO (the chart's default) every RPC writes an access line: that was ~24 k
+//! instructions, a twentieth of a GetCharge (crates/dr-gateway/benches/README.md,
+//! Optimisation 9). This writes the members into one buffer, as [`SpanFieldsJson`]
+//! does for span fields, and copies the span's text as it is.
+//!
+//! Differences from tracing-subscriber's output, none of which a JSON reader sees:
+//! the span's members keep their recorded order (its map sorted them) and a field
+//! recorded twice appears twice (the map kept the last; so do JSON readers); the
+//! `log.*` fields that the `log` crate's records carry are left out (the target
+//! says where a record came from).
+
+use std::fmt;
+
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent as _;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use super::span_fields::{Members, SpanFieldsJson};
+
+/// Formats each event as one JSON line; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLines;
+
+impl<S> FormatEvent<S, SpanFieldsJson> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, SpanFieldsJson>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut line = String::with_capacity(512);
+        line.push_str("{\"timestamp\":\"");
+        // why: the timer writes digits, `-`, `:`, `.`, `T` and `Z`: nothing to escape.
+        SystemTime.format_time(&mut Writer::new(&mut line))?;
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push_str("\",\"fields\":{");
+        let mut members = Members::opening(line);
+        event.record(&mut members);
+        let mut line = members.finish()?;
+        line.push_str("},\"target\":");
+        push_string(&mut line, meta.target())?;
+        let span = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current());
+        if let Some(span) = span {
+            line.push_str(",\"span\":");
+            let extensions = span.extensions();
+            let fields = extensions
+                .get::<FormattedFields<SpanFieldsJson>>()
+                .map_or("", |fields| fields.fields.as_str());
+            // why: the text is an object SpanFieldsJson wrote ("{…}"); reopen it.
+            match fields.strip_suffix('}') {
+                Some(open) if open.len() > 1 => {
+                    line.push_str(open);
+                    line.push(',');
+                }
+                _ => line.push('{'),
+            }
+            line.push_str("\"name\":");
+            push_string(&mut line, span.name())?;
+            line.push('}');
+        }
+        line.push('}');
+        writeln!(writer, "{line}")
+    }
+}
+
+/// Appends `text` as a JSON string.
+fn push_string(line: &mut String, text: &str) -> fmt::Result {
+    let json = serde_json::to_string(text).map_err(|_| fmt::Error)?;
+    line.push_str(&json);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::prelude::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines `act` logs, as the gateway's JSON output and as tracing-subscriber's
+    /// own JSON formatter (with the current span) print them, parsed.
+    fn both_outputs(act: impl Fn()) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let ours = Buffer::default();
+        let theirs = Buffer::default();
+        let ours_writer = {
+            let ours = ours.clone();
+            move || ours.clone()
+        };
+        let theirs_writer = {
+            let theirs = theirs.clone();
+            move || theirs.clone()
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(crate::telemetry::logging::printed_layer(
+                crate::config::LogFormat::Json,
+                ours_writer,
+                tracing_subscriber::EnvFilter::new("trace"),
+            ))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .fmt_fields(super::SpanFieldsJson)
+                    .with_writer(theirs_writer),
+            );
+        tracing::subscriber::with_default(subscriber, act);
+        let parse = |buffer: Buffer| {
+            let bytes = buffer.0.lock().unwrap().clone();
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect::<Vec<serde_json::Value>>()
+        };
+        (parse(ours), parse(theirs))
+    }
+
+    /// `line` without its timestamp (the two outputs take the time apart).
+    fn timeless(mut line: serde_json::Value) -> serde_json::Value {
+        let stamp = line["timestamp"].as_str().unwrap().to_owned();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&stamp).is_ok(),
+            "timestamp {stamp:?}"
+        );
+        line.as_object_mut().unwrap().remove("timestamp");
+        line
+    }
+
+    #[test]
+    fn a_line_reads_as_tracing_subscribers_json_line() {
+        let (ours, theirs) = both_outputs(|| {
+            tracing::info!(
+                text = "quote \" backslash \\ newline \n tab \t é",
+                number = -7_i64,
+                big = u64::MAX,
+                flag = true,
+                ratio = 0.25_f64,
+                shown = %"display",
+                debugged = ?Some(3),
+                "outside any span: {}",
+                "formatted"
+            );
+            let rpc = tracing::info_span!(
+                "grpc.server",
+                request_id = "req-1",
+                status = tracing::field::Empty
+            );
+            let _rpc = rpc.enter();
+            rpc.record("status", 0_i64);
+            tracing::warn!(target: "dr_gateway::access", code = "OK", "rpc");
+            let empty = tracing::info_span!("empty");
+            let _empty = empty.enter();
+            tracing::error!("in a span without fields");
+        });
+        assert_eq!(ours.len(), 3);
+        let ours: Vec<_> = ours.into_iter().map(timeless).collect();
+        let theirs: Vec<_> = theirs.into_iter().map(timeless).collect();
+        assert_eq!(ours, theirs);
+        assert_eq!(ours[1]["span"]["request_id"], "req-1");
+        assert_eq!(ours[1]["span"]["name"], "grpc.server");
+        assert_eq!(ours[2]["span"], serde_json::json!({"name": "empty"}));
+    }
+
+    #[test]
+    fn a_line_with_an_explicit_parent_carries_that_span() {
+        let (ours, theirs) = both_outputs(|| {
+            let parent = tracing::info_span!("parent", id = 1_u64);
+            let other = tracing::info_span!("other", id = 2_u64);
+            let _other = other.enter();
+            tracing::info!(parent: &parent, "child of parent");
+        });
+        assert_eq!(ours[0]["span"]["name"], "parent");
+        assert_eq!(timeless(ours[0].clone()), timeless(theirs[0].clone()));
+    }
+}
