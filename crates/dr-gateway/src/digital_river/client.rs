@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::{field, Instrument};
 
+use super::call_metrics::{self, Outcome};
 use super::models::{
     Charge, CreateFulfillment, Event, Fulfillment, ListResponse, Order, Source, UpdateFulfillment,
 };
@@ -674,23 +675,20 @@ fn record<T>(
     result: &Result<(T, u16), Error>,
     started: Instant,
 ) {
-    let status = match result {
-        Ok((_, status)) => status.to_string(),
-        Err(Error::Api { status, .. } | Error::Decode { status, .. }) => status.to_string(),
-        Err(Error::Timeout { .. }) => "timeout".to_owned(),
-        Err(Error::Connect { .. }) => "connect_error".to_owned(),
-        Err(Error::Connection { .. }) => "connection_error".to_owned(),
-        Err(Error::Request { .. } | Error::RateLimited { .. }) => "not_sent".to_owned(),
+    let outcome = match result {
+        Ok((_, status)) => Outcome::Status(*status),
+        Err(Error::Api { status, .. } | Error::Decode { status, .. }) => Outcome::Status(*status),
+        Err(Error::Timeout { .. }) => Outcome::Timeout,
+        Err(Error::Connect { .. }) => Outcome::ConnectError,
+        Err(Error::Connection { .. }) => Outcome::ConnectionError,
+        Err(Error::Request { .. } | Error::RateLimited { .. }) => Outcome::NotSent,
     };
     if let Err(e) = result {
         if !matches!(e, Error::Api { .. }) {
             tracing::Span::current().record("otel.status_code", "ERROR");
         }
     }
-    metrics::counter!(names::DR_REQUESTS, "method" => method, "route" => route, "status" => status)
-        .increment(1);
-    metrics::histogram!(names::DR_REQUEST_SECONDS, "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    call_metrics::record(method, route, outcome, started.elapsed());
 }
 
 fn log_undecodable(call: &Call<'_>, status: StatusCode, bytes: &[u8]) {

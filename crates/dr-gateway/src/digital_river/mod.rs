@@ -4,6 +4,7 @@
 //! Nothing outside this module (and the sandbox, which plays DR) touches reqwest or
 //! DR's JSON shapes; callers get typed models and [`Error`].
 
+mod call_metrics;
 mod client;
 mod error;
 pub mod models;

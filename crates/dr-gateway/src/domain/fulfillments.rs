@@ -95,7 +95,7 @@ impl FulfillmentCommand {
     /// Checks the request before anything reaches DR. Field names follow the proto.
     pub fn validate(&self) -> Result<(), ServiceError> {
         let mut v = Vec::new();
-        ids::push_id_violation(&mut v, "order_id".into(), &self.order_id);
+        ids::push_id_violation(&mut v, || "order_id".into(), &self.order_id);
         if self.items.is_empty() {
             v.push(FieldViolation::new(
                 "items",
@@ -103,7 +103,7 @@ impl FulfillmentCommand {
             ));
         }
         for (i, item) in self.items.iter().enumerate() {
-            ids::push_id_violation(&mut v, format!("items[{i}].item_id"), &item.item_id);
+            ids::push_id_violation(&mut v, || format!("items[{i}].item_id"), &item.item_id);
             if let Some(problem) = ids::text_problem(&item.shipment_item_id) {
                 v.push(FieldViolation::new(
                     format!("items[{i}].shipment_item_id"),
@@ -397,7 +397,11 @@ impl Fulfiller {
         deadline: Option<Instant>,
     ) -> Result<Fulfillment, ServiceError> {
         // why: the attempt belongs to the RPC's trace and carries its request id to DR.
-        let task = self.attempts.spawn(telemetry::in_current_context(attempt));
+        // why: boxed first, so the wrappers and the spawn move a pointer, not the
+        // attempt's whole state (several KiB, copied at each move).
+        let task = self
+            .attempts
+            .spawn(telemetry::in_current_context(Box::pin(attempt)));
         let joined = match deadline {
             Some(d) => match tokio::time::timeout_at(d.into(), task).await {
                 Ok(joined) => joined,

@@ -77,10 +77,15 @@ pub fn check_text(field: &str, text: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// Adds a violation of `field` to `violations` unless `id` is a usable DR id.
-pub fn push_id_violation(violations: &mut Vec<FieldViolation>, field: String, id: &str) {
+/// Adds a violation of `field` (named only when there is one) to `violations` unless
+/// `id` is a usable DR id.
+pub fn push_id_violation(
+    violations: &mut Vec<FieldViolation>,
+    field: impl FnOnce() -> String,
+    id: &str,
+) {
     if let Some(problem) = id_problem(id) {
-        violations.push(FieldViolation::new(field, problem));
+        violations.push(FieldViolation::new(field(), problem));
     }
 }
 
