@@ -16,12 +16,12 @@
 //! `log.*` fields that the `log` crate's records carry are left out (the target
 //! says where a record came from).
 
-use std::fmt;
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
 
 use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -45,8 +45,7 @@ where
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let mut line = String::with_capacity(512);
         line.push_str("{\"timestamp\":\"");
-        // why: the timer writes digits, `-`, `:`, `.`, `T` and `Z`: nothing to escape.
-        SystemTime.format_time(&mut Writer::new(&mut line))?;
+        push_timestamp(&mut line, chrono::Utc::now());
         line.push_str("\",\"level\":\"");
         line.push_str(meta.level().as_str());
         line.push_str("\",\"fields\":{");
@@ -80,6 +79,41 @@ where
         line.push('}');
         writeln!(writer, "{line}")
     }
+}
+
+/// Appends `now` as tracing-subscriber's `SystemTime` timer writes it (RFC 3339,
+/// UTC, microseconds: `2026-12-01T19:22:59.123456Z`; nothing to escape).
+///
+/// why: the calendar part is formatted once per second and thread (chrono's
+/// formatting costs ~2 k instructions a line); only the microseconds are new.
+fn push_timestamp(line: &mut String, now: chrono::DateTime<chrono::Utc>) {
+    thread_local! {
+        /// The last second formatted on this thread, and its text.
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let second = now.timestamp();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let (at, text) = &mut *cached;
+            text.clear();
+            // A formatting error leaves the text short; the line is still JSON.
+            let _ = write!(text, "{}", now.format("%Y-%m-%dT%H:%M:%S"));
+            *at = second;
+        }
+        line.push_str(&cached.1);
+    });
+    line.push('.');
+    // why: chrono shows a leap second as 1_000_000 µs and more; it is written as
+    // the second's last microsecond, so the field stays six digits.
+    let micros = now.timestamp_subsec_micros().min(999_999);
+    let mut divisor = 100_000;
+    while divisor > 0 {
+        // Each digit is 0..=9.
+        line.push(char::from(b'0' + ((micros / divisor) % 10) as u8));
+        divisor /= 10;
+    }
+    line.push('Z');
 }
 
 /// Appends `text` as a JSON string.
@@ -192,6 +226,36 @@ mod tests {
         assert_eq!(ours[1]["span"]["request_id"], "req-1");
         assert_eq!(ours[1]["span"]["name"], "grpc.server");
         assert_eq!(ours[2]["span"], serde_json::json!({"name": "empty"}));
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_utc_with_microseconds_as_the_timer_writes_them() {
+        use chrono::TimeZone as _;
+        let mut line = String::new();
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 1, 19, 22, 59)
+            .unwrap();
+        super::push_timestamp(&mut line, at + chrono::Duration::microseconds(4_321));
+        line.push(' ');
+        // The same second again (the cached text), then the next one.
+        super::push_timestamp(&mut line, at + chrono::Duration::microseconds(999_999));
+        line.push(' ');
+        super::push_timestamp(&mut line, at + chrono::Duration::seconds(1));
+        assert_eq!(
+            line,
+            "2026-12-01T19:22:59.004321Z 2026-12-01T19:22:59.999999Z 2026-12-01T19:23:00.000000Z"
+        );
+        let mut timer = String::new();
+        tracing_subscriber::fmt::time::FormatTime::format_time(
+            &tracing_subscriber::fmt::time::SystemTime,
+            &mut tracing_subscriber::fmt::format::Writer::new(&mut timer),
+        )
+        .unwrap();
+        let mut ours = String::new();
+        super::push_timestamp(&mut ours, chrono::Utc::now());
+        assert_eq!(ours.len(), timer.len(), "{ours} vs {timer}");
+        assert_eq!(ours.as_bytes()[10], timer.as_bytes()[10]);
+        assert!(ours.ends_with('Z') && timer.ends_with('Z'));
     }
 
     #[test]
