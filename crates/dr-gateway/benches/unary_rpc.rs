@@ -238,6 +238,12 @@ fn drive(me: &str, only_callgrind: bool) -> Result<(), String> {
             w.gateway_p50_us / w.direct_p50_us
         );
         println!(
+            "| unary p50 at concurrency 1 (GetCharge), bare proxy | {:.0} µs | {:.0} µs direct | {:.2} | (reference: the gRPC hop alone) |",
+            w.proxy_p50_us,
+            w.direct_p50_us,
+            w.proxy_p50_us / w.direct_p50_us
+        );
+        println!(
             "| GetCharge RPS at saturation ({IN_FLIGHT} in flight, {CHANNELS} connections) | {:.0} | {:.0} (bare tonic-to-reqwest proxy) | {:.2} | ≥ 0.85 |",
             w.gateway_rps,
             w.proxy_rps,
@@ -600,10 +606,19 @@ async fn start_echo() -> Result<SocketAddr, String> {
     let router = tonic::transport::Server::builder()
         .add_service(ChargeServiceServer::new(echo.clone()))
         .add_service(FulfillmentServiceServer::new(echo));
-    tokio::spawn(
-        router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    tokio::spawn(router.serve_with_incoming(nodelay_incoming(listener)));
     Ok(addr)
+}
+
+/// The connections `listener` accepts, with TCP_NODELAY as the gateway sets it (so
+/// no baseline waits for a delayed ACK the gateway does not wait for).
+fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map_ok(|stream| {
+        let _ = stream.set_nodelay(true);
+        stream
+    })
 }
 
 /// Bare tonic-to-reqwest proxy: `GetCharge` → `GET /charges/{id}` → model → protobuf.
@@ -622,7 +637,7 @@ async fn start_proxy(dr: SocketAddr) -> Result<SocketAddr, String> {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(ChargeServiceServer::new(proxy))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(nodelay_incoming(listener)),
     );
     Ok(addr)
 }
@@ -784,6 +799,8 @@ impl ChargeService for Proxy {
 struct Wall {
     gateway_p50_us: f64,
     direct_p50_us: f64,
+    /// The bare proxy's p50: what the gRPC hop itself adds to the direct calls.
+    proxy_p50_us: f64,
     gateway_rps: f64,
     proxy_rps: f64,
 }
@@ -794,32 +811,39 @@ async fn wall_time() -> Result<Wall, String> {
     let (gateway,) = start_gateway(dr).await?;
     let proxy = start_proxy(dr).await?;
     let mut gateway_one = Caller::grpc(gateway, false).await?;
+    let mut proxy_one = Caller::grpc(proxy, false).await?;
     let mut direct = direct_gets(dr);
     for _ in 0..WARM_UP {
         gateway_one.call().await?;
+        proxy_one.call().await?;
         direct.call().await?;
     }
     println!(
         "\nwall time: {ROUNDS} rounds of each, interleaved; p50 of {LATENCY_CALLS} sequential calls; \
          {SATURATION_RPCS} GetCharge RPCs with {IN_FLIGHT} in flight over {CHANNELS} connections"
     );
-    let (mut g50, mut d50, mut g_rps, mut p_rps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut g50, mut d50, mut p50s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut g_rps, mut p_rps) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let g = p50(&mut gateway_one).await?;
         let d = p50(&mut direct).await?;
+        let p = p50(&mut proxy_one).await?;
         let gr = saturate(gateway).await?;
         let pr = saturate(proxy).await?;
         println!(
-            "  round {round}: p50 gateway {g:>6.0} µs, direct {d:>6.0} µs; RPS gateway {gr:>7.0}, bare proxy {pr:>7.0}"
+            "  round {round}: p50 gateway {g:>6.0} µs, direct {d:>6.0} µs, bare proxy {p:>6.0} µs; \
+             RPS gateway {gr:>7.0}, bare proxy {pr:>7.0}"
         );
         g50.push(g);
         d50.push(d);
+        p50s.push(p);
         g_rps.push(gr);
         p_rps.push(pr);
     }
     Ok(Wall {
         gateway_p50_us: median(&mut g50),
         direct_p50_us: median(&mut d50),
+        proxy_p50_us: median(&mut p50s),
         gateway_rps: median(&mut g_rps),
         proxy_rps: median(&mut p_rps),
     })
