@@ -22,6 +22,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,6 +76,8 @@ struct StoredMembers {
 pub struct KvGroupStore {
     groups: kv::Store,
     keys: kv::Store,
+    /// For the inbox of the listing consumer ([`group_ids`]).
+    client: async_nats::Client,
     timeout: Duration,
     replica: String,
     member_ttl: Duration,
@@ -123,6 +126,7 @@ impl KvGroupStore {
         Ok(Self {
             groups,
             keys,
+            client: bus.jetstream().client(),
             timeout: config.request_timeout,
             replica,
             member_ttl: defaults::CONSUMER_GROUP_MEMBER_TTL,
@@ -224,6 +228,73 @@ impl KvGroupStore {
     }
 }
 
+/// The ids of the groups whose definition the bucket holds: the last entry of
+/// each `<id>.def`, read until the consumer has nothing pending.
+///
+/// why: only the `.def` keys, not the whole bucket (`Store::keys`). Positions and
+/// member lists are rewritten many times a second while groups consume; reading
+/// every key did not finish within the bus timeout once a few groups had
+/// consumed (`cargo bench -p dr-gateway --bench consume`, JetStream rounds), so
+/// CreateConsumerGroup, which counts the groups, and ListConsumerGroups answered
+/// UNAVAILABLE. A definition is written once and deleted once.
+async fn group_ids(
+    client: &async_nats::Client,
+    store: &kv::Store,
+) -> Result<Vec<String>, GroupListError> {
+    let consumer = store
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            description: Some("consumer group listing".into()),
+            filter_subject: format!("{}*.def", store.prefix),
+            headers_only: true,
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            replay_policy: ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(GroupListError::new)?;
+    let mut ids = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(ids);
+    }
+    let mut messages = consumer.messages().await.map_err(GroupListError::new)?;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(GroupListError::new)?;
+        let pending = message.info().map_err(GroupListError::new)?.pending;
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(KV_OPERATION_HEADER))
+            .is_some_and(|op| op.as_str() != "PUT");
+        let id = message
+            .subject
+            .strip_prefix(store.prefix.as_str())
+            .and_then(|key| key.strip_suffix(".def"));
+        if let (false, Some(id)) = (deleted, id) {
+            ids.push(id.to_owned());
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(ids)
+}
+
+/// The KV header that marks a deleted or purged key (absent on a put).
+const KV_OPERATION_HEADER: &str = "KV-Operation";
+
+/// Listing the group definitions failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct GroupListError(String);
+
+impl GroupListError {
+    fn new(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
 fn ttl_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -276,19 +347,16 @@ impl GroupStore for KvGroupStore {
     }
 
     async fn groups(&self) -> Result<Vec<GroupDef>, StoreError> {
-        let names: Vec<String> = timed(self.timeout, "listing consumer groups", async {
-            let keys = self.groups.keys().await?;
-            let names = keys.filter_map(|k| async move { k.ok() }).collect().await;
-            Ok::<_, kv::HistoryError>(names)
-        })
+        let ids = timed(
+            self.timeout,
+            "listing consumer groups",
+            group_ids(&self.client, &self.groups),
+        )
         .await
         .map_err(store_error)?;
         let mut out = Vec::new();
-        for name in names {
-            let Some(id) = name.strip_suffix(".def") else {
-                continue;
-            };
-            if let Some(def) = self.group(id).await? {
+        for id in ids {
+            if let Some(def) = self.group(&id).await? {
                 out.push(def);
             }
         }

@@ -1454,3 +1454,106 @@ async fn a_consumer_group_survives_a_sigkilled_replica_with_nothing_lost_and_not
     }
     b.stop().await;
 }
+
+#[tokio::test]
+async fn consumer_groups_are_listed_while_other_groups_keep_writing_their_state() {
+    // Arrange: four groups in one bucket whose member lists are rewritten as fast
+    // as NATS takes them (as positions and members move while groups consume).
+    use dr_gateway::bus::{Bus, KvGroupStore};
+    use dr_gateway::events::groups::{GroupDef, GroupSettings, GroupStore, MemberInfo};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let nats = NatsServer::start().await;
+    let bus = Bus::connect(bus(&nats)).await.expect("bus");
+    let store = Arc::new(
+        KvGroupStore::open(&bus, "replica-a".into())
+            .await
+            .expect("buckets"),
+    );
+    let defs: Vec<GroupDef> = (1..=4)
+        .map(|i| GroupDef {
+            id: format!("group-{i}"),
+            incarnation: i,
+            settings: GroupSettings {
+                filter: Default::default(),
+                ack_deadline_ms: 30_000,
+                reorder_window_ms: 0,
+                start: Default::default(),
+            },
+            created: chrono::Utc::now(),
+            start_after: 0,
+        })
+        .collect();
+    for def in &defs {
+        store.create_group(def).await.expect("group created");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    // why: several writers per group, so that some write is always in flight.
+    let writers: Vec<_> = defs
+        .iter()
+        .cycle()
+        .take(4 * defs.len())
+        .cloned()
+        .map(|def| {
+            let (store, stop, writes) = (store.clone(), stop.clone(), writes.clone());
+            tokio::spawn(async move {
+                let mut acked = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    acked += 1;
+                    let member = MemberInfo {
+                        member_id: format!("{}-m", def.id),
+                        name: "worker".into(),
+                        replica: "replica-a".into(),
+                        connected: chrono::Utc::now(),
+                        max_unacked: 10,
+                        unacked: 1,
+                        acked,
+                    };
+                    if store.put_members(&def, &[member]).await.is_ok() {
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    crate::helpers::eventually("the writers are writing", WAIT, || {
+        let writes = writes.clone();
+        async move { (writes.load(Ordering::Relaxed) >= 3000).then_some(()) }
+    })
+    .await;
+
+    // Act + Assert: every listing, each within the bus timeout (800 ms), names
+    // the four groups while the writes go on.
+    for _ in 0..5 {
+        let before = writes.load(Ordering::Relaxed);
+        let mut ids: Vec<String> = store
+            .groups()
+            .await
+            .expect("listed while the groups' state is written")
+            .into_iter()
+            .map(|def| def.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["group-1", "group-2", "group-3", "group-4"]);
+        assert!(
+            writes.load(Ordering::Relaxed) > before,
+            "the state was written during the listing"
+        );
+    }
+    // And once the writes are over (the last message of the stream is one of
+    // thousands that replaced each other).
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let mut ids: Vec<String> = store
+        .groups()
+        .await
+        .expect("listed after the writes")
+        .into_iter()
+        .map(|def| def.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["group-1", "group-2", "group-3", "group-4"]);
+}
