@@ -1,8 +1,10 @@
-//! Subscriptions: a position in the log, a filter and a bounded queue to the
-//! subscriber. Each subscription runs as its own task that reads the log by sequence
-//! ([`Tail`]), so the webhook path never waits for subscribers and a slow one only
-//! delays itself; once the log drops its position the subscription ends with
-//! [`SubscriptionItem::Expired`] rather than skipping events.
+//! Subscriptions: a position in the log and a filter, read as a stream
+//! ([`Subscription`]). A subscription reads the log by sequence when its subscriber
+//! polls it, so the webhook path never waits for subscribers, a slow one only delays
+//! itself and nothing is read ahead for it; once the log drops its position the
+//! subscription ends with [`SubscriptionItem::Expired`] rather than skipping events.
+//! A subscription with a reorder window runs as its own task feeding a bounded
+//! queue (its hold needs timers per held event).
 //!
 //! Each running subscription is counted (`dr_gateway_subscribers`) and registered
 //! with its progress, so a scrape can tell how far behind the slowest one is
@@ -12,18 +14,22 @@
 
 use std::{
     collections::HashMap,
+    future::Future as _,
+    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
     },
+    task::{ready, Context, Poll},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use tokio::{
     sync::{mpsc, watch},
-    time::Instant,
+    time::{Instant, Sleep},
 };
+use tokio_util::sync::ReusableBoxFuture;
 
 use super::{
     filter::EventFilter,
@@ -40,7 +46,8 @@ use tracing::Instrument as _;
 /// Events read from the log per batch.
 const READ_BATCH: usize = 128;
 
-/// Capacity of each subscriber's queue (messages not yet taken by the transport).
+/// Capacity of a reordered subscription's queue (messages not yet taken by the
+/// transport).
 pub const SUBSCRIBER_QUEUE: usize = 32;
 
 /// Reads a log from a position onwards, waiting for appends when caught up.
@@ -196,25 +203,27 @@ pub async fn resolve_start(log: &dyn EventLog, start: &Start) -> Result<Sequence
     }
 }
 
-/// Starts a subscription: resolves the start, then spawns the task feeding the
-/// returned bounded queue. The task ends when the receiver is dropped.
+/// Starts a subscription: resolves the start and returns the subscription, which
+/// reads the log as it is polled (no task, no queue: see [`Subscription`]).
 pub async fn subscribe(
     log: Arc<dyn EventLog>,
     filter: EventFilter,
     start: &Start,
     heartbeat: Duration,
     clock: Arc<dyn Clock>,
-) -> Result<mpsc::Receiver<SubscriptionItem>, SubscribeError> {
+) -> Result<Subscription, SubscribeError> {
     let after = resolve_start(log.as_ref(), start).await?;
-    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
     let delivery = Delivery {
         progress: Progress::register(&tail),
         subscribe_span: otel::current_rpc_span_context(),
         seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
     };
-    tokio::spawn(run(tail, filter, heartbeat, clock, tx, delivery));
-    Ok(rx)
+    Ok(Subscription {
+        source: Source::Live(Box::new(Live::new(
+            tail, filter, heartbeat, clock, delivery,
+        ))),
+    })
 }
 
 /// Like [`subscribe`], but each event is held for `window` after the gateway
@@ -228,7 +237,7 @@ pub async fn subscribe_reordered(
     heartbeat: Duration,
     window: Duration,
     clock: Arc<dyn Clock>,
-) -> Result<mpsc::Receiver<SubscriptionItem>, SubscribeError> {
+) -> Result<Subscription, SubscribeError> {
     let after = resolve_start(log.as_ref(), start).await?;
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
@@ -246,7 +255,9 @@ pub async fn subscribe_reordered(
         tx,
         delivery,
     ));
-    Ok(rx)
+    Ok(Subscription {
+        source: Source::Queued(rx),
+    })
 }
 
 /// The position a reordered stream resumes after: before the oldest held event,
@@ -395,72 +406,257 @@ impl Delivery {
     }
 }
 
-async fn run(
-    mut tail: Tail,
+/// A running subscription: the [`SubscriptionItem`]s for one subscriber, as a
+/// stream. It ends after [`SubscriptionItem::Expired`] or
+/// [`SubscriptionItem::Failed`], or when the log is gone; dropping it ends the
+/// subscription.
+pub struct Subscription {
+    source: Source,
+}
+
+enum Source {
+    /// Read from the log when polled ([`subscribe`]).
+    Live(Box<Live>),
+    /// Fed by a task through a bounded queue ([`subscribe_reordered`]).
+    Queued(mpsc::Receiver<SubscriptionItem>),
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.source {
+            Source::Live(_) => "live",
+            Source::Queued(_) => "queued",
+        };
+        f.debug_struct("Subscription")
+            .field("source", &kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = SubscriptionItem;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubscriptionItem>> {
+        match &mut self.get_mut().source {
+            Source::Live(live) => live.poll_next(cx),
+            Source::Queued(rx) => rx.poll_recv(cx),
+        }
+    }
+}
+
+/// The events the log returned for one read.
+type Batch = Vec<Arc<StoredEvent>>;
+
+/// A subscription that reads the log when its subscriber polls it: the subscriber's
+/// transport drives it, so nothing is read ahead of what the subscriber takes (the
+/// log keeps the events; one read batch is the most it holds) and nothing runs for
+/// it between polls. Each poll hands out the next matching event of the last read,
+/// else reads on, else waits for an append or the heartbeat.
+///
+/// why: a task per subscription with a queue to its stream cost a wake-up, a
+/// queue push and pop and the task's own poll per delivery (`cargo bench -p
+/// dr-gateway --bench fan_out -- --callgrind`, benches/README.md "Optimisation 9").
+struct Live {
+    log: Arc<dyn EventLog>,
+    /// The last sequence read.
+    pos: Sequence,
+    /// The log's append watch, while no wait holds it.
+    appended: Option<watch::Receiver<Sequence>>,
+    /// A wait for the next append (owns the watch while it runs); its box is reused.
+    append_wait: Option<ReusableBoxFuture<'static, (bool, watch::Receiver<Sequence>)>>,
+    waiting: bool,
+    /// A log read in flight; its box is reused.
+    read: Option<ReusableBoxFuture<'static, Result<Batch, LogError>>>,
+    reading: bool,
+    /// The rest of the last read, not looked at yet.
+    batch: std::vec::IntoIter<Arc<StoredEvent>>,
+    /// True when the last read reached the last append the log announced.
+    caught_up: bool,
+    /// True when the last read did not: the next one follows without a wait.
+    behind: bool,
     filter: EventFilter,
     heartbeat: Duration,
+    /// A heartbeat is due when nothing was handed out until then.
+    idle_until: Instant,
+    /// why: one timer for the subscription's life, moved on with `reset`: moving a
+    /// registered timer later does not touch the timer wheel.
+    heartbeat_due: Pin<Box<Sleep>>,
     clock: Arc<dyn Clock>,
-    tx: mpsc::Sender<SubscriptionItem>,
     delivery: Delivery,
-) {
-    let mut idle_until = Instant::now() + heartbeat;
-    // why: one timer for the subscription's life, moved on with `reset`: moving a
-    // registered timer later does not touch the timer wheel, where a new `sleep`
-    // per wake-up registered and removed an entry for every delivery.
-    let heartbeat_due = tokio::time::sleep_until(idle_until);
-    tokio::pin!(heartbeat_due);
-    loop {
-        let batch = match tail.next_batch().await {
-            Ok(batch) => batch,
-            Err(LogError::Expired { oldest, .. }) => {
-                let oldest_cursor = tail.log.cursor_for(oldest.saturating_sub(1));
-                let _ = tx.send(SubscriptionItem::Expired { oldest_cursor }).await;
-                return;
+    ended: bool,
+}
+
+impl Live {
+    fn new(
+        tail: Tail,
+        filter: EventFilter,
+        heartbeat: Duration,
+        clock: Arc<dyn Clock>,
+        delivery: Delivery,
+    ) -> Self {
+        let Tail { log, pos, appended } = tail;
+        let idle_until = Instant::now() + heartbeat;
+        Self {
+            log,
+            pos,
+            appended: Some(appended),
+            append_wait: None,
+            waiting: false,
+            read: None,
+            reading: false,
+            batch: Vec::new().into_iter(),
+            caught_up: false,
+            behind: false,
+            filter,
+            heartbeat,
+            idle_until,
+            heartbeat_due: Box::pin(tokio::time::sleep_until(idle_until)),
+            clock,
+            delivery,
+            ended: false,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<SubscriptionItem>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            while let Some(event) = self.batch.next() {
+                let seq = event.seq;
+                if self.filter.matches(&event.meta) {
+                    return Poll::Ready(Some(self.hand_over(event)));
+                }
+                self.delivery.progress.reached(seq);
             }
-            Err(e) => {
-                let _ = tx.send(SubscriptionItem::Failed(e)).await;
-                return;
+            if !self.caught_up {
+                // why: a stream that never catches up (a backlog of events it does
+                // not match) still gets its heartbeats.
+                if self.behind && !self.reading && Instant::now() >= self.idle_until {
+                    return Poll::Ready(Some(self.heartbeat_now()));
+                }
+                match ready!(self.poll_read(cx)) {
+                    Ok(batch) => {
+                        // why: a short batch that reaches the last announced append
+                        // is the end; an empty read to confirm it would cost a log
+                        // read per delivery.
+                        self.caught_up = batch.is_empty()
+                            || (batch.len() < READ_BATCH && self.reached_announced());
+                        self.behind = !self.caught_up;
+                        self.batch = batch.into_iter();
+                        continue;
+                    }
+                    Err(LogError::Expired { oldest, .. }) => {
+                        self.ended = true;
+                        let oldest_cursor = self.log.cursor_for(oldest.saturating_sub(1));
+                        return Poll::Ready(Some(SubscriptionItem::Expired { oldest_cursor }));
+                    }
+                    Err(e) => {
+                        self.ended = true;
+                        return Poll::Ready(Some(SubscriptionItem::Failed(e)));
+                    }
+                }
             }
+            match self.poll_append(cx) {
+                Poll::Ready(true) => {
+                    self.caught_up = false;
+                    continue;
+                }
+                Poll::Ready(false) => {
+                    // The log is gone.
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {}
+            }
+            if self.heartbeat_due.deadline() != self.idle_until {
+                self.heartbeat_due.as_mut().reset(self.idle_until);
+            }
+            ready!(self.heartbeat_due.as_mut().poll(cx));
+            return Poll::Ready(Some(self.heartbeat_now()));
+        }
+    }
+
+    /// Hands `event` to the subscriber (it matched), with its delivery span and
+    /// metrics.
+    fn hand_over(&mut self, event: Arc<StoredEvent>) -> SubscriptionItem {
+        let span = self.delivery.span(&event);
+        let _entered = span.enter();
+        self.delivery.delivered(&event, self.clock.now());
+        self.delivery.progress.reached(event.seq);
+        self.idle_until = Instant::now() + self.heartbeat;
+        SubscriptionItem::Event(event)
+    }
+
+    /// A heartbeat with the cursor of the last event looked at.
+    fn heartbeat_now(&mut self) -> SubscriptionItem {
+        self.idle_until = Instant::now() + self.heartbeat;
+        SubscriptionItem::Heartbeat {
+            cursor: self.log.cursor_for(self.pos),
+            time: self.clock.now(),
+        }
+    }
+
+    /// See [`Tail::reached_announced`].
+    fn reached_announced(&self) -> bool {
+        self.appended
+            .as_ref()
+            .is_some_and(|appended| *appended.borrow() <= self.pos)
+    }
+
+    /// Reads the events after the position (starting a read unless one runs).
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Batch, LogError>> {
+        if !self.reading {
+            // why: mark the current version seen *before* reading, so an append
+            // racing with the read still ends the next wait at once.
+            if let Some(appended) = &mut self.appended {
+                appended.borrow_and_update();
+            }
+            let log = self.log.clone();
+            let after = self.pos;
+            let read = async move { log.read_after(after, READ_BATCH).await };
+            match &mut self.read {
+                Some(boxed) => boxed.set(read),
+                None => self.read = Some(ReusableBoxFuture::new(read)),
+            }
+            self.reading = true;
+        }
+        let Some(read) = &mut self.read else {
+            return Poll::Ready(Ok(Vec::new()));
         };
-        // why: a short batch that reaches the last announced append is the end; an
-        // empty read to confirm it would cost a log read per delivery.
-        let caught_up = batch.is_empty() || (batch.len() < READ_BATCH && tail.reached_announced());
-        for event in batch {
-            let seq = event.seq;
-            if filter.matches(&event.meta) {
-                let span = delivery.span(&event);
-                let item = SubscriptionItem::Event(event.clone());
-                // why: a full queue blocks only this task; the log keeps the events.
-                if tx.send(item).instrument(span).await.is_err() {
-                    return;
-                }
-                delivery.delivered(&event, clock.now());
-                idle_until = Instant::now() + heartbeat;
+        let batch = ready!(read.poll(cx));
+        self.reading = false;
+        if let Ok(batch) = &batch {
+            if let Some(last) = batch.last() {
+                self.pos = last.seq;
             }
-            delivery.progress.reached(seq);
         }
-        if Instant::now() >= idle_until {
-            if !send_heartbeat(&tail, &clock, &tx).await {
-                return;
+        Poll::Ready(batch)
+    }
+
+    /// Waits for an append after the last read; false when the log is gone.
+    fn poll_append(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if !self.waiting {
+            let Some(mut appended) = self.appended.take() else {
+                return Poll::Ready(false);
+            };
+            let wait = async move {
+                let alive = appended.changed().await.is_ok();
+                (alive, appended)
+            };
+            match &mut self.append_wait {
+                Some(boxed) => boxed.set(wait),
+                None => self.append_wait = Some(ReusableBoxFuture::new(wait)),
             }
-            idle_until = Instant::now() + heartbeat;
+            self.waiting = true;
         }
-        if !caught_up {
-            continue;
-        }
-        if heartbeat_due.deadline() != idle_until {
-            heartbeat_due.as_mut().reset(idle_until);
-        }
-        tokio::select! {
-            alive = tail.wait_for_append() => if !alive { return },
-            () = &mut heartbeat_due => {
-                if !send_heartbeat(&tail, &clock, &tx).await {
-                    return;
-                }
-                idle_until = Instant::now() + heartbeat;
-            }
-            () = tx.closed() => return,
-        }
+        let Some(wait) = &mut self.append_wait else {
+            return Poll::Ready(false);
+        };
+        let (alive, appended) = ready!(wait.poll(cx));
+        self.waiting = false;
+        self.appended = Some(appended);
+        Poll::Ready(alive)
     }
 }
 
@@ -548,14 +744,6 @@ fn max_lag_where(keep: impl Fn(&Position) -> bool) -> u64 {
         .unwrap_or(0)
 }
 
-async fn send_heartbeat(
-    tail: &Tail,
-    clock: &Arc<dyn Clock>,
-    tx: &mpsc::Sender<SubscriptionItem>,
-) -> bool {
-    send_heartbeat_at(tail, tail.position(), clock, tx).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,6 +752,7 @@ mod tests {
         events::{Envelope, EventEncoder, MemoryLog, MemoryLogConfig},
     };
     use bytes::Bytes;
+    use futures::StreamExt as _;
     use tokio::time::timeout;
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -587,7 +776,7 @@ mod tests {
     }
 
     /// A subscription to everything appended from now on (heartbeats every 60 s).
-    async fn subscribe_from_now(log: &Arc<dyn EventLog>) -> mpsc::Receiver<SubscriptionItem> {
+    async fn subscribe_from_now(log: &Arc<dyn EventLog>) -> Subscription {
         subscribe(
             log.clone(),
             EventFilter::default(),
@@ -599,9 +788,9 @@ mod tests {
         .unwrap()
     }
 
-    async fn next_event(rx: &mut mpsc::Receiver<SubscriptionItem>) -> Arc<StoredEvent> {
+    async fn next_event(rx: &mut Subscription) -> Arc<StoredEvent> {
         loop {
-            match timeout(WAIT, rx.recv())
+            match timeout(WAIT, rx.next())
                 .await
                 .expect("timed out")
                 .expect("closed")
@@ -678,7 +867,7 @@ mod tests {
         let want = log.cursor_for(1);
         let deadline = Instant::now() + WAIT;
         loop {
-            match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            match timeout(WAIT, rx.next()).await.unwrap().unwrap() {
                 SubscriptionItem::Heartbeat { cursor, .. } if cursor == want => break,
                 SubscriptionItem::Heartbeat { .. } => assert!(Instant::now() < deadline),
                 other => panic!("unexpected {other:?}"),
@@ -693,14 +882,14 @@ mod tests {
         log.append(event("first", "order.accepted")).await.unwrap();
         assert_eq!(next_event(&mut rx).await.seq, 1);
         // Append far more than the log holds without reading.
-        for i in 0..(SUBSCRIBER_QUEUE + 10) {
+        for i in 0..42 {
             log.append(event(&format!("e{i}"), "order.accepted"))
                 .await
                 .unwrap();
         }
         let mut seen = vec![1];
         loop {
-            match timeout(WAIT, rx.recv()).await.unwrap() {
+            match timeout(WAIT, rx.next()).await.unwrap() {
                 Some(SubscriptionItem::Event(e)) => seen.push(e.seq),
                 Some(SubscriptionItem::Expired { oldest_cursor }) => {
                     let oldest_held = log.sequence_of(&oldest_cursor).unwrap() + 1;
@@ -748,7 +937,7 @@ mod tests {
             .unwrap();
         let mut got = Vec::new();
         while got.len() < 3 {
-            match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            match timeout(WAIT, rx.next()).await.unwrap().unwrap() {
                 SubscriptionItem::Reordered {
                     event,
                     resume_cursor,
@@ -825,48 +1014,43 @@ mod tests {
         );
     }
 
-    /// Polls `check` (yielding to the runtime) until it holds, or fails after [`WAIT`].
-    async fn until(what: &str, mut check: impl FnMut() -> bool) {
-        timeout(WAIT, async {
-            while !check() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("never: {what}"));
-    }
-
     #[tokio::test]
     async fn the_lag_is_what_a_stalled_subscriber_has_still_to_read() {
         let log = log(1000);
         let mut rx = subscribe_from_now(&log).await;
-        // The subscriber reads nothing: its queue fills, then the task waits.
-        let appended = SUBSCRIBER_QUEUE as u64 + 8;
+        // The subscriber reads nothing, so nothing is read for it: it lags by every
+        // event appended since it started.
+        let appended = 40;
         for i in 0..appended {
             log.append(event(&format!("e{i}"), "order.accepted"))
                 .await
                 .unwrap();
         }
-        until(
-            "the stalled subscriber lags by what did not fit its queue",
-            || max_lag_of(log.log_id()) == appended - SUBSCRIBER_QUEUE as u64,
-        )
-        .await;
-        for _ in 0..appended {
+        assert_eq!(max_lag_of(log.log_id()), appended);
+        for _ in 0..appended / 2 {
             next_event(&mut rx).await;
         }
-        until("a subscriber that caught up lags by nothing", || {
-            max_lag_of(log.log_id()) == 0
-        })
-        .await;
+        assert_eq!(
+            max_lag_of(log.log_id()),
+            appended - appended / 2,
+            "a subscriber lags by what it has not taken, not by what was read for it"
+        );
+        for _ in appended / 2..appended {
+            next_event(&mut rx).await;
+        }
+        assert_eq!(
+            max_lag_of(log.log_id()),
+            0,
+            "a subscriber that caught up lags by nothing"
+        );
         drop(rx);
-        until("a subscription that ended is forgotten", || {
+        assert!(
             !registry()
                 .lock()
                 .unwrap()
                 .values()
-                .any(|p| p.log_id == log.log_id())
-        })
-        .await;
+                .any(|p| p.log_id == log.log_id()),
+            "a subscription that ended is forgotten"
+        );
     }
 }

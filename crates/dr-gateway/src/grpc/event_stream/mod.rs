@@ -127,7 +127,7 @@ impl EventStreamApi {
             .aged();
         let req = request.into_inner();
         let parsed = parse::parse_subscribe(&req)?;
-        let rx = if parsed.reorder_window.is_zero() {
+        let items = if parsed.reorder_window.is_zero() {
             subscription::subscribe(
                 self.log.clone(),
                 parsed.filter,
@@ -149,7 +149,7 @@ impl EventStreamApi {
         }
         .map_err(Status::from)?;
         Ok(Response::new(SubscribeStream {
-            rx,
+            items: Some(items),
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
             aged: Box::pin(aged),
             done: false,

@@ -1,4 +1,4 @@
-//! The Subscribe response stream: a subscription's bounded queue turned into stream
+//! The Subscribe response stream: a subscription's items turned into stream
 //! messages, and the reasons a stream ends early ([`StreamEnd`], converted to a
 //! status by the one error table in `grpc::status`).
 
@@ -6,12 +6,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Status;
 
 use super::codec::SubscribeItem;
-use crate::events::{proto::timestamp, SubscriptionItem};
+use crate::events::{proto::timestamp, subscription::Subscription, SubscriptionItem};
 use crate::pb::v1 as pb;
 
 /// Why a Subscribe or Consume stream ended before the caller cancelled it.
@@ -40,11 +39,12 @@ pub enum StreamEnd {
     GroupStoreUnavailable,
 }
 
-/// The Subscribe response stream: the subscription's bounded queue, mapped to
-/// stream messages and statuses. Ends with UNAVAILABLE when the gateway shuts down,
+/// The Subscribe response stream: the subscription (read as this stream is
+/// polled), mapped to stream messages and statuses. Ends with UNAVAILABLE when the gateway shuts down,
 /// so graceful shutdown does not wait for streams that never end on their own.
 pub struct SubscribeStream {
-    pub(super) rx: mpsc::Receiver<SubscriptionItem>,
+    /// None once the stream ended early (dropping it ends the subscription).
+    pub(super) items: Option<Subscription>,
     pub(super) shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Fires when the stream's connection reaches its maximum age.
     pub(super) aged: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -68,17 +68,19 @@ impl futures::Stream for SubscribeStream {
         }
         if self.shutdown.as_mut().poll(cx).is_ready() {
             self.done = true;
-            // why: dropping the receiver stops the subscription task.
-            self.rx.close();
+            self.items = None;
             return Poll::Ready(Some(Err(StreamEnd::ShuttingDown.into())));
         }
         if self.aged.as_mut().poll(cx).is_ready() {
             self.done = true;
-            self.rx.close();
+            self.items = None;
             return Poll::Ready(Some(Err(StreamEnd::ConnectionAged.into())));
         }
-        self.rx
-            .poll_recv(cx)
+        let Some(items) = self.items.as_mut() else {
+            return Poll::Ready(None);
+        };
+        Pin::new(items)
+            .poll_next(cx)
             .map(|item| item.map(subscription_item_to_message))
     }
 }
