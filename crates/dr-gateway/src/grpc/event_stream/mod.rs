@@ -148,12 +148,11 @@ impl EventStreamApi {
             .await
         }
         .map_err(Status::from)?;
-        Ok(Response::new(SubscribeStream {
-            items: Some(items),
-            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
-            aged: Box::pin(aged),
-            done: false,
-        }))
+        Ok(Response::new(SubscribeStream::new(
+            items,
+            self.shutdown.clone().cancelled_owned(),
+            aged,
+        )))
     }
 }
 
