@@ -3,8 +3,8 @@
 //! polls it, so the webhook path never waits for subscribers, a slow one only delays
 //! itself and nothing is read ahead for it; once the log drops its position the
 //! subscription ends with [`SubscriptionItem::Expired`] rather than skipping events.
-//! A subscription with a reorder window runs as its own task feeding a bounded
-//! queue (its hold needs timers per held event).
+//! A subscription with a reorder window holds matching events for the window and
+//! hands them out in DR's creation order per ordering key, in the same way.
 //!
 //! Each running subscription is counted (`dr_gateway_subscribers`) and registered
 //! with its progress, so a scrape can tell how far behind the slowest one is
@@ -13,7 +13,7 @@
 //! to the Subscribe call.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     future::Future as _,
     pin::Pin,
     sync::{
@@ -26,7 +26,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use tokio::{
-    sync::{mpsc, watch},
+    sync::watch,
     time::{Instant, Sleep},
 };
 use tokio_util::sync::ReusableBoxFuture;
@@ -41,14 +41,9 @@ use crate::telemetry::logging::DELIVERY_TARGET;
 use crate::telemetry::metrics::names;
 use crate::telemetry::otel;
 use opentelemetry::trace::SpanContext;
-use tracing::Instrument as _;
 
 /// Events read from the log per batch.
 const READ_BATCH: usize = 128;
-
-/// Capacity of a reordered subscription's queue (messages not yet taken by the
-/// transport).
-pub const SUBSCRIBER_QUEUE: usize = 32;
 
 /// Reads a log from a position onwards, waiting for appends when caught up.
 #[derive(Debug)]
@@ -239,134 +234,29 @@ pub async fn subscribe_reordered(
     clock: Arc<dyn Clock>,
 ) -> Result<Subscription, SubscribeError> {
     let after = resolve_start(log.as_ref(), start).await?;
-    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
     let delivery = Delivery {
         progress: Progress::register(&tail),
         subscribe_span: otel::current_rpc_span_context(),
         seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
     };
-    tokio::spawn(run_reordered(
-        tail,
-        filter,
-        heartbeat,
-        ReorderBuffer::new(window),
-        clock,
-        tx,
-        delivery,
-    ));
     Ok(Subscription {
-        source: Source::Queued(rx),
+        source: Source::Reordered(Box::new(Reordered {
+            reader: Reader::new(tail),
+            buffer: ReorderBuffer::new(window),
+            read: Vec::new(),
+            due: VecDeque::new(),
+            read_on: true,
+            filter,
+            heartbeat: Heartbeat::new(heartbeat),
+            clock,
+            delivery,
+            ended: false,
+        })),
     })
 }
 
-/// The position a reordered stream resumes after: before the oldest held event,
-/// else everything read.
-fn resume_position(tail: &Tail, buffer: &ReorderBuffer) -> Sequence {
-    buffer
-        .oldest_held()
-        .map_or(tail.position(), |seq| seq.saturating_sub(1))
-}
-
-async fn run_reordered(
-    mut tail: Tail,
-    filter: EventFilter,
-    heartbeat: Duration,
-    mut buffer: ReorderBuffer,
-    clock: Arc<dyn Clock>,
-    tx: mpsc::Sender<SubscriptionItem>,
-    delivery: Delivery,
-) {
-    let mut idle_until = Instant::now() + heartbeat;
-    loop {
-        // Read while there is room; a full buffer waits for its next due time.
-        let mut caught_up = true;
-        if buffer.len() < MAX_HELD {
-            match tail.next_batch().await {
-                Ok(batch) => {
-                    caught_up = batch.is_empty();
-                    for event in batch {
-                        if filter.matches(&event.meta) {
-                            buffer.push(event);
-                        }
-                    }
-                }
-                Err(LogError::Expired { oldest, .. }) => {
-                    let oldest_cursor = tail.log.cursor_for(oldest.saturating_sub(1));
-                    let _ = tx.send(SubscriptionItem::Expired { oldest_cursor }).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(SubscriptionItem::Failed(e)).await;
-                    return;
-                }
-            }
-        }
-        let due = buffer.pop_due(clock.now());
-        // why: an item's resume point must stay before every event not handed out
-        // yet, including the rest of this batch, or a resume after it would skip them.
-        let mut not_yet_sent: Vec<Option<Sequence>> = vec![None; due.len()];
-        for i in (0..due.len().saturating_sub(1)).rev() {
-            let next = due[i + 1].seq;
-            not_yet_sent[i] = Some(not_yet_sent[i + 1].map_or(next, |s| s.min(next)));
-        }
-        for (event, later) in due.into_iter().zip(not_yet_sent) {
-            let held = buffer.oldest_held();
-            let position = match (held, later) {
-                (Some(a), Some(b)) => a.min(b).saturating_sub(1),
-                (Some(a), None) | (None, Some(a)) => a.saturating_sub(1),
-                (None, None) => tail.position(),
-            };
-            let span = delivery.span(&event);
-            let item = SubscriptionItem::Reordered {
-                event: event.clone(),
-                resume_cursor: tail.log.cursor_for(position),
-            };
-            // why: a full queue blocks only this task; the log keeps the events.
-            if tx.send(item).instrument(span).await.is_err() {
-                return;
-            }
-            delivery.delivered(&event, clock.now());
-            delivery.progress.reached(position);
-            idle_until = Instant::now() + heartbeat;
-        }
-        // why: held events are not delivered yet; the lag counts them.
-        delivery.progress.reached(resume_position(&tail, &buffer));
-        if Instant::now() >= idle_until {
-            if !send_heartbeat_at(&tail, resume_position(&tail, &buffer), &clock, &tx).await {
-                return;
-            }
-            idle_until = Instant::now() + heartbeat;
-        }
-        if !caught_up && buffer.len() < MAX_HELD {
-            continue;
-        }
-        let next_due = buffer.next_due().map_or(idle_until, |due| {
-            let wait = (due - clock.now()).to_std().unwrap_or(Duration::ZERO);
-            idle_until.min(Instant::now() + wait)
-        });
-        tokio::select! {
-            alive = tail.wait_for_append(), if buffer.len() < MAX_HELD => if !alive { return },
-            () = tokio::time::sleep_until(next_due) => {}
-            () = tx.closed() => return,
-        }
-    }
-}
-
-async fn send_heartbeat_at(
-    tail: &Tail,
-    position: Sequence,
-    clock: &Arc<dyn Clock>,
-    tx: &mpsc::Sender<SubscriptionItem>,
-) -> bool {
-    let item = SubscriptionItem::Heartbeat {
-        cursor: tail.log.cursor_for(position),
-        time: clock.now(),
-    };
-    tx.send(item).await.is_ok()
-}
-
-/// What a subscription task reports about its deliveries.
+/// What a subscription reports about its deliveries.
 struct Delivery {
     progress: Progress,
     /// The Subscribe call's span, linked from each delivery span.
@@ -407,25 +297,33 @@ impl Delivery {
 }
 
 /// A running subscription: the [`SubscriptionItem`]s for one subscriber, as a
-/// stream. It ends after [`SubscriptionItem::Expired`] or
+/// stream read from the log when the subscriber polls it (no task, no queue): the
+/// subscriber's transport drives it, so nothing is read ahead of what the
+/// subscriber takes (the log keeps the events; one read batch, and a reorder
+/// window's held events, are the most it holds) and nothing runs for it between
+/// polls. It ends after [`SubscriptionItem::Expired`] or
 /// [`SubscriptionItem::Failed`], or when the log is gone; dropping it ends the
 /// subscription.
+///
+/// why: a task per subscription with a queue to its stream cost a wake-up, a
+/// queue push and pop and the task's own poll per delivery (`cargo bench -p
+/// dr-gateway --bench fan_out -- --callgrind`, benches/README.md "Optimisation 9").
 pub struct Subscription {
     source: Source,
 }
 
 enum Source {
-    /// Read from the log when polled ([`subscribe`]).
+    /// Every matching event as read ([`subscribe`]).
     Live(Box<Live>),
-    /// Fed by a task through a bounded queue ([`subscribe_reordered`]).
-    Queued(mpsc::Receiver<SubscriptionItem>),
+    /// Matching events held for a reorder window ([`subscribe_reordered`]).
+    Reordered(Box<Reordered>),
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.source {
             Source::Live(_) => "live",
-            Source::Queued(_) => "queued",
+            Source::Reordered(_) => "reordered",
         };
         f.debug_struct("Subscription")
             .field("source", &kind)
@@ -439,7 +337,7 @@ impl futures::Stream for Subscription {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubscriptionItem>> {
         match &mut self.get_mut().source {
             Source::Live(live) => live.poll_next(cx),
-            Source::Queued(rx) => rx.poll_recv(cx),
+            Source::Reordered(reordered) => reordered.poll_next(cx),
         }
     }
 }
@@ -447,55 +345,25 @@ impl futures::Stream for Subscription {
 /// The events the log returned for one read.
 type Batch = Vec<Arc<StoredEvent>>;
 
-/// A subscription that reads the log when its subscriber polls it: the subscriber's
-/// transport drives it, so nothing is read ahead of what the subscriber takes (the
-/// log keeps the events; one read batch is the most it holds) and nothing runs for
-/// it between polls. Each poll hands out the next matching event of the last read,
-/// else reads on, else waits for an append or the heartbeat.
-///
-/// why: a task per subscription with a queue to its stream cost a wake-up, a
-/// queue push and pop and the task's own poll per delivery (`cargo bench -p
-/// dr-gateway --bench fan_out -- --callgrind`, benches/README.md "Optimisation 9").
-struct Live {
+/// A [`Tail`] read by polling: a log read in flight and a wait for the next append
+/// live in boxes reused from one read (wait) to the next.
+struct Reader {
     log: Arc<dyn EventLog>,
     /// The last sequence read.
     pos: Sequence,
     /// The log's append watch, while no wait holds it.
     appended: Option<watch::Receiver<Sequence>>,
-    /// A wait for the next append (owns the watch while it runs); its box is reused.
+    /// A wait for the next append (owns the watch while it runs).
     append_wait: Option<ReusableBoxFuture<'static, (bool, watch::Receiver<Sequence>)>>,
     waiting: bool,
-    /// A log read in flight; its box is reused.
+    /// A log read.
     read: Option<ReusableBoxFuture<'static, Result<Batch, LogError>>>,
     reading: bool,
-    /// The rest of the last read, not looked at yet.
-    batch: std::vec::IntoIter<Arc<StoredEvent>>,
-    /// True when the last read reached the last append the log announced.
-    caught_up: bool,
-    /// True when the last read did not: the next one follows without a wait.
-    behind: bool,
-    filter: EventFilter,
-    heartbeat: Duration,
-    /// A heartbeat is due when nothing was handed out until then.
-    idle_until: Instant,
-    /// why: one timer for the subscription's life, moved on with `reset`: moving a
-    /// registered timer later does not touch the timer wheel.
-    heartbeat_due: Pin<Box<Sleep>>,
-    clock: Arc<dyn Clock>,
-    delivery: Delivery,
-    ended: bool,
 }
 
-impl Live {
-    fn new(
-        tail: Tail,
-        filter: EventFilter,
-        heartbeat: Duration,
-        clock: Arc<dyn Clock>,
-        delivery: Delivery,
-    ) -> Self {
+impl Reader {
+    fn new(tail: Tail) -> Self {
         let Tail { log, pos, appended } = tail;
-        let idle_until = Instant::now() + heartbeat;
         Self {
             log,
             pos,
@@ -504,96 +372,6 @@ impl Live {
             waiting: false,
             read: None,
             reading: false,
-            batch: Vec::new().into_iter(),
-            caught_up: false,
-            behind: false,
-            filter,
-            heartbeat,
-            idle_until,
-            heartbeat_due: Box::pin(tokio::time::sleep_until(idle_until)),
-            clock,
-            delivery,
-            ended: false,
-        }
-    }
-
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<SubscriptionItem>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        loop {
-            while let Some(event) = self.batch.next() {
-                let seq = event.seq;
-                if self.filter.matches(&event.meta) {
-                    return Poll::Ready(Some(self.hand_over(event)));
-                }
-                self.delivery.progress.reached(seq);
-            }
-            if !self.caught_up {
-                // why: a stream that never catches up (a backlog of events it does
-                // not match) still gets its heartbeats.
-                if self.behind && !self.reading && Instant::now() >= self.idle_until {
-                    return Poll::Ready(Some(self.heartbeat_now()));
-                }
-                match ready!(self.poll_read(cx)) {
-                    Ok(batch) => {
-                        // why: a short batch that reaches the last announced append
-                        // is the end; an empty read to confirm it would cost a log
-                        // read per delivery.
-                        self.caught_up = batch.is_empty()
-                            || (batch.len() < READ_BATCH && self.reached_announced());
-                        self.behind = !self.caught_up;
-                        self.batch = batch.into_iter();
-                        continue;
-                    }
-                    Err(LogError::Expired { oldest, .. }) => {
-                        self.ended = true;
-                        let oldest_cursor = self.log.cursor_for(oldest.saturating_sub(1));
-                        return Poll::Ready(Some(SubscriptionItem::Expired { oldest_cursor }));
-                    }
-                    Err(e) => {
-                        self.ended = true;
-                        return Poll::Ready(Some(SubscriptionItem::Failed(e)));
-                    }
-                }
-            }
-            match self.poll_append(cx) {
-                Poll::Ready(true) => {
-                    self.caught_up = false;
-                    continue;
-                }
-                Poll::Ready(false) => {
-                    // The log is gone.
-                    self.ended = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => {}
-            }
-            if self.heartbeat_due.deadline() != self.idle_until {
-                self.heartbeat_due.as_mut().reset(self.idle_until);
-            }
-            ready!(self.heartbeat_due.as_mut().poll(cx));
-            return Poll::Ready(Some(self.heartbeat_now()));
-        }
-    }
-
-    /// Hands `event` to the subscriber (it matched), with its delivery span and
-    /// metrics.
-    fn hand_over(&mut self, event: Arc<StoredEvent>) -> SubscriptionItem {
-        let span = self.delivery.span(&event);
-        let _entered = span.enter();
-        self.delivery.delivered(&event, self.clock.now());
-        self.delivery.progress.reached(event.seq);
-        self.idle_until = Instant::now() + self.heartbeat;
-        SubscriptionItem::Event(event)
-    }
-
-    /// A heartbeat with the cursor of the last event looked at.
-    fn heartbeat_now(&mut self) -> SubscriptionItem {
-        self.idle_until = Instant::now() + self.heartbeat;
-        SubscriptionItem::Heartbeat {
-            cursor: self.log.cursor_for(self.pos),
-            time: self.clock.now(),
         }
     }
 
@@ -604,13 +382,23 @@ impl Live {
             .is_some_and(|appended| *appended.borrow() <= self.pos)
     }
 
-    /// Reads the events after the position (starting a read unless one runs).
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Batch, LogError>> {
+    /// Reads the events after the position into `out` (in log order), starting a
+    /// read unless one runs.
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Arc<StoredEvent>>,
+    ) -> Poll<Result<(), LogError>> {
         if !self.reading {
             // why: mark the current version seen *before* reading, so an append
             // racing with the read still ends the next wait at once.
             if let Some(appended) = &mut self.appended {
                 appended.borrow_and_update();
+            }
+            let before = out.len();
+            if let Some(read) = self.log.read_after_now(self.pos, READ_BATCH, out) {
+                self.read_up_to(&out[before..]);
+                return Poll::Ready(read);
             }
             let log = self.log.clone();
             let after = self.pos;
@@ -622,16 +410,20 @@ impl Live {
             self.reading = true;
         }
         let Some(read) = &mut self.read else {
-            return Poll::Ready(Ok(Vec::new()));
+            return Poll::Ready(Ok(()));
         };
         let batch = ready!(read.poll(cx));
         self.reading = false;
-        if let Ok(batch) = &batch {
-            if let Some(last) = batch.last() {
-                self.pos = last.seq;
-            }
+        Poll::Ready(batch.map(|batch| {
+            self.read_up_to(&batch);
+            out.extend(batch);
+        }))
+    }
+
+    fn read_up_to(&mut self, batch: &[Arc<StoredEvent>]) {
+        if let Some(last) = batch.last() {
+            self.pos = last.seq;
         }
-        Poll::Ready(batch)
     }
 
     /// Waits for an append after the last read; false when the log is gone.
@@ -657,6 +449,302 @@ impl Live {
         self.waiting = false;
         self.appended = Some(appended);
         Poll::Ready(alive)
+    }
+
+    /// The item that ends a subscription whose read failed.
+    fn failed(&self, error: LogError) -> SubscriptionItem {
+        match error {
+            LogError::Expired { oldest, .. } => SubscriptionItem::Expired {
+                oldest_cursor: self.log.cursor_for(oldest.saturating_sub(1)),
+            },
+            e => SubscriptionItem::Failed(e),
+        }
+    }
+}
+
+/// When a subscription's heartbeat is due: `heartbeat` after the last item.
+struct Heartbeat {
+    every: Duration,
+    /// A heartbeat is due when nothing was handed out until then.
+    idle_until: Instant,
+    /// why: one timer for the subscription's life, moved on with `reset`: moving a
+    /// registered timer later does not touch the timer wheel, where a new `sleep`
+    /// per wait registered and removed an entry for every delivery.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Heartbeat {
+    fn new(every: Duration) -> Self {
+        let idle_until = Instant::now() + every;
+        Self {
+            every,
+            idle_until,
+            timer: Box::pin(tokio::time::sleep_until(idle_until)),
+        }
+    }
+
+    /// Something was handed out now.
+    fn handed_out(&mut self) {
+        self.idle_until = Instant::now() + self.every;
+    }
+
+    fn is_due(&self) -> bool {
+        Instant::now() >= self.idle_until
+    }
+
+    /// Waits until `deadline` (the timer moved there unless it is there).
+    fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.timer.as_mut().poll(cx)
+    }
+}
+
+/// A subscription handing out every matching event as it reads it. Each poll hands
+/// out the next matching event of the last read, else reads on, else waits for an
+/// append or the heartbeat.
+struct Live {
+    reader: Reader,
+    /// The rest of the last read, not looked at yet, last first (its buffer is
+    /// reused from read to read).
+    batch: Vec<Arc<StoredEvent>>,
+    /// True when the last read reached the last append the log announced.
+    caught_up: bool,
+    /// True when the last read did not: the next one follows without a wait.
+    behind: bool,
+    filter: EventFilter,
+    heartbeat: Heartbeat,
+    clock: Arc<dyn Clock>,
+    delivery: Delivery,
+    ended: bool,
+}
+
+impl Live {
+    fn new(
+        tail: Tail,
+        filter: EventFilter,
+        heartbeat: Duration,
+        clock: Arc<dyn Clock>,
+        delivery: Delivery,
+    ) -> Self {
+        Self {
+            reader: Reader::new(tail),
+            batch: Vec::new(),
+            caught_up: false,
+            behind: false,
+            filter,
+            heartbeat: Heartbeat::new(heartbeat),
+            clock,
+            delivery,
+            ended: false,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<SubscriptionItem>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            while let Some(event) = self.batch.pop() {
+                let seq = event.seq;
+                if self.filter.matches(&event.meta) {
+                    return Poll::Ready(Some(self.hand_over(event)));
+                }
+                self.delivery.progress.reached(seq);
+            }
+            if !self.caught_up {
+                // why: a stream that never catches up (a backlog of events it does
+                // not match) still gets its heartbeats.
+                if self.behind && !self.reader.reading && self.heartbeat.is_due() {
+                    return Poll::Ready(Some(self.heartbeat_now()));
+                }
+                match ready!(self.reader.poll_read(cx, &mut self.batch)) {
+                    Ok(()) => {
+                        let read = self.batch.len();
+                        // why: a short batch that reaches the last announced append
+                        // is the end; an empty read to confirm it would cost a log
+                        // read per delivery.
+                        self.caught_up =
+                            read == 0 || (read < READ_BATCH && self.reader.reached_announced());
+                        self.behind = !self.caught_up;
+                        self.batch.reverse();
+                        continue;
+                    }
+                    Err(e) => {
+                        self.ended = true;
+                        return Poll::Ready(Some(self.reader.failed(e)));
+                    }
+                }
+            }
+            match self.reader.poll_append(cx) {
+                Poll::Ready(true) => {
+                    self.caught_up = false;
+                    continue;
+                }
+                Poll::Ready(false) => {
+                    // The log is gone.
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {}
+            }
+            let idle_until = self.heartbeat.idle_until;
+            ready!(self.heartbeat.poll_until(idle_until, cx));
+            return Poll::Ready(Some(self.heartbeat_now()));
+        }
+    }
+
+    /// Hands `event` to the subscriber (it matched), with its delivery span and
+    /// metrics.
+    fn hand_over(&mut self, event: Arc<StoredEvent>) -> SubscriptionItem {
+        let span = self.delivery.span(&event);
+        let _entered = span.enter();
+        self.delivery.delivered(&event, self.clock.now());
+        self.delivery.progress.reached(event.seq);
+        self.heartbeat.handed_out();
+        SubscriptionItem::Event(event)
+    }
+
+    /// A heartbeat with the cursor of the last event looked at.
+    fn heartbeat_now(&mut self) -> SubscriptionItem {
+        self.heartbeat.handed_out();
+        SubscriptionItem::Heartbeat {
+            cursor: self.reader.log.cursor_for(self.reader.pos),
+            time: self.clock.now(),
+        }
+    }
+}
+
+/// A subscription holding matching events for a reorder window
+/// ([`ReorderBuffer`]). Each poll hands out the next due event, else reads on while
+/// the buffer has room, else waits for an append (when it has room), the next held
+/// event's due time or the heartbeat.
+struct Reordered {
+    reader: Reader,
+    buffer: ReorderBuffer,
+    /// The last read (its buffer is reused from read to read).
+    read: Vec<Arc<StoredEvent>>,
+    /// Due events not handed out yet, each with the position to resume after.
+    due: VecDeque<(Arc<StoredEvent>, Sequence)>,
+    /// True until a read comes back empty (and again after an append).
+    read_on: bool,
+    filter: EventFilter,
+    heartbeat: Heartbeat,
+    clock: Arc<dyn Clock>,
+    delivery: Delivery,
+    ended: bool,
+}
+
+impl Reordered {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<SubscriptionItem>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            if let Some((event, position)) = self.due.pop_front() {
+                return Poll::Ready(Some(self.hand_over(event, position)));
+            }
+            // Read while there is room; a full buffer waits for its next due time.
+            if self.read_on && self.buffer.len() < MAX_HELD {
+                match ready!(self.reader.poll_read(cx, &mut self.read)) {
+                    Ok(()) => {
+                        self.read_on = !self.read.is_empty();
+                        for event in self.read.drain(..) {
+                            if self.filter.matches(&event.meta) {
+                                self.buffer.push(event);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.ended = true;
+                        return Poll::Ready(Some(self.reader.failed(e)));
+                    }
+                }
+            }
+            if self.take_due() {
+                continue;
+            }
+            // why: held events are not delivered yet; the lag counts them.
+            let resume = self.resume_position();
+            self.delivery.progress.reached(resume);
+            if self.heartbeat.is_due() {
+                self.heartbeat.handed_out();
+                return Poll::Ready(Some(SubscriptionItem::Heartbeat {
+                    cursor: self.reader.log.cursor_for(resume),
+                    time: self.clock.now(),
+                }));
+            }
+            let room = self.buffer.len() < MAX_HELD;
+            if self.read_on && room {
+                continue;
+            }
+            if room {
+                match self.reader.poll_append(cx) {
+                    Poll::Ready(true) => {
+                        self.read_on = true;
+                        continue;
+                    }
+                    Poll::Ready(false) => {
+                        // The log is gone.
+                        self.ended = true;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            let idle_until = self.heartbeat.idle_until;
+            let next = self.buffer.next_due().map_or(idle_until, |due| {
+                let wait = (due - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+                idle_until.min(Instant::now() + wait)
+            });
+            ready!(self.heartbeat.poll_until(next, cx));
+        }
+    }
+
+    /// Moves the events due now to `due` with their resume positions; false when
+    /// none is due.
+    fn take_due(&mut self) -> bool {
+        let due = self.buffer.pop_due(self.clock.now());
+        if due.is_empty() {
+            return false;
+        }
+        // why: an item's resume point must stay before every event not handed out
+        // yet, including the rest of these, or a resume after it would skip them.
+        let held = self.buffer.oldest_held();
+        let mut later: Option<Sequence> = None;
+        let mut positions = vec![0; due.len()];
+        for (i, event) in due.iter().enumerate().rev() {
+            positions[i] = match (held, later) {
+                (Some(a), Some(b)) => a.min(b).saturating_sub(1),
+                (Some(a), None) | (None, Some(a)) => a.saturating_sub(1),
+                (None, None) => self.reader.pos,
+            };
+            later = Some(later.map_or(event.seq, |s| s.min(event.seq)));
+        }
+        self.due.extend(due.into_iter().zip(positions));
+        true
+    }
+
+    /// The position a reordered stream resumes after: before the oldest held
+    /// event, else everything read.
+    fn resume_position(&self) -> Sequence {
+        self.buffer
+            .oldest_held()
+            .map_or(self.reader.pos, |seq| seq.saturating_sub(1))
+    }
+
+    /// Hands `event` to the subscriber with the position to resume after.
+    fn hand_over(&mut self, event: Arc<StoredEvent>, position: Sequence) -> SubscriptionItem {
+        let span = self.delivery.span(&event);
+        let _entered = span.enter();
+        self.delivery.delivered(&event, self.clock.now());
+        self.delivery.progress.reached(position);
+        self.heartbeat.handed_out();
+        SubscriptionItem::Reordered {
+            resume_cursor: self.reader.log.cursor_for(position),
+            event,
+        }
     }
 }
 
