@@ -1044,6 +1044,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reordered_subscriber_that_falls_behind_the_log_gets_expired_not_a_gap() {
+        let log = log(3);
+        let mut rx = subscribe_reordered(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Duration::from_millis(1),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        // Far more than the log holds, appended before the subscriber reads any.
+        for i in 0..10 {
+            log.append(order_event(&format!("e{i}"), "o1", "2024-01-01T00:00:00Z"))
+                .await
+                .unwrap();
+        }
+        match timeout(WAIT, rx.next()).await.unwrap() {
+            Some(SubscriptionItem::Expired { oldest_cursor }) => {
+                assert_eq!(log.sequence_of(&oldest_cursor).unwrap() + 1, 8);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            timeout(WAIT, rx.next()).await.unwrap().is_none(),
+            "the subscription ends after Expired"
+        );
+    }
+
+    #[tokio::test]
     async fn starts_resolve_as_documented() {
         let log = log(2);
         for id in ["a", "b", "c"] {
