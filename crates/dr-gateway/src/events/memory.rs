@@ -116,6 +116,26 @@ impl MemoryLog {
         self.lock().bytes
     }
 
+    /// Appends up to `limit` events after `after` to `out` ([`EventLog::read_after`]).
+    fn read_into(
+        &self,
+        after: Sequence,
+        limit: usize,
+        out: &mut Vec<Arc<StoredEvent>>,
+    ) -> Result<(), LogError> {
+        let st = self.lock();
+        let first = st.first_seq();
+        if after.saturating_add(1) < first {
+            return Err(LogError::Expired {
+                after,
+                oldest: first,
+            });
+        }
+        let start = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
+        out.extend(st.events.iter().skip(start).take(limit).cloned());
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // why: no code panics while holding the lock; if one did, the state is still
         // consistent between statements, so keep serving rather than poison forever.
@@ -215,16 +235,18 @@ impl EventLog for MemoryLog {
         after: Sequence,
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
-        let st = self.lock();
-        let first = st.first_seq();
-        if after.saturating_add(1) < first {
-            return Err(LogError::Expired {
-                after,
-                oldest: first,
-            });
-        }
-        let start = usize::try_from(after + 1 - first).unwrap_or(usize::MAX);
-        Ok(st.events.iter().skip(start).take(limit).cloned().collect())
+        let mut out = Vec::new();
+        self.read_into(after, limit, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_after_now(
+        &self,
+        after: Sequence,
+        limit: usize,
+        out: &mut Vec<Arc<StoredEvent>>,
+    ) -> Option<Result<(), LogError>> {
+        Some(self.read_into(after, limit, out))
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {

@@ -32,4 +32,4 @@ pub use log::{
 };
 pub use memory::{MemoryLog, MemoryLogConfig};
 pub use proto::{EventEncoder, PayloadDecoder};
-pub use subscription::{Start, SubscribeError, SubscriptionItem, Tail};
+pub use subscription::{Start, SubscribeError, Subscription, SubscriptionItem, Tail};

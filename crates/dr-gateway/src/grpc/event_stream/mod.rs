@@ -127,7 +127,7 @@ impl EventStreamApi {
             .aged();
         let req = request.into_inner();
         let parsed = parse::parse_subscribe(&req)?;
-        let rx = if parsed.reorder_window.is_zero() {
+        let items = if parsed.reorder_window.is_zero() {
             subscription::subscribe(
                 self.log.clone(),
                 parsed.filter,
@@ -148,12 +148,11 @@ impl EventStreamApi {
             .await
         }
         .map_err(Status::from)?;
-        Ok(Response::new(SubscribeStream {
-            rx,
-            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
-            aged: Box::pin(aged),
-            done: false,
-        }))
+        Ok(Response::new(SubscribeStream::new(
+            items,
+            self.shutdown.clone().cancelled_owned(),
+            aged,
+        )))
     }
 }
 

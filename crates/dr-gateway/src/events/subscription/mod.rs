@@ -1,14 +1,20 @@
-//! Subscriptions: a position in the log, a filter and a bounded queue to the
-//! subscriber. Each subscription runs as its own task that reads the log by sequence
-//! ([`Tail`]), so the webhook path never waits for subscribers and a slow one only
-//! delays itself; once the log drops its position the subscription ends with
-//! [`SubscriptionItem::Expired`] rather than skipping events.
+//! Subscriptions: a position in the log and a filter, read as a stream
+//! ([`Subscription`]). A subscription reads the log by sequence when its subscriber
+//! polls it, so the webhook path never waits for subscribers, a slow one only delays
+//! itself and nothing is read ahead for it; once the log drops its position the
+//! subscription ends with [`SubscriptionItem::Expired`] rather than skipping events.
+//! A subscription with a reorder window holds matching events for the window and
+//! hands them out in DR's creation order per ordering key, in the same way.
 //!
 //! Each running subscription is counted (`dr_gateway_subscribers`) and registered
 //! with its progress, so a scrape can tell how far behind the slowest one is
 //! ([`max_lag`]); with traces exported, handing an event to a subscriber is a span
 //! (`event.deliver`) whose parent is the span that stored the event and which links
 //! to the Subscribe call.
+//!
+//! `stream.rs` has the stream itself (reading, heartbeats, the reorder window's hold).
+
+mod stream;
 
 use std::{
     collections::HashMap,
@@ -20,28 +26,23 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::sync::watch;
+
+pub use stream::Subscription;
 
 use super::{
     filter::EventFilter,
     log::{CursorError, EventLog, LogError, Sequence, StoredEvent},
-    reorder::{ReorderBuffer, MAX_HELD},
+    reorder::ReorderBuffer,
 };
 use crate::clock::Clock;
 use crate::telemetry::logging::DELIVERY_TARGET;
 use crate::telemetry::metrics::names;
 use crate::telemetry::otel;
 use opentelemetry::trace::SpanContext;
-use tracing::Instrument as _;
 
 /// Events read from the log per batch.
 const READ_BATCH: usize = 128;
-
-/// Capacity of each subscriber's queue (messages not yet taken by the transport).
-pub const SUBSCRIBER_QUEUE: usize = 32;
 
 /// Reads a log from a position onwards, waiting for appends when caught up.
 #[derive(Debug)]
@@ -196,25 +197,23 @@ pub async fn resolve_start(log: &dyn EventLog, start: &Start) -> Result<Sequence
     }
 }
 
-/// Starts a subscription: resolves the start, then spawns the task feeding the
-/// returned bounded queue. The task ends when the receiver is dropped.
+/// Starts a subscription: resolves the start and returns the subscription, which
+/// reads the log as it is polled (no task, no queue: see [`Subscription`]).
 pub async fn subscribe(
     log: Arc<dyn EventLog>,
     filter: EventFilter,
     start: &Start,
     heartbeat: Duration,
     clock: Arc<dyn Clock>,
-) -> Result<mpsc::Receiver<SubscriptionItem>, SubscribeError> {
+) -> Result<Subscription, SubscribeError> {
     let after = resolve_start(log.as_ref(), start).await?;
-    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
     let delivery = Delivery {
         progress: Progress::register(&tail),
         subscribe_span: otel::current_rpc_span_context(),
         seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
     };
-    tokio::spawn(run(tail, filter, heartbeat, clock, tx, delivery));
-    Ok(rx)
+    Ok(Subscription::live(tail, filter, heartbeat, clock, delivery))
 }
 
 /// Like [`subscribe`], but each event is held for `window` after the gateway
@@ -228,134 +227,25 @@ pub async fn subscribe_reordered(
     heartbeat: Duration,
     window: Duration,
     clock: Arc<dyn Clock>,
-) -> Result<mpsc::Receiver<SubscriptionItem>, SubscribeError> {
+) -> Result<Subscription, SubscribeError> {
     let after = resolve_start(log.as_ref(), start).await?;
-    let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     let tail = Tail::new(log, after);
     let delivery = Delivery {
         progress: Progress::register(&tail),
         subscribe_span: otel::current_rpc_span_context(),
         seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
     };
-    tokio::spawn(run_reordered(
+    Ok(Subscription::reordered(
         tail,
         filter,
         heartbeat,
         ReorderBuffer::new(window),
         clock,
-        tx,
         delivery,
-    ));
-    Ok(rx)
+    ))
 }
 
-/// The position a reordered stream resumes after: before the oldest held event,
-/// else everything read.
-fn resume_position(tail: &Tail, buffer: &ReorderBuffer) -> Sequence {
-    buffer
-        .oldest_held()
-        .map_or(tail.position(), |seq| seq.saturating_sub(1))
-}
-
-async fn run_reordered(
-    mut tail: Tail,
-    filter: EventFilter,
-    heartbeat: Duration,
-    mut buffer: ReorderBuffer,
-    clock: Arc<dyn Clock>,
-    tx: mpsc::Sender<SubscriptionItem>,
-    delivery: Delivery,
-) {
-    let mut idle_until = Instant::now() + heartbeat;
-    loop {
-        // Read while there is room; a full buffer waits for its next due time.
-        let mut caught_up = true;
-        if buffer.len() < MAX_HELD {
-            match tail.next_batch().await {
-                Ok(batch) => {
-                    caught_up = batch.is_empty();
-                    for event in batch {
-                        if filter.matches(&event.meta) {
-                            buffer.push(event);
-                        }
-                    }
-                }
-                Err(LogError::Expired { oldest, .. }) => {
-                    let oldest_cursor = tail.log.cursor_for(oldest.saturating_sub(1));
-                    let _ = tx.send(SubscriptionItem::Expired { oldest_cursor }).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(SubscriptionItem::Failed(e)).await;
-                    return;
-                }
-            }
-        }
-        let due = buffer.pop_due(clock.now());
-        // why: an item's resume point must stay before every event not handed out
-        // yet, including the rest of this batch, or a resume after it would skip them.
-        let mut not_yet_sent: Vec<Option<Sequence>> = vec![None; due.len()];
-        for i in (0..due.len().saturating_sub(1)).rev() {
-            let next = due[i + 1].seq;
-            not_yet_sent[i] = Some(not_yet_sent[i + 1].map_or(next, |s| s.min(next)));
-        }
-        for (event, later) in due.into_iter().zip(not_yet_sent) {
-            let held = buffer.oldest_held();
-            let position = match (held, later) {
-                (Some(a), Some(b)) => a.min(b).saturating_sub(1),
-                (Some(a), None) | (None, Some(a)) => a.saturating_sub(1),
-                (None, None) => tail.position(),
-            };
-            let span = delivery.span(&event);
-            let item = SubscriptionItem::Reordered {
-                event: event.clone(),
-                resume_cursor: tail.log.cursor_for(position),
-            };
-            // why: a full queue blocks only this task; the log keeps the events.
-            if tx.send(item).instrument(span).await.is_err() {
-                return;
-            }
-            delivery.delivered(&event, clock.now());
-            delivery.progress.reached(position);
-            idle_until = Instant::now() + heartbeat;
-        }
-        // why: held events are not delivered yet; the lag counts them.
-        delivery.progress.reached(resume_position(&tail, &buffer));
-        if Instant::now() >= idle_until {
-            if !send_heartbeat_at(&tail, resume_position(&tail, &buffer), &clock, &tx).await {
-                return;
-            }
-            idle_until = Instant::now() + heartbeat;
-        }
-        if !caught_up && buffer.len() < MAX_HELD {
-            continue;
-        }
-        let next_due = buffer.next_due().map_or(idle_until, |due| {
-            let wait = (due - clock.now()).to_std().unwrap_or(Duration::ZERO);
-            idle_until.min(Instant::now() + wait)
-        });
-        tokio::select! {
-            alive = tail.wait_for_append(), if buffer.len() < MAX_HELD => if !alive { return },
-            () = tokio::time::sleep_until(next_due) => {}
-            () = tx.closed() => return,
-        }
-    }
-}
-
-async fn send_heartbeat_at(
-    tail: &Tail,
-    position: Sequence,
-    clock: &Arc<dyn Clock>,
-    tx: &mpsc::Sender<SubscriptionItem>,
-) -> bool {
-    let item = SubscriptionItem::Heartbeat {
-        cursor: tail.log.cursor_for(position),
-        time: clock.now(),
-    };
-    tx.send(item).await.is_ok()
-}
-
-/// What a subscription task reports about its deliveries.
+/// What a subscription reports about its deliveries.
 struct Delivery {
     progress: Progress,
     /// The Subscribe call's span, linked from each delivery span.
@@ -392,75 +282,6 @@ impl Delivery {
         let age = now.signed_duration_since(event.received_at);
         self.seconds
             .record(age.to_std().unwrap_or_default().as_secs_f64());
-    }
-}
-
-async fn run(
-    mut tail: Tail,
-    filter: EventFilter,
-    heartbeat: Duration,
-    clock: Arc<dyn Clock>,
-    tx: mpsc::Sender<SubscriptionItem>,
-    delivery: Delivery,
-) {
-    let mut idle_until = Instant::now() + heartbeat;
-    // why: one timer for the subscription's life, moved on with `reset`: moving a
-    // registered timer later does not touch the timer wheel, where a new `sleep`
-    // per wake-up registered and removed an entry for every delivery.
-    let heartbeat_due = tokio::time::sleep_until(idle_until);
-    tokio::pin!(heartbeat_due);
-    loop {
-        let batch = match tail.next_batch().await {
-            Ok(batch) => batch,
-            Err(LogError::Expired { oldest, .. }) => {
-                let oldest_cursor = tail.log.cursor_for(oldest.saturating_sub(1));
-                let _ = tx.send(SubscriptionItem::Expired { oldest_cursor }).await;
-                return;
-            }
-            Err(e) => {
-                let _ = tx.send(SubscriptionItem::Failed(e)).await;
-                return;
-            }
-        };
-        // why: a short batch that reaches the last announced append is the end; an
-        // empty read to confirm it would cost a log read per delivery.
-        let caught_up = batch.is_empty() || (batch.len() < READ_BATCH && tail.reached_announced());
-        for event in batch {
-            let seq = event.seq;
-            if filter.matches(&event.meta) {
-                let span = delivery.span(&event);
-                let item = SubscriptionItem::Event(event.clone());
-                // why: a full queue blocks only this task; the log keeps the events.
-                if tx.send(item).instrument(span).await.is_err() {
-                    return;
-                }
-                delivery.delivered(&event, clock.now());
-                idle_until = Instant::now() + heartbeat;
-            }
-            delivery.progress.reached(seq);
-        }
-        if Instant::now() >= idle_until {
-            if !send_heartbeat(&tail, &clock, &tx).await {
-                return;
-            }
-            idle_until = Instant::now() + heartbeat;
-        }
-        if !caught_up {
-            continue;
-        }
-        if heartbeat_due.deadline() != idle_until {
-            heartbeat_due.as_mut().reset(idle_until);
-        }
-        tokio::select! {
-            alive = tail.wait_for_append() => if !alive { return },
-            () = &mut heartbeat_due => {
-                if !send_heartbeat(&tail, &clock, &tx).await {
-                    return;
-                }
-                idle_until = Instant::now() + heartbeat;
-            }
-            () = tx.closed() => return,
-        }
     }
 }
 
@@ -548,14 +369,6 @@ fn max_lag_where(keep: impl Fn(&Position) -> bool) -> u64 {
         .unwrap_or(0)
 }
 
-async fn send_heartbeat(
-    tail: &Tail,
-    clock: &Arc<dyn Clock>,
-    tx: &mpsc::Sender<SubscriptionItem>,
-) -> bool {
-    send_heartbeat_at(tail, tail.position(), clock, tx).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,7 +377,8 @@ mod tests {
         events::{Envelope, EventEncoder, MemoryLog, MemoryLogConfig},
     };
     use bytes::Bytes;
-    use tokio::time::timeout;
+    use futures::StreamExt as _;
+    use tokio::time::{timeout, Instant};
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -587,7 +401,7 @@ mod tests {
     }
 
     /// A subscription to everything appended from now on (heartbeats every 60 s).
-    async fn subscribe_from_now(log: &Arc<dyn EventLog>) -> mpsc::Receiver<SubscriptionItem> {
+    async fn subscribe_from_now(log: &Arc<dyn EventLog>) -> Subscription {
         subscribe(
             log.clone(),
             EventFilter::default(),
@@ -599,9 +413,9 @@ mod tests {
         .unwrap()
     }
 
-    async fn next_event(rx: &mut mpsc::Receiver<SubscriptionItem>) -> Arc<StoredEvent> {
+    async fn next_event(rx: &mut Subscription) -> Arc<StoredEvent> {
         loop {
-            match timeout(WAIT, rx.recv())
+            match timeout(WAIT, rx.next())
                 .await
                 .expect("timed out")
                 .expect("closed")
@@ -678,7 +492,7 @@ mod tests {
         let want = log.cursor_for(1);
         let deadline = Instant::now() + WAIT;
         loop {
-            match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            match timeout(WAIT, rx.next()).await.unwrap().unwrap() {
                 SubscriptionItem::Heartbeat { cursor, .. } if cursor == want => break,
                 SubscriptionItem::Heartbeat { .. } => assert!(Instant::now() < deadline),
                 other => panic!("unexpected {other:?}"),
@@ -693,14 +507,14 @@ mod tests {
         log.append(event("first", "order.accepted")).await.unwrap();
         assert_eq!(next_event(&mut rx).await.seq, 1);
         // Append far more than the log holds without reading.
-        for i in 0..(SUBSCRIBER_QUEUE + 10) {
+        for i in 0..42 {
             log.append(event(&format!("e{i}"), "order.accepted"))
                 .await
                 .unwrap();
         }
         let mut seen = vec![1];
         loop {
-            match timeout(WAIT, rx.recv()).await.unwrap() {
+            match timeout(WAIT, rx.next()).await.unwrap() {
                 Some(SubscriptionItem::Event(e)) => seen.push(e.seq),
                 Some(SubscriptionItem::Expired { oldest_cursor }) => {
                     let oldest_held = log.sequence_of(&oldest_cursor).unwrap() + 1;
@@ -748,7 +562,7 @@ mod tests {
             .unwrap();
         let mut got = Vec::new();
         while got.len() < 3 {
-            match timeout(WAIT, rx.recv()).await.unwrap().unwrap() {
+            match timeout(WAIT, rx.next()).await.unwrap().unwrap() {
                 SubscriptionItem::Reordered {
                     event,
                     resume_cursor,
@@ -764,6 +578,37 @@ mod tests {
         assert_eq!(got[0].1, log.cursor_for(0));
         assert_eq!(got[1].1, log.cursor_for(1));
         assert_eq!(got[2].1, log.cursor_for(3));
+    }
+
+    #[tokio::test]
+    async fn a_reordered_subscriber_that_falls_behind_the_log_gets_expired_not_a_gap() {
+        let log = log(3);
+        let mut rx = subscribe_reordered(
+            log.clone(),
+            EventFilter::default(),
+            &Start::Now,
+            Duration::from_secs(60),
+            Duration::from_millis(1),
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap();
+        // Far more than the log holds, appended before the subscriber reads any.
+        for i in 0..10 {
+            log.append(order_event(&format!("e{i}"), "o1", "2024-01-01T00:00:00Z"))
+                .await
+                .unwrap();
+        }
+        match timeout(WAIT, rx.next()).await.unwrap() {
+            Some(SubscriptionItem::Expired { oldest_cursor }) => {
+                assert_eq!(log.sequence_of(&oldest_cursor).unwrap() + 1, 8);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            timeout(WAIT, rx.next()).await.unwrap().is_none(),
+            "the subscription ends after Expired"
+        );
     }
 
     #[tokio::test]
@@ -825,48 +670,43 @@ mod tests {
         );
     }
 
-    /// Polls `check` (yielding to the runtime) until it holds, or fails after [`WAIT`].
-    async fn until(what: &str, mut check: impl FnMut() -> bool) {
-        timeout(WAIT, async {
-            while !check() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("never: {what}"));
-    }
-
     #[tokio::test]
     async fn the_lag_is_what_a_stalled_subscriber_has_still_to_read() {
         let log = log(1000);
         let mut rx = subscribe_from_now(&log).await;
-        // The subscriber reads nothing: its queue fills, then the task waits.
-        let appended = SUBSCRIBER_QUEUE as u64 + 8;
+        // The subscriber reads nothing, so nothing is read for it: it lags by every
+        // event appended since it started.
+        let appended = 40;
         for i in 0..appended {
             log.append(event(&format!("e{i}"), "order.accepted"))
                 .await
                 .unwrap();
         }
-        until(
-            "the stalled subscriber lags by what did not fit its queue",
-            || max_lag_of(log.log_id()) == appended - SUBSCRIBER_QUEUE as u64,
-        )
-        .await;
-        for _ in 0..appended {
+        assert_eq!(max_lag_of(log.log_id()), appended);
+        for _ in 0..appended / 2 {
             next_event(&mut rx).await;
         }
-        until("a subscriber that caught up lags by nothing", || {
-            max_lag_of(log.log_id()) == 0
-        })
-        .await;
+        assert_eq!(
+            max_lag_of(log.log_id()),
+            appended - appended / 2,
+            "a subscriber lags by what it has not taken, not by what was read for it"
+        );
+        for _ in appended / 2..appended {
+            next_event(&mut rx).await;
+        }
+        assert_eq!(
+            max_lag_of(log.log_id()),
+            0,
+            "a subscriber that caught up lags by nothing"
+        );
         drop(rx);
-        until("a subscription that ended is forgotten", || {
+        assert!(
             !registry()
                 .lock()
                 .unwrap()
                 .values()
-                .any(|p| p.log_id == log.log_id())
-        })
-        .await;
+                .any(|p| p.log_id == log.log_id()),
+            "a subscription that ended is forgotten"
+        );
     }
 }
