@@ -261,7 +261,7 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     ///
     /// why: a subscription reads once per delivery when it keeps up; answering in
     /// place saves the boxed future and the batch's allocation of each read
-    /// (benches/README.md "Optimisation 9").
+    /// (benches/README.md "Optimisation 10").
     fn read_after_now(
         &self,
         after: Sequence,

@@ -125,41 +125,19 @@ fn push_string(line: &mut String, text: &str) -> fmt::Result {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::prelude::*;
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::test_writer::Captured;
 
     /// The lines `act` logs, as the gateway's JSON output and as tracing-subscriber's
     /// own JSON formatter (with the current span) print them, parsed.
     fn both_outputs(act: impl Fn()) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
-        let ours = Buffer::default();
-        let theirs = Buffer::default();
-        let ours_writer = {
-            let ours = ours.clone();
-            move || ours.clone()
-        };
-        let theirs_writer = {
-            let theirs = theirs.clone();
-            move || theirs.clone()
-        };
+        let ours = Captured::default();
+        let theirs = Captured::default();
         let subscriber = tracing_subscriber::registry()
             .with(crate::telemetry::logging::printed_layer(
                 crate::config::LogFormat::Json,
-                ours_writer,
+                ours.writer(),
                 tracing_subscriber::EnvFilter::new("trace"),
             ))
             .with(
@@ -168,13 +146,12 @@ mod tests {
                     .with_current_span(true)
                     .with_span_list(false)
                     .fmt_fields(super::SpanFieldsJson)
-                    .with_writer(theirs_writer),
+                    .with_writer(theirs.writer()),
             );
         tracing::subscriber::with_default(subscriber, act);
-        let parse = |buffer: Buffer| {
-            let bytes = buffer.0.lock().unwrap().clone();
-            String::from_utf8(bytes)
-                .unwrap()
+        let parse = |buffer: Captured| {
+            buffer
+                .text()
                 .lines()
                 .map(|line| serde_json::from_str(line).unwrap())
                 .collect::<Vec<serde_json::Value>>()

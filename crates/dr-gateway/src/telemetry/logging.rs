@@ -227,27 +227,11 @@ fn cut_line(line: &[u8], format: LogFormat, max: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::test_writer::Captured;
 
     fn logged(format: LogFormat, value: &str) -> String {
-        let buffer = Buffer::default();
-        let writer = {
-            let buffer = buffer.clone();
-            CappedLines::new(move || buffer.clone(), format, 4096)
-        };
+        let buffer = Captured::default();
+        let writer = CappedLines::new(buffer.writer(), format, 4096);
         let layer = match format {
             LogFormat::Json => fmt::layer().json().with_writer(writer).boxed(),
             LogFormat::Pretty => fmt::layer()
@@ -260,8 +244,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(value, "something happened");
         });
-        let bytes = buffer.0.lock().unwrap().clone();
-        String::from_utf8(bytes).unwrap()
+        buffer.text()
     }
 
     #[test]

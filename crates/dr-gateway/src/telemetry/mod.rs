@@ -30,6 +30,8 @@ pub mod otel;
 pub mod rpc;
 pub mod span;
 pub mod span_fields;
+#[cfg(test)]
+pub(crate) mod test_writer;
 
 pub use access_log::AccessLogLayer;
 pub use capped::capped;

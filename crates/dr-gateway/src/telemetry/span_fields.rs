@@ -174,42 +174,23 @@ impl Visit for Members {
 
 #[cfg(test)]
 mod tests {
-    use std::io;
-    use std::sync::{Arc, Mutex};
-
     use tracing_subscriber::prelude::*;
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::test_writer::Captured;
 
     /// The `span` object of the one line logged inside a span that `act` builds, as
     /// the gateway's JSON log output prints it.
     fn logged_span(act: impl FnOnce()) -> serde_json::Value {
-        let buffer = Buffer::default();
-        let writer = {
-            let buffer = buffer.clone();
-            move || buffer.clone()
-        };
+        let buffer = Captured::default();
         // The layer the gateway prints JSON logs with.
         let layer = crate::telemetry::logging::printed_layer(
             crate::config::LogFormat::Json,
-            writer,
+            buffer.writer(),
             tracing_subscriber::EnvFilter::new("trace"),
         );
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, act);
-        let bytes = buffer.0.lock().unwrap().clone();
-        let line: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let line: serde_json::Value = serde_json::from_str(&buffer.text()).unwrap();
         line["span"].clone()
     }
 

@@ -206,6 +206,16 @@ pub async fn subscribe(
     heartbeat: Duration,
     clock: Arc<dyn Clock>,
 ) -> Result<Subscription, SubscribeError> {
+    let (tail, delivery) = start_reading(log, start).await?;
+    Ok(Subscription::live(tail, filter, heartbeat, clock, delivery))
+}
+
+/// The reader at the resolved start, and the delivery reporting of a new
+/// subscription (its lag registered, linked to the current RPC's span).
+async fn start_reading(
+    log: Arc<dyn EventLog>,
+    start: &Start,
+) -> Result<(Tail, Delivery), SubscribeError> {
     let after = resolve_start(log.as_ref(), start).await?;
     let tail = Tail::new(log, after);
     let delivery = Delivery {
@@ -213,7 +223,7 @@ pub async fn subscribe(
         subscribe_span: otel::current_rpc_span_context(),
         seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
     };
-    Ok(Subscription::live(tail, filter, heartbeat, clock, delivery))
+    Ok((tail, delivery))
 }
 
 /// Like [`subscribe`], but each event is held for `window` after the gateway
@@ -228,13 +238,7 @@ pub async fn subscribe_reordered(
     window: Duration,
     clock: Arc<dyn Clock>,
 ) -> Result<Subscription, SubscribeError> {
-    let after = resolve_start(log.as_ref(), start).await?;
-    let tail = Tail::new(log, after);
-    let delivery = Delivery {
-        progress: Progress::register(&tail),
-        subscribe_span: otel::current_rpc_span_context(),
-        seconds: metrics::histogram!(names::SUBSCRIBER_DELIVERY_SECONDS),
-    };
+    let (tail, delivery) = start_reading(log, start).await?;
     Ok(Subscription::reordered(
         tail,
         filter,
@@ -402,11 +406,35 @@ mod tests {
 
     /// A subscription to everything appended from now on (heartbeats every 60 s).
     async fn subscribe_from_now(log: &Arc<dyn EventLog>) -> Subscription {
+        subscribe_matching(log, EventFilter::default(), Duration::from_secs(60)).await
+    }
+
+    /// A subscription from now to what `filter` matches, idle heartbeats every
+    /// `heartbeat`.
+    async fn subscribe_matching(
+        log: &Arc<dyn EventLog>,
+        filter: EventFilter,
+        heartbeat: Duration,
+    ) -> Subscription {
         subscribe(
+            log.clone(),
+            filter,
+            &Start::Now,
+            heartbeat,
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A subscription from now that holds each event for `window` to order them.
+    async fn reordered_from_now(log: &Arc<dyn EventLog>, window: Duration) -> Subscription {
+        subscribe_reordered(
             log.clone(),
             EventFilter::default(),
             &Start::Now,
             Duration::from_secs(60),
+            window,
             Arc::new(SystemClock),
         )
         .await
@@ -459,15 +487,7 @@ mod tests {
         let log = log(100);
         log.append(event("before", "order.accepted")).await.unwrap();
         let filter = EventFilter::new(&["order.charge.*".into()], &[], None).unwrap();
-        let mut rx = subscribe(
-            log.clone(),
-            filter,
-            &Start::Now,
-            Duration::from_secs(60),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let mut rx = subscribe_matching(&log, filter, Duration::from_secs(60)).await;
         log.append(event("a", "order.accepted")).await.unwrap();
         log.append(event("b", "order.charge.capture.complete"))
             .await
@@ -479,15 +499,7 @@ mod tests {
     async fn idle_subscribers_get_heartbeats_with_the_latest_cursor() {
         let log = log(100);
         let filter = EventFilter::new(&["nothing.matches".into()], &[], None).unwrap();
-        let mut rx = subscribe(
-            log.clone(),
-            filter,
-            &Start::Now,
-            Duration::from_millis(50),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let mut rx = subscribe_matching(&log, filter, Duration::from_millis(50)).await;
         log.append(event("a", "order.accepted")).await.unwrap();
         let want = log.cursor_for(1);
         let deadline = Instant::now() + WAIT;
@@ -540,16 +552,7 @@ mod tests {
     async fn a_reordered_subscription_hands_out_creation_order_and_resumes_after_what_it_handed_out(
     ) {
         let log = log(100);
-        let mut rx = subscribe_reordered(
-            log.clone(),
-            EventFilter::default(),
-            &Start::Now,
-            Duration::from_secs(60),
-            Duration::from_millis(200),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let mut rx = reordered_from_now(&log, Duration::from_millis(200)).await;
         // Order o1's second event arrives first; o2's in between.
         log.append(order_event("o1-b", "o1", "2024-01-01T00:00:02Z"))
             .await
@@ -583,16 +586,7 @@ mod tests {
     #[tokio::test]
     async fn a_reordered_subscriber_that_falls_behind_the_log_gets_expired_not_a_gap() {
         let log = log(3);
-        let mut rx = subscribe_reordered(
-            log.clone(),
-            EventFilter::default(),
-            &Start::Now,
-            Duration::from_secs(60),
-            Duration::from_millis(1),
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap();
+        let mut rx = reordered_from_now(&log, Duration::from_millis(1)).await;
         // Far more than the log holds, appended before the subscriber reads any.
         for i in 0..10 {
             log.append(order_event(&format!("e{i}"), "o1", "2024-01-01T00:00:00Z"))

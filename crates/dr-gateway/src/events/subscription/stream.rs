@@ -36,7 +36,7 @@ use crate::events::{
 ///
 /// why: a task per subscription with a queue to its stream cost a wake-up, a
 /// queue push and pop and the task's own poll per delivery (`cargo bench -p
-/// dr-gateway --bench fan_out -- --callgrind`, benches/README.md "Optimisation 9").
+/// dr-gateway --bench fan_out -- --callgrind`, benches/README.md "Optimisation 10").
 pub struct Subscription {
     source: Source,
 }

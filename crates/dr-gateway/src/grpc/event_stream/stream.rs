@@ -83,7 +83,7 @@ impl std::fmt::Debug for SubscribeStream {
 ///
 /// why: polling the two cancellation futures on every poll of every stream was
 /// ~0.5 k instructions per delivery (`cargo bench -p dr-gateway --bench fan_out --
-/// --callgrind`, benches/README.md "Optimisation 9").
+/// --callgrind`, benches/README.md "Optimisation 10").
 struct EarlyEnds {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     aged: Pin<Box<WaitForCancellationFutureOwned>>,
