@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Set (to anything) to keep every run's profile on disk for `callgrind_annotate`
+/// (e.g. `--inclusive=yes`); the path of each is printed.
+pub(crate) const KEEP_PROFILES: &str = "DR_BENCH_KEEP_PROFILES";
+
 /// Whether valgrind can be run.
 pub(crate) fn installed() -> bool {
     Command::new("valgrind").arg("--version").output().is_ok()
@@ -93,8 +97,12 @@ impl Profile {
         Ok(Self { instructions, file })
     }
 
-    /// Removes the profile from disk.
+    /// Removes the profile from disk, unless [`KEEP_PROFILES`] is set.
     pub(crate) fn finish(self) {
+        if std::env::var_os(KEEP_PROFILES).is_some() {
+            println!("  profile kept: {}", self.file.display());
+            return;
+        }
         let _ = std::fs::remove_file(&self.file);
     }
 

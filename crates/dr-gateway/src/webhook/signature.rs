@@ -18,13 +18,12 @@
 
 use std::{sync::Arc, time::Duration};
 
+use aws_lc_rs::hmac;
 use base64::{
     engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD},
     Engine as _,
 };
-use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::Sha256;
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::clock::Clock;
@@ -75,7 +74,9 @@ pub struct Verified {
 /// Checks webhook signatures against the configured secrets.
 #[derive(Clone)]
 pub struct SignatureVerifier {
-    secrets: Arc<[SecretString]>,
+    /// One HMAC-SHA256 key per configured secret, keyed once here: the key's inner
+    /// and outer pads are hashed once, not per webhook.
+    keys: Arc<[hmac::Key]>,
     tolerance: Duration,
     clock: Arc<dyn Clock>,
 }
@@ -83,10 +84,7 @@ pub struct SignatureVerifier {
 impl std::fmt::Debug for SignatureVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignatureVerifier")
-            .field(
-                "secrets",
-                &format_args!("[{} redacted]", self.secrets.len()),
-            )
+            .field("secrets", &format_args!("[{} redacted]", self.keys.len()))
             .field("tolerance", &self.tolerance)
             .finish_non_exhaustive()
     }
@@ -107,7 +105,7 @@ impl SignatureVerifier {
     /// A verifier trying every secret in `secrets` (order irrelevant).
     pub fn new(secrets: Vec<SecretString>, tolerance: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
-            secrets: secrets.into(),
+            keys: secrets.iter().map(hmac_key).collect(),
             tolerance,
             clock,
         }
@@ -115,12 +113,12 @@ impl SignatureVerifier {
 
     /// Number of configured secrets.
     pub fn secret_count(&self) -> usize {
-        self.secrets.len()
+        self.keys.len()
     }
 
     /// Verifies `header` (the `DigitalRiver-Signature` value) over `body`.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<Verified, SignatureError> {
-        if self.secrets.is_empty() {
+        if self.keys.is_empty() {
             return Err(SignatureError::NoSecrets);
         }
         let header = header.ok_or(SignatureError::Missing)?;
@@ -145,11 +143,11 @@ impl SignatureVerifier {
 
         let mut matched = Choice::from(0);
         let mut found: Option<Verified> = None;
-        for (secret_index, secret) in self.secrets.iter().enumerate() {
+        for (secret_index, key) in self.keys.iter().enumerate() {
             for &(prefix, digits_prefix) in &prefixes {
-                let expected = hmac_sha256(secret, prefix, body);
+                let expected = hmac_sha256(key, prefix, body);
                 for candidate in &decoded {
-                    let hit = expected.as_slice().ct_eq(candidate.as_slice());
+                    let hit = expected.as_ref().ct_eq(candidate.as_slice());
                     matched |= hit;
                     // why: record the first match for logging, without branching
                     // the comparison loop itself on secret data.
@@ -255,24 +253,25 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// `HMAC-SHA256(secret, "<prefix>.<body>")`.
-fn hmac_sha256(secret: &SecretString, prefix: &str, body: &[u8]) -> [u8; 32] {
-    // why: HMAC accepts keys of any length, so `new_from_slice` cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) {
-        Ok(mac) => mac,
-        Err(_) => return [0; 32],
-    };
-    mac.update(prefix.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize().into_bytes().into()
+/// The HMAC-SHA256 key of one webhook secret.
+fn hmac_key(secret: &SecretString) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret().as_bytes())
+}
+
+/// `HMAC-SHA256(secret, "<prefix>.<body>")`: each signed byte is hashed once.
+fn hmac_sha256(key: &hmac::Key, prefix: &str, body: &[u8]) -> hmac::Tag {
+    let mut context = hmac::Context::with_key(key);
+    context.update(prefix.as_bytes());
+    context.update(b".");
+    context.update(body);
+    context.sign()
 }
 
 /// Signs a body the way the verifier expects (`<ts>, <base64>`); for tests, the
 /// sandbox's webhook sender and tools.
 pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
-    let sig = hmac_sha256(&SecretString::from(secret.to_owned()), timestamp, body);
-    STANDARD.encode(sig)
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    STANDARD.encode(hmac_sha256(&key, timestamp, body))
 }
 
 #[cfg(test)]
@@ -474,11 +473,30 @@ mod tests {
     fn hex_signatures_are_accepted() {
         let v = verifier(&["whsec"]);
         let raw = hmac_sha256(
-            &SecretString::from("whsec".to_string()),
+            &hmac_key(&SecretString::from("whsec".to_string())),
             &NOW.to_string(),
             BODY,
         );
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        assert!(check(&v, &format!("{NOW}, {hex}")).is_ok());
+        assert!(check(&v, &format!("{NOW}, {}", hex(raw.as_ref()))).is_ok());
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn the_mac_is_standard_hmac_sha256_over_prefix_dot_body() {
+        // RFC 4231 test case 7: a key longer than SHA-256's block and data longer
+        // than one block; its data has a `.` to split into prefix and body.
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &[0xaa; 131]);
+        let tag = hmac_sha256(
+            &key,
+            "This is a test using a larger than block-size key and a larger than block-size data",
+            b" The key needs to be hashed before being used by the HMAC algorithm.",
+        );
+        assert_eq!(
+            hex(tag.as_ref()),
+            "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"
+        );
     }
 }
