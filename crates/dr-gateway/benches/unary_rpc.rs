@@ -3,7 +3,8 @@
 //! vs the floor, p50 at concurrency 1 vs a direct call to the stub, and `GetCharge` RPS
 //! at saturation vs a bare tonic-to-reqwest proxy.
 //! Run with `cargo bench -p dr-gateway --bench unary_rpc` (valgrind must be installed);
-//! `bash scripts/bench.sh` runs it with the other benches.
+//! `bash scripts/bench.sh` runs it with the other benches; `-- --callgrind-only` or
+//! `-- --wall-only` runs one half.
 //!
 //! Why: the performance issue asks that `CreateFulfillment` and `GetCharge` cost at most
 //! 1.3 × the floor in instructions per RPC with the logs production writes (JSON, INFO),
@@ -142,6 +143,13 @@ fn main() -> ExitCode {
         return measure(mode, calls);
     }
     let only_callgrind = args.iter().any(|a| a == "--callgrind-only");
+    // why: the wall-clock rounds alone, e.g. under `perf record` (no valgrind children).
+    if args.iter().any(|a| a == "--wall-only") {
+        return match wall_only() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     match drive(&args[0], only_callgrind) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
@@ -151,6 +159,23 @@ fn main() -> ExitCode {
 fn fail(error: &str) -> ExitCode {
     eprintln!("unary_rpc: FAILED: {error}");
     ExitCode::FAILURE
+}
+
+/// The wall-clock rounds and their rows, without the instruction counts.
+fn wall_only() -> Result<(), String> {
+    let w = wall_runtime()?.block_on(wall_time())?;
+    println!("\n| path | dr-gateway | baseline, same run | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    print_wall_rows(&w);
+    Ok(())
+}
+
+fn wall_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("no runtime: {e}"))
 }
 
 fn drive(me: &str, only_callgrind: bool) -> Result<(), String> {
@@ -201,12 +226,7 @@ fn drive(me: &str, only_callgrind: bool) -> Result<(), String> {
 
     let mut wall = None;
     if !only_callgrind {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("no runtime: {e}"))?;
-        wall = Some(runtime.block_on(wall_time())?);
+        wall = Some(wall_runtime()?.block_on(wall_time())?);
     }
 
     println!("\n| path | dr-gateway | baseline, same run | ratio | goal |");
@@ -230,27 +250,32 @@ fn drive(me: &str, only_callgrind: bool) -> Result<(), String> {
         cost[&Mode::ProxyGet],
         cost[&Mode::ProxyGet] / floor_get
     );
-    if let Some(w) = wall {
-        println!(
-            "| unary p50 at concurrency 1 (GetCharge) | {:.0} µs | {:.0} µs direct to the DR stub | {:.2} | ≤ 1.5 |",
-            w.gateway_p50_us,
-            w.direct_p50_us,
-            w.gateway_p50_us / w.direct_p50_us
-        );
-        println!(
-            "| unary p50 at concurrency 1 (GetCharge), bare proxy | {:.0} µs | {:.0} µs direct | {:.2} | (reference: the gRPC hop alone) |",
-            w.proxy_p50_us,
-            w.direct_p50_us,
-            w.proxy_p50_us / w.direct_p50_us
-        );
-        println!(
-            "| GetCharge RPS at saturation ({IN_FLIGHT} in flight, {CHANNELS} connections) | {:.0} | {:.0} (bare tonic-to-reqwest proxy) | {:.2} | ≥ 0.85 |",
-            w.gateway_rps,
-            w.proxy_rps,
-            w.gateway_rps / w.proxy_rps
-        );
+    if let Some(w) = &wall {
+        print_wall_rows(w);
     }
     Ok(())
+}
+
+/// The wall-clock rows of the table.
+fn print_wall_rows(w: &Wall) {
+    println!(
+        "| unary p50 at concurrency 1 (GetCharge) | {:.0} µs | {:.0} µs direct to the DR stub | {:.2} | ≤ 1.5 |",
+        w.gateway_p50_us,
+        w.direct_p50_us,
+        w.gateway_p50_us / w.direct_p50_us
+    );
+    println!(
+        "| unary p50 at concurrency 1 (GetCharge), bare proxy | {:.0} µs | {:.0} µs direct | {:.2} | (reference: the gRPC hop alone) |",
+        w.proxy_p50_us,
+        w.direct_p50_us,
+        w.proxy_p50_us / w.direct_p50_us
+    );
+    println!(
+        "| GetCharge RPS at saturation ({IN_FLIGHT} in flight, {CHANNELS} connections) | {:.0} | {:.0} (bare tonic-to-reqwest proxy) | {:.2} | ≥ 0.85 |",
+        w.gateway_rps,
+        w.proxy_rps,
+        w.gateway_rps / w.proxy_rps
+    );
 }
 
 // === instructions ===
