@@ -23,6 +23,7 @@
 //! body (size, checked against `Content-Length` before reading, and read time).
 
 pub mod error;
+mod intake_metrics;
 pub mod listener;
 pub mod signature;
 
@@ -55,7 +56,8 @@ pub use signature::{SignatureError, SignatureVerifier, SIGNATURE_HEADER};
 use crate::defaults;
 use crate::events::{Appended, Envelope, EventLog};
 use crate::health::HealthGate;
-use crate::telemetry::{capped, metrics::names};
+use crate::telemetry::capped;
+use intake_metrics::Outcome;
 
 /// How long `/livez` waits for a task spawned on the runtime to run.
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -223,31 +225,14 @@ async fn receive_event(
     body: Body,
 ) -> Result<impl IntoResponse, WebhookError> {
     let started = Instant::now();
-    metrics::counter!(names::WEBHOOKS_RECEIVED).increment(1);
+    intake_metrics::received();
     let result = intake(&state, &headers, body).await;
     let outcome = match &result {
-        Ok(appended) if appended.duplicate => {
-            metrics::counter!(names::WEBHOOKS_DUPLICATES).increment(1);
-            "duplicate"
-        }
-        Ok(_) => {
-            metrics::counter!(names::WEBHOOKS_ACCEPTED).increment(1);
-            metrics::counter!(names::EVENTS_STORED, "source" => "webhook").increment(1);
-            "accepted"
-        }
-        Err(e) => {
-            metrics::counter!(names::WEBHOOKS_REJECTED, "reason" => e.code()).increment(1);
-            "rejected"
-        }
+        Ok(appended) if appended.duplicate => Outcome::Duplicate,
+        Ok(_) => Outcome::Accepted,
+        Err(e) => Outcome::Rejected { reason: e.code() },
     };
-    if result.is_ok() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        metrics::gauge!(names::WEBHOOK_LAST_ACK_TIMESTAMP).set(now.as_secs_f64());
-    }
-    metrics::histogram!(names::WEBHOOK_ACK_SECONDS, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
+    intake_metrics::answered(outcome, started.elapsed());
     let appended = result?;
     // why: two fixed answers, written once, instead of a JSON map built and
     // serialised per event.

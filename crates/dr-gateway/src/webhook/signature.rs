@@ -126,7 +126,7 @@ impl SignatureVerifier {
         let parsed = parse_header(header).ok_or(SignatureError::Malformed)?;
         let millis = self.check_timestamp(parsed.ts_digits)?;
 
-        let decoded: Vec<Vec<u8>> = parsed
+        let decoded: Vec<[u8; MAC_LEN]> = parsed
             .candidates
             .iter()
             .filter(|c| c.len() <= MAX_CANDIDATE_LEN)
@@ -231,26 +231,36 @@ fn strip_scheme_prefix(part: &str) -> &str {
     }
 }
 
+/// Length of an HMAC-SHA256.
+const MAC_LEN: usize = 32;
+
 /// Decodes a candidate: standard base64 (what the SFCC code compares), tolerating
-/// missing padding, URL-safe alphabets and hex.
-fn decode_signature(candidate: &str) -> Option<Vec<u8>> {
+/// missing padding, URL-safe alphabets and hex. Only a SHA-256-sized value counts.
+///
+/// why: decoded into a buffer on the stack; candidates are at most
+/// [`MAX_CANDIDATE_LEN`] characters, so their base64 fits in it.
+fn decode_signature(candidate: &str) -> Option<[u8; MAC_LEN]> {
+    let mut buf = [0u8; MAX_CANDIDATE_LEN * 3 / 4];
     // why: 64 hex digits are also valid base64 (of 48 bytes), so keep looking until
     // a decoding yields a SHA-256-sized value.
     [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
         .iter()
-        .filter_map(|engine| engine.decode(candidate).ok())
-        .chain(decode_hex(candidate))
-        .find(|bytes| bytes.len() == 32)
+        .find_map(|engine| match engine.decode_slice(candidate, &mut buf) {
+            Ok(MAC_LEN) => buf.get(..MAC_LEN)?.try_into().ok(),
+            _ => None,
+        })
+        .or_else(|| decode_hex(candidate))
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 {
+fn decode_hex(s: &str) -> Option<[u8; MAC_LEN]> {
+    if s.len() != 2 * MAC_LEN {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    let mut out = [0u8; MAC_LEN];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The HMAC-SHA256 key of one webhook secret.
