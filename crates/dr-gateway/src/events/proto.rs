@@ -62,6 +62,13 @@ impl EventEncoder {
         if let Some(previous) = &env.previous_attributes {
             encode_struct_field(PREVIOUS_ATTRIBUTES_FIELD, previous, &mut buf);
         }
+        // why: hand back what the reservation left unused. The event is copied into
+        // its response and this buffer freed; freed with its spare capacity it left a
+        // larger hole behind every stored event, and glibc's placement of the held
+        // events around those holes cost ~160 bytes of RSS per held event (`cargo
+        // bench --bench event_memory`: 2,130 → 1,966 B; a buffer sized exactly from
+        // the start measured 2,064 B). Shrinking a block is done in place.
+        buf.shrink_to_fit();
         buf
     }
 
@@ -212,9 +219,12 @@ mod tests {
         let encoder =
             EventEncoder::with_payload_decoder(Arc::new(crate::grpc::event_stream::decode_payload));
         let env = envelope();
-        let decoded = pb::Event::decode(encoder.encode(&env).as_slice()).unwrap();
+        let bytes = encoder.encode(&env);
+        let decoded = pb::Event::decode(bytes.as_slice()).unwrap();
         assert_eq!(decoded, encoder.to_proto(&env));
         assert!(decoded.previous_attributes.is_some());
+        // No spare capacity left to free later.
+        assert_eq!(bytes.capacity(), bytes.len());
     }
 
     #[test]
