@@ -1,12 +1,52 @@
 //! The DR event envelope (docs/digital-river.md §3.2): parsed once from the raw bytes
-//! DR sent, keeping the whole `data.object` so nothing DR sends is lost.
+//! DR sent, keeping the whole `data.object` as DR's text so nothing DR sends is lost.
 //!
 //! Parsing is lenient about everything except what the gateway needs to store and
 //! route an event: `id`, `type`, `createdTime` and an object `data.object`.
+//!
+//! why: the body is parsed once, into the few top-level fields the gateway reads;
+//! `data.object` and `data.previousAttributes` stay text (serde_json checks them and
+//! hands back where they are), and the stored event is encoded from that text
+//! ([`super::json_text`]). A `serde_json::Value` of the whole body, read once and
+//! dropped, cost more than everything else intake does (`cargo bench --bench
+//! webhook_intake`).
+
+use std::{borrow::Cow, fmt, ops::Range};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::json_text::{JsonTextError, ObjectIds};
+use super::struct_encoding;
+
+/// A visitor's answers to every JSON scalar: `$absent`. (Numbers arrive as maps
+/// under serde_json's `arbitrary_precision`, so `visit_map` is each visitor's own.)
+macro_rules! scalars_read_as {
+    ($absent:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+    };
+}
 
 /// Why a payload is not a DR event envelope.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +54,9 @@ pub enum EnvelopeError {
     /// The body is not JSON at all.
     #[error("body is not valid JSON: {0}")]
     NotJson(#[source] serde_json::Error),
+    /// The body is not UTF-8 text, so not JSON either.
+    #[error("body is not valid JSON: it is not UTF-8 text")]
+    NotUtf8,
     /// The body is JSON but not an object.
     #[error("body is not a JSON object")]
     NotAnObject,
@@ -38,7 +81,7 @@ impl EnvelopeError {
 }
 
 /// A parsed DR event.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Envelope {
     /// DR event id (a UUID in real payloads).
     pub id: String,
@@ -48,26 +91,112 @@ pub struct Envelope {
     pub created_time: DateTime<Utc>,
     /// True for live-mode events; DR omits it rarely, so absent means test mode.
     pub live_mode: bool,
-    /// `data.object`, always a JSON object.
-    pub object: Map<String, Value>,
-    /// `data.previousAttributes`, when DR sent an object there.
-    pub previous_attributes: Option<Map<String, Value>>,
     /// `webhookIds`, when sent.
     pub webhook_ids: Vec<String>,
     /// `digitalriverVersion` (or the SDK spelling `digitalRiverVersion`).
     pub digitalriver_version: Option<String>,
     /// The DR order id the event is about (see [`order_id_of`]).
     pub order_id: Option<String>,
-    /// The exact bytes DR sent (or the re-serialised JSON for events read through
+    /// `data.object.id`: the id of the object the event is about, when it has one.
+    pub object_id: Option<String>,
+    /// The exact bytes DR sent (or the serialised JSON for events read through
     /// `GET /events`); a persistent log stores these verbatim.
     pub raw: Bytes,
+    /// Where `data.object` (always a JSON object) is in `raw`.
+    object: Range<usize>,
+    /// Where `data.previousAttributes` is in `raw`, when DR sent an object there.
+    previous_attributes: Option<Range<usize>>,
+    /// `data.object` encoded as a `google.protobuf.Struct` message body.
+    object_struct: Vec<u8>,
+    /// `data.previousAttributes` encoded the same way, when present.
+    previous_struct: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("id", &self.id)
+            .field("event_type", &self.event_type)
+            .field("created_time", &self.created_time)
+            .field("live_mode", &self.live_mode)
+            .field("order_id", &self.order_id)
+            .field("object_id", &self.object_id)
+            .field("raw_len", &self.raw.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Envelope {
     /// Parses an envelope from the raw webhook body.
     pub fn parse(raw: Bytes) -> Result<Self, EnvelopeError> {
-        let value: Value = serde_json::from_slice(&raw).map_err(EnvelopeError::NotJson)?;
-        Self::from_value_with_raw(value, raw)
+        // why: one UTF-8 check of the whole body; serde_json then reads it as text
+        // (no second check per string) and the kept ranges are text too.
+        let text = std::str::from_utf8(&raw).map_err(|_| EnvelopeError::NotUtf8)?;
+        let top = serde_json::from_str::<TopLevel<'_>>(text).map_err(EnvelopeError::NotJson)?;
+        let Some(fields) = top.0 else {
+            return Err(EnvelopeError::NotAnObject);
+        };
+        let id = nonempty_string(fields.id, "id")?;
+        let event_type = nonempty_string(fields.event_type, "type")?;
+        let created_time = fields
+            .created_time
+            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or(EnvelopeError::BadField {
+                field: "createdTime",
+                expected: "an RFC 3339 timestamp",
+            })?;
+        let Some(Data { object, previous }) = fields.data else {
+            return Err(EnvelopeError::BadField {
+                field: "data",
+                expected: "an object",
+            });
+        };
+        let object = object
+            .map(RawValue::get)
+            .filter(|json| json.starts_with('{'))
+            .ok_or(EnvelopeError::BadField {
+                field: "data.object",
+                expected: "an object",
+            })?;
+        // why: the stored event's `Struct`s are written here, in the one walk of
+        // the objects' text, which also reads the ids and checks the nesting.
+        let mut object_struct = Vec::with_capacity(struct_capacity(object));
+        let ids = struct_encoding::encode_struct(object, &mut object_struct)
+            .map_err(|e| nesting_error("data.object", e))?;
+        let previous = previous
+            .map(RawValue::get)
+            .filter(|json| json.starts_with('{'));
+        let previous_struct = match previous {
+            Some(json) => {
+                let mut encoded = Vec::with_capacity(struct_capacity(json));
+                struct_encoding::encode_struct(json, &mut encoded)
+                    .map_err(|e| nesting_error("data.previousAttributes", e))?;
+                Some(encoded)
+            }
+            None => None,
+        };
+        // why: real payloads say `digitalriverVersion`, the PHP SDK `digitalRiverVersion`
+        // (docs/digital-river.md §3.2).
+        let digitalriver_version = fields.version.or(fields.version_sdk_spelling);
+        let order_id = order_id_of(&event_type, &ids);
+        let object = range_in(text, object);
+        let previous_attributes = previous.map(|p| range_in(text, p));
+        Ok(Self {
+            id,
+            event_type,
+            created_time,
+            live_mode: fields.live_mode,
+            webhook_ids: fields.webhook_ids,
+            digitalriver_version: digitalriver_version.map(Cow::into_owned),
+            order_id,
+            object_id: ids.id,
+            raw,
+            object,
+            previous_attributes,
+            object_struct,
+            previous_struct,
+        })
     }
 
     /// Builds an envelope from an already-decoded JSON value (`GET /events` items).
@@ -76,72 +205,7 @@ impl Envelope {
         let mut raw = serde_json::to_vec(&value).unwrap_or_default();
         // why: the log keeps these bytes; no spare capacity its byte bound misses.
         raw.shrink_to_fit();
-        let raw = Bytes::from(raw);
-        Self::from_value_with_raw(value, raw)
-    }
-
-    fn from_value_with_raw(value: Value, raw: Bytes) -> Result<Self, EnvelopeError> {
-        let Value::Object(mut top) = value else {
-            return Err(EnvelopeError::NotAnObject);
-        };
-        let id = take_nonempty_string(&mut top, "id", "id")?;
-        let event_type = take_nonempty_string(&mut top, "type", "type")?;
-        let created_time = match top.get("createdTime") {
-            Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| EnvelopeError::BadField {
-                    field: "createdTime",
-                    expected: "an RFC 3339 timestamp",
-                })?,
-            _ => {
-                return Err(EnvelopeError::BadField {
-                    field: "createdTime",
-                    expected: "an RFC 3339 timestamp",
-                })
-            }
-        };
-        let Some(Value::Object(mut data)) = top.remove("data") else {
-            return Err(EnvelopeError::BadField {
-                field: "data",
-                expected: "an object",
-            });
-        };
-        let Some(Value::Object(object)) = data.remove("object") else {
-            return Err(EnvelopeError::BadField {
-                field: "data.object",
-                expected: "an object",
-            });
-        };
-        let previous_attributes = match data.remove("previousAttributes") {
-            Some(Value::Object(m)) => Some(m),
-            _ => None,
-        };
-        let live_mode = matches!(top.get("liveMode"), Some(Value::Bool(true)));
-        let webhook_ids = match top.get("webhookIds") {
-            Some(Value::Array(ids)) => ids
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
-        // why: real payloads say `digitalriverVersion`, the PHP SDK `digitalRiverVersion`
-        // (docs/digital-river.md §3.2).
-        let digitalriver_version = ["digitalriverVersion", "digitalRiverVersion"]
-            .iter()
-            .find_map(|k| top.get(*k).and_then(Value::as_str).map(str::to_owned));
-        let order_id = order_id_of(&event_type, &object);
-        Ok(Self {
-            id,
-            event_type,
-            created_time,
-            live_mode,
-            object,
-            previous_attributes,
-            webhook_ids,
-            digitalriver_version,
-            order_id,
-            raw,
-        })
+        Self::parse(Bytes::from(raw))
     }
 
     /// DR's bytes of the event (what the benchmarks compare the log's memory with;
@@ -150,9 +214,72 @@ impl Envelope {
         self.raw.len()
     }
 
-    /// `data.object.id`: the id of the object the event is about, when it has one.
-    pub fn object_id(&self) -> Option<String> {
-        self.object.get("id").and_then(id_text)
+    /// `data.object` as DR's JSON text (always an object).
+    pub fn object_json(&self) -> &str {
+        self.text_at(&self.object).unwrap_or("{}")
+    }
+
+    /// `data.previousAttributes` as DR's JSON text, when DR sent an object there.
+    pub fn previous_attributes_json(&self) -> Option<&str> {
+        self.previous_attributes
+            .as_ref()
+            .and_then(|range| self.text_at(range))
+    }
+
+    /// `data.object` as a `google.protobuf.Struct` message body (the stored event's
+    /// `data_object`, [`super::struct_encoding`]).
+    pub fn object_struct(&self) -> &[u8] {
+        &self.object_struct
+    }
+
+    /// `data.previousAttributes` as a `Struct` message body, when present.
+    pub fn previous_attributes_struct(&self) -> Option<&[u8]> {
+        self.previous_struct.as_deref()
+    }
+
+    /// `data.object` as a parsed JSON object (for readers that want a map; the hot
+    /// paths read the text).
+    pub fn object_value(&self) -> serde_json::Map<String, Value> {
+        // why: `object` is an object's text serde_json accepted (see `parse`).
+        serde_json::from_str(self.object_json()).unwrap_or_default()
+    }
+
+    fn text_at(&self, range: &Range<usize>) -> Option<&str> {
+        // why: `parse` took the range from text serde_json accepted, on character
+        // boundaries; checking again is cheap and keeps this free of `unsafe`.
+        self.raw
+            .get(range.clone())
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+}
+
+/// A first allocation for an object's `Struct`: a `Struct` spells every key and
+/// wraps every value, so its encoding is somewhat larger than the JSON of it.
+fn struct_capacity(json: &str) -> usize {
+    json.len() + json.len() / 2
+}
+
+/// Where `part` (a slice of `whole`) is in `whole`.
+fn range_in(whole: &str, part: &str) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    start..start + part.len()
+}
+
+fn nesting_error(field: &'static str, e: JsonTextError) -> EnvelopeError {
+    match e {
+        JsonTextError::TooDeep => EnvelopeError::BadField {
+            field,
+            expected: "an object nested at most 126 levels deep",
+        },
+        // why: serde_json accepted this text, so the scanner cannot break off in it.
+        JsonTextError::BadString => EnvelopeError::BadField {
+            field,
+            expected: "an object whose strings decode (no lone UTF-16 surrogate)",
+        },
+        JsonTextError::Truncated(_) | JsonTextError::Unexpected(_) => EnvelopeError::BadField {
+            field,
+            expected: "an object",
+        },
     }
 }
 
@@ -177,23 +304,22 @@ pub struct EventMeta {
 
 impl From<Envelope> for EventMeta {
     fn from(env: Envelope) -> Self {
-        let object_id = env.object_id();
         Self {
             id: env.id,
             event_type: env.event_type,
             created_time: env.created_time,
             live_mode: env.live_mode,
             order_id: env.order_id,
-            object_id,
+            object_id: env.object_id,
         }
     }
 }
 
 /// The DR order id an event is about: `data.object.orderId`, or `data.object.id` for
 /// `order.*` events whose object is the order itself.
-pub fn order_id_of(event_type: &str, object: &Map<String, Value>) -> Option<String> {
-    if let Some(id) = object.get("orderId").and_then(id_text) {
-        return Some(id);
+pub fn order_id_of(event_type: &str, object: &ObjectIds) -> Option<String> {
+    if let Some(id) = &object.order_id {
+        return Some(id.clone());
     }
     // why: `order.charge.*` objects are charges (they carry orderId, handled above),
     // except `order.charge.reauth.failed`, whose object is the order; `order.chargeback`
@@ -204,18 +330,9 @@ pub fn order_id_of(event_type: &str, object: &Map<String, Value>) -> Option<Stri
             && !event_type.starts_with("order.charge.")
             && event_type != "order.chargeback");
     if object_is_order {
-        object.get("id").and_then(id_text)
+        object.id.clone()
     } else {
         None
-    }
-}
-
-/// DR ids are strings, but some examples send them as numbers; accept both.
-fn id_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
@@ -226,17 +343,277 @@ fn id_text(v: &Value) -> Option<String> {
 /// type match and every dedup lookup cost more.
 pub const MAX_ID_OR_TYPE_BYTES: usize = 255;
 
-fn take_nonempty_string(
-    top: &mut Map<String, Value>,
-    key: &str,
+fn nonempty_string(
+    value: Option<Cow<'_, str>>,
     field: &'static str,
 ) -> Result<String, EnvelopeError> {
-    match top.remove(key) {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_OR_TYPE_BYTES => Ok(s),
+    match value {
+        Some(s) if !s.trim().is_empty() && s.len() <= MAX_ID_OR_TYPE_BYTES => Ok(s.into_owned()),
         _ => Err(EnvelopeError::BadField {
             field,
             expected: "a non-empty string of at most 255 bytes",
         }),
+    }
+}
+
+/// The body's top level: `None` when it is JSON but not an object.
+struct TopLevel<'a>(Option<Fields<'a>>);
+
+/// The top-level fields the gateway reads. Each holds the last value DR sent for
+/// its key (as a parsed map would), and a value of the wrong type reads as absent.
+#[derive(Default)]
+struct Fields<'a> {
+    id: Option<Cow<'a, str>>,
+    event_type: Option<Cow<'a, str>>,
+    created_time: Option<Cow<'a, str>>,
+    live_mode: bool,
+    data: Option<Data<'a>>,
+    webhook_ids: Vec<String>,
+    version: Option<Cow<'a, str>>,
+    version_sdk_spelling: Option<Cow<'a, str>>,
+}
+
+/// `data`, when it is an object: where its `object` and `previousAttributes` are.
+struct Data<'a> {
+    object: Option<&'a RawValue>,
+    previous: Option<&'a RawValue>,
+}
+
+/// A key of the top level or of `data`, matched without keeping it.
+enum Key {
+    Id,
+    Type,
+    CreatedTime,
+    LiveMode,
+    Data,
+    WebhookIds,
+    Version,
+    VersionSdkSpelling,
+    Object,
+    PreviousAttributes,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "id" => Key::Id,
+                    "type" => Key::Type,
+                    "createdTime" => Key::CreatedTime,
+                    "liveMode" => Key::LiveMode,
+                    "data" => Key::Data,
+                    "webhookIds" => Key::WebhookIds,
+                    "digitalriverVersion" => Key::Version,
+                    "digitalRiverVersion" => Key::VersionSdkSpelling,
+                    "object" => Key::Object,
+                    "previousAttributes" => Key::PreviousAttributes,
+                    _ => Key::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TopVisitor;
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a DR event")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut fields = Fields::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Id => fields.id = map.next_value::<Text<'de>>()?.0,
+                        Key::Type => fields.event_type = map.next_value::<Text<'de>>()?.0,
+                        Key::CreatedTime => fields.created_time = map.next_value::<Text<'de>>()?.0,
+                        Key::LiveMode => fields.live_mode = map.next_value::<IsTrue>()?.0,
+                        Key::Data => fields.data = map.next_value::<DataField<'de>>()?.0,
+                        Key::WebhookIds => fields.webhook_ids = map.next_value::<Texts>()?.0,
+                        Key::Version => fields.version = map.next_value::<Text<'de>>()?.0,
+                        Key::VersionSdkSpelling => {
+                            fields.version_sdk_spelling = map.next_value::<Text<'de>>()?.0;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(TopLevel(Some(fields)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ignore_seq(seq).map(|()| TopLevel(None))
+            }
+            scalars_read_as!(TopLevel(None));
+        }
+        deserializer.deserialize_any(TopVisitor)
+    }
+}
+
+/// `data`: `Some` when it is an object.
+struct DataField<'a>(Option<Data<'a>>);
+
+impl<'de> Deserialize<'de> for DataField<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DataVisitor;
+        impl<'de> Visitor<'de> for DataVisitor {
+            type Value = DataField<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut data = Data {
+                    object: None,
+                    previous: None,
+                };
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Object => data.object = Some(map.next_value()?),
+                        Key::PreviousAttributes => data.previous = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(DataField(Some(data)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ignore_seq(seq).map(|()| DataField(None))
+            }
+            scalars_read_as!(DataField(None));
+        }
+        deserializer.deserialize_any(DataVisitor)
+    }
+}
+
+fn ignore_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// A string value, borrowed from the body when it has no escapes; `None` for any
+/// other JSON value.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ignore_map(map).map(|()| Text(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ignore_seq(seq).map(|()| Text(None))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+fn ignore_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// `true` only for the JSON literal `true`.
+struct IsTrue(bool);
+
+impl<'de> Deserialize<'de> for IsTrue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IsTrueVisitor;
+        impl<'de> Visitor<'de> for IsTrueVisitor {
+            type Value = IsTrue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ignore_map(map).map(|()| IsTrue(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                ignore_seq(seq).map(|()| IsTrue(false))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(IsTrue(b))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(IsTrue(false))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(IsTrue(false))
+            }
+        }
+        deserializer.deserialize_any(IsTrueVisitor)
+    }
+}
+
+/// The strings of a JSON list (other items skipped); empty for any other value.
+struct Texts(Vec<String>);
+
+impl<'de> Deserialize<'de> for Texts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextsVisitor;
+        impl<'de> Visitor<'de> for TextsVisitor {
+            type Value = Texts;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut texts = Vec::new();
+                while let Some(Text(item)) = seq.next_element::<Text<'de>>()? {
+                    texts.extend(item.map(Cow::into_owned));
+                }
+                Ok(Texts(texts))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ignore_map(map).map(|()| Texts(Vec::new()))
+            }
+            scalars_read_as!(Texts(Vec::new()));
+        }
+        deserializer.deserialize_any(TextsVisitor)
     }
 }
 
@@ -333,5 +710,81 @@ mod tests {
             Envelope::parse(Bytes::from_static(b"[1,2]")),
             Err(EnvelopeError::NotAnObject)
         ));
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_read_as_absent_and_repeated_keys_as_their_last_value() {
+        let body = r#"{"id":"first","type":"order.accepted","createdTime":"2022-01-01T00:00:00Z",
+            "liveMode":"yes","webhookIds":["w1",2,null,"w2"],"digitalriverVersion":7,
+            "digitalRiverVersion":"2021-12-13","id":"last",
+            "data":{"object":{"id":1234,"name":"\u00e9"},"previousAttributes":[1]}}"#;
+        let env = Envelope::parse(Bytes::from_static(body.as_bytes())).unwrap();
+        assert_eq!(env.id, "last");
+        assert!(!env.live_mode);
+        assert_eq!(env.webhook_ids, vec!["w1", "w2"]);
+        assert_eq!(env.digitalriver_version.as_deref(), Some("2021-12-13"));
+        assert_eq!(env.order_id.as_deref(), Some("1234"));
+        assert_eq!(env.object_id.as_deref(), Some("1234"));
+        assert_eq!(env.object_json(), r#"{"id":1234,"name":"\u00e9"}"#);
+        assert_eq!(env.previous_attributes_json(), None);
+        let escaped_id = r#"{"id":"e\u0031","type":"t","createdTime":"2022-01-01T00:00:00Z","data":{"object":{}}}"#;
+        let env = Envelope::parse(Bytes::from_static(escaped_id.as_bytes())).unwrap();
+        assert_eq!(env.id, "e1");
+    }
+
+    #[test]
+    fn the_objects_are_kept_as_the_text_dr_sent() {
+        let env = Envelope::parse(Bytes::from_static(charge_event().as_bytes())).unwrap();
+        let object: serde_json::Map<String, Value> =
+            serde_json::from_str(env.object_json()).unwrap();
+        assert_eq!(object["orderId"], "218377480336");
+        assert_eq!(env.object_value(), object);
+        let with_previous = r#"{"id":"e","type":"t","createdTime":"2022-01-01T00:00:00Z",
+            "data":{"previousAttributes": {"state": "pending"}, "object":{"state":"complete"}}}"#;
+        let env = Envelope::parse(Bytes::from_static(with_previous.as_bytes())).unwrap();
+        assert_eq!(
+            env.previous_attributes_json(),
+            Some(r#"{"state": "pending"}"#)
+        );
+        assert_eq!(env.object_json(), r#"{"state":"complete"}"#);
+    }
+
+    #[test]
+    fn an_object_nested_past_the_limit_and_bytes_that_are_not_utf8_are_refused() {
+        let nested = |levels: usize| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        let body = |inner: &str| {
+            format!(
+                r#"{{"id":"e","type":"t","createdTime":"2022-01-01T00:00:00Z","data":{{"object":{{"a":{inner}}}}}}}"#
+            )
+        };
+        let deepest = body(&nested(crate::events::json_text::MAX_DEPTH - 1));
+        assert!(Envelope::parse(Bytes::from(deepest)).is_ok());
+        let too_deep = body(&nested(crate::events::json_text::MAX_DEPTH));
+        let err = Envelope::parse(Bytes::from(too_deep)).unwrap_err();
+        assert_eq!(err.field(), Some("data.object"));
+        // Skipped by serde_json as a whole, so serde_json's own limit is not met.
+        let far_too_deep = body(&nested(10_000));
+        assert_eq!(
+            Envelope::parse(Bytes::from(far_too_deep))
+                .unwrap_err()
+                .field(),
+            Some("data.object")
+        );
+        let mut not_utf8 =
+            br#"{"id":"e","type":"t","createdTime":"2022-01-01T00:00:00Z","x":""#.to_vec();
+        not_utf8.extend_from_slice(b"\xff\"}");
+        assert!(matches!(
+            Envelope::parse(Bytes::from(not_utf8)),
+            Err(EnvelopeError::NotUtf8)
+        ));
+    }
+
+    #[test]
+    fn an_envelope_from_a_value_is_the_one_parsed_from_its_text() {
+        let value: Value = serde_json::from_str(charge_event()).unwrap();
+        let from_value = Envelope::from_value(value.clone()).unwrap();
+        let parsed = Envelope::parse(Bytes::from(serde_json::to_vec(&value).unwrap())).unwrap();
+        assert_eq!(from_value, parsed);
+        assert_eq!(from_value.order_id.as_deref(), Some("218377480336"));
     }
 }

@@ -55,12 +55,11 @@ pub fn stored_event(event: &StoredEvent) -> usize {
 /// [`stored_event`] from its parts, before the event has its place in a log:
 /// `response_len` the size of its pre-encoded response.
 pub fn event_parts(env: &Envelope, response_len: usize) -> usize {
-    let object_id = env.object_id();
     held(
         &env.id,
         &env.event_type,
         env.order_id.as_deref(),
-        object_id.as_deref(),
+        env.object_id.as_deref(),
         response_len,
     )
 }

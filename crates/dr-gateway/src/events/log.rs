@@ -137,15 +137,15 @@ impl StoredEvent {
         envelope: Envelope,
         prepared: PreparedEvent,
     ) -> Self {
-        let cursor = Cursor { log_id, seq }.encode();
-        let encoded_response = prepared.encode_response_with_cursor(&cursor);
+        let footprint = prepared.footprint;
+        let encoded_response = prepared.into_response(Cursor { log_id, seq });
         Self {
             seq,
             received_at,
             meta: EventMeta::from(envelope),
             encoded_response,
             log_id,
-            footprint: prepared.footprint,
+            footprint,
             intake_span: crate::telemetry::otel::current_span_context(),
         }
     }
@@ -190,35 +190,32 @@ impl StoredEvent {
     }
 }
 
-/// An event converted to protobuf and encoded, but without its cursor yet (the
-/// expensive part of [`StoredEvent::build`], done before a sequence is assigned).
+/// An event converted to protobuf and encoded as its `SubscribeResponse`, with
+/// room for the cursor it gets when a log places it (the expensive part of
+/// [`StoredEvent::build`], done before a sequence is assigned).
 #[derive(Debug)]
 pub struct PreparedEvent {
-    /// The protobuf `Event` encoded, without its cursor field.
-    pub encoded_event: Bytes,
+    /// The encoded response; [`Cursor::TEXT_LEN`] bytes at `cursor_at` are the
+    /// cursor's, still to be written.
+    pub(super) response: Vec<u8>,
+    /// Where the cursor's text goes in `response`.
+    pub(super) cursor_at: usize,
     /// What the stored event will hold in memory ([`super::footprint`]); computed
     /// here, outside any log's lock.
     pub footprint: usize,
 }
 
 impl PreparedEvent {
-    /// Encodes `SubscribeResponse { event }` with `cursor` added: protobuf lets a
-    /// field appear anywhere in a message, so the cursor field is written ahead of
-    /// the pre-encoded rest without re-encoding the event.
-    fn encode_response_with_cursor(&self, cursor: &str) -> Bytes {
-        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-        // Event field 1 (cursor), length-delimited.
-        let cursor_field_len = 1 + encoded_len_varint(cursor.len() as u64) + cursor.len();
-        let event_len = cursor_field_len + self.encoded_event.len();
-        let mut buf = Vec::with_capacity(1 + encoded_len_varint(event_len as u64) + event_len);
-        // SubscribeResponse field 1 (event), length-delimited.
-        encode_key(1, WireType::LengthDelimited, &mut buf);
-        encode_varint(event_len as u64, &mut buf);
-        encode_key(1, WireType::LengthDelimited, &mut buf);
-        encode_varint(cursor.len() as u64, &mut buf);
-        buf.extend_from_slice(cursor.as_bytes());
-        buf.extend_from_slice(&self.encoded_event);
-        Bytes::from(buf)
+    /// The response with `cursor` written into its room: no copy of the event.
+    fn into_response(mut self, cursor: Cursor) -> Bytes {
+        let mut text = [0u8; Cursor::TEXT_LEN];
+        cursor.encode_into(&mut text);
+        let room = self.cursor_at..self.cursor_at + Cursor::TEXT_LEN;
+        // why: `EventEncoder::prepare` left exactly this room, so it is there.
+        if let Some(slot) = self.response.get_mut(room) {
+            slot.copy_from_slice(&text);
+        }
+        Bytes::from(self.response)
     }
 }
 
@@ -365,13 +362,28 @@ const CURSOR_LEN: usize = 17;
 const MAX_CURSOR_TEXT: usize = 64;
 
 impl Cursor {
+    /// Characters in the string form (unpadded base64 of 17 bytes).
+    pub const TEXT_LEN: usize = (CURSOR_LEN * 4).div_ceil(3);
+
     /// The opaque string form.
     pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.bytes())
+    }
+
+    /// Writes the string form into `out`: a stored event's response has room for
+    /// it before the event's cursor is known.
+    pub fn encode_into(&self, out: &mut [u8; Self::TEXT_LEN]) {
+        // why: `TEXT_LEN` is exactly what 17 bytes encode to, so this cannot run
+        // out of room.
+        let _ = URL_SAFE_NO_PAD.encode_slice(self.bytes(), out);
+    }
+
+    fn bytes(&self) -> [u8; CURSOR_LEN] {
         let mut bytes = [0u8; CURSOR_LEN];
         bytes[0] = CURSOR_VERSION;
         bytes[1..9].copy_from_slice(&self.log_id.to_be_bytes());
         bytes[9..17].copy_from_slice(&self.seq.to_be_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+        bytes
     }
 
     /// Parses the string form; anything longer than a cursor can be is refused
@@ -409,7 +421,11 @@ mod tests {
         };
         let s = c.encode();
         assert_eq!(s.len(), 23);
+        assert_eq!(Cursor::TEXT_LEN, 23);
         assert_eq!(Cursor::decode(&s), Ok(c));
+        let mut room = [0u8; Cursor::TEXT_LEN];
+        c.encode_into(&mut room);
+        assert_eq!(&room[..], s.as_bytes());
     }
 
     #[test]
@@ -427,5 +443,27 @@ mod tests {
         assert!(!b.is_expired(9));
         let empty = Bounds { first: 1, last: 0 };
         assert!(!empty.is_expired(0));
+    }
+
+    #[test]
+    fn a_stored_response_carries_its_cursor_and_the_whole_event() {
+        let body = r#"{"id":"e1","type":"order.accepted","createdTime":"2022-01-01T00:00:00Z",
+            "data":{"object":{"id":"o1","n":1.5},"previousAttributes":{"state":"x"}}}"#;
+        let env = Envelope::parse(Bytes::from_static(body.as_bytes())).unwrap();
+        let encoder = super::super::EventEncoder::default();
+        let mut expected = encoder.to_proto(&env);
+        let stored = StoredEvent::build(7, 99, Utc::now(), env, &encoder);
+        let response = pb::SubscribeResponse::decode(stored.encoded_response.clone()).unwrap();
+        expected.cursor = Cursor { log_id: 99, seq: 7 }.encode();
+        assert_eq!(
+            response.kind,
+            Some(pb::subscribe_response::Kind::Event(expected.clone()))
+        );
+        assert_eq!(stored.decode_event().unwrap(), expected);
+        // The log holds one allocation per response, sized exactly.
+        assert_eq!(
+            stored.approx_size(),
+            super::super::footprint::stored_event(&stored)
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod filter;
 pub mod footprint;
 pub mod gauges;
 pub mod groups;
+pub mod json_text;
 pub mod log;
 pub mod memory;
 pub mod ordering;

@@ -4,15 +4,14 @@
 
 use std::{fmt, sync::Arc};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message as _;
 use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value as PbValue};
 use serde_json::{Map, Value};
 
 use super::envelope::Envelope;
-use super::log::PreparedEvent;
-use super::struct_encoding::encode_struct_field;
+use super::log::{Cursor, PreparedEvent};
 use crate::pb::v1 as pb;
 
 /// Decodes `data.object` into the typed `Event.payload` (Charge / Fulfillment /
@@ -42,34 +41,39 @@ impl EventEncoder {
         }
     }
 
-    /// The protobuf event (empty cursor) for an envelope.
+    /// The protobuf event (empty cursor) for an envelope, its `Struct`s built from
+    /// the parsed objects: what [`encode`](Self::encode) writes, as a message (the
+    /// tests and the fuzz target hold one against the other).
     pub fn to_proto(&self, env: &Envelope) -> pb::Event {
         pb::Event {
-            data_object: Some(json_object_to_struct(&env.object)),
-            previous_attributes: env.previous_attributes.as_ref().map(json_object_to_struct),
+            data_object: Some(json_object_to_struct(&env.object_value())),
+            previous_attributes: env
+                .previous_attributes_json()
+                .map(|json| json_object_to_struct(&parse_object(json))),
             ..self.without_objects(env)
         }
     }
 
-    /// [`to_proto`](Self::to_proto) encoded, the `Struct`s written straight from
-    /// the parsed JSON ([`super::struct_encoding`]) after the other fields.
+    /// [`to_proto`](Self::to_proto) encoded: the other fields, then the `Struct`s
+    /// the envelope wrote from DR's text ([`super::struct_encoding`]).
     pub fn encode(&self, env: &Envelope) -> Vec<u8> {
-        let mut buf = self.without_objects(env).encode_to_vec();
-        // why: a `Struct` spells every key and wraps every value, so its encoding
-        // is somewhat larger than DR's JSON of it; one reservation covers most.
-        buf.reserve(env.raw.len() + env.raw.len() / 2);
-        encode_struct_field(DATA_OBJECT_FIELD, &env.object, &mut buf);
-        if let Some(previous) = &env.previous_attributes {
-            encode_struct_field(PREVIOUS_ATTRIBUTES_FIELD, previous, &mut buf);
-        }
-        // why: hand back what the reservation left unused. The event is copied into
-        // its response and this buffer freed; freed with its spare capacity it left a
-        // larger hole behind every stored event, and glibc's placement of the held
-        // events around those holes cost ~160 bytes of RSS per held event (`cargo
-        // bench --bench event_memory`: 2,130 → 1,966 B; a buffer sized exactly from
-        // the start measured 2,064 B). Shrinking a block is done in place.
-        buf.shrink_to_fit();
+        let event = self.parts(env);
+        let mut buf = Vec::with_capacity(event.len());
+        event.write(&mut buf);
         buf
+    }
+
+    /// Splits an envelope into the event's fields as a message and its `Struct`s as
+    /// bytes.
+    fn parts<'a>(&self, env: &'a Envelope) -> EventParts<'a> {
+        EventParts {
+            fields: self.without_objects(env),
+            objects: [
+                Some((DATA_OBJECT_FIELD, env.object_struct())),
+                env.previous_attributes_struct()
+                    .map(|body| (PREVIOUS_ATTRIBUTES_FIELD, body)),
+            ],
+        }
     }
 
     /// The event without `data_object` and `previous_attributes` (empty cursor).
@@ -88,16 +92,68 @@ impl EventEncoder {
         }
     }
 
-    /// Converts and encodes an envelope once, ready for any log position.
+    /// Converts and encodes an envelope once, as the `SubscribeResponse` every
+    /// subscriber gets, ready for any log position: the cursor's room is left
+    /// first (protobuf lets a field appear anywhere in a message) and filled when a
+    /// log places the event ([`StoredEvent::from_prepared`](super::StoredEvent::from_prepared)).
+    ///
+    /// why: one allocation, sized exactly, is the one the log holds: no copy of the
+    /// event into its response and no spare capacity (the log's byte bound and the
+    /// allocator's placement of the held events both depend on it, `cargo bench
+    /// --bench event_memory`).
     pub fn prepare(&self, env: &Envelope) -> PreparedEvent {
-        let encoded_event = Bytes::from(self.encode(env));
-        // why: the response adds the cursor field and two frame headers.
-        let footprint = super::footprint::event_parts(env, encoded_event.len() + 32);
+        let event = self.parts(env);
+        let cursor_field = 1 + encoded_len_varint(Cursor::TEXT_LEN as u64) + Cursor::TEXT_LEN;
+        let event_len = cursor_field + event.len();
+        let mut response = Vec::with_capacity(1 + encoded_len_varint(event_len as u64) + event_len);
+        // SubscribeResponse field 1 (event), then Event field 1 (cursor).
+        encode_key(1, WireType::LengthDelimited, &mut response);
+        encode_varint(event_len as u64, &mut response);
+        encode_key(1, WireType::LengthDelimited, &mut response);
+        encode_varint(Cursor::TEXT_LEN as u64, &mut response);
+        let cursor_at = response.len();
+        response.resize(cursor_at + Cursor::TEXT_LEN, b'A');
+        event.write(&mut response);
+        let footprint = super::footprint::event_parts(env, response.len());
         PreparedEvent {
-            encoded_event,
+            response,
+            cursor_at,
             footprint,
         }
     }
+}
+
+/// An event's fields as a message and its `Struct`s as encoded bodies.
+struct EventParts<'a> {
+    fields: pb::Event,
+    objects: [Option<(u32, &'a [u8])>; 2],
+}
+
+impl EventParts<'_> {
+    /// The encoded event's length.
+    fn len(&self) -> usize {
+        self.fields.encoded_len()
+            + self
+                .objects
+                .iter()
+                .flatten()
+                .map(|(_, body)| 1 + encoded_len_varint(body.len() as u64) + body.len())
+                .sum::<usize>()
+    }
+
+    fn write(self, buf: &mut Vec<u8>) {
+        self.fields.encode_raw(buf);
+        for (tag, body) in self.objects.into_iter().flatten() {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(body.len() as u64, buf);
+            buf.extend_from_slice(body);
+        }
+    }
+}
+
+/// A JSON object's text parsed (empty when it is not one).
+fn parse_object(json: &str) -> Map<String, Value> {
+    serde_json::from_str(json).unwrap_or_default()
 }
 
 /// Field numbers of `Event.data_object` and `Event.previous_attributes`
@@ -153,6 +209,8 @@ pub fn json_to_value(v: &Value) -> PbValue {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::events::log::{Cursor, StoredEvent};
 

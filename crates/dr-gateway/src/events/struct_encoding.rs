@@ -1,30 +1,105 @@
-//! Encodes a parsed JSON object as a `google.protobuf.Struct` field straight into
-//! protobuf bytes, without building the `prost_types::Struct` first.
+//! Encodes a JSON object's text as a `google.protobuf.Struct` straight into
+//! protobuf bytes, in one walk of the text, without building a `serde_json::Value`
+//! or a `prost_types::Struct` first; the object's ids are read on the way.
 //!
-//! why: building the `Struct` allocates a map node per object, a `String` per key
-//! and per string value and a `Vec` per list, and all of it is dropped right after
-//! encoding: on webhook intake that was the largest cost after parsing
-//! (`cargo bench --bench webhook_intake`). The bytes are the ones prost writes for
-//! [`json_object_to_struct`](super::proto::json_object_to_struct) (same field order:
-//! both maps iterate in key order), so subscribers cannot tell the difference.
+//! why: building either allocates a map node per object, a `String` per key and
+//! per string value and a `Vec` per list, and all of it is dropped right after
+//! encoding: on webhook intake that was the largest cost after the HTTP server and
+//! the signature (`cargo bench --bench webhook_intake`). The bytes decode to the
+//! `Struct` [`json_object_to_struct`](super::proto::json_object_to_struct) builds
+//! from the parsed object; members are written in DR's order (a `Struct` is a map:
+//! its readers do not depend on the order, and a key DR repeats is read last-wins,
+//! as a parsed map keeps it).
 //!
-//! Two passes keep it linear in the size of the JSON: the first measures every
-//! nested object and list once, in the order the second pass writes them, and the
-//! second writes each length prefix from that record.
+//! A nested message's length comes before its body, so each one is written with a
+//! one-byte length and, when it closes at 128 bytes or more, its body is moved up
+//! to make room for the longer length. A byte moves at most once per enclosing
+//! message that long, and nesting is limited ([`MAX_DEPTH`]), so the walk stays
+//! linear in the text; DR's objects nest a few levels, and most messages in them
+//! are short.
 
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 
-/// Appends `map` as a length-delimited `Struct` field number `tag` to `buf`.
-pub fn encode_struct_field(tag: u32, map: &Map<String, Value>, buf: &mut Vec<u8>) {
-    let mut lengths = Vec::new();
-    measure_struct(map, &mut lengths);
+use prost::encoding::{encode_key, encode_varint, WireType};
+
+use super::json_text::{
+    number_value, JsonTextError, NumberValue, ObjectIds, Scanner, Token, MAX_DEPTH,
+};
+
+/// Appends the body of a `Struct` message (no field key or length) for the JSON
+/// object `json` to `buf` and returns the object's `id` and `orderId` (the last of
+/// each, as [`json_text::object_ids`](super::json_text::object_ids) reads them).
+///
+/// `json` is text serde_json accepted ([`super::json_text`]); on anything else,
+/// or on nesting deeper than [`MAX_DEPTH`], it fails and leaves `buf` as it was.
+pub fn encode_struct(json: &str, buf: &mut Vec<u8>) -> Result<ObjectIds, JsonTextError> {
+    let before = buf.len();
     let mut writer = Writer {
-        lengths: &lengths,
-        next: 0,
+        scanner: Scanner::new(json),
         buf,
     };
-    writer.write_struct(tag, map);
+    let mut ids = ObjectIds::default();
+    let written = match writer.scanner.next_token() {
+        Ok(Token::ObjectStart) => writer.struct_body(1, Some(&mut ids)),
+        Ok(_) => Err(JsonTextError::Unexpected(0)),
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(()) => Ok(ids),
+        Err(e) => {
+            buf.truncate(before);
+            Err(e)
+        }
+    }
+}
+
+/// [`encode_struct`] as a length-delimited field number `tag`.
+pub fn encode_struct_field(
+    tag: u32,
+    json: &str,
+    buf: &mut Vec<u8>,
+) -> Result<ObjectIds, JsonTextError> {
+    let before = buf.len();
+    let body = open(buf, tag);
+    match encode_struct(json, buf) {
+        Ok(ids) => {
+            close(buf, body);
+            Ok(ids)
+        }
+        Err(e) => {
+            buf.truncate(before);
+            Err(e)
+        }
+    }
+}
+
+/// Starts a length-delimited field `tag` with a one-byte length; returns where its
+/// body starts, for [`close`].
+fn open(buf: &mut Vec<u8>, tag: u32) -> usize {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    buf.push(0);
+    buf.len()
+}
+
+/// Writes the length of the field whose body started at `body_start`, moving the
+/// body up when the length takes more than the one byte [`open`] left.
+fn close(buf: &mut Vec<u8>, body_start: usize) {
+    let len = buf.len().saturating_sub(body_start);
+    let mut prefix = [0u8; 10];
+    let mut slot = &mut prefix[..];
+    encode_varint(len as u64, &mut slot);
+    let prefix_len = 10 - slot.len();
+    let extra = prefix_len - 1;
+    if extra > 0 {
+        let end = buf.len();
+        buf.resize(end + extra, 0);
+        buf.copy_within(body_start..end, body_start + extra);
+    }
+    // why: `open` pushed the length byte, so `body_start` is at least 1.
+    let at = body_start.saturating_sub(1);
+    if let (Some(dst), Some(src)) = (buf.get_mut(at..at + prefix_len), prefix.get(..prefix_len)) {
+        dst.copy_from_slice(src);
+    }
 }
 
 /// `google.protobuf.Struct` field 1 (`fields`) entries; map entry fields 1 (key)
@@ -42,196 +117,143 @@ const LIST_VALUE: u32 = 6;
 /// `google.protobuf.ListValue` field 1 (`values`).
 const LIST_VALUES: u32 = 1;
 
-/// A number as `Value` holds it: the double parsed from DR's text, or that text
-/// when no double holds it (see [`json_to_value`](super::proto::json_to_value)).
-enum NumberKind<'a> {
-    Double(f64),
-    Text(&'a str),
+/// Walks the text once, writing as it reads.
+struct Writer<'a, 'b> {
+    scanner: Scanner<'a>,
+    buf: &'b mut Vec<u8>,
 }
 
-fn number_kind(n: &Number) -> NumberKind<'_> {
-    match n.as_f64() {
-        Some(f) => NumberKind::Double(f),
-        None => NumberKind::Text(n.as_str()),
-    }
-}
-
-/// Bytes of a length-delimited field's key, length and `len` bytes of content
-/// (every tag here is below 16, so its key is one byte).
-fn delimited(len: usize) -> usize {
-    1 + encoded_len_varint(len as u64) + len
-}
-
-/// Body of a map entry: the key (prost leaves out an empty one, as a default)
-/// and the value.
-fn entry_len(key: &str, value_body: usize) -> usize {
-    let key_part = if key.is_empty() {
-        0
-    } else {
-        delimited(key.len())
-    };
-    key_part + delimited(value_body)
-}
-
-/// Records the body length of `map` and of everything nested in it (pre-order:
-/// an object's slot before its members'); returns the body length.
-fn measure_struct(map: &Map<String, Value>, lengths: &mut Vec<usize>) -> usize {
-    let slot = lengths.len();
-    lengths.push(0);
-    let body = map
-        .iter()
-        .map(|(key, value)| delimited(entry_len(key, measure_value(value, lengths))))
-        .sum();
-    lengths[slot] = body;
-    body
-}
-
-/// Body length of `value` as a `Value` message, recording nested objects and lists.
-fn measure_value(value: &Value, lengths: &mut Vec<usize>) -> usize {
-    match value {
-        // key + varint 0/1
-        Value::Null | Value::Bool(_) => 2,
-        Value::Number(n) => match number_kind(n) {
-            NumberKind::Double(_) => 1 + 8,
-            NumberKind::Text(text) => delimited(text.len()),
-        },
-        Value::String(s) => delimited(s.len()),
-        Value::Array(items) => {
-            let slot = lengths.len();
-            lengths.push(0);
-            let body = items
-                .iter()
-                .map(|item| delimited(measure_value(item, lengths)))
-                .sum();
-            lengths[slot] = body;
-            delimited(body)
-        }
-        Value::Object(map) => delimited(measure_struct(map, lengths)),
-    }
-}
-
-/// The second pass: walks the JSON in the first pass's order, taking each nested
-/// message's length from `lengths`.
-struct Writer<'a> {
-    lengths: &'a [usize],
-    next: usize,
-    buf: &'a mut Vec<u8>,
-}
-
-impl Writer<'_> {
-    /// The recorded length of the next object or list.
-    fn peek(&self) -> usize {
-        // why: both passes walk the same maps in the same order, so every slot the
-        // writer asks for was recorded; 0 would only ever write an empty message.
-        self.lengths.get(self.next).copied().unwrap_or(0)
+impl Writer<'_, '_> {
+    fn open(&mut self, tag: u32) -> usize {
+        open(self.buf, tag)
     }
 
-    fn take(&mut self) -> usize {
-        let len = self.peek();
-        self.next += 1;
-        len
+    fn close(&mut self, body_start: usize) {
+        close(self.buf, body_start);
     }
 
-    fn header(&mut self, tag: u32, len: usize) {
+    fn string(&mut self, tag: u32, text: &str) {
         encode_key(tag, WireType::LengthDelimited, self.buf);
-        encode_varint(len as u64, self.buf);
+        encode_varint(text.len() as u64, self.buf);
+        self.buf.extend_from_slice(text.as_bytes());
     }
 
-    fn write_struct(&mut self, tag: u32, map: &Map<String, Value>) {
-        let body = self.take();
-        self.header(tag, body);
-        for (key, value) in map {
-            let value_body = self.value_body_len(value);
-            self.header(STRUCT_FIELDS, entry_len(key, value_body));
+    /// Writes the members of the object whose `{` was just read; `depth` is its
+    /// own nesting. At the top (`ids` given), `id` and `orderId` are read too.
+    fn struct_body(
+        &mut self,
+        depth: usize,
+        mut ids: Option<&mut ObjectIds>,
+    ) -> Result<(), JsonTextError> {
+        if depth > MAX_DEPTH {
+            return Err(JsonTextError::TooDeep);
+        }
+        loop {
+            let key: Cow<'_, str> = match self.scanner.next_token()? {
+                Token::ObjectEnd => return Ok(()),
+                Token::Str(key) => key.value()?,
+                _ => return Err(JsonTextError::Unexpected(0)),
+            };
+            let entry = self.open(STRUCT_FIELDS);
+            // why: prost leaves out an empty key, as a default.
             if !key.is_empty() {
-                self.header(ENTRY_KEY, key.len());
-                self.buf.extend_from_slice(key.as_bytes());
+                self.string(ENTRY_KEY, &key);
             }
-            self.write_value(ENTRY_VALUE, value_body, value);
+            let first = self.scanner.next_token()?;
+            if let Some(ids) = ids.as_deref_mut() {
+                let slot = match key.as_ref() {
+                    "id" => Some(&mut ids.id),
+                    "orderId" => Some(&mut ids.order_id),
+                    _ => None,
+                };
+                if let Some(slot) = slot {
+                    *slot = super::json_text::id_text(first);
+                }
+            }
+            self.value(ENTRY_VALUE, first, depth)?;
+            self.close(entry);
         }
     }
 
-    /// Body length of `value`; for an object or list, its slot is the next one.
-    fn value_body_len(&self, value: &Value) -> usize {
-        match value {
-            Value::Array(_) | Value::Object(_) => delimited(self.peek()),
-            Value::Null | Value::Bool(_) => 2,
-            Value::Number(n) => match number_kind(n) {
-                NumberKind::Double(_) => 1 + 8,
-                NumberKind::Text(text) => delimited(text.len()),
-            },
-            Value::String(s) => delimited(s.len()),
-        }
-    }
-
-    fn write_value(&mut self, tag: u32, body: usize, value: &Value) {
-        self.header(tag, body);
-        match value {
-            Value::Null => {
+    /// Writes the value starting with `first` as `Value` field `tag`; `depth` is
+    /// the nesting of its container.
+    fn value(&mut self, tag: u32, first: Token<'_>, depth: usize) -> Result<(), JsonTextError> {
+        let value = self.open(tag);
+        match first {
+            Token::Null => {
                 encode_key(NULL_VALUE, WireType::Varint, self.buf);
                 encode_varint(0, self.buf);
             }
-            Value::Bool(b) => {
+            Token::Bool(b) => {
                 encode_key(BOOL_VALUE, WireType::Varint, self.buf);
-                encode_varint(u64::from(*b), self.buf);
+                encode_varint(u64::from(b), self.buf);
             }
-            Value::Number(n) => match number_kind(n) {
-                NumberKind::Double(f) => {
+            Token::Number(text) => match number_value(text) {
+                NumberValue::Double(f) => {
                     encode_key(NUMBER_VALUE, WireType::SixtyFourBit, self.buf);
                     self.buf.extend_from_slice(&f.to_le_bytes());
                 }
-                NumberKind::Text(text) => {
-                    self.header(STRING_VALUE, text.len());
-                    self.buf.extend_from_slice(text.as_bytes());
-                }
+                NumberValue::Text(text) => self.string(STRING_VALUE, &text),
             },
-            Value::String(s) => {
-                self.header(STRING_VALUE, s.len());
-                self.buf.extend_from_slice(s.as_bytes());
-            }
-            Value::Array(items) => {
-                let list_body = self.take();
-                self.header(LIST_VALUE, list_body);
-                for item in items {
-                    let item_body = self.value_body_len(item);
-                    self.write_value(LIST_VALUES, item_body, item);
+            Token::Str(s) => self.string(STRING_VALUE, &s.value()?),
+            Token::ListStart => {
+                if depth + 1 > MAX_DEPTH {
+                    return Err(JsonTextError::TooDeep);
                 }
+                let list = self.open(LIST_VALUE);
+                loop {
+                    let item = self.scanner.next_token()?;
+                    if item == Token::ListEnd {
+                        break;
+                    }
+                    self.value(LIST_VALUES, item, depth + 1)?;
+                }
+                self.close(list);
             }
-            Value::Object(map) => self.write_struct(STRUCT_VALUE, map),
+            Token::ObjectStart => {
+                let object = self.open(STRUCT_VALUE);
+                self.struct_body(depth + 1, None)?;
+                self.close(object);
+            }
+            Token::ObjectEnd | Token::ListEnd => return Err(JsonTextError::Unexpected(0)),
         }
+        self.close(value);
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
 
     use super::*;
     use crate::events::proto::json_object_to_struct;
 
-    /// What prost writes for the `Struct` built from `map`, as field `tag`.
-    fn prost_bytes(tag: u32, map: &Map<String, Value>) -> Vec<u8> {
-        let mut buf = Vec::new();
-        prost::encoding::message::encode(tag, &json_object_to_struct(map), &mut buf);
-        buf
+    #[derive(prost::Message)]
+    struct Holder {
+        #[prost(message, optional, tag = "9")]
+        s: Option<prost_types::Struct>,
     }
 
-    fn direct_bytes(tag: u32, map: &Map<String, Value>) -> Vec<u8> {
+    /// The `Struct` the text's bytes decode to.
+    fn decoded(json: &str) -> prost_types::Struct {
         let mut buf = Vec::new();
-        encode_struct_field(tag, map, &mut buf);
-        buf
+        encode_struct_field(9, json, &mut buf).expect("encodes");
+        Holder::decode(buf.as_slice())
+            .expect("decodes")
+            .s
+            .expect("present")
     }
 
-    fn object(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            other => panic!("not an object: {other}"),
-        }
+    /// The `Struct` built from the parsed object.
+    fn built(json: &str) -> prost_types::Struct {
+        let map: Map<String, Value> = serde_json::from_str(json).expect("an object");
+        json_object_to_struct(&map)
     }
 
     #[test]
-    fn the_bytes_are_the_ones_prost_writes_for_the_built_struct() {
+    fn the_bytes_decode_to_the_struct_built_from_the_parsed_object() {
         let cases = [
             json!({}),
             json!({"a": 1}),
@@ -239,36 +261,38 @@ mod tests {
             json!({"amount": 37.81, "big": 12345678901234567890_u64, "neg": -0.0,
                    "list": [1, "a", {"x": []}, [], [[null]], {}], "nested": {"a": {"b": {"c": 1}}}}),
             json!({"long": "x".repeat(300), "many": (0..200).collect::<Vec<_>>()}),
+            json!({"esc\"aped": "line\nbreak \u{e9} \u{1F600}", "\\": "\\\\"}),
         ];
         for case in cases {
-            let map = object(case);
-            assert_eq!(direct_bytes(9, &map), prost_bytes(9, &map), "{map:?}");
+            let text = case.to_string();
+            assert_eq!(decoded(&text), built(&text), "{text}");
+            let pretty = serde_json::to_string_pretty(&case).unwrap();
+            assert_eq!(decoded(&pretty), built(&pretty), "{pretty}");
         }
     }
 
     #[test]
+    fn a_repeated_key_reads_as_its_last_value_like_the_parsed_map() {
+        let text = r#"{"a":1,"b":{"x":1},"a":"second","b":{"y":[2]}}"#;
+        assert_eq!(decoded(text), built(text));
+    }
+
+    #[test]
     fn a_number_beyond_a_double_is_written_as_its_text_like_the_struct_holds_it() {
-        let map: Map<String, Value> =
-            serde_json::from_str(r#"{"huge":1e400,"low":-1E+400,"ok":12.5}"#).unwrap();
-        let bytes = direct_bytes(1, &map);
-        assert_eq!(bytes, prost_bytes(1, &map));
-        #[derive(prost::Message)]
-        struct Holder {
-            #[prost(message, optional, tag = "1")]
-            s: Option<prost_types::Struct>,
-        }
-        let decoded = Holder::decode(bytes.as_slice()).unwrap().s.unwrap();
+        let text = r#"{"huge":1e400,"low":-1E+400,"ok":12.5}"#;
+        let s = decoded(text);
+        assert_eq!(s, built(text));
         assert_eq!(
-            decoded.fields["huge"].kind,
+            s.fields["huge"].kind,
             Some(prost_types::value::Kind::StringValue("1e+400".into()))
         );
     }
 
     #[test]
-    fn deep_nesting_is_measured_and_written_once_per_level() {
-        // 100 levels of objects and lists: the record holds one slot per level, so
-        // the work is linear in the depth, not quadratic.
-        let mut value = json!("leaf");
+    fn deep_nesting_is_written_with_the_bytes_prost_writes() {
+        // 100 levels of objects and lists, each long enough for a two-byte length
+        // at the outer levels: every body moved up on close lands where prost puts it.
+        let mut value = json!("x".repeat(200));
         for depth in 0..100 {
             value = if depth % 2 == 0 {
                 json!([value])
@@ -276,10 +300,70 @@ mod tests {
                 json!({ "k": value })
             };
         }
-        let map = object(json!({ "root": value }));
-        let mut lengths = Vec::new();
-        measure_struct(&map, &mut lengths);
-        assert_eq!(lengths.len(), 101);
-        assert_eq!(direct_bytes(9, &map), prost_bytes(9, &map));
+        let text = json!({ "root": value }).to_string();
+        // why: deeper than prost decodes; one key per object, so DR's order is the
+        // built `Struct`'s and the bytes are the ones prost writes for it.
+        let mut direct = Vec::new();
+        encode_struct_field(9, &text, &mut direct).unwrap();
+        let mut via_prost = Vec::new();
+        prost::encoding::message::encode(9, &built(&text), &mut via_prost);
+        assert_eq!(direct, via_prost);
+    }
+
+    #[test]
+    fn lengths_at_every_varint_boundary_match_prost() {
+        for len in [
+            0, 1, 100, 115, 116, 117, 118, 126, 127, 128, 129, 16_370, 16_383, 16_384, 70_000,
+        ] {
+            let text = json!({ "a": { "s": "y".repeat(len) }, "l": ["z".repeat(len)] }).to_string();
+            let mut direct = Vec::new();
+            encode_struct_field(9, &text, &mut direct).unwrap();
+            let mut via_prost = Vec::new();
+            prost::encoding::message::encode(9, &built(&text), &mut via_prost);
+            assert_eq!(direct, via_prost, "{len}");
+        }
+    }
+
+    #[test]
+    fn ids_are_the_last_top_level_string_or_number_of_each() {
+        let text = r#"{"id":"first","nested":{"id":"no","orderId":"no"},"list":[{"id":"no"}],
+            "orderId":1E5,"id":"last"}"#;
+        let ids = encode_struct(text, &mut Vec::new()).unwrap();
+        assert_eq!(ids.id.as_deref(), Some("last"));
+        assert_eq!(ids.order_id.as_deref(), Some("1e+5"));
+        let none = encode_struct(
+            r#"{"id":"","orderId":{"x":1},"\u0069d2":"x"}"#,
+            &mut Vec::new(),
+        );
+        assert_eq!(none.unwrap(), ObjectIds::default());
+        let escaped_key = encode_struct(r#"{"\u0069d":"via escape"}"#, &mut Vec::new());
+        assert_eq!(escaped_key.unwrap().id.as_deref(), Some("via escape"));
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_and_broken_text_fail_without_writing() {
+        let too_deep = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH),
+            "]".repeat(MAX_DEPTH)
+        );
+        let deepest = format!(
+            "{{\"a\":{}{}}}",
+            "[".repeat(MAX_DEPTH - 1),
+            "]".repeat(MAX_DEPTH - 1)
+        );
+        assert!(encode_struct(&deepest, &mut Vec::new()).is_ok());
+        for text in [
+            too_deep.as_str(),
+            "{\"a\":",
+            "[1]",
+            "{\"a\" 1",
+            "{1:2}",
+            "{\"a\":[1,}",
+        ] {
+            let mut buf = vec![7];
+            assert!(encode_struct_field(9, text, &mut buf).is_err(), "{text}");
+            assert_eq!(buf, vec![7], "{text}");
+        }
     }
 }

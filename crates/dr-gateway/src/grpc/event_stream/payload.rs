@@ -1,8 +1,6 @@
 //! The typed `Event.payload` of a DR event: the charge, fulfillment, order or sales
 //! transaction its `data.object` holds, through the gateway's DR → protobuf conversions.
 
-use serde::Deserialize as _;
-
 use crate::digital_river::models;
 use crate::events::Envelope;
 use crate::grpc::convert;
@@ -13,33 +11,33 @@ use crate::pb::v1 as pb;
 /// into the event log's [`EventEncoder`] by the app.
 pub fn decode_payload(env: &Envelope) -> Option<pb::event::Payload> {
     let t = env.event_type.as_str();
-    // why: the typed model reads the envelope's parsed object in place; a copy of
-    // it (or parsing DR's bytes again) would be a second parse per event.
-    let object = &env.object;
+    // why: the typed model is read from DR's text of the object (the envelope
+    // keeps no parsed form of it): one parse into exactly the fields it has.
+    let object = env.object_json();
     // why: which object each type carries, docs/digital-river.md §3.2.
     if t == "order.chargeback" || t.starts_with("sales_transaction.") {
-        let transaction = models::SalesTransaction::deserialize(object).ok()?;
+        let transaction = serde_json::from_str::<models::SalesTransaction>(object).ok()?;
         return Some(pb::event::Payload::SalesTransaction(
             convert::sales_transaction(&transaction),
         ));
     }
     if t == "order.charge.reauth.failed" {
-        let order = models::Order::deserialize(object).ok()?;
+        let order = serde_json::from_str::<models::Order>(object).ok()?;
         return Some(pb::event::Payload::Order(convert::order(&order)));
     }
     if t.starts_with("order.charge.") {
-        let charge = models::Charge::deserialize(object).ok()?;
+        let charge = serde_json::from_str::<models::Charge>(object).ok()?;
         return Some(pb::event::Payload::Charge(convert::charge(&charge, "")));
     }
     if t.starts_with("fulfillment.") {
-        let ful = models::Fulfillment::deserialize(object).ok()?;
+        let ful = serde_json::from_str::<models::Fulfillment>(object).ok()?;
         return Some(pb::event::Payload::Fulfillment(convert::fulfillment(&ful)));
     }
     let not_an_order = ["order.chargeback", "order.invoice.", "order.credit_memo."]
         .iter()
         .any(|p| t.starts_with(p));
     if t.starts_with("order.") && !not_an_order {
-        let order = models::Order::deserialize(object).ok()?;
+        let order = serde_json::from_str::<models::Order>(object).ok()?;
         return Some(pb::event::Payload::Order(convert::order(&order)));
     }
     None
