@@ -13,9 +13,10 @@
 //! - **Request head.** Once the first byte of a request arrived, its request line
 //!   and headers must follow within `header_timeout` (slow-header attacks).
 //!
-//! A connection's [`ConnectionPhase`] says which deadline applies; the
-//! [`track_phase`] middleware moves it to "busy" while a request is handled (no
-//! read deadline: the handler bounds the body) and back to "idle" after the answer.
+//! A connection's [`ConnectionPhase`] says which deadline applies; the service
+//! [`TrackPhase`] makes for each connection moves it to "busy" while a request is
+//! handled (no read deadline: the handler bounds the body) and back to "idle" after
+//! the answer.
 //! A read that misses its deadline fails with `TimedOut`, which closes the
 //! connection.
 
@@ -27,15 +28,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use std::convert::Infallible;
+
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
+use axum::Router;
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use tower::Service;
 
 use crate::defaults;
 
@@ -115,8 +119,8 @@ enum Phase {
     Busy,
 }
 
-/// The phase of one connection, shared by its stream and the requests it carries
-/// (as `ConnectInfo`). Cheap to clone.
+/// The phase of one connection, shared by its stream and the service that handles
+/// its requests ([`PhaseTracked`]). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnectionPhase(Arc<Mutex<Phase>>);
 
@@ -157,28 +161,88 @@ impl ConnectionPhase {
     }
 }
 
-impl Connected<IncomingStream<'_, GuardedListener>> for ConnectionPhase {
-    fn connect_info(stream: IncomingStream<'_, GuardedListener>) -> Self {
-        stream.io().phase.clone()
+/// Makes each connection's service: `router`, with the connection's phase moved to
+/// busy while a request is handled and back to idle after the answer (hand it to
+/// `axum::serve` with a [`GuardedListener`]).
+///
+/// why: a service per connection holds its phase itself. Before, the phase rode on
+/// every request as `ConnectInfo` (an extension map allocated per request) and a
+/// `from_fn` middleware (a boxed future per request) read it back: ~9 k
+/// instructions per webhook event (`cargo bench --bench webhook_intake`).
+#[derive(Debug, Clone)]
+pub struct TrackPhase {
+    router: Router,
+}
+
+impl TrackPhase {
+    /// Tracks the phase of every connection `router` serves.
+    pub fn new(router: Router) -> Self {
+        Self { router }
     }
 }
 
-/// Middleware: the connection is busy while a request is handled, idle after.
-pub async fn track_phase(request: Request, next: Next) -> Response {
-    let phase = request
-        .extensions()
-        .get::<ConnectInfo<ConnectionPhase>>()
-        .map(|info| info.0.clone());
-    if let Some(phase) = &phase {
-        phase.set(Phase::Busy);
+impl Service<IncomingStream<'_, GuardedListener>> for TrackPhase {
+    type Response = PhaseTracked;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<PhaseTracked, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-    let response = next.run(request).await;
-    if let Some(phase) = &phase {
-        phase.set(Phase::Idle {
+
+    fn call(&mut self, stream: IncomingStream<'_, GuardedListener>) -> Self::Future {
+        std::future::ready(Ok(PhaseTracked {
+            router: self.router.clone(),
+            phase: stream.io().phase.clone(),
+        }))
+    }
+}
+
+/// One connection's service (see [`TrackPhase`]).
+#[derive(Debug, Clone)]
+pub struct PhaseTracked {
+    router: Router,
+    phase: ConnectionPhase,
+}
+
+impl Service<Request> for PhaseTracked {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answered<<Router as Service<Request>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.phase.set(Phase::Busy);
+        Answered {
+            inner: self.router.call(request),
+            phase: self.phase.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// A request being handled: when its answer is ready, the connection is idle.
+    pub struct Answered<F> {
+        #[pin]
+        inner: F,
+        phase: ConnectionPhase,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Answered<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        this.phase.set(Phase::Idle {
             since: Instant::now(),
         });
+        Poll::Ready(answer)
     }
-    response
 }
 
 /// An accepted connection: holds its slot under the cap until dropped, and fails

@@ -162,10 +162,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // why: here rather than in `router`, so the answers of routes merged in later
     // (`/metrics`) and the fallback of the merged router get the JSON shape too.
-    let app = router
-        .layer(axum::middleware::map_response(json_error_body))
-        .layer(axum::middleware::from_fn(listener::track_phase))
-        .into_make_service_with_connect_info::<ConnectionPhase>();
+    let app =
+        listener::TrackPhase::new(router.layer(axum::middleware::map_response(json_error_body)));
     axum::serve(GuardedListener::new(listener, limits), app)
         .with_graceful_shutdown(shutdown)
         .await
