@@ -33,7 +33,6 @@ use std::convert::Infallible;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
-use axum::Router;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -161,30 +160,30 @@ impl ConnectionPhase {
     }
 }
 
-/// Makes each connection's service: `router`, with the connection's phase moved to
-/// busy while a request is handled and back to idle after the answer (hand it to
-/// `axum::serve` with a [`GuardedListener`]).
+/// Makes each connection's service: `inner` (the listener's router), with the
+/// connection's phase moved to busy while a request is handled and back to idle
+/// after the answer (hand it to `axum::serve` with a [`GuardedListener`]).
 ///
 /// why: a service per connection holds its phase itself. Before, the phase rode on
 /// every request as `ConnectInfo` (an extension map allocated per request) and a
-/// `from_fn` middleware (a boxed future per request) read it back: ~9 k
+/// `from_fn` middleware (a boxed future per request) read it back: ~5 k
 /// instructions per webhook event (`cargo bench --bench webhook_intake`).
 #[derive(Debug, Clone)]
-pub struct TrackPhase {
-    router: Router,
+pub struct TrackPhase<S> {
+    inner: S,
 }
 
-impl TrackPhase {
-    /// Tracks the phase of every connection `router` serves.
-    pub fn new(router: Router) -> Self {
-        Self { router }
+impl<S> TrackPhase<S> {
+    /// Tracks the phase of every connection `inner` serves.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
     }
 }
 
-impl Service<IncomingStream<'_, GuardedListener>> for TrackPhase {
-    type Response = PhaseTracked;
+impl<S: Clone> Service<IncomingStream<'_, GuardedListener>> for TrackPhase<S> {
+    type Response = PhaseTracked<S>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<PhaseTracked, Infallible>>;
+    type Future = std::future::Ready<Result<PhaseTracked<S>, Infallible>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -192,7 +191,7 @@ impl Service<IncomingStream<'_, GuardedListener>> for TrackPhase {
 
     fn call(&mut self, stream: IncomingStream<'_, GuardedListener>) -> Self::Future {
         std::future::ready(Ok(PhaseTracked {
-            router: self.router.clone(),
+            inner: self.inner.clone(),
             phase: stream.io().phase.clone(),
         }))
     }
@@ -200,24 +199,27 @@ impl Service<IncomingStream<'_, GuardedListener>> for TrackPhase {
 
 /// One connection's service (see [`TrackPhase`]).
 #[derive(Debug, Clone)]
-pub struct PhaseTracked {
-    router: Router,
+pub struct PhaseTracked<S> {
+    inner: S,
     phase: ConnectionPhase,
 }
 
-impl Service<Request> for PhaseTracked {
+impl<S> Service<Request> for PhaseTracked<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     type Response = Response;
     type Error = Infallible;
-    type Future = Answered<<Router as Service<Request>>::Future>;
+    type Future = Answered<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<Request>::poll_ready(&mut self.router, cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
         self.phase.set(Phase::Busy);
         Answered {
-            inner: self.router.call(request),
+            inner: self.inner.call(request),
             phase: self.phase.clone(),
         }
     }

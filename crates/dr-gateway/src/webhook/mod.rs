@@ -24,6 +24,7 @@
 
 pub mod error;
 mod intake_metrics;
+pub mod json_errors;
 pub mod listener;
 pub mod signature;
 
@@ -41,7 +42,7 @@ use axum::{
     body::{Body, Bytes},
     extract::{DefaultBodyLimit, Query, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
+    response::IntoResponse,
     routing::{get, post},
     Json, Router,
 };
@@ -162,47 +163,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // why: here rather than in `router`, so the answers of routes merged in later
     // (`/metrics`) and the fallback of the merged router get the JSON shape too.
-    let app =
-        listener::TrackPhase::new(router.layer(axum::middleware::map_response(json_error_body)));
+    let app = listener::TrackPhase::new(json_errors::JsonErrors::new(router));
     axum::serve(GuardedListener::new(listener, limits), app)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// Gives an error answer axum made itself (404, 405, a rejection's text) the JSON
-/// shape of the listener's own errors; JSON answers pass unchanged.
-async fn json_error_body(response: Response) -> Response {
-    let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return response;
-    }
-    let (mut parts, body) = response.into_parts();
-    // why: axum's own texts are short; a cap keeps a surprise from growing the answer.
-    let text = axum::body::to_bytes(body, 1024).await.unwrap_or_default();
-    let message = match String::from_utf8_lossy(&text).trim() {
-        "" => status.canonical_reason().unwrap_or("error").to_owned(),
-        text => text.to_owned(),
-    };
-    let code = match status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_client_error() => "bad_request",
-        _ => "internal",
-    };
-    let body =
-        serde_json::to_vec(&json!({ "error": code, "message": message })).unwrap_or_default();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(body))
 }
 
 #[tracing::instrument(
