@@ -75,7 +75,7 @@ impl WebhookError {
             Self::TooLarge { .. } => "body_too_large",
             Self::BodyUnreadable => "body_unreadable",
             Self::BodyTimeout { .. } => "body_timeout",
-            Self::NotAnEvent(EnvelopeError::NotJson(_)) => "invalid_json",
+            Self::NotAnEvent(EnvelopeError::NotJson(_) | EnvelopeError::NotUtf8) => "invalid_json",
             Self::NotAnEvent(_) => "not_an_event",
             Self::LogUnavailable(_) => "temporarily_unavailable",
             Self::Disabled => "webhooks_disabled",

@@ -101,6 +101,39 @@ async fn bad_deliveries_get_the_right_4xx_and_are_never_delivered() {
     );
     assert!(reply["message"].is_string());
 
+    // Signed, but not UTF-8: not JSON.
+    let mut not_utf8 = br#"{"id":"x","type":"order.accepted","note":""#.to_vec();
+    not_utf8.extend_from_slice(b"\xff\"}");
+    let sig = signature(WEBHOOK_SECRET, &not_utf8);
+    let (status, reply) = post_raw(&app, not_utf8, Some(sig)).await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (400, Some("invalid_json"))
+    );
+
+    // An event whose object nests too deep, or holds a string no protobuf string
+    // can carry: refused, naming the field.
+    let envelope_with = |object: &str| {
+        format!(
+            r#"{{"id":"evt-bad","type":"order.accepted","createdTime":"2024-01-01T00:00:00Z","data":{{"object":{object}}}}}"#
+        )
+        .into_bytes()
+    };
+    let too_deep = envelope_with(&format!(
+        r#"{{"id":"ord-1","a":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    ));
+    let lone_surrogate = envelope_with(r#"{"id":"ord-1","name":"\ud800"}"#);
+    for bad in [too_deep, lone_surrogate] {
+        let sig = signature(WEBHOOK_SECRET, &bad);
+        let (status, reply) = post_raw(&app, bad, Some(sig)).await;
+        assert_eq!(
+            (status, reply["error"].as_str(), reply["field"].as_str()),
+            (400, Some("not_an_event"), Some("data.object"))
+        );
+    }
+
     // Over the 1 MiB limit.
     let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1024 * 1024 + 10)).into_bytes();
     let sig = signature(WEBHOOK_SECRET, &huge);
