@@ -34,7 +34,9 @@ fn opt_timestamp(text: &Option<String>) -> Option<Timestamp> {
 /// An optional DR amount in `currency` → `Money`.
 pub fn amount(currency: &str, value: &Option<Number>) -> Option<pb::Money> {
     let number = value.as_ref()?;
-    match money::parse(currency, &number.to_string()) {
+    // why: with `arbitrary_precision` a number keeps DR's text; read in place (its
+    // `Display` writes the same text into a new `String`).
+    match money::parse(currency, number.as_str()) {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::warn!(error = %e, "DR sent an amount that is not exact");
