@@ -23,13 +23,11 @@ use serde_json::Value;
 use super::json_text::{JsonTextError, ObjectIds};
 use super::struct_encoding;
 
-/// A visitor's answers to every JSON scalar: `$absent`. (Numbers arrive as maps
-/// under serde_json's `arbitrary_precision`, so `visit_map` is each visitor's own.)
-macro_rules! scalars_read_as {
+/// A visitor's answers to JSON numbers and `null`: `$absent`. (Numbers arrive as
+/// maps under serde_json's `arbitrary_precision`, so `visit_map` is each visitor's
+/// own.)
+macro_rules! numbers_and_null_read_as {
     ($absent:expr) => {
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($absent)
-        }
         fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
             Ok($absent)
         }
@@ -39,10 +37,20 @@ macro_rules! scalars_read_as {
         fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
             Ok($absent)
         }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
             Ok($absent)
         }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+    };
+}
+
+/// A visitor's answers to every JSON scalar: `$absent`.
+macro_rules! scalars_read_as {
+    ($absent:expr) => {
+        numbers_and_null_read_as!($absent);
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($absent)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
             Ok($absent)
         }
     };
@@ -522,18 +530,7 @@ impl<'de> Deserialize<'de> for Text<'de> {
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(Text(None))
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Text(None))
-            }
+            numbers_and_null_read_as!(Text(None));
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 ignore_map(map).map(|()| Text(None))
             }
@@ -570,21 +567,10 @@ impl<'de> Deserialize<'de> for IsTrue {
             fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
                 Ok(IsTrue(b))
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(IsTrue(false))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(IsTrue(false))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(IsTrue(false))
-            }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
                 Ok(IsTrue(false))
             }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(IsTrue(false))
-            }
+            numbers_and_null_read_as!(IsTrue(false));
         }
         deserializer.deserialize_any(IsTrueVisitor)
     }
