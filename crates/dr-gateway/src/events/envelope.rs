@@ -277,7 +277,7 @@ fn nesting_error(field: &'static str, e: JsonTextError) -> EnvelopeError {
     match e {
         JsonTextError::TooDeep => EnvelopeError::BadField {
             field,
-            expected: "an object nested at most 126 levels deep",
+            expected: "an object nested at most 32 levels deep",
         },
         // why: serde_json accepted this text, so the scanner cannot break off in it.
         JsonTextError::BadString => EnvelopeError::BadField {
@@ -744,7 +744,14 @@ mod tests {
             )
         };
         let deepest = body(&nested(crate::events::json_text::MAX_DEPTH - 1));
-        assert!(Envelope::parse(Bytes::from(deepest)).is_ok());
+        let env = Envelope::parse(Bytes::from(deepest)).unwrap();
+        // The deepest event accepted still decodes (protobuf decoders stop at 100
+        // nested messages), as an event and as the response subscribers get.
+        let encoder = crate::events::EventEncoder::default();
+        let stored = crate::events::StoredEvent::build(1, 1, Utc::now(), env, &encoder);
+        assert!(stored.decode_event().is_ok());
+        use prost::Message as _;
+        assert!(crate::pb::v1::SubscribeResponse::decode(stored.encoded_response.clone()).is_ok());
         let too_deep = body(&nested(crate::events::json_text::MAX_DEPTH));
         let err = Envelope::parse(Bytes::from(too_deep)).unwrap_err();
         assert_eq!(err.field(), Some("data.object"));

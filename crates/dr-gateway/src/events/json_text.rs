@@ -18,11 +18,15 @@ use std::borrow::Cow;
 
 /// Deepest nesting of objects and lists walked, counting the walked object itself.
 ///
-/// why: serde_json refuses a document nested deeper than 128 levels, but it checks
-/// no depth inside a value it only skips (a `RawValue`); the encoder applies this
-/// limit to `data.object` itself (two levels down), so its recursion stays bounded
-/// and the gateway keeps refusing what it refused when it parsed the whole body.
-pub const MAX_DEPTH: usize = 126;
+/// why: every subscriber must be able to decode the stored event. Protobuf decoders
+/// stop at 100 nested messages (prost, which the gateway's own readers use; upb
+/// under Python; protobuf-java), and in a `Struct` each JSON level is two messages
+/// (a `Value` and its `Struct` or `ListValue`), below the response's own three. 32
+/// levels stay well inside that; DR's objects nest a few. (serde_json's own limit of
+/// 128 levels does not apply here: it checks no depth inside a value it only skips,
+/// a `RawValue`, and 128 JSON levels would be past every decoder's limit.) It also
+/// bounds the encoder's recursion.
+pub const MAX_DEPTH: usize = 32;
 
 /// The text is not the JSON value the caller was promised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
