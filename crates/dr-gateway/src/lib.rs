@@ -21,6 +21,7 @@
 //!   filters, backfill, capture/cancel outcome correlation, consumer groups.
 //! - [`digital_river`]: the upstream REST client, DR's wire models and errors.
 //! - [`money`]: exact decimal text → `Money`.
+//! - [`random_id`]: random UUIDs without a system call each.
 //! - [`redact`]: credentials in URLs never printed.
 //! - [`sandbox`]: a stateful emulator of DR's REST API (fulfillments, charges, orders,
 //!   events, signed webhooks, faults) with a control surface; imports nothing of the gateway.
@@ -45,6 +46,7 @@ pub mod grpc;
 pub mod health;
 pub mod listen;
 pub mod money;
+pub mod random_id;
 pub mod redact;
 pub mod reload;
 pub mod shutdown;

@@ -77,7 +77,7 @@ pub async fn run(
     config: PacingConfig,
     shutdown: CancellationToken,
 ) {
-    let me = uuid::Uuid::new_v4().simple().to_string();
+    let me = crate::random_id::uuid().simple().to_string();
     let mut view = View::new(me.clone(), config.clone());
     let store = loop {
         match ensure_kv(&bus, &members_bucket(&bus), config.ttl).await {

@@ -100,7 +100,49 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     config: std::sync::Arc<ClientConfig>,
+    fixed: std::sync::Arc<FixedHeaders>,
     limiter: Option<std::sync::Arc<RateLimiter>>,
+}
+
+/// `upstream-id`: the id DR support finds a call by (docs/digital-river.md §5.4).
+const UPSTREAM_ID: header::HeaderName = header::HeaderName::from_static("upstream-id");
+/// `digitalriver-version`: the API version, when pinned.
+const DR_VERSION: header::HeaderName = header::HeaderName::from_static("digitalriver-version");
+const JSON: header::HeaderValue = header::HeaderValue::from_static("application/json");
+
+/// The header values every call sends, built once from the configuration.
+///
+/// Why once: building `Bearer <key>` and parsing the version on every call allocated
+/// and copied both per DR request; a stored `HeaderValue` is shared by reference count.
+/// It also refuses a key no HTTP header can carry at start, not on the first call.
+struct FixedHeaders {
+    /// `Bearer <key>`, marked sensitive so HTTP/2 never indexes it.
+    authorization: header::HeaderValue,
+    version: Option<header::HeaderValue>,
+}
+
+impl FixedHeaders {
+    fn new(config: &ClientConfig) -> Result<Self, Error> {
+        let invalid = |what: &str| Error::Request {
+            path: String::new(),
+            // why: never the value itself: the key is a secret.
+            reason: format!("the DR {what} holds characters an HTTP header cannot carry"),
+        };
+        let mut authorization =
+            header::HeaderValue::try_from(format!("Bearer {}", config.api_key.expose_secret()))
+                .map_err(|_| invalid("API key"))?;
+        authorization.set_sensitive(true);
+        let version = config
+            .api_version
+            .as_deref()
+            .map(header::HeaderValue::from_str)
+            .transpose()
+            .map_err(|_| invalid("API version"))?;
+        Ok(Self {
+            authorization,
+            version,
+        })
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -147,6 +189,7 @@ impl Client {
                 path: String::new(),
                 reason: format!("could not build the HTTP client: {e}"),
             })?;
+        let fixed = std::sync::Arc::new(FixedHeaders::new(&config)?);
         let limiter = config
             .rate_limit
             .map(|(rate, burst)| std::sync::Arc::new(RateLimiter::new(rate, burst)));
@@ -154,6 +197,7 @@ impl Client {
             http,
             base,
             config: std::sync::Arc::new(config),
+            fixed,
             limiter,
         })
     }
@@ -306,7 +350,7 @@ impl Client {
         let request_id = opts
             .request_id
             .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(crate::random_id::uuid_text);
         let max_attempts = if call.retry {
             self.config.retry.max_attempts.max(1)
         } else {
@@ -415,18 +459,18 @@ impl Client {
             .http
             .request(call.method.clone(), url)
             .timeout(budget)
-            .bearer_auth(self.config.api_key.expose_secret())
-            .header(header::ACCEPT, "application/json")
-            .header("upstream-id", request_id)
+            .header(header::AUTHORIZATION, self.fixed.authorization.clone())
+            .header(header::ACCEPT, JSON)
+            .header(UPSTREAM_ID, request_id)
             // why: the RPC's x-request-id and the trace context, so DR's side of a
             // call can be found from the caller's (telemetry/context.rs).
             .headers(telemetry::context::dr_request_headers());
-        if let Some(version) = &self.config.api_version {
-            builder = builder.header("digitalriver-version", version);
+        if let Some(version) = &self.fixed.version {
+            builder = builder.header(DR_VERSION, version.clone());
         }
         if let Some(body) = &call.body {
             builder = builder
-                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_TYPE, JSON)
                 .body(body.clone());
         }
         let response = builder
@@ -733,6 +777,34 @@ mod tests {
         }
         let url = client.url(&["fulfillments", "a/..?#%"]).unwrap();
         assert_eq!(url.path(), "/v1/fulfillments/a%2F..%3F%23%25");
+    }
+
+    #[test]
+    fn a_key_no_header_can_carry_is_refused_at_build_without_printing_it() {
+        let built = Client::new(ClientConfig {
+            api_key: SecretString::from("sk_test_secret\nInjected: 1".to_owned()),
+            ..client().config.as_ref().clone()
+        });
+        let Err(error) = built else {
+            panic!("a key with a line break was accepted");
+        };
+        let text = error.to_string();
+        assert!(text.contains("API key"), "{text}");
+        assert!(!text.contains("sk_test_secret"), "{text}");
+        let version = Client::new(ClientConfig {
+            api_version: Some("2021-12-13\r".into()),
+            ..client().config.as_ref().clone()
+        });
+        assert!(matches!(version, Err(Error::Request { .. })));
+    }
+
+    #[test]
+    fn the_authorization_header_is_marked_sensitive() {
+        assert!(client().fixed.authorization.is_sensitive());
+        assert_eq!(
+            client().fixed.authorization.to_str().ok(),
+            Some("Bearer sk_test_x")
+        );
     }
 
     #[test]

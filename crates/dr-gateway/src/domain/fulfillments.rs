@@ -316,7 +316,7 @@ impl Fulfiller {
     ) -> Result<Fulfillment, ServiceError> {
         command.validate()?;
         if command.request_id.is_empty() {
-            let key = uuid::Uuid::new_v4().to_string();
+            let key = crate::random_id::uuid_text();
             let this = self.clone();
             let body = command.to_body(&key);
             return self

@@ -61,7 +61,7 @@ impl RequestId {
 
     /// A new random id (a UUID).
     pub fn generate() -> Self {
-        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let id = crate::random_id::uuid();
         let mut buf = uuid::Uuid::encode_buffer();
         let text = id.hyphenated().encode_lower(&mut buf);
         // A UUID is always a valid header value.

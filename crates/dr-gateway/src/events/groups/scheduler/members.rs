@@ -38,7 +38,7 @@ impl Scheduler {
         }
         self.next_member += 1;
         let key = self.next_member;
-        let member_id = uuid::Uuid::new_v4().simple().to_string();
+        let member_id = crate::random_id::uuid().simple().to_string();
         let capacity = options.max_unacked.max(1) as usize;
         let (tx, deliveries) = mpsc::channel(capacity);
         let (end_tx, end) = oneshot::channel();
