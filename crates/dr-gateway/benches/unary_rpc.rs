@@ -617,14 +617,14 @@ async fn start_echo() -> Result<SocketAddr, String> {
         serde_json::from_str(&fulfillment_json()).map_err(|e| format!("fulfillment JSON: {e}"))?;
     let source: models::Source =
         serde_json::from_str(&source_json()).map_err(|e| format!("source JSON: {e}"))?;
-    let mut charge = convert::charge(&charge, "");
-    charge.source = Some(convert::payment_source(&source, "USD"));
+    let mut charge = convert::charge(charge, "");
+    charge.source = Some(convert::payment_source(source, "USD"));
     let echo = Echo {
         charge: pb::GetChargeResponse {
             charge: Some(charge),
         },
         fulfillment: pb::CreateFulfillmentResponse {
-            fulfillment: Some(convert::fulfillment(&fulfillment)),
+            fulfillment: Some(convert::fulfillment(fulfillment)),
         },
     };
     let (listener, addr) = bind().await?;
@@ -776,13 +776,16 @@ impl ChargeService for Proxy {
     ) -> Result<Response<pb::GetChargeResponse>, Status> {
         let url = format!("{}/charges/{}", self.base, req.get_ref().charge_id);
         let charge: models::Charge = self.get_json(url).await?;
-        let mut out = convert::charge(&charge, "");
-        if let Some(source_id) = charge.source_id.as_deref() {
-            let url = format!("{}/sources/{source_id}", self.base);
-            let source: models::Source = self.get_json(url).await?;
-            let currency = charge.currency.as_deref().unwrap_or_default();
-            out.source = Some(convert::payment_source(&source, currency));
-        }
+        let source: Option<models::Source> = match charge.source_id.as_deref() {
+            Some(source_id) => {
+                let url = format!("{}/sources/{source_id}", self.base);
+                Some(self.get_json(url).await?)
+            }
+            None => None,
+        };
+        let currency = charge.currency.clone().unwrap_or_default();
+        let mut out = convert::charge(charge, "");
+        out.source = source.map(|source| convert::payment_source(source, &currency));
         Ok(Response::new(pb::GetChargeResponse { charge: Some(out) }))
     }
     async fn list_order_charges(

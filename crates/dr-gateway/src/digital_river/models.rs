@@ -210,21 +210,22 @@ pub struct Order {
 }
 
 impl Order {
-    /// The order's charges in either shape: `payment.charges[]`, or the top-level
-    /// `charges[]` of API versions up to 2021-02-23 (docs/digital-river.md §7).
-    pub fn charges(&self) -> &[Charge] {
-        match &self.payment {
-            Some(p) if !p.charges.is_empty() => &p.charges,
-            _ => &self.charges,
-        }
-    }
-
-    /// The order's payment sources in either shape (see [`Order::charges`]).
-    pub fn sources(&self) -> &[Source] {
-        match &self.payment {
-            Some(p) if !p.sources.is_empty() => &p.sources,
-            _ => &self.sources,
-        }
+    /// The order's charges and payment sources, taken out of it. Each comes in either
+    /// shape: `payment.charges[]` / `payment.sources[]`, or the top-level `charges[]` /
+    /// `sources[]` of API versions up to 2021-02-23 (docs/digital-river.md §7).
+    pub fn take_payment(&mut self) -> (Vec<Charge>, Vec<Source>) {
+        let payment = self.payment.take().unwrap_or_default();
+        let charges = if payment.charges.is_empty() {
+            std::mem::take(&mut self.charges)
+        } else {
+            payment.charges
+        };
+        let sources = if payment.sources.is_empty() {
+            std::mem::take(&mut self.sources)
+        } else {
+            payment.sources
+        };
+        (charges, sources)
     }
 }
 
@@ -690,6 +691,27 @@ mod tests {
         assert_eq!(f.order_id, "250956650336");
         assert_eq!(f.items[0].item_id, "225220780336");
         assert_eq!(f.items[0].quantity, 2);
+    }
+
+    #[test]
+    fn an_orders_payment_is_taken_from_whichever_shape_holds_it() {
+        let ids = |o: &str| {
+            let mut order: Order = serde_json::from_str(o).unwrap();
+            let (charges, sources) = order.take_payment();
+            let charges: Vec<String> = charges.into_iter().map(|c| c.id).collect();
+            let sources: Vec<String> = sources.into_iter().map(|s| s.id).collect();
+            (charges, sources)
+        };
+        let current = r#"{"id":"1","payment":{"charges":[{"id":"c1"}],"sources":[{"id":"s1"}]},
+            "charges":[{"id":"old"}],"sources":[{"id":"old"}]}"#;
+        assert_eq!(ids(current), (vec!["c1".into()], vec!["s1".into()]));
+        let up_to_2021_02_23 = r#"{"id":"1","charges":[{"id":"c2"}],"sources":[{"id":"s2"}]}"#;
+        assert_eq!(
+            ids(up_to_2021_02_23),
+            (vec!["c2".into()], vec!["s2".into()])
+        );
+        let mixed = r#"{"id":"1","payment":{"sources":[{"id":"s3"}]},"charges":[{"id":"c3"}]}"#;
+        assert_eq!(ids(mixed), (vec!["c3".into()], vec!["s3".into()]));
     }
 
     #[test]

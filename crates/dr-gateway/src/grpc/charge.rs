@@ -93,11 +93,12 @@ async fn wait_outcomes(
         request_id: None,
     };
     let (known, currency) = match client.get_order(&created.order_id, &opts).await {
-        Ok(order) => {
+        Ok(mut order) => {
             let currency = order.currency.clone().unwrap_or_default();
             let charges = order
-                .charges()
-                .iter()
+                .take_payment()
+                .0
+                .into_iter()
                 .map(|c| convert::charge(c, &currency))
                 .collect::<Vec<_>>();
             (charges, currency)
@@ -194,14 +195,13 @@ impl ChargeService for ChargeApi {
             .get_charge(&id, &opts)
             .await
             .map_err(ServiceError::from)?;
-        let mut out = convert::charge(&charge, "");
         // why: a charge names only its source's id; which kind it is (card or store
         // credit) is what a customer notice needs (DR's "Capturing and cancelling
         // charges" page reads GET /sources/{sourceId} for it).
-        let currency = charge.currency.as_deref().unwrap_or_default();
-        out.source = payments::source_of(&self.client, &charge, &opts)
-            .await?
-            .map(|source| convert::payment_source(&source, currency));
+        let source = payments::source_of(&self.client, &charge, &opts).await?;
+        let currency = charge.currency.clone().unwrap_or_default();
+        let mut out = convert::charge(charge, "");
+        out.source = source.map(|source| convert::payment_source(source, &currency));
         Ok(Response::new(pb::GetChargeResponse { charge: Some(out) }))
     }
 
@@ -218,7 +218,7 @@ impl ChargeService for ChargeApi {
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::GetPaymentSourceResponse {
-            source: Some(convert::payment_source(&source, "")),
+            source: Some(convert::payment_source(source, "")),
         }))
     }
 
@@ -234,7 +234,7 @@ impl ChargeService for ChargeApi {
             .get_order(&id, &opts)
             .await
             .map_err(ServiceError::from)?;
-        let o = convert::order(&order);
+        let o = convert::order(order);
         Ok(Response::new(pb::ListOrderChargesResponse {
             order_id: o.id,
             charges: o.charges,
@@ -341,6 +341,6 @@ impl ChargeApi {
         let created = self.fulfiller.create(command, deadline).await?;
         let (outcomes, settled) =
             wait_outcomes(&self.client, tail, &created, kind, deadline).await?;
-        Ok((convert::fulfillment(&created), outcomes, settled))
+        Ok((convert::fulfillment(created), outcomes, settled))
     }
 }

@@ -90,7 +90,7 @@ impl FulfillmentService for FulfillmentApi {
         };
         let created = self.fulfiller.create(command, deadline).await?;
         Ok(Response::new(pb::CreateFulfillmentResponse {
-            fulfillment: Some(convert::fulfillment(&created)),
+            fulfillment: Some(convert::fulfillment(created)),
         }))
     }
 
@@ -107,7 +107,7 @@ impl FulfillmentService for FulfillmentApi {
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::GetFulfillmentResponse {
-            fulfillment: Some(convert::fulfillment(&f)),
+            fulfillment: Some(convert::fulfillment(f)),
         }))
     }
 
@@ -148,7 +148,7 @@ impl FulfillmentService for FulfillmentApi {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListFulfillmentsResponse {
-            fulfillments: page.data.iter().map(convert::fulfillment).collect(),
+            fulfillments: page.data.into_iter().map(convert::fulfillment).collect(),
             next_page_token,
         }))
     }
@@ -187,7 +187,7 @@ impl FulfillmentService for FulfillmentApi {
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::UpdateFulfillmentTrackingResponse {
-            fulfillment: Some(convert::fulfillment(&f)),
+            fulfillment: Some(convert::fulfillment(f)),
         }))
     }
 
@@ -210,7 +210,7 @@ impl FulfillmentService for FulfillmentApi {
         };
         let order = orders::find_order(&self.client, &key, &opts).await?;
         let progress = orders::fulfillment_progress(&self.client, &order.id, &opts).await?;
-        let mut out = convert::order(&order);
+        let mut out = convert::order(order);
         for item in &mut out.items {
             let p = progress.get(&item.id).copied().unwrap_or_default();
             item.fulfilled_quantity = p.fulfilled;

@@ -18,27 +18,27 @@ pub fn decode_payload(env: &Envelope) -> Option<pb::event::Payload> {
     if t == "order.chargeback" || t.starts_with("sales_transaction.") {
         let transaction = serde_json::from_str::<models::SalesTransaction>(object).ok()?;
         return Some(pb::event::Payload::SalesTransaction(
-            convert::sales_transaction(&transaction),
+            convert::sales_transaction(transaction),
         ));
     }
     if t == "order.charge.reauth.failed" {
         let order = serde_json::from_str::<models::Order>(object).ok()?;
-        return Some(pb::event::Payload::Order(convert::order(&order)));
+        return Some(pb::event::Payload::Order(convert::order(order)));
     }
     if t.starts_with("order.charge.") {
         let charge = serde_json::from_str::<models::Charge>(object).ok()?;
-        return Some(pb::event::Payload::Charge(convert::charge(&charge, "")));
+        return Some(pb::event::Payload::Charge(convert::charge(charge, "")));
     }
     if t.starts_with("fulfillment.") {
         let ful = serde_json::from_str::<models::Fulfillment>(object).ok()?;
-        return Some(pb::event::Payload::Fulfillment(convert::fulfillment(&ful)));
+        return Some(pb::event::Payload::Fulfillment(convert::fulfillment(ful)));
     }
     let not_an_order = ["order.chargeback", "order.invoice.", "order.credit_memo."]
         .iter()
         .any(|p| t.starts_with(p));
     if t.starts_with("order.") && !not_an_order {
         let order = serde_json::from_str::<models::Order>(object).ok()?;
-        return Some(pb::event::Payload::Order(convert::order(&order)));
+        return Some(pb::event::Payload::Order(convert::order(order)));
     }
     None
 }
