@@ -6,7 +6,6 @@ use std::{fmt, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-use prost::Message as _;
 use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value as PbValue};
 use serde_json::{Map, Value};
 
@@ -67,7 +66,11 @@ impl EventEncoder {
     /// bytes.
     fn parts<'a>(&self, env: &'a Envelope) -> EventParts<'a> {
         EventParts {
-            fields: self.without_objects(env),
+            fields: EventFields {
+                env,
+                create_time: timestamp(env.created_time),
+                payload: self.payload.as_ref().and_then(|decode| decode(env)),
+            },
             objects: [
                 Some((DATA_OBJECT_FIELD, env.object_struct())),
                 env.previous_attributes_struct()
@@ -125,8 +128,83 @@ impl EventEncoder {
 
 /// An event's fields as a message and its `Struct`s as encoded bodies.
 struct EventParts<'a> {
-    fields: pb::Event,
+    fields: EventFields<'a>,
     objects: [Option<(u32, &'a [u8])>; 2],
+}
+
+/// The event's fields other than its `Struct`s, written from the envelope's own
+/// strings.
+///
+/// why: building a `pb::Event` to encode it copied the id, the type, the webhook ids
+/// and the version (an allocation each) only to drop them after encoding.
+struct EventFields<'a> {
+    env: &'a Envelope,
+    create_time: Timestamp,
+    payload: Option<pb::event::Payload>,
+}
+
+/// A singular string field, or nothing when it is empty.
+fn singular(tag: u32, text: &String) -> Option<(u32, &String)> {
+    (!text.is_empty()).then_some((tag, text))
+}
+
+/// Field numbers of `Event` (`proto/digitalriver/gateway/v1/event_stream.proto`).
+const ID_FIELD: u32 = 2;
+const TYPE_FIELD: u32 = 3;
+const CREATE_TIME_FIELD: u32 = 4;
+const LIVE_MODE_FIELD: u32 = 5;
+const WEBHOOK_IDS_FIELD: u32 = 11;
+const DIGITALRIVER_VERSION_FIELD: u32 = 12;
+
+impl EventFields<'_> {
+    /// The string fields in field order. Proto3 leaves out a singular field's empty
+    /// string, as prost does; a repeated field keeps every element.
+    fn strings(&self) -> impl Iterator<Item = (u32, &String)> {
+        let env = self.env;
+        [
+            singular(ID_FIELD, &env.id),
+            singular(TYPE_FIELD, &env.event_type),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(env.webhook_ids.iter().map(|id| (WEBHOOK_IDS_FIELD, id)))
+        .chain(
+            env.digitalriver_version
+                .as_ref()
+                .and_then(|v| singular(DIGITALRIVER_VERSION_FIELD, v)),
+        )
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{bool, message, string};
+        self.strings()
+            .map(|(tag, text)| string::encoded_len(tag, text))
+            .sum::<usize>()
+            + message::encoded_len(CREATE_TIME_FIELD, &self.create_time)
+            + if self.env.live_mode {
+                bool::encoded_len(LIVE_MODE_FIELD, &true)
+            } else {
+                0
+            }
+            + self
+                .payload
+                .as_ref()
+                .map_or(0, pb::event::Payload::encoded_len)
+    }
+
+    fn encode_raw(&self, buf: &mut Vec<u8>) {
+        use prost::encoding::{bool, message, string};
+        for (tag, text) in self.strings() {
+            string::encode(tag, text, buf);
+        }
+        message::encode(CREATE_TIME_FIELD, &self.create_time, buf);
+        if self.env.live_mode {
+            bool::encode(LIVE_MODE_FIELD, &true, buf);
+        }
+        if let Some(payload) = &self.payload {
+            payload.encode(buf);
+        }
+    }
 }
 
 impl EventParts<'_> {
@@ -210,6 +288,7 @@ pub fn json_to_value(v: &Value) -> PbValue {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
+    use prost::Message as _;
 
     use super::*;
     use crate::events::log::{Cursor, StoredEvent};
@@ -283,6 +362,21 @@ mod tests {
         assert!(decoded.previous_attributes.is_some());
         // No spare capacity left to free later.
         assert_eq!(bytes.capacity(), bytes.len());
+    }
+
+    #[test]
+    fn the_direct_encoding_keeps_empty_webhook_ids_and_leaves_out_empty_fields() {
+        let body = r#"{"id":"e2","type":"order.accepted","createdTime":"2022-03-02T16:52:01Z",
+            "liveMode":false,"data":{"object":{}},"webhookIds":["","w"],"digitalRiverVersion":""}"#;
+        let env = Envelope::parse(Bytes::from_static(body.as_bytes())).unwrap();
+        let encoder = EventEncoder::default();
+        let bytes = encoder.encode(&env);
+        let decoded = pb::Event::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded, encoder.to_proto(&env));
+        assert_eq!(decoded.webhook_ids, ["", "w"]);
+        assert!(!decoded.live_mode);
+        // As prost writes the same message: no byte for a default field.
+        assert_eq!(bytes.len(), encoder.to_proto(&env).encoded_len());
     }
 
     #[test]
