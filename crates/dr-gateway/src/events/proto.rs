@@ -148,14 +148,6 @@ fn singular(tag: u32, text: &String) -> Option<(u32, &String)> {
     (!text.is_empty()).then_some((tag, text))
 }
 
-/// Field numbers of `Event` (`proto/digitalriver/gateway/v1/event_stream.proto`).
-const ID_FIELD: u32 = 2;
-const TYPE_FIELD: u32 = 3;
-const CREATE_TIME_FIELD: u32 = 4;
-const LIVE_MODE_FIELD: u32 = 5;
-const WEBHOOK_IDS_FIELD: u32 = 11;
-const DIGITALRIVER_VERSION_FIELD: u32 = 12;
-
 impl EventFields<'_> {
     /// The string fields in field order. Proto3 leaves out a singular field's empty
     /// string, as prost does; a repeated field keeps every element.
@@ -234,10 +226,15 @@ fn parse_object(json: &str) -> Map<String, Value> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
-/// Field numbers of `Event.data_object` and `Event.previous_attributes`
-/// (`proto/digitalriver/gateway/v1/event_stream.proto`).
+/// Field numbers of `Event` (`proto/digitalriver/gateway/v1/event_stream.proto`).
+const ID_FIELD: u32 = 2;
+const TYPE_FIELD: u32 = 3;
+const CREATE_TIME_FIELD: u32 = 4;
+const LIVE_MODE_FIELD: u32 = 5;
 const DATA_OBJECT_FIELD: u32 = 9;
 const PREVIOUS_ATTRIBUTES_FIELD: u32 = 10;
+const WEBHOOK_IDS_FIELD: u32 = 11;
+const DIGITALRIVER_VERSION_FIELD: u32 = 12;
 
 /// A protobuf timestamp for a UTC time.
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
