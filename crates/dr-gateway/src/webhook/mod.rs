@@ -236,18 +236,19 @@ async fn intake(
         tracing::warn!(error = %e, "webhook body is not a DR event");
     })?;
     let span = tracing::Span::current();
-    span.record("event_id", tracing::field::display(capped(&envelope.id)));
-    span.record(
-        "event_type",
-        tracing::field::display(capped(&envelope.event_type)),
+    // why: one record per stage, not one per field: the JSON log formatter re-reads
+    // and re-writes all of a span's fields on every record.
+    tracing::record_all!(
+        span,
+        event_id = tracing::field::display(capped(&envelope.id)),
+        event_type = tracing::field::display(capped(&envelope.event_type))
     );
 
     let appended = tokio::time::timeout(state.config.append_timeout, state.log.append(envelope))
         .await
         .map_err(|_| WebhookError::LogUnavailable(None))?
         .map_err(|e| WebhookError::LogUnavailable(Some(e)))?;
-    span.record("seq", appended.seq);
-    span.record("duplicate", appended.duplicate);
+    tracing::record_all!(span, seq = appended.seq, duplicate = appended.duplicate);
     tracing::info!("webhook event stored");
     Ok(appended)
 }

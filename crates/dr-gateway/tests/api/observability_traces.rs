@@ -289,6 +289,17 @@ async fn webhook_intake_and_each_delivery_to_a_subscriber_are_spans_over_otlp_ht
         })
         .await;
     assert_eq!(webhook.kind, SpanKind::Server as i32);
+    // The fields the intake records once it has parsed and stored the event.
+    assert_eq!(
+        attribute(&webhook, "event_type").as_deref(),
+        Some(delivered.r#type.as_str())
+    );
+    assert_eq!(attribute(&webhook, "duplicate").as_deref(), Some("false"));
+    assert!(
+        attribute(&webhook, "seq").is_some_and(|seq| seq.parse::<u64>().is_ok_and(|n| n > 0)),
+        "the intake span names the log position: {:?}",
+        attribute(&webhook, "seq")
+    );
     let (_, delivery) = received
         .wait_for("the delivery span of that event", |s| {
             s.name == "event.deliver"
