@@ -66,23 +66,35 @@ pub fn parse_nanos(text: &str) -> Result<i128, MoneyError> {
     {
         return Err(err("not a decimal number"));
     }
-    let digits = format!("{int_part}{frac_part}");
-    let significant = digits.trim_start_matches('0').trim_end_matches('0');
-    if significant.is_empty() {
+    // why: the digits are read where they are, int part then fraction, not copied
+    // into one string first (an allocation and a format per amount, on every
+    // webhook and DR answer that carries one).
+    let digits = || int_part.bytes().chain(frac_part.bytes());
+    let total = int_part.len() + frac_part.len();
+    let leading_zeros = digits().take_while(|&b| b == b'0').count();
+    if leading_zeros == total {
         return Ok(0);
     }
     // value = significant × 10^scale nanos, with the trailing zeros folded into scale:
     // digits × 10^(exponent − frac_len) units, × 10^9 nanos.
-    let trailing_zeros = digits.trim_end_matches('0').len();
-    let trailing_zeros = digits.len() - trailing_zeros;
+    let trailing_zeros = digits().rev().take_while(|&b| b == b'0').count();
     let scale = i64::from(exponent) - frac_part.len() as i64 + 9 + trailing_zeros as i64;
     if scale < 0 {
         return Err(err("finer than a nano"));
     }
-    if significant.len() > MAX_DIGITS {
+    let significant = total - leading_zeros - trailing_zeros;
+    if significant > MAX_DIGITS {
         return Err(err("too many digits"));
     }
-    let value: i128 = significant.parse().map_err(|_| err("too many digits"))?;
+    let value = digits()
+        .skip(leading_zeros)
+        .take(significant)
+        .try_fold(0i128, |value, digit| {
+            value
+                .checked_mul(10)
+                .and_then(|v| v.checked_add(i128::from(digit - b'0')))
+        })
+        .ok_or_else(|| err("too many digits"))?;
     let shift = u32::try_from(scale)
         .ok()
         .and_then(|scale| 10i128.checked_pow(scale))
@@ -176,6 +188,21 @@ mod tests {
         // The error keeps only the start of a long text.
         let long = "1".repeat(100_000);
         assert!(parse_nanos(&long).unwrap_err().to_string().len() < 200);
+    }
+
+    #[test]
+    fn leading_and_trailing_zeros_are_not_significant_digits() {
+        assert_eq!(parse_nanos("000.000"), Ok(0));
+        assert_eq!(parse_nanos(".5"), Ok(500_000_000));
+        assert_eq!(parse_nanos("007.250"), Ok(7_250_000_000));
+        // 38 significant digits fit an i128; 39 do not, whatever the zeros around them.
+        let ones = |n: usize, exponent: i32| format!("0000.{}000e{exponent}", "1".repeat(n));
+        assert_eq!(
+            parse_nanos(&ones(38, 29)),
+            Ok("1".repeat(38).parse::<i128>().unwrap())
+        );
+        let refused = parse_nanos(&ones(39, 30)).unwrap_err();
+        assert!(refused.to_string().contains("too many digits"), "{refused}");
     }
 
     #[test]

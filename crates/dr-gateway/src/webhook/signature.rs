@@ -91,14 +91,33 @@ impl std::fmt::Debug for SignatureVerifier {
 }
 
 /// A parsed header.
+///
+/// why: its parts are kept on the stack (there are at most
+/// [`MAX_CANDIDATES`] + 1), not in a `Vec` per delivery.
 #[derive(Debug, PartialEq, Eq)]
 struct ParsedHeader<'a> {
     /// The timestamp part as sent, e.g. `1700000000` or `t=1700000000`.
     ts_raw: &'a str,
     /// Just its digits.
     ts_digits: &'a str,
-    /// Candidate signatures, prefixes stripped.
-    candidates: Vec<&'a str>,
+    /// The header's non-empty parts, trimmed, the timestamp's among them.
+    parts: [&'a str; MAX_CANDIDATES + 1],
+    /// How many of `parts` are filled.
+    len: usize,
+    /// Which part is the timestamp.
+    ts_index: usize,
+}
+
+impl<'a> ParsedHeader<'a> {
+    /// Candidate signatures: every part but the timestamp, prefixes stripped.
+    fn candidates(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.parts
+            .iter()
+            .take(self.len)
+            .enumerate()
+            .filter(|&(i, _)| i != self.ts_index)
+            .map(|(_, part)| strip_scheme_prefix(part))
+    }
 }
 
 impl SignatureVerifier {
@@ -126,27 +145,33 @@ impl SignatureVerifier {
         let parsed = parse_header(header).ok_or(SignatureError::Malformed)?;
         let millis = self.check_timestamp(parsed.ts_digits)?;
 
-        let decoded: Vec<[u8; MAC_LEN]> = parsed
-            .candidates
-            .iter()
+        let mut decoded = [[0u8; MAC_LEN]; MAX_CANDIDATES];
+        let mut count = 0;
+        let macs = parsed
+            .candidates()
             .filter(|c| c.len() <= MAX_CANDIDATE_LEN)
-            .filter_map(|c| decode_signature(c))
-            .collect();
+            .filter_map(decode_signature);
+        for (slot, mac) in decoded.iter_mut().zip(macs) {
+            *slot = mac;
+            count += 1;
+        }
+        let decoded = decoded.get(..count).unwrap_or_default();
         if decoded.is_empty() {
             return Err(SignatureError::Mismatch);
         }
 
-        let mut prefixes = vec![(parsed.ts_raw, false)];
-        if parsed.ts_digits != parsed.ts_raw {
-            prefixes.push((parsed.ts_digits, true));
-        }
+        let digits_too = parsed.ts_digits != parsed.ts_raw;
+        let prefixes = [(parsed.ts_raw, false), (parsed.ts_digits, true)];
+        let prefixes = prefixes
+            .get(..1 + usize::from(digits_too))
+            .unwrap_or_default();
 
         let mut matched = Choice::from(0);
         let mut found: Option<Verified> = None;
         for (secret_index, key) in self.keys.iter().enumerate() {
-            for &(prefix, digits_prefix) in &prefixes {
+            for &(prefix, digits_prefix) in prefixes {
                 let expected = hmac_sha256(key, prefix, body);
-                for candidate in &decoded {
+                for candidate in decoded {
                     let hit = expected.as_ref().ct_eq(candidate.as_slice());
                     matched |= hit;
                     // why: record the first match for logging, without branching
@@ -187,31 +212,30 @@ impl SignatureVerifier {
 
 /// Splits the header into timestamp and candidate signatures.
 fn parse_header(header: &str) -> Option<ParsedHeader<'_>> {
-    let parts: Vec<&str> = header
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .take(MAX_CANDIDATES + 1)
-        .collect();
-    let ts_index = parts.iter().position(|p| p.starts_with("t=")).unwrap_or(0);
-    let ts_raw = *parts.get(ts_index)?;
+    let mut parts = [""; MAX_CANDIDATES + 1];
+    let mut len = 0;
+    let nonempty = header.split(',').map(str::trim).filter(|p| !p.is_empty());
+    for (slot, part) in parts.iter_mut().zip(nonempty) {
+        *slot = part;
+        len += 1;
+    }
+    let filled = parts.get(..len)?;
+    let ts_index = filled.iter().position(|p| p.starts_with("t=")).unwrap_or(0);
+    let ts_raw = *filled.get(ts_index)?;
     let ts_digits = ts_raw.strip_prefix("t=").unwrap_or(ts_raw).trim();
     if ts_digits.is_empty() || !ts_digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let candidates: Vec<&str> = parts
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != ts_index)
-        .map(|(_, p)| strip_scheme_prefix(p))
-        .collect();
-    if candidates.is_empty() {
+    // why: every part but the timestamp is a candidate; there must be one.
+    if len < 2 {
         return None;
     }
     Some(ParsedHeader {
         ts_raw,
         ts_digits,
-        candidates,
+        parts,
+        len,
+        ts_index,
     })
 }
 
