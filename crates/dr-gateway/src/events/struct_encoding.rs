@@ -28,23 +28,37 @@ use super::json_text::{
 
 /// Appends the body of a `Struct` message (no field key or length) for the JSON
 /// object `json` to `buf` and returns the object's `id` and `orderId` (the last of
-/// each, as [`json_text::object_ids`](super::json_text::object_ids) reads them).
+/// each).
 ///
-/// `json` is text serde_json accepted ([`super::json_text`]); on anything else,
-/// or on nesting deeper than [`MAX_DEPTH`], it fails and leaves `buf` as it was.
+/// On text that is not one JSON object, or on nesting deeper than
+/// [`MAX_DEPTH`], it fails and leaves `buf` as it was.
 pub fn encode_struct(json: &str, buf: &mut Vec<u8>) -> Result<ObjectIds, JsonTextError> {
+    let mut scanner = Scanner::new(json);
+    match scanner.value()? {
+        Token::ObjectStart => {}
+        _ => return Err(JsonTextError::Unexpected(0)),
+    }
     let before = buf.len();
-    let mut writer = Writer {
-        scanner: Scanner::new(json),
-        buf,
-    };
+    let ids = encode_object(&mut scanner, buf)?;
+    if let Err(e) = scanner.finish() {
+        buf.truncate(before);
+        return Err(e);
+    }
+    Ok(ids)
+}
+
+/// [`encode_struct`] for the object whose `{` `scanner` has just read: its
+/// members are read (and checked) as they are written, and `scanner` is left
+/// after its `}`. On an error `buf` is left as it was and `scanner` somewhere
+/// inside the object.
+pub fn encode_object(
+    scanner: &mut Scanner<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<ObjectIds, JsonTextError> {
+    let before = buf.len();
+    let mut writer = Writer { scanner, buf };
     let mut ids = ObjectIds::default();
-    let written = match writer.scanner.next_token() {
-        Ok(Token::ObjectStart) => writer.struct_body(1, Some(&mut ids)),
-        Ok(_) => Err(JsonTextError::Unexpected(0)),
-        Err(e) => Err(e),
-    };
-    match written {
+    match writer.struct_body(1, Some(&mut ids)) {
         Ok(()) => Ok(ids),
         Err(e) => {
             buf.truncate(before);
@@ -149,12 +163,12 @@ const LIST_VALUE: u32 = 6;
 const LIST_VALUES: u32 = 1;
 
 /// Walks the text once, writing as it reads.
-struct Writer<'a, 'b> {
-    scanner: Scanner<'a>,
+struct Writer<'s, 'a, 'b> {
+    scanner: &'s mut Scanner<'a>,
     buf: &'b mut Vec<u8>,
 }
 
-impl Writer<'_, '_> {
+impl Writer<'_, '_, '_> {
     fn open(&mut self, tag: u32) -> usize {
         open(self.buf, tag)
     }
@@ -179,18 +193,16 @@ impl Writer<'_, '_> {
         if depth > MAX_DEPTH {
             return Err(JsonTextError::TooDeep);
         }
-        loop {
-            let key: Cow<'_, str> = match self.scanner.next_token()? {
-                Token::ObjectEnd => return Ok(()),
-                Token::Str(key) => key.value()?,
-                _ => return Err(JsonTextError::Unexpected(0)),
-            };
+        let mut first_member = true;
+        while let Some(key) = self.scanner.key(first_member)? {
+            first_member = false;
+            let key: Cow<'_, str> = key.value()?;
             let entry = self.open(STRUCT_FIELDS);
             // why: prost leaves out an empty key, as a default.
             if !key.is_empty() {
                 self.string(ENTRY_KEY, &key);
             }
-            let first = self.scanner.next_token()?;
+            let first = self.scanner.value()?;
             if let Some(ids) = ids.as_deref_mut() {
                 let slot = match key.as_ref() {
                     "id" => Some(&mut ids.id),
@@ -204,6 +216,7 @@ impl Writer<'_, '_> {
             self.value(ENTRY_VALUE, first, depth)?;
             self.close(entry);
         }
+        Ok(())
     }
 
     /// Writes the value starting with `first` as `Value` field `tag`; `depth` is
@@ -232,11 +245,9 @@ impl Writer<'_, '_> {
                     return Err(JsonTextError::TooDeep);
                 }
                 let list = self.open(LIST_VALUE);
-                loop {
-                    let item = self.scanner.next_token()?;
-                    if item == Token::ListEnd {
-                        break;
-                    }
+                let mut first_item = true;
+                while let Some(item) = self.scanner.item(first_item)? {
+                    first_item = false;
                     self.value(LIST_VALUES, item, depth + 1)?;
                 }
                 self.close(list);

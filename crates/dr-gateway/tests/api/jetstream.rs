@@ -199,15 +199,45 @@ impl GatewayProcess {
             .stderr(out)
             .spawn()
             .expect("spawn dr-gateway");
-        let process = Self {
+        let mut process = Self {
             child,
             grpc_addr,
             http_addr,
             log,
         };
-        let health = health_client(grpc_addr).await;
+        let health = HealthClient::new(process.reachable().await);
         wait_for_service_health(health, ready, ServingStatus::Serving, &process.log_text()).await;
         process
+    }
+
+    /// A channel to the child's gRPC port once it answers; fails with the child's
+    /// log when it exits first or does not answer within [`WAIT`].
+    async fn reachable(&mut self) -> Channel {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            // why: a child process binds its port some milliseconds after spawn.
+            if TcpStream::connect(self.grpc_addr).is_ok() {
+                if let Ok(ch) = Channel::from_shared(format!("http://{}", self.grpc_addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                {
+                    return ch;
+                }
+            }
+            assert!(
+                self.is_running(),
+                "gateway exited before answering; its log:\n{}",
+                self.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "gateway at {} not reachable; its log:\n{}",
+                self.grpc_addr,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// True while the process runs.
