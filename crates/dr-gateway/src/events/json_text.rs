@@ -170,21 +170,31 @@ impl<'a> Scanner<'a> {
         Ok(token)
     }
 
-    /// In an object, after its `{` (`first`) or after a member's value: the next
-    /// member's key, its `:` read too, or `None` at the object's `}`.
-    pub fn key(&mut self, first: bool) -> Result<Option<JsonStr<'a>>, JsonTextError> {
+    /// In a container closed by `close`, after its opening bracket (`first`) or
+    /// after an element: `false` at its `close` (read), `true` when an element
+    /// follows (its `,` read).
+    fn another(&mut self, close: u8, first: bool) -> Result<bool, JsonTextError> {
         self.skip_whitespace();
         match self.peek() {
-            Some(b'}') => {
+            Some(b) if b == close => {
                 self.pos += 1;
-                return Ok(None);
+                Ok(false)
             }
             Some(b',') if !first => {
                 self.pos += 1;
                 self.skip_whitespace();
+                Ok(true)
             }
-            Some(b'"') if first => {}
-            _ => return Err(self.unexpected()),
+            Some(_) if first => Ok(true),
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    /// In an object, after its `{` (`first`) or after a member's value: the next
+    /// member's key, its `:` read too, or `None` at the object's `}`.
+    pub fn key(&mut self, first: bool) -> Result<Option<JsonStr<'a>>, JsonTextError> {
+        if !self.another(b'}', first)? {
+            return Ok(None);
         }
         if self.peek() != Some(b'"') {
             return Err(self.unexpected());
@@ -201,15 +211,8 @@ impl<'a> Scanner<'a> {
     /// In a list, after its `[` (`first`) or after an item: the next item's first
     /// token, or `None` at the list's `]`.
     pub fn item(&mut self, first: bool) -> Result<Option<Token<'a>>, JsonTextError> {
-        self.skip_whitespace();
-        match self.peek() {
-            Some(b']') => {
-                self.pos += 1;
-                return Ok(None);
-            }
-            Some(b',') if !first => self.pos += 1,
-            Some(_) if first => {}
-            _ => return Err(self.unexpected()),
+        if !self.another(b']', first)? {
+            return Ok(None);
         }
         self.value().map(Some)
     }
