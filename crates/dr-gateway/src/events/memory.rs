@@ -83,7 +83,11 @@ struct State {
     /// Last assigned sequence.
     last_seq: Sequence,
     /// Dedup: DR id → sequence.
-    seen: HashMap<String, Sequence>,
+    ///
+    /// why: foldhash, not SipHash: every delivery hashes its id here up to three
+    /// times. The ids come from DR (signed webhooks, backfill), not from callers, and
+    /// the hasher is still seeded at random per log.
+    seen: HashMap<String, Sequence, foldhash::fast::RandomState>,
     /// Dedup ids in append order, with when they were appended, for pruning.
     seen_order: VecDeque<(DateTime<Utc>, Sequence, String)>,
     /// Newest `createdTime` ever appended (backfill's resume point).
