@@ -29,15 +29,15 @@ fn string(s: &str) -> usize {
     alloc(s.len())
 }
 
-/// Heap bytes the log's indexes spend on one held event: its id in the dedup map
-/// and in the dedup order, and its slot in the ring of held events.
+/// Heap bytes the log's indexes spend on one held event: its id in the dedup index
+/// ([`super::dedup`]) and its slot in the ring of held events.
 pub fn index_entry(id: &str) -> usize {
-    // dedup map: key String + sequence in a hash-table slot (~8/7 occupancy) and the
-    // id's own allocation; dedup order: (time, sequence, String) in a ring buffer
-    // and a second copy of the id; held ring: one `Arc` pointer.
-    let map_slot = (size_of::<String>() + size_of::<u64>() + 1) * 8 / 7;
-    let order_slot = size_of::<(chrono::DateTime<chrono::Utc>, u64, String)>();
-    map_slot + string(id) + order_slot + string(id) + size_of::<usize>()
+    // dedup table: (id, sequence) in a hash-table slot (~8/7 occupancy) and the id's
+    // own allocation; dedup order: (time, sequence, hash) in a ring buffer; held
+    // ring: one `Arc` pointer.
+    let map_slot = (size_of::<(Box<str>, u64)>() + 1) * 8 / 7;
+    let order_slot = size_of::<(chrono::DateTime<chrono::Utc>, u64, u64)>();
+    map_slot + string(id) + order_slot + size_of::<usize>()
 }
 
 /// Everything one held event costs the process, in bytes (see the module docs).

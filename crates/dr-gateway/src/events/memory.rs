@@ -6,11 +6,11 @@
 //! dropped for as long as it is younger than [`MemoryLogConfig::dedup_window`]
 //! (default 4 days, beyond DR's 72 h of webhook retries, docs/digital-river.md §4.2)
 //! and among the newest [`MemoryLogConfig::dedup_max_ids`] ids (default 200 000,
-//! about 36 MiB, measured by `cargo bench --bench event_memory`). A redelivery older
+//! about 18 MiB, measured by `cargo bench --bench event_memory`). A redelivery older
 //! than that is stored again.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{
+    dedup::DedupIndex,
     envelope::Envelope,
     log::{Appended, Bounds, EventLog, LogError, LogStats, Sequence, StoredEvent},
     proto::EventEncoder,
@@ -82,14 +83,8 @@ struct State {
     bytes: usize,
     /// Last assigned sequence.
     last_seq: Sequence,
-    /// Dedup: DR id → sequence.
-    ///
-    /// why: foldhash, not SipHash: every delivery hashes its id here up to three
-    /// times. The ids come from DR (signed webhooks, backfill), not from callers, and
-    /// the hasher is still seeded at random per log.
-    seen: HashMap<String, Sequence, foldhash::fast::RandomState>,
-    /// Dedup ids in append order, with when they were appended, for pruning.
-    seen_order: VecDeque<(DateTime<Utc>, Sequence, String)>,
+    /// Dedup: DR id → sequence, in append order for pruning.
+    seen: DedupIndex,
     /// Newest `createdTime` ever appended (backfill's resume point).
     newest_created: Option<DateTime<Utc>>,
 }
@@ -164,17 +159,15 @@ impl MemoryLog {
         let first = st.first_seq();
         let window =
             chrono::Duration::from_std(self.config.dedup_window).unwrap_or(chrono::Duration::MAX);
-        while let Some((at, seq, _)) = st.seen_order.front() {
-            let too_many = st.seen_order.len() > self.config.dedup_max_ids;
-            let too_old = now.signed_duration_since(*at) > window;
+        while let Some((at, seq)) = st.seen.oldest() {
+            let too_many = st.seen.len() > self.config.dedup_max_ids;
+            let too_old = now.signed_duration_since(at) > window;
             // why: never forget an id whose event is still held, or a redelivery
             // would be stored (and streamed) twice.
-            if *seq >= first || !(too_many || too_old) {
+            if seq >= first || !(too_many || too_old) {
                 break;
             }
-            if let Some((_, _, id)) = st.seen_order.pop_front() {
-                st.seen.remove(&id);
-            }
+            st.seen.forget_oldest();
         }
     }
 }
@@ -186,7 +179,7 @@ impl EventLog for MemoryLog {
     }
 
     async fn append(&self, envelope: Envelope) -> Result<Appended, LogError> {
-        if let Some(&seq) = self.lock().seen.get(&envelope.id) {
+        if let Some(seq) = self.lock().seen.get(&envelope.id) {
             return Ok(Appended {
                 seq,
                 duplicate: true,
@@ -196,7 +189,7 @@ impl EventLog for MemoryLog {
         let prepared = self.encoder.prepare(&envelope);
         let seq = {
             let mut st = self.lock();
-            if let Some(&seq) = st.seen.get(&envelope.id) {
+            if let Some(seq) = st.seen.get(&envelope.id) {
                 return Ok(Appended {
                     seq,
                     duplicate: true,
@@ -221,8 +214,7 @@ impl EventLog for MemoryLog {
             ));
             st.bytes += stored.approx_size();
             st.events.push_back(stored);
-            st.seen.insert(id.clone(), seq);
-            st.seen_order.push_back((now, seq, id));
+            st.seen.insert(id, seq, now);
             self.evict(&mut st);
             self.prune_seen(&mut st, now);
             seq
@@ -272,7 +264,7 @@ impl EventLog for MemoryLog {
 
     async fn get_by_id(&self, id: &str) -> Result<Option<Arc<StoredEvent>>, LogError> {
         let st = self.lock();
-        let Some(&seq) = st.seen.get(id) else {
+        let Some(seq) = st.seen.get(id) else {
             return Ok(None);
         };
         let first = st.first_seq();

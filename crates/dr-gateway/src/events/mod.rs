@@ -10,6 +10,7 @@
 //! [`LogError::Expired`] if the log has dropped its position meanwhile.
 
 pub mod backfill;
+pub mod dedup;
 pub mod envelope;
 pub mod filter;
 pub mod footprint;
