@@ -113,6 +113,41 @@ mod tests {
     }
 
     #[test]
+    fn random_appends_and_forgets_agree_with_a_map_and_a_queue() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        use std::collections::HashMap;
+        let mut rng = StdRng::seed_from_u64(19);
+        let mut index = DedupIndex::default();
+        let mut model: (HashMap<String, Sequence>, VecDeque<String>) = Default::default();
+        let mut next_seq = 1;
+        for _ in 0..20_000 {
+            // Ids from a small space, so redeliveries of remembered and of
+            // forgotten ids both happen.
+            let id = format!("evt-{}", rng.random_range(0..3_000));
+            if rng.random_ratio(2, 3) {
+                assert_eq!(index.get(&id), model.0.get(&id).copied(), "{id}");
+                if index.get(&id).is_none() {
+                    index.insert(id.clone(), next_seq, at(next_seq as i64));
+                    model.0.insert(id.clone(), next_seq);
+                    model.1.push_back(id);
+                    next_seq += 1;
+                }
+            } else {
+                index.forget_oldest();
+                if let Some(oldest) = model.1.pop_front() {
+                    model.0.remove(&oldest);
+                }
+            }
+            assert_eq!(index.len(), model.1.len());
+            let oldest = model.1.front().map(|id| model.0[id]);
+            assert_eq!(index.oldest().map(|(_, seq)| seq), oldest);
+        }
+        assert!((0..3_000)
+            .map(|n| format!("evt-{n}"))
+            .all(|id| index.get(&id) == model.0.get(&id).copied()));
+    }
+
+    #[test]
     fn many_ids_survive_the_table_growing_and_forgetting_half() {
         let mut index = DedupIndex::default();
         let id = |n: u64| format!("{n:08x}-0b2e-43f7-8d9a-362047aa975a");
