@@ -56,7 +56,7 @@ const WARM_UP: usize = 20;
 const REPEATS: usize = 3;
 /// Events per throughput round, and how many rounds of each server.
 const THROUGHPUT_EVENTS: usize = 6000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 15;
 /// Requests in flight in the throughput rounds.
 const IN_FLIGHT: usize = 16;
 /// Webhook signing secret of the benchmark gateway.
