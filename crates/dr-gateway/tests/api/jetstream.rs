@@ -179,14 +179,16 @@ impl GatewayProcess {
 
     /// Starts one with `extra` flags and waits until health of `ready` is SERVING.
     async fn start_with(nats: &NatsServer, dr: &str, extra: &[&str], ready: &str) -> Self {
-        let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = unique_dir("gateway-log").join("gateway.log");
         let out = std::fs::File::create(&log).expect("log file");
+        // why: the child binds ports of its own choosing and logs them; a port picked
+        // here and released could be taken by another test's connection before the
+        // child binds it.
         let child = Command::new(env!("CARGO_BIN_EXE_dr-gateway"))
             .arg("serve")
-            .args(["--grpc-addr", &grpc_addr.to_string()])
-            .args(["--http-addr", &http_addr.to_string()])
+            .args(["--grpc-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
             .args(["--dr-base-url", dr])
             .args(["--bus-url", &nats.url()])
             .args(["--bus-timeout", "800ms"])
@@ -199,15 +201,49 @@ impl GatewayProcess {
             .stderr(out)
             .spawn()
             .expect("spawn dr-gateway");
+        let unknown = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut process = Self {
             child,
-            grpc_addr,
-            http_addr,
+            grpc_addr: unknown,
+            http_addr: unknown,
             log,
         };
+        (process.grpc_addr, process.http_addr) = process.bound_addresses().await;
         let health = HealthClient::new(process.reachable().await);
         wait_for_service_health(health, ready, ServingStatus::Serving, &process.log_text()).await;
         process
+    }
+
+    /// The gRPC and HTTP addresses the child bound, from its "gateway serving" log
+    /// line; fails with the child's log when it exits first or does not log them
+    /// within [`WAIT`].
+    async fn bound_addresses(&mut self) -> (SocketAddr, SocketAddr) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = self.log_text();
+            let serving = text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|line| line["fields"]["message"] == "gateway serving");
+            if let Some(line) = serving {
+                let addr = |name: &str| {
+                    line["fields"][name]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                        .unwrap_or_else(|| panic!("no {name} in {line}"))
+                };
+                return (addr("grpc_addr"), addr("http_addr"));
+            }
+            assert!(
+                self.is_running(),
+                "gateway exited before serving; its log:\n{text}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "gateway not serving within {WAIT:?}; its log:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A channel to the child's gRPC port once it answers; fails with the child's
