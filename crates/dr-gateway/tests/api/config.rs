@@ -209,9 +209,42 @@ fn free_port() -> u16 {
 /// Starts `serve` with `args` on `localhost` ports and waits (deadline 20 s) until
 /// `dr-gateway health-check --addr localhost:PORT` says SERVING; kills it then.
 /// Returns (the process's exit code if it died, the address that answered).
+///
+/// why: the ports are picked by binding `:0` and releasing them, because these
+/// tests pass the address forms people type (`localhost:PORT`). Another test can
+/// take such a port before the child binds it; the child then exits saying the
+/// address is in use, and the start is tried again on other ports.
 fn start_until_serving(args: &[&str], bare: bool) -> (Option<i32>, Option<String>) {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        if let Start::Done { died, answered } = start_once(args, bare) {
+            return (died, answered);
+        }
+    }
+    panic!("serve found one of its ports taken {ATTEMPTS} times in a row");
+}
+
+/// How one start of `serve` ended.
+enum Start {
+    /// It exited because another process had taken one of its ports.
+    PortTaken,
+    /// It exited with this code, or `health-check` at this address said SERVING
+    /// (or neither, by the deadline).
+    Done {
+        died: Option<i32>,
+        answered: Option<String>,
+    },
+}
+
+fn start_once(args: &[&str], bare: bool) -> Start {
     let grpc = format!("localhost:{}", free_port());
     let http = format!("localhost:{}", free_port());
+    let stderr_path = std::env::temp_dir().join(format!(
+        "dr-gateway-config-{}-{}.stderr",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_dr-gateway"));
     command
         .arg("serve")
@@ -226,7 +259,7 @@ fn start_until_serving(args: &[&str], bare: bool) -> (Option<i32>, Option<String
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     if !bare {
         command
             .env("DR_GATEWAY_DR_API_KEY", API_KEY)
@@ -234,7 +267,7 @@ fn start_until_serving(args: &[&str], bare: bool) -> (Option<i32>, Option<String
     }
     let mut child = command.spawn().expect("spawn dr-gateway");
     let deadline = Instant::now() + Duration::from_secs(20);
-    let result = loop {
+    let (died, answered) = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break (status.code(), None);
         }
@@ -254,7 +287,12 @@ fn start_until_serving(args: &[&str], bare: bool) -> (Option<i32>, Option<String
     };
     let _ = child.kill();
     let _ = child.wait();
-    result
+    let printed = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&stderr_path);
+    if died.is_some() && printed.contains("Address already in use") {
+        return Start::PortTaken;
+    }
+    Start::Done { died, answered }
 }
 
 #[test]
