@@ -45,8 +45,26 @@ impl NatsServer {
     /// Starts one and waits until JetStream answers, or fails the test.
     pub(crate) async fn start() -> Self {
         let mut server = Self::not_started();
-        server.spawn().await;
+        server.spawn_on_a_free_port().await;
         server
+    }
+
+    /// Spawns it, on another picked port while the one it was given turns out
+    /// taken.
+    ///
+    /// why: nats-server cannot report a port of its own choosing to the test, so
+    /// the port is picked by binding `:0` and releasing it; another test can take
+    /// it first, and nats-server then exits. Only the first start may move: a
+    /// restart must come back where the gateway under test connects.
+    async fn spawn_on_a_free_port(&mut self) {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            if self.try_spawn().await {
+                return;
+            }
+            self.port = free_port();
+        }
+        panic!("nats-server exited at start on {ATTEMPTS} picked ports in a row");
     }
 
     /// A port and store for a server started later ([`spawn`](Self::spawn)).
@@ -63,6 +81,16 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
+        assert!(
+            self.try_spawn().await,
+            "nats-server exited at start on port {}",
+            self.port
+        );
+    }
+
+    /// Starts nats-server and waits until JetStream answers (true), or until it
+    /// exits (false: its port was taken); fails the test past 10 s.
+    async fn try_spawn(&mut self) -> bool {
         let child = Command::new("nats-server")
             .args(["-js", "-sd"])
             .arg(&self.store)
@@ -81,7 +109,15 @@ impl NatsServer {
         let url = self.url();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(client) = async_nats::connect(&url).await {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            // why: whatever took the port may hold the connection without answering.
+            let connect = tokio::time::timeout(Duration::from_secs(1), async_nats::connect(&url));
+            if let Ok(Ok(client)) = connect.await {
                 // why: the port opens before JetStream is ready; ask JetStream itself.
                 if let Ok(Ok(reply)) = tokio::time::timeout(
                     Duration::from_secs(1),
@@ -91,7 +127,7 @@ impl NatsServer {
                 {
                     let info: Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
                     if info.get("error").is_none() && info.get("type").is_some() {
-                        return;
+                        return true;
                     }
                 }
             }

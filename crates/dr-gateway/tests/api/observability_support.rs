@@ -165,7 +165,22 @@ pub struct Prometheus {
 
 impl Prometheus {
     /// Starts it scraping `target` (`/metrics`) and waits until it is ready.
+    ///
+    /// why: Prometheus cannot report a port of its own choosing to the test, so
+    /// the port is picked by binding `:0` and releasing it; another test can take
+    /// it first, and Prometheus then exits. It is started again on another port.
     pub async fn start(target: SocketAddr) -> Self {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            if let Some(prometheus) = Self::try_start(target).await {
+                return prometheus;
+            }
+        }
+        panic!("Prometheus found its port taken {ATTEMPTS} times in a row");
+    }
+
+    /// One start on a picked port: ready, or `None` if its port was taken.
+    async fn try_start(target: SocketAddr) -> Option<Self> {
         let binary = find_tool("prometheus");
         let dir = unique_dir("prometheus");
         let config = dir.join("prometheus.yml");
@@ -178,7 +193,8 @@ impl Prometheus {
         )
         .expect("prometheus.yml");
         let port = free_port();
-        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+        let log_path = dir.join("prometheus.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -190,25 +206,36 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("spawn prometheus");
-        let prometheus = Self {
+        let mut prometheus = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
             dir,
         };
-        let (http, ready) = (
-            prometheus.http.clone(),
-            format!("{}/-/ready", prometheus.base),
-        );
-        eventually("Prometheus is ready", || {
-            let (http, ready) = (http.clone(), ready.clone());
-            async move {
-                let ok = http.get(ready).send().await.ok()?.status().is_success();
-                ok.then_some(())
+        let ready = format!("{}/-/ready", prometheus.base);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if prometheus.child.try_wait().ok().flatten().is_some() {
+                let printed = std::fs::read_to_string(&log_path).unwrap_or_default();
+                assert!(
+                    printed.contains("address already in use"),
+                    "Prometheus exited at start: {printed}"
+                );
+                return None;
             }
-        })
-        .await;
-        prometheus
+            // why: whatever took the port may hold the connection without answering.
+            let check = prometheus.http.get(&ready).timeout(Duration::from_secs(1));
+            if let Ok(reply) = check.send().await {
+                if reply.status().is_success() {
+                    return Some(prometheus);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never happened: Prometheus is ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The instant vector `query` evaluates to: each series' labels and value.
