@@ -6,7 +6,7 @@
 #   bash scripts/bench.sh unary_rpc        # only the named ones
 #
 # Benches (crates/dr-gateway/benches/, figures in its README.md):
-#   webhook_intake  instructions per signed event (callgrind) and accepted/s, vs a bare axum handler
+#   webhook_intake  instructions per signed event (callgrind), native server CPU per event and accepted/s, vs a bare axum handler
 #   unary_rpc       GetCharge / CreateFulfillment instructions vs the floor, p50, RPS vs a bare proxy
 #   fan_out         idle-subscriber RSS and fan-out delivery at 1 / 1,000 / 10,000 subscribers,
 #                   vs a bare tonic broadcast stream

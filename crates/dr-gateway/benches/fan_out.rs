@@ -77,6 +77,8 @@ use tonic::transport::{Channel, Endpoint};
 // why: a module shared by the benches; this one does not repeat runs (median_run).
 #[allow(dead_code)]
 mod callgrind;
+#[path = "support/on_cpu.rs"]
+mod on_cpu;
 
 /// Subscribers in the encoding comparison.
 const SUBSCRIBERS: usize = 1000;
@@ -1526,10 +1528,14 @@ enum Pid {
 }
 
 impl Pid {
-    fn dir(self) -> String {
+    fn id(self) -> u32 {
         match self {
-            Self::Child(pid) => format!("/proc/{pid}"),
+            Self::Child(pid) => pid,
         }
+    }
+
+    fn dir(self) -> String {
+        format!("/proc/{}", self.id())
     }
 }
 
@@ -1566,7 +1572,6 @@ impl ProcSample {
             .map(|(u, s)| u + s)
             .ok_or("utime/stime missing")?;
         let mut switches = 0;
-        let mut cpu_ns = Some(0);
         let tasks = std::fs::read_dir(format!("{dir}/task")).map_err(|e| format!("tasks: {e}"))?;
         for task in tasks.flatten() {
             // why: a thread may exit between listing and reading; skip it.
@@ -1574,11 +1579,8 @@ impl ProcSample {
                 switches += status_field(&s, "voluntary_ctxt_switches:").unwrap_or(0)
                     + status_field(&s, "nonvoluntary_ctxt_switches:").unwrap_or(0);
             }
-            let on_cpu = std::fs::read_to_string(task.path().join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
-            cpu_ns = cpu_ns.zip(on_cpu).map(|(sum, ns)| sum + ns);
         }
+        let cpu_ns = on_cpu::threads_on_cpu_ns(pid.id());
         Ok(Self {
             rss_kib,
             cpu_ticks,

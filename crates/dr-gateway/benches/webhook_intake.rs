@@ -2,7 +2,7 @@
 //! (callgrind, server process only) and accepted events per second with 16 in flight.
 //! Run with `cargo bench -p dr-gateway --bench webhook_intake` (valgrind must be
 //! installed); `bash scripts/bench.sh` runs it with the other benches;
-//! `-- --callgrind-only` or `-- --rate-only` runs one half.
+//! `-- --callgrind-only`, `-- --cpu-only` or `-- --rate-only` runs one part.
 //!
 //! Why: the performance issue asks that intake cost at most 4× the instructions of a
 //! bare axum handler that reads the body, and reach at least 0.6× its accepted events
@@ -19,6 +19,14 @@
 //!   shutdown cancelled out. Signing and the client are not in the count: they happen in the driver.
 //!   Each server's per-function breakdown of one event (`callgrind_annotate` of the
 //!   long run minus the short one) is printed.
+//! - **Server CPU per event, native** (a figure beside the goals, not one of them).
+//!   The `--serve` child run natively; its threads' time on CPU (`schedstat`) over
+//!   [`CPU_EVENTS`] events after the warm-up, posted one at a time (the instruction
+//!   count's workload) and then [`IN_FLIGHT`] at a time (the rate's). Rounds
+//!   interleave gateway and bare; the median is reported. Natively the CPU's SHA
+//!   extensions hash the signed bytes (valgrind hides them and counts aws-lc's AVX2
+//!   SHA-256), and system calls and wake-ups count; and unlike the rate rounds, the
+//!   client's CPU is not in it.
 //! - **Accepted per second.** The gateway and the bare handler in this process
 //!   (multi-thread runtime), a reqwest client posting [`THROUGHPUT_EVENTS`] pre-signed
 //!   events with [`IN_FLIGHT`] in flight; rounds interleave gateway and bare, and the
@@ -44,6 +52,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/callgrind.rs"]
 mod callgrind;
+#[path = "support/on_cpu.rs"]
+mod on_cpu;
 
 /// Events of the short and the long callgrind run.
 const SHORT: usize = 100;
@@ -54,6 +64,9 @@ const WARM_UP: usize = 20;
 /// between runs (timers that fire in proportion to valgrind's wall time, allocator
 /// state, how reads split), so one pair is not enough.
 const REPEATS: usize = 3;
+/// Events per native CPU round, and how many rounds of each server.
+const CPU_EVENTS: usize = 5000;
+const CPU_ROUNDS: usize = 7;
 /// Events per throughput round, and how many rounds of each server.
 const THROUGHPUT_EVENTS: usize = 6000;
 const ROUNDS: usize = 15;
@@ -99,9 +112,21 @@ fn main() -> ExitCode {
         };
         return serve_until_stdin_closes(server);
     }
-    let only_callgrind = args.iter().any(|a| a == "--callgrind-only");
-    // why: the rate rounds alone, e.g. under `perf record` (no valgrind children).
-    let only_rate = args.iter().any(|a| a == "--rate-only");
+    let only = |flag: &str| args.iter().any(|a| a == flag);
+    // why: one part alone, e.g. the rate rounds under `perf record` (no valgrind
+    // children).
+    let parts = match (
+        only("--callgrind-only"),
+        only("--cpu-only"),
+        only("--rate-only"),
+    ) {
+        (false, false, false) => Parts::ALL,
+        (callgrind, cpu, rate) => Parts {
+            callgrind,
+            cpu,
+            rate,
+        },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,7 +134,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&format!("no runtime: {e}")),
     };
-    match runtime.block_on(drive(&args[0], only_callgrind, only_rate)) {
+    match runtime.block_on(drive(&args[0], parts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -120,8 +145,24 @@ fn fail(error: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn drive(me: &str, only_callgrind: bool, only_rate: bool) -> Result<(), String> {
-    if !only_rate && !callgrind::installed() {
+/// Which parts of the bench run.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    callgrind: bool,
+    cpu: bool,
+    rate: bool,
+}
+
+impl Parts {
+    const ALL: Self = Self {
+        callgrind: true,
+        cpu: true,
+        rate: true,
+    };
+}
+
+async fn drive(me: &str, parts: Parts) -> Result<(), String> {
+    if parts.callgrind && !callgrind::installed() {
         return Err("valgrind is not installed (apt-get install valgrind)".into());
     }
     println!(
@@ -130,10 +171,10 @@ async fn drive(me: &str, only_callgrind: bool, only_rate: bool) -> Result<(), St
         capture_complete_event("evt-size").len()
     );
     let mut per_event = Vec::new();
-    let counted: &[Server] = if only_rate {
-        &[]
-    } else {
+    let counted: &[Server] = if parts.callgrind {
         &[Server::Gateway, Server::Bare]
+    } else {
+        &[]
     };
     for &server in counted {
         let mut runs = Vec::new();
@@ -165,8 +206,29 @@ async fn drive(me: &str, only_callgrind: bool, only_rate: bool) -> Result<(), St
         per_event.push(cost);
     }
 
+    let mut cpu = None;
+    if parts.cpu {
+        let mut figures = Vec::new();
+        for in_flight in [1, IN_FLIGHT] {
+            println!(
+                "\nserver CPU per event, native: {CPU_EVENTS} events per round, {in_flight} in flight, {CPU_ROUNDS} rounds of each, interleaved"
+            );
+            let mut gateway = Vec::new();
+            let mut bare = Vec::new();
+            for round in 0..CPU_ROUNDS {
+                let g = native_cpu(me, Server::Gateway, round, in_flight).await?;
+                let b = native_cpu(me, Server::Bare, round, in_flight).await?;
+                println!("  round {round}: gateway {g:>7.2} µs   bare {b:>7.2} µs");
+                gateway.push(g);
+                bare.push(b);
+            }
+            figures.push((in_flight, median(&mut gateway), median(&mut bare)));
+        }
+        cpu = Some(figures);
+    }
+
     let mut rates = None;
-    if !only_callgrind {
+    if parts.rate {
         println!(
             "\nthroughput: {THROUGHPUT_EVENTS} events per round, {IN_FLIGHT} in flight, {ROUNDS} rounds of each, interleaved"
         );
@@ -188,6 +250,12 @@ async fn drive(me: &str, only_callgrind: bool, only_rate: bool) -> Result<(), St
         println!(
             "| webhook intake, instructions per signed event | {gateway_instr:.0} | {bare_instr:.0} | {:.2}× | ≤ 4× |",
             gateway_instr / bare_instr
+        );
+    }
+    for (in_flight, g, b) in cpu.unwrap_or_default() {
+        println!(
+            "| webhook intake, server CPU per event, native, {in_flight} in flight (beside the goals) | {g:.2} µs | {b:.2} µs | {:.2}× | — |",
+            g / b
         );
     }
     if let Some((g, b)) = rates {
@@ -277,50 +345,127 @@ async fn post(
 /// The profile of one server process that took `WARM_UP + events` events.
 async fn callgrind(me: &str, server: Server, events: usize) -> Result<callgrind::Profile, String> {
     let out = callgrind::out_file("webhook_intake", server.name(), events as u64);
-    let mut child = callgrind::command(&out, &[me, "--serve", server.name()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run valgrind: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let addr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("listening ").map(str::to_owned))
-    })
-    .await
-    .map_err(|e| format!("reader: {e}"))?
-    .ok_or_else(|| format!("the {} server did not start", server.name()))?;
-    let url = format!("http://{addr}{WEBHOOK_PATH}");
-    // why: one connection, one request at a time: the count does not depend on how
-    // requests happen to be batched into reads.
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .build()
-        .map_err(|e| format!("client: {e}"))?;
+    let child = callgrind::command(&out, &[me, "--serve", server.name()]);
     let prefix = format!("cg-{}-{events}", server.name());
-    let signed = signed_events(&prefix, WARM_UP + events);
-    let (warm_up, measured) = signed.split_at(WARM_UP);
-    for event in warm_up {
-        post(&http, &url, event.clone()).await?;
-    }
-    let pid = child.id();
+    let (served, measured) = ServeChild::warmed_up(child, server, &prefix, events).await?;
+    let pid = served.child.id();
     tokio::task::spawn_blocking(move || callgrind::start_counting(pid))
         .await
         .map_err(|e| format!("callgrind_control: {e}"))??;
-    for event in measured {
-        post(&http, &url, event.clone()).await?;
-    }
-    drop(http);
-    // Closing stdin tells the server to stop.
-    drop(child.stdin.take());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .map_err(|e| format!("waiter: {e}"))?
-        .map_err(|e| format!("valgrind: {e}"))?;
+    served.post_all(&measured, 1).await?;
+    let output = served.stop().await?;
     callgrind::Profile::from_output(&output, out, server.name())
+}
+
+// === server CPU per event: the same child, natively ===
+
+/// Microseconds of the `--serve` child's CPU per event, over [`CPU_EVENTS`] events
+/// posted `in_flight` at a time after the warm-up.
+async fn native_cpu(
+    me: &str,
+    server: Server,
+    round: usize,
+    in_flight: usize,
+) -> Result<f64, String> {
+    let mut command = std::process::Command::new(me);
+    command.args(["--serve", server.name()]);
+    let prefix = format!("cpu-{}-{in_flight}-{round}", server.name());
+    let (served, measured) = ServeChild::warmed_up(command, server, &prefix, CPU_EVENTS).await?;
+    let pid = served.child.id();
+    let on_cpu = || on_cpu::threads_on_cpu_ns(pid).ok_or("no schedstat for the server");
+    let before = on_cpu()?;
+    served.post_all(&measured, in_flight).await?;
+    let after = on_cpu()?;
+    let output = served.stop().await?;
+    if !output.status.success() {
+        return Err(format!(
+            "the {} server failed: {}",
+            server.name(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(after.saturating_sub(before) as f64 / 1e3 / CPU_EVENTS as f64)
+}
+
+/// A `--serve` child (under valgrind or not) and a client keeping its connections
+/// alive.
+struct ServeChild {
+    child: std::process::Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl ServeChild {
+    /// Spawns `command` and waits for the address it prints.
+    async fn start(mut command: std::process::Command, server: Server) -> Result<Self, String> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run the {} server: {e}", server.name()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let addr = tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find_map(|l| l.strip_prefix("listening ").map(str::to_owned))
+        })
+        .await
+        .map_err(|e| format!("reader: {e}"))?
+        .ok_or_else(|| format!("the {} server did not start", server.name()))?;
+        // why: every connection stays open between requests; one at a time, every
+        // request goes over the same one.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(IN_FLIGHT)
+            .build()
+            .map_err(|e| format!("client: {e}"))?;
+        Ok(Self {
+            child,
+            url: format!("http://{addr}{WEBHOOK_PATH}"),
+            http,
+        })
+    }
+
+    /// [`start`](Self::start), then [`WARM_UP`] events posted; returns it with
+    /// `events` more signed ones (ids `<prefix>-<i>`) for the measure.
+    async fn warmed_up(
+        command: std::process::Command,
+        server: Server,
+        prefix: &str,
+        events: usize,
+    ) -> Result<(Self, Vec<(Vec<u8>, String)>), String> {
+        let served = Self::start(command, server).await?;
+        let mut signed = signed_events(prefix, WARM_UP + events);
+        let measured = signed.split_off(WARM_UP);
+        served.post_all(&signed, 1).await?;
+        Ok((served, measured))
+    }
+
+    /// Posts `events`, `in_flight` at a time.
+    async fn post_all(&self, events: &[(Vec<u8>, String)], in_flight: usize) -> Result<(), String> {
+        futures::stream::iter(events.iter().cloned())
+            .map(|event| post(&self.http, &self.url, event))
+            .buffer_unordered(in_flight)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Closes its stdin, which stops it, and waits for it to exit.
+    async fn stop(self) -> Result<std::process::Output, String> {
+        let Self {
+            mut child, http, ..
+        } = self;
+        // why: the keep-alive connection closes first, or the graceful shutdown
+        // waits for it.
+        drop(http);
+        drop(child.stdin.take());
+        tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .map_err(|e| format!("waiter: {e}"))?
+            .map_err(|e| format!("server process: {e}"))
+    }
 }
 
 /// The `--serve` child: one server on a current-thread runtime, its address on stdout,
