@@ -4,7 +4,8 @@
 //! at saturation vs a bare tonic-to-reqwest proxy.
 //! Run with `cargo bench -p dr-gateway --bench unary_rpc` (valgrind must be installed);
 //! `bash scripts/bench.sh` runs it with the other benches; `-- --callgrind-only` or
-//! `-- --wall-only` runs one half.
+//! `-- --wall-only` runs one half; `-- --rps-only gateway|proxy` runs one server's
+//! saturation rounds alone (for a profiler).
 //!
 //! Why: the performance issue asks that `CreateFulfillment` and `GetCharge` cost at most
 //! 1.3 × the floor in instructions per RPC with the logs production writes (JSON, INFO),
@@ -146,6 +147,22 @@ fn main() -> ExitCode {
     // why: the wall-clock rounds alone, e.g. under `perf record` (no valgrind children).
     if args.iter().any(|a| a == "--wall-only") {
         return match wall_only() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
+    // why: one server's saturation rounds alone, so a profiler (`perf record`,
+    // `perf stat`) sees that server's CPU per RPC and none of the other's.
+    if let Some(at) = args.iter().position(|a| a == "--rps-only") {
+        let through_gateway = match args.get(at + 1).map(String::as_str) {
+            Some("gateway") => true,
+            Some("proxy") => false,
+            _ => {
+                eprintln!("usage: unary_rpc --rps-only gateway|proxy");
+                return ExitCode::from(2);
+            }
+        };
+        return match wall_runtime().and_then(|rt| rt.block_on(rps_only(through_gateway))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         };
@@ -875,6 +892,34 @@ async fn wall_time() -> Result<Wall, String> {
         gateway_rps: median(&mut g_rps),
         proxy_rps: median(&mut p_rps),
     })
+}
+
+/// The saturation rounds of the gateway or of the bare proxy alone, each round's
+/// RPS and their median printed.
+async fn rps_only(through_gateway: bool) -> Result<(), String> {
+    json_logs_at_info();
+    let dr = stub_dr().await?;
+    let (addr, name) = if through_gateway {
+        (start_gateway(dr).await?.0, "gateway")
+    } else {
+        (start_proxy(dr).await?, "bare proxy")
+    };
+    let mut one = Caller::grpc(addr, false).await?;
+    for _ in 0..WARM_UP {
+        one.call().await?;
+    }
+    println!(
+        "\n{name} alone: {ROUNDS} rounds of {SATURATION_RPCS} GetCharge RPCs with {IN_FLIGHT} \
+         in flight over {CHANNELS} connections"
+    );
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let rps = saturate(addr).await?;
+        println!("  round {round}: {rps:>7.0} RPS");
+        rounds.push(rps);
+    }
+    println!("{name}: median {:.0} RPS", median(&mut rounds));
+    Ok(())
 }
 
 fn median(xs: &mut [f64]) -> f64 {
